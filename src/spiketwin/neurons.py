@@ -1,0 +1,300 @@
+"""Spiking neurons: LIF, IF, ST-BIF and iLIF.
+
+Each neuron is a module that runs one step (``step_mode="s"``, input ``[B, ...]``) or a whole sequence
+(``step_mode="m"``, input ``[T, B, ...]``) with identical results. State is created lazily from the first
+input (its shape, dtype and device) and cleared by :func:`spiketwin.reset`.
+
+- :class:`LIF` / :class:`IF`: SpikingJelly's leaky / non-leaky integrate-and-fire neuron, with a fused
+  time scan whose backward stores only the membrane potentials (:func:`lif_step` is the plain reference).
+- :class:`STBIF`: the bipolar, bounded neuron of SpikeZIP-TF, the exact twin of :class:`~spiketwin.quant.Quantizer`.
+- :class:`ILIF`: SpikeConverter's amplifying soft-reset neuron with temporal separation (accumulate, then fire).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .base import StatefulModule
+from .surrogate import Sigmoid, Surrogate, heaviside
+
+
+class LIFParams(NamedTuple):
+    """Parameters of the LIF/IF dynamics. ``tau=None`` means no leak (IF); ``v_reset=None`` means soft reset."""
+
+    tau: float | None = 2.0
+    v_threshold: float = 1.0
+    v_reset: float | None = 0.0
+    decay_input: bool = True
+    detach_reset: bool = True
+
+
+def _charge(v: torch.Tensor, x: torch.Tensor, p: LIFParams) -> torch.Tensor:
+    """Membrane potential after integrating ``x``: ``H = V + (X - (V - V_reset)) / tau`` and variants."""
+    if p.tau is None:
+        return v + x
+    rest = v if not p.v_reset else v - p.v_reset
+    if p.decay_input:
+        return v + (x - rest) / p.tau
+    return v - rest / p.tau + x
+
+
+def _charge_grads(p: LIFParams) -> tuple[float, float]:
+    """(dH/dV, dH/dX) of :func:`_charge`; both constant."""
+    if p.tau is None:
+        return 1.0, 1.0
+    return 1.0 - 1.0 / p.tau, (1.0 / p.tau if p.decay_input else 1.0)
+
+
+def lif_step(
+    x: torch.Tensor, v: torch.Tensor, p: LIFParams, surrogate: Surrogate
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One LIF/IF step as a pure function (the reference the fused scan is tested against).
+
+    Charge ``H``, fire ``S = Θ(H - V_th)`` (surrogate gradient), then hard reset
+    ``V = H (1 - S) + V_reset S`` or, when ``p.v_reset is None``, soft reset ``V = H - V_th S``.
+    Returns ``(spikes, v)``.
+    """
+    h = _charge(v, x, p)
+    s = surrogate(h - p.v_threshold)
+    s_reset = s.detach() if p.detach_reset else s
+    if p.v_reset is None:
+        v = h - p.v_threshold * s_reset
+    else:
+        v = h * (1 - s_reset) + p.v_reset * s_reset
+    return s, v
+
+
+class _LIFScan(torch.autograd.Function):
+    """Fused LIF/IF time scan. Forward keeps only ``H`` per step; backward runs the scan in reverse."""
+
+    @staticmethod
+    def forward(ctx, x_seq: torch.Tensor, v: torch.Tensor, p: LIFParams, surrogate: Surrogate):
+        need_grad = any(ctx.needs_input_grad[:2])
+        spikes = torch.empty_like(x_seq)
+        h_seq = torch.empty_like(x_seq) if need_grad else None
+        for t in range(x_seq.shape[0]):
+            h = _charge(v, x_seq[t], p)
+            fired = h >= p.v_threshold
+            spikes[t] = fired
+            if need_grad:
+                h_seq[t] = h
+            if p.v_reset is None:
+                v = torch.where(fired, h - p.v_threshold, h)
+            else:
+                v = h.masked_fill(fired, p.v_reset)
+        if need_grad:
+            ctx.save_for_backward(h_seq)
+            ctx.p, ctx.surrogate = p, surrogate
+        return spikes, v
+
+    @staticmethod
+    def backward(ctx, grad_spikes: torch.Tensor, grad_v: torch.Tensor | None):
+        (h_seq,) = ctx.saved_tensors
+        p: LIFParams = ctx.p
+        dh_dv, dh_dx = _charge_grads(p)
+        grad_x = torch.empty_like(h_seq)
+        if grad_v is None:
+            grad_v = torch.zeros_like(h_seq[0])
+        for t in range(h_seq.shape[0] - 1, -1, -1):
+            u = h_seq[t] - p.v_threshold
+            sg = ctx.surrogate.grad(u)
+            if p.v_reset is None:  # V = H - V_th S
+                dv_dh = 1.0 if p.detach_reset else 1.0 - p.v_threshold * sg
+            else:  # V = H (1 - S) + V_reset S
+                dv_dh = 1.0 - heaviside(u)
+                if not p.detach_reset:
+                    dv_dh = dv_dh + (p.v_reset - h_seq[t]) * sg
+            grad_h = grad_spikes[t] * sg + grad_v * dv_dh
+            grad_x[t] = grad_h * dh_dx
+            grad_v = grad_h * dh_dv
+        return grad_x, grad_v, None, None
+
+
+class LIF(StatefulModule):
+    """Leaky integrate-and-fire neuron with SpikingJelly's semantics.
+
+    Charge ``H = V + (X - (V - V_reset)) / tau`` (``decay_input=True``) or ``H = V - (V - V_reset)/tau + X``;
+    fire ``S = Θ(H - V_th)``; hard reset to ``v_reset``, or soft reset (subtract ``V_th``) when
+    ``v_reset=None``. ``V`` starts at ``v_reset`` (0 for soft reset). Output: spikes in {0, 1}, input's dtype.
+    State: ``.v``.
+    """
+
+    state_names = ("v",)
+
+    def __init__(
+        self,
+        tau: float | None = 2.0,
+        v_threshold: float = 1.0,
+        v_reset: float | None = 0.0,
+        decay_input: bool = True,
+        detach_reset: bool = True,
+        surrogate: Surrogate | None = None,
+        step_mode: str = "m",
+    ) -> None:
+        super().__init__(step_mode)
+        if tau is not None and not tau > 1.0:
+            raise ValueError(f"{type(self).__name__}: tau must be > 1 (it divides the charge), got {tau}")
+        self.params = LIFParams(tau, float(v_threshold), None if v_reset is None else float(v_reset),
+                                decay_input, detach_reset)
+        self.surrogate = surrogate if surrogate is not None else Sigmoid(4.0)
+
+    def _initial_v(self, like: torch.Tensor) -> torch.Tensor:
+        if self.v is not None:
+            return self.v
+        return torch.full_like(like, self.params.v_reset or 0.0)
+
+    def single_step(self, x: torch.Tensor) -> torch.Tensor:
+        spikes, self.v = _LIFScan.apply(x.unsqueeze(0), self._initial_v(x), self.params, self.surrogate)
+        return spikes[0]
+
+    def multi_step(self, x_seq: torch.Tensor) -> torch.Tensor:
+        spikes, self.v = _LIFScan.apply(x_seq, self._initial_v(x_seq[0]), self.params, self.surrogate)
+        return spikes
+
+    def extra_repr(self) -> str:
+        p = self.params
+        return (f"tau={p.tau}, v_threshold={p.v_threshold}, v_reset={p.v_reset}, decay_input={p.decay_input}, "
+                f"detach_reset={p.detach_reset}, {super().extra_repr()}")
+
+
+class IF(LIF):
+    """Integrate-and-fire neuron: :class:`LIF` without leak (``H = V + X``)."""
+
+    def __init__(
+        self,
+        v_threshold: float = 1.0,
+        v_reset: float | None = 0.0,
+        detach_reset: bool = True,
+        surrogate: Surrogate | None = None,
+        step_mode: str = "m",
+    ) -> None:
+        super().__init__(None, v_threshold, v_reset, True, detach_reset, surrogate, step_mode)
+
+
+def _as_threshold(threshold: float | torch.Tensor) -> torch.Tensor:
+    if isinstance(threshold, (int, float)):  # a Python number keeps its full (float64) precision
+        t = torch.tensor(float(threshold), dtype=torch.float64)
+    else:
+        t = torch.as_tensor(threshold).detach().clone()
+    if not bool((t > 0).all()) or not bool(torch.isfinite(t).all()):
+        raise ValueError(f"threshold must be positive and finite, got {threshold}")
+    return t
+
+
+class STBIF(StatefulModule):
+    """Spike-threshold bipolar integrate-and-fire neuron (SpikeZIP-TF), threshold ``θ``.
+
+    With ``V`` starting at ``θ/2`` and spike tracer ``S`` at 0, each step ``V += x``; then it emits ``+θ``
+    (``V -= θ``, ``S += 1``) if ``V >= θ`` and ``S < n_max``, ``-θ`` (``V += θ``, ``S -= 1``) if ``V < 0`` and
+    ``S > n_min``, else 0. Once the summed input ``X`` stops changing, ``S`` walks one step at a time to
+    ``clamp(floor(X/θ + 1/2), n_min, n_max)``, so the summed output equals ``Quantizer(X)``.
+
+    The state is kept as the summed input ``.total`` and the spike count ``.count`` (``V = θ/2 + total - θ·count``,
+    readable as ``.v``): the same rule, written so that the comparison is the quantizer's own expression.
+    ``.fired`` is the ``[B]`` mask of samples in which any neuron spiked at the last step.
+    """
+
+    state_names = ("total", "count", "fired")
+
+    def __init__(self, threshold: float | torch.Tensor, n_min: int, n_max: int, step_mode: str = "m") -> None:
+        super().__init__(step_mode)
+        if not n_min <= 0 < n_max:
+            raise ValueError(f"STBIF: need n_min <= 0 < n_max, got n_min={n_min}, n_max={n_max}")
+        self.n_min, self.n_max = int(n_min), int(n_max)
+        self.register_buffer("threshold", _as_threshold(threshold))
+
+    @classmethod
+    def from_quantizer(cls, quantizer, step_mode: str = "m") -> "STBIF":
+        """The neuron whose summed output equals ``quantizer`` applied to the summed input."""
+        if not bool(quantizer.initialized):
+            raise ValueError("STBIF.from_quantizer: the quantizer's step was never initialised (run a batch first)")
+        return cls(quantizer.step.detach(), quantizer.n_min, quantizer.n_max, step_mode)
+
+    @property
+    def v(self) -> torch.Tensor | None:
+        if self.total is None:
+            return None
+        return self.threshold / 2 + self.total - self.threshold * self.count
+
+    def single_step(self, x: torch.Tensor) -> torch.Tensor:
+        theta = self.threshold.to(x.dtype)
+        if self.total is None:
+            self.total = torch.zeros_like(x)
+            self.count = torch.zeros_like(x)
+        self.total = self.total + x
+        target = torch.floor(self.total / theta + 0.5).clamp_(self.n_min, self.n_max)
+        delta = (target - self.count).clamp_(-1, 1)
+        self.count = self.count + delta
+        self.fired = delta.flatten(1).ne(0).any(1) if x.dim() > 1 else delta.ne(0)
+        return delta * theta
+
+    def extra_repr(self) -> str:
+        theta = self.threshold.flatten()[:4].tolist()
+        return f"threshold={theta if self.threshold.numel() > 1 else theta[0]}, n_min={self.n_min}, " \
+               f"n_max={self.n_max}, {super().extra_repr()}"
+
+
+class ILIF(StatefulModule):
+    """Inverse-leaky integrate-and-fire neuron of SpikeConverter, with temporal separation.
+
+    Time runs in periods of ``phase_steps`` (T) steps. During a period the neuron *accumulates* its input,
+    amplifying by ``k`` each step (``V_acc <- k V_acc + x``), so an input train ``x_1..x_T`` contributes
+    ``Σ k^(T-t) x_t``. At the end of the period that potential (plus ``θ / (2 k^T)`` when ``round=True``)
+    moves to the *firing* potential ``.v``, and during the next period the neuron fires: each step
+    ``V <- k V``, spike if ``V >= θ``, soft reset ``V -= θ``. Both happen at once (double buffering), so a
+    new input period can start while the last one fires: this is what makes layer pipelining possible.
+
+    A spike is emitted with amplitude ``θ / k^T``: with ``k = 2`` the output train is the binary
+    expansion (most significant first) of the accumulated potential, i.e. the period's summed,
+    ``k``-weighted output is ``s · clamp(floor(P/s + 1/2), 0, 2^T - 1)`` with ``s = θ / 2^T``: a ReLU
+    quantized to ``2^T`` levels. Output of the first period is zero (nothing accumulated yet).
+    """
+
+    state_names = ("v", "v_acc")
+
+    def __init__(
+        self,
+        threshold: float | torch.Tensor,
+        k: float = 2.0,
+        phase_steps: int = 8,
+        round: bool = True,
+        step_mode: str = "m",
+    ) -> None:
+        super().__init__(step_mode)
+        if not k > 1.0:
+            raise ValueError(f"ILIF: the amplification k must be > 1, got {k}")
+        if phase_steps < 1:
+            raise ValueError(f"ILIF: phase_steps must be >= 1, got {phase_steps}")
+        self.k, self.phase_steps, self.round = float(k), int(phase_steps), bool(round)
+        self.register_buffer("threshold", _as_threshold(threshold))
+        self.t = 0
+
+    @property
+    def spike_amplitude(self) -> torch.Tensor:
+        """``θ / k^T``: the value of one output spike, and the quantization step when ``k = 2``."""
+        return self.threshold / self.k ** self.phase_steps
+
+    def reset(self) -> None:
+        super().reset()
+        self.t = 0
+
+    def single_step(self, x: torch.Tensor) -> torch.Tensor:
+        theta = self.threshold.to(x.dtype)
+        if self.v_acc is None:
+            self.v = torch.zeros_like(x)
+            self.v_acc = torch.zeros_like(x)
+        if self.t > 0 and self.t % self.phase_steps == 0:
+            self.v = self.v_acc + self.spike_amplitude.to(x.dtype) / 2 if self.round else self.v_acc
+            self.v_acc = torch.zeros_like(x)
+        self.t += 1
+        v = self.v * self.k
+        fired = v >= theta
+        self.v = torch.where(fired, v - theta, v)
+        self.v_acc = self.v_acc * self.k + x
+        return fired.to(x.dtype) * self.spike_amplitude.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return (f"threshold={self.threshold.flatten()[:4].tolist()}, k={self.k}, phase_steps={self.phase_steps}, "
+                f"round={self.round}, {super().extra_repr()}")
