@@ -83,7 +83,7 @@ def test_stbif_analog_input_settles_in_exactly_abs_count_steps(levels, signed):
     first_spike_free_step = torch.full_like(x, -1)
     outputs = [neuron(x)]
     zeros = torch.zeros_like(x)
-    for t in range(1, levels + 2):
+    for _ in range(1, levels + 2):
         outputs.append(neuron(zeros))
     out = torch.stack(outputs)
     counts = (q(x) / theta).round()
@@ -265,9 +265,9 @@ def test_ilif_pipelines_one_period_after_another():
     a, b = torch.tensor([0.3, 0.6]), torch.tensor([0.05, 0.9])
     seq = [a] + [torch.zeros(2)] * (T - 1) + [b] + [torch.zeros(2)] * (2 * T - 1)
     out = torch.stack([neuron(x) for x in seq])
-    decode = lambda o: sum(2 ** (T - 1 - j) * o[j] for j in range(T))  # noqa: E731
+    decode = lambda o: sum(2 ** (T - 1 - j) * o[j] for j in range(T))
     s = 1.0 / 2 ** T
-    q = lambda p: s * torch.floor(p / s + 0.5).clamp(0, 2 ** T - 1)  # noqa: E731
+    q = lambda p: s * torch.floor(p / s + 0.5).clamp(0, 2 ** T - 1)
     torch.testing.assert_close(decode(out[T:2 * T]), q(a * 2 ** (T - 1)))
     torch.testing.assert_close(decode(out[2 * T:3 * T]), q(b * 2 ** (T - 1)))
 

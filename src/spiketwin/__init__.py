@@ -8,4 +8,4 @@ from .base import StatefulModule, TimeFold, reset, set_step_mode
 
 __version__ = "0.1.0"
 
-__all__ = ["StatefulModule", "TimeFold", "reset", "set_step_mode", "__version__"]
+__all__ = ["StatefulModule", "TimeFold", "__version__", "reset", "set_step_mode"]

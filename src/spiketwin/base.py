@@ -7,7 +7,7 @@ time step (``[B, ...]``); ``step_mode="m"`` means one call is a whole sequence (
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -17,7 +17,8 @@ STEP_MODES = ("s", "m")
 
 def check_step_mode(step_mode: str) -> str:
     if step_mode not in STEP_MODES:
-        raise ValueError(f"step_mode must be 's' (one step, [B, ...]) or 'm' (sequence, [T, B, ...]), got {step_mode!r}")
+        raise ValueError(f"step_mode must be 's' (one step, [B, ...]) or 'm' (sequence, [T, B, ...]), "
+                         f"got {step_mode!r}")
     return step_mode
 
 

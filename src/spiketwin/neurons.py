@@ -206,7 +206,7 @@ class STBIF(StatefulModule):
         self.register_buffer("threshold", _as_threshold(threshold))
 
     @classmethod
-    def from_quantizer(cls, quantizer, step_mode: str = "m") -> "STBIF":
+    def from_quantizer(cls, quantizer, step_mode: str = "m") -> STBIF:
         """The neuron whose summed output equals ``quantizer`` applied to the summed input."""
         if not bool(quantizer.initialized):
             raise ValueError("STBIF.from_quantizer: the quantizer's step was never initialised (run a batch first)")

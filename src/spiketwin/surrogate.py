@@ -15,7 +15,7 @@ from torch import nn
 
 class _Spike(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, surrogate: "Surrogate") -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, surrogate: Surrogate) -> torch.Tensor:
         if x.requires_grad:
             ctx.save_for_backward(x)
             ctx.surrogate = surrogate

@@ -1,0 +1,35 @@
+"""Conversion: ANN -> quantized ANN (QANN, trained with QAT) -> SNN, and the equivalence check.
+
+``to_qann(model, levels, neuron)`` picks the method: ``neuron="stbif"`` is SpikeZIP-TF (ViT, RoBERTa),
+``neuron="ilif"`` is SpikeConverter (ReLU CNNs, then ViTs). ``to_snn(qann)`` builds the SNN the QANN
+was prepared for; ``verify(qann, snn, x)`` compares them layer by layer.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+NEURONS = ("stbif", "ilif")
+
+
+def to_qann(model: nn.Module, levels: int = 16, neuron: str = "stbif", **kwargs) -> nn.Module:
+    """A new model with quantizers in the places ``neuron``'s conversion needs; train it like any model."""
+    if neuron not in NEURONS:
+        raise ValueError(f"to_qann: neuron must be one of {NEURONS}, got {neuron!r}")
+    raise TypeError(f"to_qann: no {neuron!r} conversion for {type(model).__name__} yet")
+
+
+def to_snn(qann: nn.Module) -> nn.Module:
+    """The SNN equivalent to ``qann`` (a model returned by :func:`to_qann`)."""
+    build = getattr(qann, "to_snn", None)
+    if build is None:
+        raise TypeError(f"to_snn: {type(qann).__name__} is not a QANN made by spiketwin.convert.to_qann")
+    return build()
+
+
+def verify(qann: nn.Module, snn: nn.Module, x, **kwargs):
+    """Compare ``snn``'s summed values with ``qann``'s, per sample and per layer (see each SNN's ``verify``)."""
+    check = getattr(snn, "verify", None)
+    if check is None:
+        raise TypeError(f"verify: {type(snn).__name__} is not a converted SNN (it has no .verify)")
+    return check(qann, x, **kwargs)

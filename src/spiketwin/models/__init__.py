@@ -1,0 +1,41 @@
+"""Model definitions and the registry of named configurations: ``create(name, **overrides)``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str):
+    """Decorator: register a factory ``fn(**overrides) -> nn.Module`` under ``name``."""
+    def wrap(fn):
+        if name in _REGISTRY:
+            raise ValueError(f"model name {name!r} is registered twice")
+        _REGISTRY[name] = fn
+        return fn
+    return wrap
+
+
+def available() -> list[str]:
+    _load_all()
+    return sorted(_REGISTRY)
+
+
+def create(name: str, **overrides) -> nn.Module:
+    """Build the named configuration, with keyword ``overrides`` (e.g. ``num_classes=10``)."""
+    _load_all()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name](**overrides)
+
+
+def _load_all() -> None:
+    """Import the model modules so that their ``@register`` calls run."""
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
