@@ -43,7 +43,8 @@ class ImageFolder(Dataset):
         self.transform = transform
         self.classes = sorted(d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
         if not self.classes:
-            raise FileNotFoundError(f"ImageFolder: {self.root} has no class sub-folders (expected root/<class>/<image>)")
+            raise FileNotFoundError(f"ImageFolder: {self.root} has no class sub-folders "
+                                    f"(expected root/<class>/<image>)")
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         extensions = tuple(e.lower() for e in extensions)
         self.samples: list[tuple[Path, int]] = []
