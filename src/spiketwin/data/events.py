@@ -7,10 +7,14 @@ Formats (iniVation's AEDAT documentation and libcaer headers):
   offset, int32 timestamp overflow, int32 capacity, int32 number, int32 valid) followed by
   ``capacity * size`` bytes of events. A polarity event (type 1) is 8 bytes: uint32 data (bit 0 valid mark,
   bit 1 polarity, bits 2-16 y, bits 17-31 x; (0, 0) at the top left) and int32 timestamp in us, to which
-  ``overflow << 31`` is added. Other packet types are skipped; events without the valid mark are dropped.
+  ``overflow << 31`` is added. Other packet types are skipped.
 * **AEDAT 2.0** (CIFAR10-DVS, jAER's DVS128 class): ``#`` header lines, then big-endian 8-byte events
   (uint32 address, uint32 timestamp in us). Address bit 0 polarity, bits 1-7 x, bits 8-14 y ((0, 0) at the
-  bottom left), bit 15 an external (non-pixel) event, which is dropped.
+  bottom left), bit 15 an external (non-pixel) event.
+
+Like the reference readers (iniVation's ``dv.LegacyAedatFile``, SpikingJelly, whose frames Spikformer
+trained on), both readers keep every event by default; ``valid_only=True`` / ``pixel_only=True`` drop the
+events whose valid mark is clear (3.1) or that are external events (2.0).
 
 Frames follow SpikingJelly's "number" split: N events in file order, frame ``j`` takes events
 ``[j * (N // T), (j + 1) * (N // T))`` and the last frame also takes the remainder; each frame holds
@@ -91,8 +95,9 @@ def _skip_header(data: bytes, path: Path, version: bytes) -> int:
     return pos
 
 
-def read_aedat31(path: str | Path) -> Events:
-    """Polarity events of an AEDAT 3.1 file (DVS128 Gesture recordings), in file order."""
+def read_aedat31(path: str | Path, valid_only: bool = False) -> Events:
+    """Polarity events of an AEDAT 3.1 file (DVS128 Gesture recordings), in file order; with
+    ``valid_only`` only those whose valid mark (bit 0) is set."""
     path = Path(path)
     data = _read(path)
     pos = _skip_header(data, path, b"3.1")
@@ -121,14 +126,14 @@ def read_aedat31(path: str | Path) -> Events:
         return Events(*(np.zeros(0, np.int64) for _ in range(4)))
     raw = np.concatenate(words).astype(np.int64)
     info, stamp = raw[0::2], raw[1::2]
-    valid = (info & 1).astype(bool)
     t = stamp | (np.concatenate(overflows) << 31)
     events = Events(t, (info >> 17) & 0x7FFF, (info >> 2) & 0x7FFF, (info >> 1) & 1)
-    return events.select(valid)
+    return events.select((info & 1).astype(bool)) if valid_only else events
 
 
-def read_aedat20_dvs128(path: str | Path) -> Events:
-    """Pixel events of an AEDAT 2.0 file written by jAER's DVS128 class (CIFAR10-DVS), in file order.
+def read_aedat20_dvs128(path: str | Path, pixel_only: bool = False) -> Events:
+    """Events of an AEDAT 2.0 file written by jAER's DVS128 class (CIFAR10-DVS), in file order; with
+    ``pixel_only`` without the external events (address bit 15).
 
     Coordinates are the sensor's own: (0, 0) at the bottom left.
     """
@@ -141,7 +146,7 @@ def read_aedat20_dvs128(path: str | Path) -> Events:
     raw = np.frombuffer(data, dtype=">u4", offset=pos).astype(np.int64)
     address, t = raw[0::2], raw[1::2]
     events = Events(t, (address >> 1) & 0x7F, (address >> 8) & 0x7F, address & 1)
-    return events.select(((address >> 15) & 1) == 0)
+    return events.select(((address >> 15) & 1) == 0) if pixel_only else events
 
 
 def events_to_frames(events: Events, frames: int, size: tuple[int, int] = DVS128_SIZE,
