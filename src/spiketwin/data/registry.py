@@ -32,7 +32,7 @@ def _root(name: str, root: str | Path | None) -> Path:
     if root is None:
         raise ValueError(f"get_dataset({name!r}) reads local files: pass root=<folder holding them> "
                          f"(see docs/data.md for the expected layout)")
-    return Path(root)
+    return Path(root).expanduser()
 
 
 def _split(name: str, split: str, allowed: tuple[str, ...]) -> None:
