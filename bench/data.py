@@ -14,24 +14,8 @@ import numpy as np
 import torch
 
 from bench.common import median_seconds, print_table
-from spiketwin.data.augment import (
-    CIFAR10_MEAN,
-    CIFAR10_STD,
-    Compose,
-    Normalize,
-    RandAugment,
-    RandomCrop,
-    RandomErasing,
-    RandomHorizontalFlip,
-)
+from spiketwin.data.augment import spikformer_cifar_augmentation
 from spiketwin.data.events import CIFAR10DVS
-
-
-def cifar_recipe() -> Compose:
-    """Spikformer's CIFAR training augmentation, as tensor ops."""
-    return Compose([RandomCrop(32, padding=4), RandomHorizontalFlip(),
-                    RandAugment(num_ops=2, magnitude=9, magnitude_std=0.5, p=0.5),
-                    Normalize(CIFAR10_MEAN, CIFAR10_STD), RandomErasing(0.25, value="normal")])
 
 
 def fake_cifar10_dvs(root: Path, n_events: int, seed: int = 0) -> None:
@@ -55,12 +39,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    aug = cifar_recipe()
+    aug = spikformer_cifar_augmentation()
     x = torch.rand(args.batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     g = torch.Generator().manual_seed(1)
     batched = median_seconds(lambda: aug(x, g), args.repeats)
     per_image = median_seconds(lambda: [aug(img, g) for img in x], args.repeats)
-    print_table(f"CIFAR augmentation recipe on [{args.batch}, 3, 32, 32] (CPU, {args.threads} thread(s), "
+    print_table(f"Spikformer CIFAR augmentation on [{args.batch}, 3, 32, 32] (CPU, {args.threads} thread(s), "
                 f"median of {args.repeats})",
                 ["path", "ms / batch", "images / s", "speed-up"],
                 [["image by image", per_image * 1e3, args.batch / per_image, 1.0],

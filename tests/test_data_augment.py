@@ -12,6 +12,7 @@ from spiketwin.data.augment import (
     RandomCrop,
     RandomErasing,
     RandomHorizontalFlip,
+    spikformer_cifar_augmentation,
     equalize,
     posterize,
     rotate,
@@ -53,6 +54,8 @@ def test_rotate_90_is_rot90_and_translate_moves_whole_pixels():
     torch.testing.assert_close(out[0, ..., 2:], y[0, ..., :-2], rtol=0, atol=1e-5)
     torch.testing.assert_close(out[1, ..., :-2], y[1, ..., 2:], rtol=0, atol=1e-5)
     assert torch.allclose(out[0, ..., :2], torch.tensor(0.5)) and torch.allclose(out[1, ..., -2:], torch.tensor(0.5))
+    rgb = translate_x(images(1, 3, 4, 4), torch.tensor([0.5]), fill=(0.1, 0.2, 0.3))  # one fill per channel
+    torch.testing.assert_close(rgb[0, :, :, :2].mean((1, 2)), torch.tensor([0.1, 0.2, 0.3]))
 
 
 def test_pointwise_ops_follow_their_definitions():
@@ -111,8 +114,7 @@ def test_random_erasing_probability_area_and_value():
 
 
 def test_same_generator_seed_same_batch_and_single_images():
-    aug = Compose([RandomCrop(12, padding=4), RandomHorizontalFlip(), RandAugment(2, 9, magnitude_std=0.5, p=0.5),
-                   Normalize((0.5,) * 3, (0.25,) * 3), RandomErasing(0.25, value="normal")])
+    aug = Compose([RandomCrop(12, padding=4), spikformer_cifar_augmentation(), RandomErasing(0.5, value="normal")])
     x = images(8, 3, 12, 12)
     a, b, c = aug(x, gen(7)), aug(x, gen(7)), aug(x, gen(8))
     assert torch.equal(a, b) and not torch.equal(a, c)

@@ -3,11 +3,8 @@
 Every augmentation is called as ``aug(x, generator=None)`` on ``[B, C, H, W]`` (or one ``[C, H, W]`` image)
 with values in ``[0, 1]`` and draws its random numbers per sample from ``generator`` (a
 ``torch.Generator``; the global one when None), so the same seed gives the same batch. Random numbers are
-drawn on the generator's device and moved to the input's. Typical CIFAR recipe (Spikformer's, via timm)::
-
-    train_aug = Compose([RandomCrop(32, padding=4), RandomHorizontalFlip(),
-                         RandAugment(num_ops=2, magnitude=9, magnitude_std=0.5, p=0.5),
-                         Normalize(CIFAR10_MEAN, CIFAR10_STD), RandomErasing(0.25, value="normal")])
+drawn on the generator's device and moved to the input's. :func:`spikformer_cifar_augmentation` builds
+the official Spikformer CIFAR recipe from these parts.
 
 The functional ops below take a per-sample ``amount`` ``[B]``; an amount of 0 is the identity for each.
 """
@@ -22,6 +19,7 @@ import torch.nn.functional as F
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+Fill = float | Sequence[float]  # value outside the image for geometric ops: one, or one per channel
 
 
 def _rand(shape, generator: torch.Generator | None, device: torch.device, normal: bool = False) -> torch.Tensor:
@@ -79,11 +77,13 @@ def equalize(x: torch.Tensor, amount: torch.Tensor) -> torch.Tensor:
     return x + _per_sample(amount) * (eq - x)
 
 
-def affine(x: torch.Tensor, matrix: torch.Tensor, shift: torch.Tensor, fill: float = 0.5) -> torch.Tensor:
+def affine(x: torch.Tensor, matrix: torch.Tensor, shift: torch.Tensor, fill: Fill = 0.5) -> torch.Tensor:
     """Resample ``x`` at ``matrix @ p + shift`` for each output point ``p`` in normalised [-1, 1] coordinates
-    (``matrix`` ``[B, 2, 2]``, ``shift`` ``[B, 2]``), bilinear, ``fill`` outside the image."""
+    (``matrix`` ``[B, 2, 2]``, ``shift`` ``[B, 2]``), bilinear; outside the image ``fill`` (one value, or one
+    per channel)."""
     theta = torch.cat([matrix, shift.unsqueeze(-1)], -1).to(x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    fill = torch.as_tensor(fill, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)
     return F.grid_sample(x - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
 
 
@@ -91,7 +91,7 @@ def _eye(x: torch.Tensor) -> torch.Tensor:
     return torch.eye(2, device=x.device, dtype=x.dtype).expand(x.shape[0], 2, 2).clone()
 
 
-def rotate(x: torch.Tensor, amount: torch.Tensor, fill: float = 0.5) -> torch.Tensor:
+def rotate(x: torch.Tensor, amount: torch.Tensor, fill: Fill = 0.5) -> torch.Tensor:
     """Rotate counter-clockwise by ``amount`` degrees about the centre."""
     h, w = x.shape[-2:]
     rad = amount.to(x.dtype) * (math.pi / 180)
@@ -100,7 +100,7 @@ def rotate(x: torch.Tensor, amount: torch.Tensor, fill: float = 0.5) -> torch.Te
     return affine(x, matrix, torch.zeros_like(matrix[:, 0]), fill)
 
 
-def shear_x(x: torch.Tensor, amount: torch.Tensor, fill: float = 0.5) -> torch.Tensor:
+def shear_x(x: torch.Tensor, amount: torch.Tensor, fill: Fill = 0.5) -> torch.Tensor:
     """Shear along x: the column shifts by ``amount`` pixels per row from the centre."""
     h, w = x.shape[-2:]
     matrix = _eye(x)
@@ -108,7 +108,7 @@ def shear_x(x: torch.Tensor, amount: torch.Tensor, fill: float = 0.5) -> torch.T
     return affine(x, matrix, torch.zeros_like(matrix[:, 0]), fill)
 
 
-def shear_y(x: torch.Tensor, amount: torch.Tensor, fill: float = 0.5) -> torch.Tensor:
+def shear_y(x: torch.Tensor, amount: torch.Tensor, fill: Fill = 0.5) -> torch.Tensor:
     """Shear along y: the row shifts by ``amount`` pixels per column from the centre."""
     h, w = x.shape[-2:]
     matrix = _eye(x)
@@ -116,13 +116,13 @@ def shear_y(x: torch.Tensor, amount: torch.Tensor, fill: float = 0.5) -> torch.T
     return affine(x, matrix, torch.zeros_like(matrix[:, 0]), fill)
 
 
-def translate_x(x: torch.Tensor, amount: torch.Tensor, fill: float = 0.5) -> torch.Tensor:
+def translate_x(x: torch.Tensor, amount: torch.Tensor, fill: Fill = 0.5) -> torch.Tensor:
     """Move the content right by ``amount`` times the width."""
     shift = torch.stack([-2 * amount.to(x.dtype), torch.zeros_like(amount, dtype=x.dtype)], -1)
     return affine(x, _eye(x), shift, fill)
 
 
-def translate_y(x: torch.Tensor, amount: torch.Tensor, fill: float = 0.5) -> torch.Tensor:
+def translate_y(x: torch.Tensor, amount: torch.Tensor, fill: Fill = 0.5) -> torch.Tensor:
     """Move the content down by ``amount`` times the height."""
     shift = torch.stack([torch.zeros_like(amount, dtype=x.dtype), -2 * amount.to(x.dtype)], -1)
     return affine(x, _eye(x), shift, fill)
@@ -217,7 +217,7 @@ class RandAugment(Augmentation):
     sample, clipped to [0, 10]) with a random sign for signed ops. See ``RAND_AUGMENT_OPS``."""
 
     def __init__(self, num_ops: int = 2, magnitude: float = 9.0, magnitude_std: float = 0.0, p: float = 1.0,
-                 ops: Sequence[str] = tuple(RAND_AUGMENT_OPS), fill: float = 0.5):
+                 ops: Sequence[str] = tuple(RAND_AUGMENT_OPS), fill: Fill = 0.5):
         unknown = [op for op in ops if op not in RAND_AUGMENT_OPS]
         if unknown or not ops:
             raise ValueError(f"RandAugment: unknown ops {unknown}; choose from {list(RAND_AUGMENT_OPS)}")
@@ -298,3 +298,18 @@ class Normalize(Augmentation):
         if x.shape[1] != self.mean.shape[1]:
             raise ValueError(f"Normalize: {self.mean.shape[1]} channel statistics for {x.shape[1]} channels")
         return (x - self.mean.to(x)) / self.std.to(x)
+
+
+SPIKFORMER_CIFAR_OPS = ("equalize", "rotate", "shear_x", "translate_x", "translate_y")
+
+
+def spikformer_cifar_augmentation(mean: Sequence[float] = CIFAR10_MEAN, std: Sequence[float] = CIFAR10_STD) -> Compose:
+    """The official Spikformer CIFAR training augmentation (``cifar10/cifar10.yml`` and ``aa_snn.py``):
+    horizontal flip, RandAugment ``rand-m9-n1-mstd0.4-inc1`` over its reduced op set (equalize, rotate,
+    shear x, translate x/y; each applied with probability 0.5; fill = the mean colour), normalise, random
+    erasing with probability 0.25 and value 0 (timm's "const" mode, after normalisation). Its random resized
+    crop has scale and ratio 1, i.e. none on 32x32 images. Evaluation uses ``Normalize(mean, std)`` alone."""
+    return Compose([RandomHorizontalFlip(),
+                    RandAugment(num_ops=1, magnitude=9, magnitude_std=0.4, p=0.5, ops=SPIKFORMER_CIFAR_OPS,
+                                fill=mean),
+                    Normalize(mean, std), RandomErasing(0.25, value=0.0)])
