@@ -13,6 +13,7 @@ from spiketwin.data.augment import (
     RandomErasing,
     RandomHorizontalFlip,
     spikformer_cifar_augmentation,
+    spikformer_dvs_augmentation,
     equalize,
     posterize,
     rotate,
@@ -131,3 +132,28 @@ def test_normalize():
     torch.testing.assert_close(out[:, 2], (x[:, 2] - 0.3) / 2.0)
     with pytest.raises(ValueError, match="3 channel statistics for 1 channels"):
         Normalize((0.1, 0.2, 0.3), (1, 1, 1))(x[:, :1])
+
+
+def test_uniform_magnitude_and_amount_override():
+    x = torch.full((2000, 1, 2, 2), 0.5)
+    fixed = RandAugment(1, 10, ops=["brightness"])(x, gen(5))
+    assert fixed.unique().tolist() == pytest.approx([0.05, 0.95])
+    uniform = RandAugment(1, 10, magnitude_std=float("inf"), ops=["brightness"])(x, gen(5))[:, 0, 0, 0]
+    assert uniform.unique().numel() > 1000 and uniform.min() < 0.1 and uniform.max() > 0.9
+    assert 0.45 < uniform.mean() < 0.55  # random sign: symmetric around 0.5
+    y = images(1, 1, 4, 8)
+    moved = RandAugment(1, 10, ops=["translate_x"], max_amounts={"translate_x": 0.25}, fill=0.0)(y, gen(6))
+    assert torch.allclose(moved[..., 2:], y[..., :-2], atol=1e-5) or torch.allclose(moved[..., :-2], y[..., 2:],
+                                                                                   atol=1e-5)
+    with pytest.raises(ValueError, match="unknown ops"):
+        RandAugment(ops=["rotate"], max_amounts={"zoom": 1.0})
+
+
+def test_event_frames_move_together_and_keep_integer_counts():
+    frame = torch.randint(0, 4, (6, 1, 2, 16, 16)).float()
+    x = frame.expand(6, 5, 2, 16, 16)  # [B, T, 2, H, W], the same frame at every step
+    out = spikformer_dvs_augmentation(size=16)(x, gen(9))
+    assert out.shape == x.shape
+    assert torch.equal(out, out[:, :1].expand_as(out))  # one transform per sample, shared by its frames
+    assert torch.equal(out, out.round()) and out.min() >= 0  # nearest neighbour, zero fill: still counts
+    assert not torch.equal(out, x)

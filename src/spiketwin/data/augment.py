@@ -77,63 +77,64 @@ def equalize(x: torch.Tensor, amount: torch.Tensor) -> torch.Tensor:
     return x + _per_sample(amount) * (eq - x)
 
 
-def affine(x: torch.Tensor, matrix: torch.Tensor, shift: torch.Tensor, fill: Fill = 0.5) -> torch.Tensor:
+def affine(x: torch.Tensor, matrix: torch.Tensor, shift: torch.Tensor, fill: Fill = 0.5,
+           mode: str = "bilinear") -> torch.Tensor:
     """Resample ``x`` at ``matrix @ p + shift`` for each output point ``p`` in normalised [-1, 1] coordinates
-    (``matrix`` ``[B, 2, 2]``, ``shift`` ``[B, 2]``), bilinear; outside the image ``fill`` (one value, or one
-    per channel)."""
+    (``matrix`` ``[B, 2, 2]``, ``shift`` ``[B, 2]``) with ``mode`` ``"bilinear"`` or ``"nearest"``; outside
+    the image ``fill`` (one value, or one per channel)."""
     theta = torch.cat([matrix, shift.unsqueeze(-1)], -1).to(x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     fill = torch.as_tensor(fill, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)
-    return F.grid_sample(x - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
+    return F.grid_sample(x - fill, grid, mode=mode, padding_mode="zeros", align_corners=False) + fill
 
 
 def _eye(x: torch.Tensor) -> torch.Tensor:
     return torch.eye(2, device=x.device, dtype=x.dtype).expand(x.shape[0], 2, 2).clone()
 
 
-def rotate(x: torch.Tensor, amount: torch.Tensor, fill: Fill = 0.5) -> torch.Tensor:
+def rotate(x: torch.Tensor, amount: torch.Tensor, fill: Fill = 0.5, mode: str = "bilinear") -> torch.Tensor:
     """Rotate counter-clockwise by ``amount`` degrees about the centre."""
     h, w = x.shape[-2:]
     rad = amount.to(x.dtype) * (math.pi / 180)
     cos, sin = rad.cos(), rad.sin()
     matrix = torch.stack([torch.stack([cos, -sin * h / w], -1), torch.stack([sin * w / h, cos], -1)], -2)
-    return affine(x, matrix, torch.zeros_like(matrix[:, 0]), fill)
+    return affine(x, matrix, torch.zeros_like(matrix[:, 0]), fill, mode)
 
 
-def shear_x(x: torch.Tensor, amount: torch.Tensor, fill: Fill = 0.5) -> torch.Tensor:
+def shear_x(x: torch.Tensor, amount: torch.Tensor, fill: Fill = 0.5, mode: str = "bilinear") -> torch.Tensor:
     """Shear along x: the column shifts by ``amount`` pixels per row from the centre."""
     h, w = x.shape[-2:]
     matrix = _eye(x)
     matrix[:, 0, 1] = amount.to(x.dtype) * h / w
-    return affine(x, matrix, torch.zeros_like(matrix[:, 0]), fill)
+    return affine(x, matrix, torch.zeros_like(matrix[:, 0]), fill, mode)
 
 
-def shear_y(x: torch.Tensor, amount: torch.Tensor, fill: Fill = 0.5) -> torch.Tensor:
+def shear_y(x: torch.Tensor, amount: torch.Tensor, fill: Fill = 0.5, mode: str = "bilinear") -> torch.Tensor:
     """Shear along y: the row shifts by ``amount`` pixels per column from the centre."""
     h, w = x.shape[-2:]
     matrix = _eye(x)
     matrix[:, 1, 0] = amount.to(x.dtype) * w / h
-    return affine(x, matrix, torch.zeros_like(matrix[:, 0]), fill)
+    return affine(x, matrix, torch.zeros_like(matrix[:, 0]), fill, mode)
 
 
-def translate_x(x: torch.Tensor, amount: torch.Tensor, fill: Fill = 0.5) -> torch.Tensor:
+def translate_x(x: torch.Tensor, amount: torch.Tensor, fill: Fill = 0.5, mode: str = "bilinear") -> torch.Tensor:
     """Move the content right by ``amount`` times the width."""
     shift = torch.stack([-2 * amount.to(x.dtype), torch.zeros_like(amount, dtype=x.dtype)], -1)
-    return affine(x, _eye(x), shift, fill)
+    return affine(x, _eye(x), shift, fill, mode)
 
 
-def translate_y(x: torch.Tensor, amount: torch.Tensor, fill: Fill = 0.5) -> torch.Tensor:
+def translate_y(x: torch.Tensor, amount: torch.Tensor, fill: Fill = 0.5, mode: str = "bilinear") -> torch.Tensor:
     """Move the content down by ``amount`` times the height."""
     shift = torch.stack([torch.zeros_like(amount, dtype=x.dtype), -2 * amount.to(x.dtype)], -1)
-    return affine(x, _eye(x), shift, fill)
+    return affine(x, _eye(x), shift, fill, mode)
 
 
 def _identity(x: torch.Tensor, amount: torch.Tensor) -> torch.Tensor:
     return x
 
 
-# name -> (op, amount at magnitude 10, random sign, takes fill). Ranges follow timm's RandAugment ("inc"
-# variants) and torchvision's: magnitude m in [0, 10] gives amount m / 10 * max.
+# name -> (op, amount at magnitude 10, random sign, geometric (takes fill and interpolation)). Ranges follow
+# timm's RandAugment ("inc" variants) and torchvision's: magnitude m in [0, 10] gives amount m / 10 * max.
 RAND_AUGMENT_OPS: dict[str, tuple[Callable, float, bool, bool]] = {
     "identity": (_identity, 0.0, False, False),
     "brightness": (brightness, 0.9, True, False),
@@ -152,14 +153,18 @@ RAND_AUGMENT_OPS: dict[str, tuple[Callable, float, bool, bool]] = {
 # ---- augmentation objects ----------------------------------------------------------------------------
 
 class Augmentation:
-    """Base: accepts ``[B, C, H, W]`` or ``[C, H, W]`` and calls ``apply`` on the batch."""
+    """Base: accepts ``[B, C, H, W]``, one ``[C, H, W]`` image, or event frames ``[B, T, C, H, W]`` (seen as
+    ``[B, T*C, H, W]``, so every frame of a sample gets the same transform) and calls ``apply`` on the batch."""
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        if x.dim() not in (3, 4):
-            raise ValueError(f"{type(self).__name__}: expected [B, C, H, W] or [C, H, W], got {tuple(x.shape)}")
         if x.dim() == 3:
             return self.apply(x.unsqueeze(0), generator)[0]
-        return self.apply(x, generator)
+        if x.dim() == 4:
+            return self.apply(x, generator)
+        if x.dim() == 5:
+            return self.apply(x.flatten(1, 2), generator).unflatten(1, x.shape[1:3])
+        raise ValueError(f"{type(self).__name__}: expected [B, C, H, W], [C, H, W] or [B, T, C, H, W], "
+                         f"got {tuple(x.shape)}")
 
     def apply(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         raise NotImplementedError
@@ -214,18 +219,25 @@ class RandomCrop(Augmentation):
 class RandAugment(Augmentation):
     """``num_ops`` rounds; in each, every sample picks one op of ``ops`` uniformly and applies it with
     probability ``p`` at magnitude ``magnitude`` (0..10, plus Gaussian noise of std ``magnitude_std`` per
-    sample, clipped to [0, 10]) with a random sign for signed ops. See ``RAND_AUGMENT_OPS``."""
+    sample, clipped to [0, 10]; ``magnitude_std=inf`` draws it uniformly from [0, magnitude], as timm) with a
+    random sign for signed ops. ``max_amounts`` overrides the amount at magnitude 10 of some ops (see
+    ``RAND_AUGMENT_OPS``); ``fill`` and ``interpolation`` (``"bilinear"``/``"nearest"``) serve the geometric
+    ops."""
 
     def __init__(self, num_ops: int = 2, magnitude: float = 9.0, magnitude_std: float = 0.0, p: float = 1.0,
-                 ops: Sequence[str] = tuple(RAND_AUGMENT_OPS), fill: Fill = 0.5):
-        unknown = [op for op in ops if op not in RAND_AUGMENT_OPS]
+                 ops: Sequence[str] = tuple(RAND_AUGMENT_OPS), fill: Fill = 0.5, interpolation: str = "bilinear",
+                 max_amounts: dict[str, float] | None = None):
+        unknown = [op for op in [*ops, *(max_amounts or {})] if op not in RAND_AUGMENT_OPS]
         if unknown or not ops:
             raise ValueError(f"RandAugment: unknown ops {unknown}; choose from {list(RAND_AUGMENT_OPS)}")
         if not 0 <= magnitude <= 10:
             raise ValueError(f"RandAugment: magnitude must be in [0, 10], got {magnitude}")
+        if interpolation not in ("bilinear", "nearest"):
+            raise ValueError(f"RandAugment: interpolation must be 'bilinear' or 'nearest', got {interpolation!r}")
         self.num_ops, self.magnitude, self.magnitude_std, self.p = num_ops, magnitude, magnitude_std, p
         self.ops = list(ops)
-        self.fill = fill
+        self.fill, self.interpolation = fill, interpolation
+        self.max_amounts = {name: RAND_AUGMENT_OPS[name][1] for name in self.ops} | (max_amounts or {})
 
     def apply(self, x, generator):
         b = x.shape[0]
@@ -236,15 +248,17 @@ class RandAugment(Augmentation):
             active = u[1] < self.p
             sign = torch.where(u[2] < 0.5, -1.0, 1.0)
             magnitude = torch.full_like(u[3], float(self.magnitude))
-            if self.magnitude_std > 0:
+            if math.isinf(self.magnitude_std):
+                magnitude = magnitude * u[3]
+            elif self.magnitude_std > 0:
                 magnitude = (magnitude + self.magnitude_std * _rand(b, generator, x.device, normal=True)).clamp(0, 10)
             for k, name in enumerate(self.ops):
                 idx = ((choice == k) & active).nonzero().squeeze(1)
                 if idx.numel() == 0:
                     continue
-                op, max_amount, signed, takes_fill = RAND_AUGMENT_OPS[name]
-                amount = magnitude[idx] / 10 * max_amount * (sign[idx] if signed else 1)
-                args = (self.fill,) if takes_fill else ()
+                op, _, signed, geometric = RAND_AUGMENT_OPS[name]
+                amount = magnitude[idx] / 10 * self.max_amounts[name] * (sign[idx] if signed else 1)
+                args = (self.fill, self.interpolation) if geometric else ()
                 out[idx] = op(out[idx], amount.to(x.dtype), *args)
         return out
 
@@ -313,3 +327,19 @@ def spikformer_cifar_augmentation(mean: Sequence[float] = CIFAR10_MEAN, std: Seq
                     RandAugment(num_ops=1, magnitude=9, magnitude_std=0.4, p=0.5, ops=SPIKFORMER_CIFAR_OPS,
                                 fill=mean),
                     Normalize(mean, std), RandomErasing(0.25, value=0.0)])
+
+
+SPIKFORMER_DVS_OPS = ("identity", "shear_x", "translate_x", "translate_y", "rotate")
+
+
+def spikformer_dvs_augmentation(size: int = 128) -> Compose:
+    """The official Spikformer CIFAR10-DVS training augmentation (``cifar10dvs/train.py``: flip, then
+    ``SNNAugmentWide`` from ``cifar10dvs/autoaugment.py``) for event frames ``[B, T, 2, size, size]``: one op
+    per sample among identity, shear x (0.3), translate x / y (5 pixels), rotate (30 deg) at a uniform random
+    magnitude and sign, nearest-neighbour, zero fill; the original's sixth choice, cutout (erasing with scale
+    0.001-0.11, square), is applied here with probability 1/6 after the op instead of in place of one."""
+    shift = 5 / size
+    return Compose([RandomHorizontalFlip(),
+                    RandAugment(num_ops=1, magnitude=10, magnitude_std=math.inf, ops=SPIKFORMER_DVS_OPS, fill=0.0,
+                                interpolation="nearest", max_amounts={"translate_x": shift, "translate_y": shift}),
+                    RandomErasing(1 / 6, scale=(0.001, 0.11), ratio=(1.0, 1.0), value=0.0)])
