@@ -1,10 +1,12 @@
 """Image augmentations on tensors (no torchvision): batched, per-sample random, reproducible with a generator.
 
-Every augmentation is called as ``aug(x, generator=None)`` on ``[B, C, H, W]`` (or one ``[C, H, W]`` image)
-with values in ``[0, 1]`` and draws its random numbers per sample from ``generator`` (a
+Every augmentation is called as ``aug(x, generator=None)`` on ``[B, C, H, W]`` (or one ``[C, H, W]`` image,
+or event frames ``[B, T, C, H, W]``) and draws its random numbers per sample from ``generator`` (a
 ``torch.Generator``; the global one when None), so the same seed gives the same batch. Random numbers are
-drawn on the generator's device and moved to the input's. :func:`spikformer_cifar_augmentation` builds
-the official Spikformer CIFAR recipe from these parts.
+drawn on the generator's device and moved to the input's. The colour ops (brightness, contrast, solarize,
+posterize, equalize) expect values in ``[0, 1]``; the geometric ones take any values (event counts too).
+:func:`spikformer_cifar_augmentation` and :func:`spikformer_dvs_augmentation` build the official Spikformer
+recipes from these parts.
 
 The functional ops below take a per-sample ``amount`` ``[B]``; an amount of 0 is the identity for each.
 """
