@@ -237,17 +237,16 @@ class STBIF(StatefulModule):
         walk of the count towards its target is scanned."""
         theta = self.threshold.to(x_seq.dtype)
         totals = running_sum(x_seq, self.total)
-        targets = torch.floor(totals / theta + 0.5).clamp_(self.n_min, self.n_max)
-        deltas = torch.empty_like(x_seq)
-        count = torch.zeros_like(x_seq[0]) if self.count is None else self.count
-        for t in range(x_seq.shape[0]):
-            delta = (targets[t] - count).clamp_(-1, 1)
-            count = count + delta
-            deltas[t] = delta
-        self.total, self.count = totals[-1], count
-        last = deltas[-1]
+        self.total = totals[-1].clone()
+        steps = totals.div_(theta).add_(0.5).floor_().clamp_(self.n_min, self.n_max)  # targets, in place
+        count = torch.zeros_like(x_seq[0]) if self.count is None else self.count.clone()
+        for t in range(x_seq.shape[0]):  # the target at t becomes the spike at t: clamp(target - count, -1, 1)
+            delta = steps[t].sub_(count).clamp_(-1, 1)
+            count.add_(delta)
+        self.count = count
+        last = steps[-1]
         self.fired = last.flatten(1).ne(0).any(1) if last.dim() > 1 else last.ne(0)
-        return deltas * theta
+        return steps.mul_(theta)
 
     def extra_repr(self) -> str:
         theta = self.threshold.flatten()[:4].tolist()

@@ -174,7 +174,7 @@ class _Observer:
 
     def _on_neuron(self, module, inputs, out: torch.Tensor) -> None:
         lead = 1 if self.step_mode == "s" else 2
-        fired = out.flatten(lead).ne(0).any(-1)  # [b] or [T, b]
+        fired = out.flatten(lead).any(-1)  # [b] or [T, b]: any neuron spiked
         self.fired = fired if self.fired is None else self.fired | fired
 
     def _summer(self, name: str):
