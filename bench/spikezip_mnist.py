@@ -97,7 +97,7 @@ def run_level(levels: int, ann, ann_acc: float, data, timed: torch.Tensor, args)
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--levels", type=int, nargs="+", default=[4, 8, 16, 32])
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--qat-epochs", type=int, default=3)
     parser.add_argument("--batch", type=int, default=256, help="images in the timed batch")
     parser.add_argument("--repeats", type=int, default=3)
