@@ -1,6 +1,6 @@
 """SpikeConverter accuracy: ANN, QANN and iLIF SNN (k = 2, 1.5, 3) versus rate-coded IF at equal steps.
 
-    python -m bench.spikeconverter [--datasets digits mnist] [--device cpu] [--threads 1]
+    python -m bench.spikeconverter [--datasets digits mnist] [--models NAME ...] [--device cpu] [--threads 1]
 
 For each data set (the bundled digits; real MNIST, first 8,000 / last 2,000 of the t10k files in
 ``../shared/data/mnist``, skipped with a message when absent) and model it trains the ANN (cached in
@@ -30,7 +30,7 @@ DATA = ROOT / ".." / "shared" / "data"
 CACHE = ROOT / "runs" / "spikeconverter"
 PHASE_STEPS = (2, 4, 6, 8)
 OTHER_K = (1.5, 3.0)
-SETUPS = {"digits": [("vgg_small", {}), ("resnet_small", {})], "mnist": [("vgg_mnist", {})]}
+SETUPS = {"digits": [("vgg_small", {}), ("resnet_small", {})], "mnist": [("vgg_mnist", {}), ("resnet_mnist", {})]}
 
 
 def save_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
@@ -137,6 +137,7 @@ def run(dataset: str, name: str, overrides: dict, args) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["digits", "mnist"], choices=sorted(SETUPS))
+    parser.add_argument("--models", nargs="+", help="only these models (default: all of each data set's)")
     parser.add_argument("--data", type=Path, default=DATA, help="folder holding mnist/ (default ../shared/data)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 is fastest on a busy machine)")
@@ -144,7 +145,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     for dataset in args.datasets:
         for name, overrides in SETUPS[dataset]:
-            run(dataset, name, overrides, args)
+            if args.models is None or name in args.models:
+                run(dataset, name, overrides, args)
 
 
 if __name__ == "__main__":
