@@ -44,6 +44,21 @@ class Tangle(nn.Module):
         return self.fc(c.view(c.size(0), -1))
 
 
+class Shared(nn.Module):
+    """One ReLU, one max pooling and one (weight-tied) convolution, each called at two places."""
+
+    def __init__(self, c: int = 3) -> None:
+        super().__init__()
+        self.conv0, self.conv = nn.Conv2d(1, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)
+        self.relu, self.pool = nn.ReLU(), nn.MaxPool2d(2)
+        self.fc = nn.Linear(c * 4, 4)
+
+    def forward(self, x):
+        x = self.pool(self.relu(self.conv0(x)))  # 8x8 -> 4x4
+        x = self.pool(self.relu(self.conv(self.relu(self.conv(x)))))  # 4x4 -> 2x2
+        return self.fc(torch.flatten(x, 1))
+
+
 def randomize_batchnorm(model: nn.Module, g: torch.Generator) -> nn.Module:
     """Give every BatchNorm non-trivial statistics and affine parameters, so that folding matters."""
     for m in model.modules():
@@ -68,6 +83,8 @@ def random_cnn(kind: str, seed: int) -> nn.Module:
     elif kind == "resnet":
         model = ResNetSmall(channels=[pick([3, 4]), pick([4, 6])], num_classes=pick([3, 7]),
                             blocks_per_stage=pick([1, 2]), stem_pool=pick(["max", "avg", None]))
+    elif kind == "shared":
+        model = Shared()
     else:
         model = Tangle()
     return randomize_batchnorm(model.double(), g)
@@ -81,7 +98,7 @@ def convert(model: nn.Module, T: int, seed: int, n: int = 5):
 
 
 CASES = [("vgg", 2, 0), ("vgg", 5, 1), ("vgg", 8, 2), ("resnet", 3, 3), ("resnet", 6, 4), ("resnet", 8, 5),
-         ("tangle", 4, 6), ("tangle", 7, 7)]
+         ("tangle", 4, 6), ("tangle", 7, 7), ("shared", 5, 9)]
 
 
 @pytest.mark.parametrize("kind,T,seed", CASES)
@@ -117,14 +134,15 @@ def test_pipelined_and_unpipelined_schedules_give_identical_outputs(kind, T, see
     assert torch.equal(batch.output.argmax(-1), stream.output.argmax(-1))
 
 
-@pytest.mark.parametrize("pipelined", [False, True])
-def test_step_by_step_and_period_by_period_are_identical(pipelined):
-    qann, snn, x = convert(random_cnn("tangle", 21), 3, 21, n=3)
+@pytest.mark.parametrize("kind,pipelined", [("tangle", False), ("tangle", True), ("shared", False)])
+def test_step_by_step_and_period_by_period_are_identical(kind, pipelined):
+    qann, snn, x = convert(random_cnn(kind, 21), 3, 21, n=3)
     a = snn.simulate(x, step_mode="m", pipelined=pipelined)
     b = snn.simulate(x, step_mode="s", pipelined=pipelined)
     # the same schedule; only the number of rows each convolution sees (and so its summation order) differs
     torch.testing.assert_close(a.per_step, b.per_step, rtol=1e-12, atol=1e-15)
     assert torch.equal(a.settle_step, b.settle_step)
+    assert verify(qann, snn, x, step_mode="s", pipelined=pipelined).ok
 
 
 def test_depth_latency_and_shortcut_delay():

@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import math
 import operator
+from collections import Counter
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -143,6 +144,11 @@ class _Recorder(fx.Interpreter):
         return out
 
 
+def _call_sites(gm: fx.GraphModule) -> Counter:
+    """How many nodes call each submodule (a module used twice must become two spiking modules)."""
+    return Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
+
+
 def _percentile(x: torch.Tensor, q: float) -> torch.Tensor:
     """The ``q``-th percentile of all elements of ``x`` (nearest rank)."""
     flat = x.detach().flatten()
@@ -174,13 +180,14 @@ def to_ilif_qann(model: nn.Module, levels: int, calibration: torch.Tensor | None
         recorder = _Recorder(gm, [n.name for n in relus])
         recorder.run(calibration)
     ref = next(gm.parameters(), calibration)
+    sites = _call_sites(gm)
     for i, node in enumerate(relus):
         quantizer = Quantizer(levels, signed=False).to(device=ref.device, dtype=ref.dtype)
         p = _percentile(recorder.values[node.name], percentile)
         with torch.no_grad():
             quantizer.step.copy_((p / levels).clamp_min(torch.finfo(quantizer.step.dtype).tiny))
             quantizer.initialized.fill_(True)
-        if node.op == "call_module":
+        if node.op == "call_module" and sites[node.target] == 1:
             gm.add_submodule(node.target, quantizer)
             continue
         name = f"relu_quant_{i}"
@@ -403,13 +410,17 @@ class _GraphSNN(nn.Module):
         self.phase_steps = qann.phase_steps
         self.clock = _Clock()
         gm = copy.deepcopy(qann.net)
+        sites = _call_sites(gm)
         lags: dict[str, int] = {}
         for node in list(gm.graph.nodes):
-            inputs = [a for a in node.all_input_nodes]
+            inputs = list(node.all_input_nodes)
             lag = max((lags[a.name] for a in inputs), default=0)
             if node.op == "call_module":
                 module = gm.get_submodule(node.target)
                 new = swap(module, self.clock)
+                if sites[node.target] > 1:  # each call site keeps its own state
+                    node.target = f"site_{node.name}"
+                    new = new if new is not None else copy.deepcopy(module)
                 if new is not None:
                     gm.add_submodule(node.target, new)
                 lag += isinstance(module, Quantizer)
@@ -486,9 +497,6 @@ class ILIFSNN(_GraphSNN):
         super().__init__(qann, swap, align=True)
         self.k = 2.0
         self.set_k(k)
-
-    def neurons(self) -> list[ILIF]:
-        return [m for m in self.net.modules() if isinstance(m, ILIF)]
 
     def set_k(self, k: float) -> None:
         """Set the amplification ``k`` (> 1) of every neuron, with thresholds from :func:`ilif_threshold`."""
