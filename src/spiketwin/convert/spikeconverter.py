@@ -112,7 +112,7 @@ def _check_supported(gm: fx.GraphModule) -> None:
             if isinstance(module, nn.MaxPool2d):
                 if module.ceil_mode or module.return_indices:
                     bad.append(f"'{node.target}' (MaxPool2d): ceil_mode and return_indices are not supported")
-                if not (node.args[0].op != "placeholder" and _is_relu(gm, node.args[0])):
+                if not _is_relu(gm, node.args[0]):
                     bad.append(f"'{node.target}' (MaxPool2d) takes {node.args[0].name}, not a ReLU output: max "
                                "pooling is exact only on iLIF spike trains; put it right after the ReLU "
                                "(max commutes with ReLU, the ANN is unchanged)")
