@@ -13,6 +13,7 @@ from spiketwin.models import create
 from spiketwin.models.cnn import ResNetSmall, VGGSmall
 from spiketwin.neurons import ILIF
 from spiketwin.quant import Quantizer
+from spiketwin.simulate import simulate
 from spiketwin.train import TrainConfig, fit
 
 
@@ -161,6 +162,7 @@ def test_readout_is_zero_before_its_period_and_partial_during_it():
     start = snn.depth * 4
     assert torch.equal(result.per_step[:start], torch.zeros_like(result.per_step[:start]))
     assert torch.equal(result.per_step[snn.latency - 1:], result.output.expand(6, *result.output.shape))
+    assert torch.equal(simulate(snn, x, snn.latency + 5, "m", k=2.0).per_step, result.per_step)  # entry point
     early = snn.simulate(x, max_steps=snn.latency - 1)
     assert bool((early.settle_step == -1).all())
     assert torch.equal(early.per_step, result.per_step[:snn.latency - 1])
