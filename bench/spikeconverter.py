@@ -1,6 +1,6 @@
 """SpikeConverter accuracy: ANN, QANN and iLIF SNN (k = 2, 1.5, 3) versus rate-coded IF at equal steps.
 
-    python -m bench.spikeconverter [--datasets digits mnist] [--models NAME ...] [--device cpu] [--threads 1]
+    python -m bench.spikeconverter [--datasets digits mnist] [--models NAME ...] [--rate-curve] [--device cpu]
 
 For each data set (the bundled digits; real MNIST, first 8,000 / last 2,000 of the t10k files in
 ``../shared/data/mnist``, skipped with a message when absent) and model it trains the ANN (cached in
@@ -70,6 +70,17 @@ def outputs_of(model, x: torch.Tensor, batch: int = 500) -> torch.Tensor:
     return torch.cat([model(x[i:i + batch]).cpu() for i in range(0, len(x), batch)])
 
 
+@torch.no_grad()
+def rate_curve(qann, x: torch.Tensor, y: torch.Tensor, steps: list[int], batch: int = 500) -> list[float]:
+    """Accuracy of the rate-coded network after each of ``steps`` (one run of ``max(steps)`` steps)."""
+    correct = torch.zeros(max(steps))
+    rate = qann.to_rate_snn()
+    for i in range(0, len(x), batch):
+        result = rate.simulate(x[i:i + batch], max_steps=max(steps))
+        correct += (result.per_step.argmax(-1).cpu() == y[i:i + batch].cpu()).double().sum(1)
+    return [correct[s - 1].item() / len(y) for s in steps]
+
+
 def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     """Mean |logit difference| over mean |logit|: the conversion error of the output layer."""
     return ((got - want).abs().mean() / want.abs().mean()).item()
@@ -99,6 +110,11 @@ def run(dataset: str, name: str, overrides: dict, args) -> None:
             TrainConfig(epochs=epochs, lr=3e-3, weight_decay=1e-4, progress=False), device)
     ann_acc = evaluate(ann, x_test, y_test)
     calibration = x_train[:512]
+    if args.rate_curve:
+        steps = [8, 16, 32, 64, 128, 256, 512]
+        curve = rate_curve(to_qann(ann, levels=2, neuron="ilif", calibration=calibration), x_test, y_test, steps)
+        print_table(f"{dataset} / {name}: rate-coded IF accuracy (%) versus steps (ANN {100 * ann_acc:.2f} %)",
+                    ["steps", *map(str, steps)], [["accuracy", *(f"{100 * a:.2f}" for a in curve)]])
     rows, err_rows, schedule = [], [], []
     for T in PHASE_STEPS:
         qann = to_qann(ann, levels=2 ** T, neuron="ilif", calibration=calibration)
@@ -138,6 +154,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["digits", "mnist"], choices=sorted(SETUPS))
     parser.add_argument("--models", nargs="+", help="only these models (default: all of each data set's)")
+    parser.add_argument("--rate-curve", action="store_true",
+                        help="also print the rate-coded network's accuracy after 8 ... 512 steps")
     parser.add_argument("--data", type=Path, default=DATA, help="folder holding mnist/ (default ../shared/data)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 is fastest on a busy machine)")
