@@ -41,7 +41,7 @@ from torch import fx, nn
 from torch.nn.modules.utils import _pair
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from ..base import StatefulModule, reset
+from ..base import StatefulModule, check_step_mode, reset
 from ..neurons import IF, ILIF
 from ..quant import Quantizer
 from ..simulate import SimResult
@@ -451,9 +451,7 @@ class _GraphSNN(nn.Module):
              record: list[str]) -> dict[str, torch.Tensor]:
         """Run ``total`` steps from a reset state; ``inputs(start, steps)`` gives ``[steps, B, ...]``. Returns
         the ``[total, B, ...]`` trains of the nodes in ``record``."""
-        if step_mode not in ("s", "m"):
-            raise ValueError(f"step_mode must be 's' (one step per call) or 'm' (one period per call), got "
-                             f"{step_mode!r}")
+        check_step_mode(step_mode)  # "s": one step per call; "m": one period per call
         reset(self.net)
         chunk = 1 if step_mode == "s" else self.phase_steps
         trains: dict[str, list[torch.Tensor]] = {name: [] for name in record}
