@@ -12,6 +12,7 @@ from spiketwin.convert.spikeconverter import Delay, ILIFSNN, SpikeMaxPool2d, ili
 from spiketwin.models import create
 from spiketwin.models.cnn import ResNetSmall, VGGSmall
 from spiketwin.neurons import ILIF
+from spiketwin.ops import MatMul
 from spiketwin.quant import Quantizer
 from spiketwin.simulate import simulate
 from spiketwin.train import TrainConfig, fit
@@ -58,6 +59,40 @@ class Shared(nn.Module):
         x = self.pool(self.relu(self.conv0(x)))  # 8x8 -> 4x4
         x = self.pool(self.relu(self.conv(self.relu(self.conv(x)))))  # 4x4 -> 2x2
         return self.fc(torch.flatten(x, 1))
+
+
+class TinyViT(nn.Module):
+    """A one-block ViT written for torch.fx (batch first everywhere), with SpikeZIP-TF's quantizer places:
+    patch embedding, class token and position embedding, LayerNorm, q/k/v, softmax, attn @ v, MLP."""
+
+    def __init__(self, levels: int, dim: int = 8, heads: int = 2, classes: int = 3) -> None:
+        super().__init__()
+        signed = lambda: Quantizer(levels, signed=True)
+        self.heads, self.head_dim = heads, dim // heads
+        self.patch = nn.Conv2d(1, dim, 4, 4)  # 8x8 -> 4 tokens
+        self.patch_quant = signed()
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.5)
+        self.pos_embed = nn.Parameter(torch.randn(1, 5, dim) * 0.5)
+        self.norm1, self.norm1_quant = nn.LayerNorm(dim), signed()
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.q_quant, self.k_quant, self.v_quant = signed(), signed(), signed()
+        self.matmul_qk, self.softmax, self.attn_quant = MatMul(), nn.Softmax(-1), Quantizer(levels)
+        self.matmul_av, self.out_quant = MatMul(), signed()
+        self.proj, self.proj_quant = nn.Linear(dim, dim), signed()
+        self.norm2, self.norm2_quant = nn.LayerNorm(dim), signed()
+        self.fc1, self.fc2, self.fc2_quant = nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim), signed()
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x):
+        t = self.patch_quant(self.patch(x)).flatten(2).transpose(1, 2)  # [B, 4, D]
+        t = torch.cat([self.cls_token.expand(t.shape[0], -1, -1), t], 1) + self.pos_embed
+        qkv = self.qkv(self.norm1_quant(self.norm1(t))).unflatten(-1, (3, self.heads, self.head_dim))
+        q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # [B, H, N, d]
+        scores = self.matmul_qk(self.q_quant(q) * self.head_dim ** -0.5, self.k_quant(k).transpose(-2, -1))
+        out = self.out_quant(self.matmul_av(self.attn_quant(self.softmax(scores)), self.v_quant(v)))
+        t = t + self.proj_quant(self.proj(out.transpose(1, 2).flatten(2)))
+        t = t + self.fc2_quant(self.fc2(F.relu(self.fc1(self.norm2_quant(self.norm2(t))))))
+        return self.head(t[:, 0])
 
 
 def randomize_batchnorm(model: nn.Module, g: torch.Generator) -> nn.Module:
@@ -257,6 +292,21 @@ class BNFirst(nn.Module):
         return self.fc(F.relu(self.bn(x)))
 
 
+@pytest.mark.parametrize("T,seed", [(3, 0), (5, 1), (8, 2)])
+def test_transformer_operators_convert_exactly(T, seed):
+    """Signed quantizers, LayerNorm, softmax, q kᵀ and attn v, class token and position embedding."""
+    torch.manual_seed(seed)
+    qann, snn, x = convert(TinyViT(2 ** T).double().eval(), T, seed, n=4)
+    report = verify(qann, snn, x)
+    assert report.ok, str(report)
+    kinds = {d.kind for d in report.layers}
+    assert {"LayerNorm", "Softmax", "MatMul", "Quantizer"} <= kinds
+    assert torch.equal(snn.simulate(x, pipelined=True).output, torch.stack(
+        [snn.simulate(x[i:i + 1]).output[0] for i in range(len(x))]))
+    with pytest.raises(TypeError, match="rate-coded baseline converts ReLU CNNs only"):
+        qann.to_rate_snn()
+
+
 def test_clear_errors():
     x = torch.rand(4, 1, 8, 8)
     model = create("vgg_small")
@@ -266,8 +316,8 @@ def test_clear_errors():
         to_qann(model, levels=16, neuron="ilif")
     with pytest.raises(ValueError, match="BatchNorm 'bn'"):
         to_qann(BNFirst(), levels=4, neuron="ilif", calibration=torch.rand(4, 4))
-    with pytest.raises(TypeError, match="'1' \\(GELU\\)"):
-        to_qann(nn.Sequential(nn.Linear(4, 4), nn.GELU()), levels=4, neuron="ilif", calibration=torch.rand(4, 4))
+    with pytest.raises(TypeError, match="'1' \\(Tanh\\)"):
+        to_qann(nn.Sequential(nn.Linear(4, 4), nn.Tanh()), levels=4, neuron="ilif", calibration=torch.rand(4, 4))
     with pytest.raises(TypeError, match="'1' \\(MaxPool2d\\) takes _0"):
         to_qann(nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2), nn.ReLU()), levels=4, neuron="ilif",
                 calibration=x)

@@ -43,6 +43,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from ..base import StatefulModule, check_step_mode, reset
 from ..neurons import IF, ILIF
+from ..ops import MatMul
 from ..quant import Quantizer
 from ..simulate import SimResult
 
@@ -54,19 +55,32 @@ _PASSIVE = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool
             nn.Dropout)
 _RELU_FUNCTIONS = (F.relu, torch.relu)
 _ADD_FUNCTIONS = (operator.add, torch.add)
-_SHAPE_FUNCTIONS = (torch.flatten,)
-_SHAPE_METHODS = ("flatten", "view", "reshape", "size")
+_PERIOD_OPS = (nn.LayerNorm, nn.Softmax, nn.GELU, MatMul)
+_SCALE_FUNCTIONS = (operator.mul, operator.truediv)
+_SHAPE_FUNCTIONS = (torch.flatten, torch.cat, operator.getitem, getattr)
+_SHAPE_METHODS = ("flatten", "view", "reshape", "size", "transpose", "unflatten", "expand", "contiguous")
 SUPPORTED = ("Conv1d/Conv2d/Linear, BatchNorm1d/2d right after one of them, ReLU (module, F.relu, torch.relu, "
              ".relu()), MaxPool2d right after a ReLU, AvgPool/AdaptiveAvgPool, Flatten/torch.flatten/.view/"
-             ".reshape, Dropout/Identity, additions of two activations")
+             ".reshape, Dropout/Identity, additions of two activations; for transformers: Quantizer modules already in "
+             "the model (signed or unsigned), LayerNorm/Softmax/GELU/spiketwin.ops.MatMul, parameters with a "
+             "leading dimension of 1 (class token, position embedding), torch.cat/.transpose/.unflatten/"
+             ".expand/indexing that keep dimension 0 the batch, products with a number")
 
 
 # ----------------------------------------------------------------------------- ANN -> QANN
 
 
+class _Tracer(fx.Tracer):
+    """``torch.fx`` tracer that keeps quantizers and ``MatMul`` as modules (the conversion swaps them)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, (Quantizer, MatMul)) or super().is_leaf_module(m, qualname)
+
+
 def _trace(model: nn.Module) -> fx.GraphModule:
+    model = copy.deepcopy(model).eval()
     try:
-        return fx.symbolic_trace(copy.deepcopy(model).eval())
+        return fx.GraphModule(model, _Tracer().trace(model), type(model).__name__)
     except Exception as e:  # fx raises many types; say what failed and what would work
         raise TypeError(f"to_qann(neuron='ilif'): torch.fx cannot trace {type(model).__name__}: {e}. The "
                         "SpikeConverter conversion needs a traceable model without data-dependent control "
@@ -107,7 +121,12 @@ def _check_supported(gm: fx.GraphModule) -> None:
     for node in gm.graph.nodes:
         if node.op in ("placeholder", "output") or _is_relu(gm, node):
             continue
-        if node.op == "call_module":
+        if node.op == "get_attr":
+            value = getattr(gm, node.target) if "." not in node.target else gm.get_parameter(node.target)
+            if not isinstance(value, torch.Tensor) or value.dim() < 2 or value.shape[0] != 1:
+                bad.append(f"'{node.target}': a constant must be a tensor with a leading dimension of 1 "
+                           "(it enters every sample like a bias)")
+        elif node.op == "call_module":
             module = gm.get_submodule(node.target)
             if isinstance(module, nn.MaxPool2d):
                 if module.ceil_mode or module.return_indices:
@@ -116,13 +135,17 @@ def _check_supported(gm: fx.GraphModule) -> None:
                     bad.append(f"'{node.target}' (MaxPool2d) takes {node.args[0].name}, not a ReLU output: max "
                                "pooling is exact only on iLIF spike trains; put it right after the ReLU "
                                "(max commutes with ReLU, the ANN is unchanged)")
-            elif not isinstance(module, _LINEAR + _PASSIVE):
+            elif not isinstance(module, _LINEAR + _PASSIVE + _PERIOD_OPS + (Quantizer,)):
                 bad.append(f"'{node.target}' ({type(module).__name__})")
         elif node.op == "call_function" and node.target in _ADD_FUNCTIONS:
             operands = [a for a in node.args if isinstance(a, fx.Node)]
             if len(operands) != 2 or len(node.args) != 2 or node.kwargs:
                 bad.append(f"'{node.name}' ({node.format_node()}): only the sum of two activations is "
                            "supported (a constant would have to enter like a bias)")
+        elif node.op == "call_function" and node.target in _SCALE_FUNCTIONS:
+            if len(node.args) != 2 or not isinstance(node.args[0], fx.Node) or not isinstance(node.args[1],
+                                                                                              (int, float)):
+                bad.append(f"'{node.name}' ({node.format_node()}): only an activation times a number is linear")
         elif not ((node.op == "call_function" and node.target in _SHAPE_FUNCTIONS)
                   or (node.op == "call_method" and node.target in _SHAPE_METHODS)):
             bad.append(f"'{node.name}' ({node.format_node()})")
@@ -176,9 +199,20 @@ def to_ilif_qann(model: nn.Module, levels: int, calibration: torch.Tensor | None
     _fold_batchnorm(gm)
     _check_supported(gm)
     relus = [n for n in gm.graph.nodes if _is_relu(gm, n)]
+    placed = [n for n in gm.graph.nodes if n.op == "call_module" and isinstance(gm.get_submodule(n.target), Quantizer)]
+    for node in placed:
+        if gm.get_submodule(node.target).levels != levels:
+            raise ValueError(f"to_qann(neuron='ilif'): quantizer '{node.target}' has "
+                             f"{gm.get_submodule(node.target).levels} levels, the conversion uses levels={levels}")
     with torch.no_grad():
-        recorder = _Recorder(gm, [n.name for n in relus])
+        recorder = _Recorder(gm, [n.name for n in relus] + [n.args[0].name for n in placed])
         recorder.run(calibration)
+        for node in placed:  # step from the percentile of |input|: p / (L/2) signed, p / L unsigned
+            quantizer = gm.get_submodule(node.target)
+            p = _percentile(recorder.values[node.args[0].name].abs(), percentile)
+            scale = levels // 2 if quantizer.signed else levels
+            quantizer.step.copy_((p / scale).clamp_min(torch.finfo(quantizer.step.dtype).tiny))
+            quantizer.initialized.fill_(True)
     ref = next(gm.parameters(), calibration)
     sites = _call_sites(gm)
     for i, node in enumerate(relus):
@@ -244,6 +278,13 @@ def ilif_threshold(step: torch.Tensor, phase_steps: int, k: float) -> torch.Tens
     return step.detach() * ratio * k ** T
 
 
+def last_phase(start: int, steps: int, phase_steps: int, like: torch.Tensor) -> torch.Tensor:
+    """``[steps, 1, ..., 1]`` (as many dimensions as ``like``): 1 at the steps ``start, start + 1, ...`` that
+    are the last of their period, 0 elsewhere."""
+    phase = torch.arange(start, start + steps, device=like.device) % phase_steps
+    return (phase == phase_steps - 1).to(like.dtype).view(steps, *[1] * (like.dim() - 1))
+
+
 class PeriodBias(StatefulModule):
     """A Conv/Linear applied to every step without its bias; the bias enters once per period of ``T`` steps,
     at the last step (the one the next neuron does not amplify). ``[T', B, ...] -> [T', B, ...]``."""
@@ -263,8 +304,7 @@ class PeriodBias(StatefulModule):
     def multi_step(self, x_seq: torch.Tensor) -> torch.Tensor:
         steps = x_seq.shape[0]
         y = self.layer(x_seq.flatten(0, 1)).unflatten(0, (steps, -1))
-        phase = torch.arange(self.t, self.t + steps, device=y.device) % self.phase_steps
-        last = (phase == self.phase_steps - 1).to(y.dtype).view(steps, *[1] * (y.dim() - 1))
+        last = last_phase(self.t, steps, self.phase_steps, y)
         bias = self.bias if isinstance(self.layer, nn.Linear) else self.bias.view(-1, *[1] * (y.dim() - 3))
         self.t += steps
         return y + last * bias
@@ -338,16 +378,93 @@ class SpikeMaxPool2d(StatefulModule):
         return out.view(b, c, *size)
 
 
+class SignedILIF(StatefulModule):
+    """The neuron of a signed quantizer: ``Q_signed(x) = Q_unsigned(x + c) - c`` with ``c = s L/2``, so ``c``
+    enters with the input and leaves with the output, each at the last step of every period (weight 1).
+    ``[T', B, ...] -> [T', B, ...]``."""
+
+    def __init__(self, neuron: ILIF, offset: torch.Tensor, step_mode: str = "m") -> None:
+        super().__init__(step_mode)
+        self.neuron, self.t = neuron, 0
+        self.register_buffer("offset", offset.detach().clone())
+
+    def reset(self) -> None:
+        super().reset()
+        self.t = 0
+
+    def multi_step(self, x_seq: torch.Tensor) -> torch.Tensor:
+        shift = last_phase(self.t, x_seq.shape[0], self.neuron.phase_steps, x_seq) * self.offset.to(x_seq.dtype)
+        self.t += x_seq.shape[0]
+        return self.neuron.multi_step(x_seq + shift) - shift
+
+
+class PeriodOp(StatefulModule):
+    """Decode, apply, encode: any operator ``fn`` (LayerNorm, softmax, an activation x activation product)
+    on spike trains. Each input's period is accumulated (``V <- k V + x``); at the period boundary ``fn`` is
+    applied to the accumulated values, and the result is emitted at the last step of the next period
+    (weight 1). Exact for any ``fn``, at the cost of one period of latency. Inputs ``[T', B, ...]`` each."""
+
+    state_names = ("acc", "ready")
+
+    def __init__(self, fn: nn.Module, phase_steps: int, k: float = 2.0, step_mode: str = "m") -> None:
+        super().__init__(step_mode)
+        self.fn, self.phase_steps, self.k, self.t = fn, int(phase_steps), float(k), 0
+
+    def reset(self) -> None:
+        super().reset()
+        self.t = 0
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        if self.step_mode == "s":
+            return self._sequence([x.unsqueeze(0) for x in xs])[0]
+        return self._sequence(list(xs))
+
+    def _sequence(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        out = []
+        for j in range(xs[0].shape[0]):
+            if self.t > 0 and self.t % self.phase_steps == 0:
+                self.ready, self.acc = self.fn(*self.acc), None
+            now = [x[j] for x in xs]
+            self.acc = now if self.acc is None else [self.k * a + x for a, x in zip(self.acc, now)]
+            if self.ready is None:
+                self.ready = torch.zeros_like(self.fn(*now))
+            emit = self.t % self.phase_steps == self.phase_steps - 1
+            out.append(self.ready if emit else torch.zeros_like(self.ready))
+            self.t += 1
+        return torch.stack(out)
+
+
+class PeriodConstant(StatefulModule):
+    """A constant ``[1, ...]`` (class token, position embedding) entering every period at its last step, for
+    every sample of the batch of ``x`` ``[T', B, ...]``; returns ``[T', B, ...value.shape[1:]]``."""
+
+    def __init__(self, value: torch.Tensor, phase_steps: int, step_mode: str = "m") -> None:
+        super().__init__(step_mode)
+        self.register_buffer("value", value.detach().clone())
+        self.phase_steps, self.t = int(phase_steps), 0
+
+    def reset(self) -> None:
+        super().reset()
+        self.t = 0
+
+    def multi_step(self, x_seq: torch.Tensor) -> torch.Tensor:
+        steps, batch = x_seq.shape[:2]
+        value = self.value.to(x_seq.dtype).expand(batch, *self.value.shape[1:])
+        out = last_phase(self.t, steps, self.phase_steps, value.unsqueeze(0)) * value
+        self.t += steps
+        return out
+
+
 class Clocked(nn.Module):
-    """Runs a sequence module (``[T', B, ...]``) inside a graph whose tensors fold time into the batch
+    """Runs a sequence module (``[T', B, ...]`` inputs) inside a graph whose tensors fold time into the batch
     (``[T' B, ...]``); ``clock.steps`` is ``T'`` for the current call. ``scale`` multiplies the output."""
 
     def __init__(self, module: nn.Module, clock: _Clock, scale: float = 1.0) -> None:
         super().__init__()
         self.module, self.clock, self.scale = module, clock, scale
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.module(x.unflatten(0, (self.clock.steps, -1))).flatten(0, 1)
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        y = self.module(*(x.unflatten(0, (self.clock.steps, -1)) for x in xs)).flatten(0, 1)
         return y if self.scale == 1.0 else y * self.scale
 
 
@@ -411,10 +528,32 @@ class _GraphSNN(nn.Module):
         self.clock = _Clock()
         gm = copy.deepcopy(qann.net)
         sites = _call_sites(gm)
-        lags: dict[str, int] = {}
+        (image,) = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        lags: dict[str, int | None] = {}  # None: a constant, present in every period
         for node in list(gm.graph.nodes):
-            inputs = list(node.all_input_nodes)
+            if node.op == "get_attr":
+                if not align:
+                    raise TypeError(f"{type(self).__name__}: constant '{node.target}' is not supported")
+                value = gm.get_parameter(node.target) if "." in node.target else getattr(gm, node.target)
+                name = f"constant_{node.name}"
+                gm.add_submodule(name, Clocked(PeriodConstant(value, self.phase_steps), self.clock))
+                with gm.graph.inserting_after(node):
+                    constant = gm.graph.call_module(name, (image,))
+                node.replace_all_uses_with(constant)
+                gm.graph.erase_node(node)
+                lags[constant.name] = None
+                continue
+            inputs = [a for a in node.all_input_nodes if lags[a.name] is not None]
             lag = max((lags[a.name] for a in inputs), default=0)
+            if align and (node.target in _ADD_FUNCTIONS or node.target is torch.cat or node.op == "call_module"):
+                for i, a in enumerate(inputs):  # operands of one operation must arrive in the same period
+                    if lags[a.name] < lag:
+                        name = f"delay_{i}_of_{node.name}"
+                        gm.add_submodule(name, Clocked(Delay((lag - lags[a.name]) * self.phase_steps), self.clock))
+                        with gm.graph.inserting_before(node):
+                            delayed = gm.graph.call_module(name, (a,))
+                        lags[delayed.name] = lag
+                        node.replace_input_with(a, delayed)
             if node.op == "call_module":
                 module = gm.get_submodule(node.target)
                 new = swap(module, self.clock)
@@ -423,16 +562,7 @@ class _GraphSNN(nn.Module):
                     new = new if new is not None else copy.deepcopy(module)
                 if new is not None:
                     gm.add_submodule(node.target, new)
-                lag += isinstance(module, Quantizer)
-            elif node.op == "call_function" and node.target in _ADD_FUNCTIONS and align:
-                for i, a in enumerate(inputs):
-                    if lags[a.name] < lag:
-                        name = f"delay_{i}_of_{node.name}"
-                        gm.add_submodule(name, Clocked(Delay((lag - lags[a.name]) * self.phase_steps), self.clock))
-                        with gm.graph.inserting_before(node):
-                            delayed = gm.graph.call_module(name, (a,))
-                        lags[delayed.name] = lag
-                        node.replace_input_with(a, delayed)
+                lag += isinstance(module, (Quantizer, *_PERIOD_OPS))
             lags[node.name] = lag
         gm.graph.lint()
         gm.recompile()
@@ -483,9 +613,13 @@ class ILIFSNN(_GraphSNN):
 
         def swap(module: nn.Module, clock: _Clock) -> nn.Module | None:
             if isinstance(module, Quantizer):
-                site = Clocked(ILIF(ilif_threshold(module.step, T, 2.0), 2.0, T), clock)
+                neuron = ILIF(ilif_threshold(module.step, T, 2.0), 2.0, T)
+                offset = module.step.detach() * (module.levels // 2)
+                site = Clocked(SignedILIF(neuron, offset) if module.signed else neuron, clock)
                 site.register_buffer("step", module.step.detach().clone())
                 return site
+            if isinstance(module, _PERIOD_OPS):
+                return Clocked(PeriodOp(module, T), clock)
             if isinstance(module, _LINEAR) and module.bias is not None:
                 return Clocked(PeriodBias(module, T), clock)
             if isinstance(module, nn.MaxPool2d):
@@ -502,9 +636,12 @@ class ILIFSNN(_GraphSNN):
         if not k > 1.0:
             raise ValueError(f"ILIFSNN: the amplification k must be > 1, got {k}")
         for site in self.net.modules():
-            if isinstance(site, Clocked) and isinstance(site.module, ILIF):
-                site.module.k = k
-                site.module.threshold = ilif_threshold(site.step, self.phase_steps, k)
+            if isinstance(site, PeriodOp):
+                site.k = k
+            if isinstance(site, Clocked) and hasattr(site, "step"):
+                neuron = site.module.neuron if isinstance(site.module, SignedILIF) else site.module
+                neuron.k = k
+                neuron.threshold = ilif_threshold(site.step, self.phase_steps, k)
         self.k = k
 
     @contextmanager
@@ -600,7 +737,7 @@ class ILIFSNN(_GraphSNN):
         """Compare every node's decoded value with the QANN's, in float64, per sample and per layer."""
         self._check_input(x)
         q64, s64, x64 = copy.deepcopy(qann).double().eval(), copy.deepcopy(self).double(), x.double()
-        nodes = {n.name: n for n in q64.net.graph.nodes if n.op not in ("placeholder", "output")}
+        nodes = {n.name: n for n in q64.net.graph.nodes if n.op not in ("placeholder", "output", "get_attr")}
         recorder = _Recorder(q64.net, nodes)
         recorder.run(x64)
         expected = {name: v for name, v in recorder.values.items() if isinstance(v, torch.Tensor)}
@@ -627,6 +764,9 @@ class RateSNN(_GraphSNN):
         T = qann.phase_steps
 
         def swap(module: nn.Module, clock: _Clock) -> nn.Module | None:
+            if isinstance(module, _PERIOD_OPS) or (isinstance(module, Quantizer) and module.signed):
+                raise TypeError(f"RateSNN: the rate-coded baseline converts ReLU CNNs only, not "
+                                f"{type(module).__name__}{' (signed)' if isinstance(module, Quantizer) else ''}")
             if isinstance(module, Quantizer):
                 theta = float(module.step.detach() * 2 ** T)
                 return Clocked(IF(v_threshold=theta, v_reset=None), clock, scale=theta)
