@@ -285,21 +285,29 @@ def last_phase(start: int, steps: int, phase_steps: int, like: torch.Tensor) -> 
     return (phase == phase_steps - 1).to(like.dtype).view(steps, *[1] * (like.dim() - 1))
 
 
-class PeriodBias(StatefulModule):
-    """A Conv/Linear applied to every step without its bias; the bias enters once per period of ``T`` steps,
-    at the last step (the one the next neuron does not amplify). ``[T', B, ...] -> [T', B, ...]``."""
+class PhasedModule(StatefulModule):
+    """A stateful module that counts its time steps (``.t``, reset to 0) to know where it is in the periods
+    of ``phase_steps`` steps."""
 
-    def __init__(self, layer: nn.Module, phase_steps: int, step_mode: str = "m") -> None:
+    def __init__(self, phase_steps: int, step_mode: str = "m") -> None:
         super().__init__(step_mode)
-        self.layer = copy.deepcopy(layer)
-        bias = self.layer.bias
-        self.layer.bias = None
-        self.register_buffer("bias", bias.detach().clone())
         self.phase_steps, self.t = int(phase_steps), 0
 
     def reset(self) -> None:
         super().reset()
         self.t = 0
+
+
+class PeriodBias(PhasedModule):
+    """A Conv/Linear applied to every step without its bias; the bias enters once per period of ``T`` steps,
+    at the last step (the one the next neuron does not amplify). ``[T', B, ...] -> [T', B, ...]``."""
+
+    def __init__(self, layer: nn.Module, phase_steps: int, step_mode: str = "m") -> None:
+        super().__init__(phase_steps, step_mode)
+        self.layer = copy.deepcopy(layer)
+        bias = self.layer.bias
+        self.layer.bias = None
+        self.register_buffer("bias", bias.detach().clone())
 
     def multi_step(self, x_seq: torch.Tensor) -> torch.Tensor:
         steps = x_seq.shape[0]
@@ -338,7 +346,7 @@ class Delay(StatefulModule):
         return f"steps={self.steps}, {super().extra_repr()}"
 
 
-class SpikeMaxPool2d(StatefulModule):
+class SpikeMaxPool2d(PhasedModule):
     """Max pooling of binary-coded spike trains (most significant step first), period by period.
 
     Per window it keeps the inputs still tied for the maximum (all of them at the start of a period). At
@@ -351,16 +359,11 @@ class SpikeMaxPool2d(StatefulModule):
     state_names = ("tied",)
 
     def __init__(self, pool: nn.MaxPool2d, phase_steps: int, step_mode: str = "m") -> None:
-        super().__init__(step_mode)
+        super().__init__(phase_steps, step_mode)
         if pool.ceil_mode or pool.return_indices:
             raise ValueError("SpikeMaxPool2d: ceil_mode and return_indices are not supported")
         self.kernel_size, self.padding = _pair(pool.kernel_size), _pair(pool.padding)
         self.stride, self.dilation = _pair(pool.stride or pool.kernel_size), _pair(pool.dilation)
-        self.phase_steps, self.t = int(phase_steps), 0
-
-    def reset(self) -> None:
-        super().reset()
-        self.t = 0
 
     def single_step(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -378,27 +381,23 @@ class SpikeMaxPool2d(StatefulModule):
         return out.view(b, c, *size)
 
 
-class SignedILIF(StatefulModule):
+class SignedILIF(PhasedModule):
     """The neuron of a signed quantizer: ``Q_signed(x) = Q_unsigned(x + c) - c`` with ``c = s L/2``, so ``c``
     enters with the input and leaves with the output, each at the last step of every period (weight 1).
     ``[T', B, ...] -> [T', B, ...]``."""
 
     def __init__(self, neuron: ILIF, offset: torch.Tensor, step_mode: str = "m") -> None:
-        super().__init__(step_mode)
-        self.neuron, self.t = neuron, 0
+        super().__init__(neuron.phase_steps, step_mode)
+        self.neuron = neuron
         self.register_buffer("offset", offset.detach().clone())
 
-    def reset(self) -> None:
-        super().reset()
-        self.t = 0
-
     def multi_step(self, x_seq: torch.Tensor) -> torch.Tensor:
-        shift = last_phase(self.t, x_seq.shape[0], self.neuron.phase_steps, x_seq) * self.offset.to(x_seq.dtype)
+        shift = last_phase(self.t, x_seq.shape[0], self.phase_steps, x_seq) * self.offset.to(x_seq.dtype)
         self.t += x_seq.shape[0]
         return self.neuron.multi_step(x_seq + shift) - shift
 
 
-class PeriodOp(StatefulModule):
+class PeriodOp(PhasedModule):
     """Decode, apply, encode: any operator ``fn`` (LayerNorm, softmax, an activation x activation product)
     on spike trains. Each input's period is accumulated (``V <- k V + x``); at the period boundary ``fn`` is
     applied to the accumulated values, and the result is emitted at the last step of the next period
@@ -407,12 +406,8 @@ class PeriodOp(StatefulModule):
     state_names = ("acc", "ready")
 
     def __init__(self, fn: nn.Module, phase_steps: int, k: float = 2.0, step_mode: str = "m") -> None:
-        super().__init__(step_mode)
-        self.fn, self.phase_steps, self.k, self.t = fn, int(phase_steps), float(k), 0
-
-    def reset(self) -> None:
-        super().reset()
-        self.t = 0
+        super().__init__(phase_steps, step_mode)
+        self.fn, self.k = fn, float(k)
 
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
         if self.step_mode == "s":
@@ -434,18 +429,13 @@ class PeriodOp(StatefulModule):
         return torch.stack(out)
 
 
-class PeriodConstant(StatefulModule):
+class PeriodConstant(PhasedModule):
     """A constant ``[1, ...]`` (class token, position embedding) entering every period at its last step, for
     every sample of the batch of ``x`` ``[T', B, ...]``; returns ``[T', B, ...value.shape[1:]]``."""
 
     def __init__(self, value: torch.Tensor, phase_steps: int, step_mode: str = "m") -> None:
-        super().__init__(step_mode)
+        super().__init__(phase_steps, step_mode)
         self.register_buffer("value", value.detach().clone())
-        self.phase_steps, self.t = int(phase_steps), 0
-
-    def reset(self) -> None:
-        super().reset()
-        self.t = 0
 
     def multi_step(self, x_seq: torch.Tensor) -> torch.Tensor:
         steps, batch = x_seq.shape[:2]
