@@ -19,6 +19,13 @@ def to_qann(model: nn.Module, levels: int = 16, neuron: str = "stbif", **kwargs)
     if neuron == "ilif":
         from .spikeconverter import to_ilif_qann
         return to_ilif_qann(model, levels, **kwargs)
+    if neuron == "stbif":
+        from ..models.vit import ViT
+
+        if isinstance(model, ViT):
+            from .spikezip import vit_to_qann
+
+            return vit_to_qann(model, levels, **kwargs)
     raise TypeError(f"to_qann: no {neuron!r} conversion for {type(model).__name__} yet")
 
 
