@@ -11,6 +11,7 @@ from spiketwin.convert import to_qann, to_snn, verify
 from spiketwin.convert.spikeconverter import Delay, ILIFSNN, SpikeMaxPool2d, ilif_threshold
 from spiketwin.models import create
 from spiketwin.models.cnn import ResNetSmall, VGGSmall
+from spiketwin.models.vit import ViT
 from spiketwin.neurons import ILIF
 from spiketwin.ops import MatMul
 from spiketwin.quant import Quantizer
@@ -305,6 +306,22 @@ def test_transformer_operators_convert_exactly(T, seed):
         [snn.simulate(x[i:i + 1]).output[0] for i in range(len(x))]))
     with pytest.raises(TypeError, match="rate-coded baseline converts ReLU CNNs only"):
         qann.to_rate_snn()
+
+
+@pytest.mark.parametrize("T,depth,heads,seed", [(2, 1, 2, 0), (4, 2, 1, 1), (6, 1, 4, 2)])
+def test_vit_converts_with_ilif_exactly(T, depth, heads, seed):
+    """The library's ViT (SpikeZIP-TF's quantizer places, timm's structure) in iLIF coding."""
+    torch.manual_seed(seed)
+    vit = ViT(img_size=8, patch_size=4, in_chans=1, num_classes=3, embed_dim=8, depth=depth, num_heads=heads,
+              act="relu").double().eval()
+    with torch.no_grad():
+        for p in vit.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    qann, snn, x = convert(vit, T, seed, n=3)
+    report = verify(qann, snn, x)
+    assert report.ok, str(report)
+    assert snn.depth == 13 * depth + 3  # a block's longest path crosses 13 neurons or period operators
+    assert sum(d.kind == "Quantizer" for d in report.layers) == 10 * depth + 2
 
 
 def test_clear_errors():

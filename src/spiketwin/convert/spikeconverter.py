@@ -39,9 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 from torch.nn.modules.utils import _pair
+from torch.fx.experimental.meta_tracer import MetaTracer
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from ..base import StatefulModule, check_step_mode, reset
+from ..models.vit import AddTokens, ViT
 from ..neurons import IF, ILIF
 from ..ops import MatMul
 from ..quant import Quantizer
@@ -52,13 +54,13 @@ DEFAULT_PERCENTILE = 99.99
 _LINEAR = (nn.Conv1d, nn.Conv2d, nn.Linear)
 _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d)
 _PASSIVE = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity,
-            nn.Dropout)
+            nn.Dropout, AddTokens)
 _RELU_FUNCTIONS = (F.relu, torch.relu)
 _ADD_FUNCTIONS = (operator.add, torch.add)
 _PERIOD_OPS = (nn.LayerNorm, nn.Softmax, nn.GELU, MatMul)
 _SCALE_FUNCTIONS = (operator.mul, operator.truediv)
 _SHAPE_FUNCTIONS = (torch.flatten, torch.cat, operator.getitem, getattr)
-_SHAPE_METHODS = ("flatten", "view", "reshape", "size", "transpose", "unflatten", "expand", "contiguous")
+_SHAPE_METHODS = ("flatten", "view", "reshape", "size", "transpose", "unflatten", "unbind", "expand", "contiguous")
 SUPPORTED = ("Conv1d/Conv2d/Linear, BatchNorm1d/2d right after one of them, ReLU (module, F.relu, torch.relu, "
              ".relu()), MaxPool2d right after a ReLU, AvgPool/AdaptiveAvgPool, Flatten/torch.flatten/.view/"
              ".reshape, Dropout/Identity, additions of two activations; for transformers: Quantizer modules already in "
@@ -70,17 +72,44 @@ SUPPORTED = ("Conv1d/Conv2d/Linear, BatchNorm1d/2d right after one of them, ReLU
 # ----------------------------------------------------------------------------- ANN -> QANN
 
 
+_LEAVES = (Quantizer, MatMul, AddTokens)
+
+
 class _Tracer(fx.Tracer):
-    """``torch.fx`` tracer that keeps quantizers and ``MatMul`` as modules (the conversion swaps them)."""
+    """``torch.fx`` tracer that keeps quantizers, ``MatMul`` and ``AddTokens`` as modules (the conversion
+    swaps or reuses them as they are)."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, (Quantizer, MatMul)) or super().is_leaf_module(m, qualname)
+        return isinstance(m, _LEAVES) or super().is_leaf_module(m, qualname)
 
 
-def _trace(model: nn.Module) -> fx.GraphModule:
+class _ViTTracer(MetaTracer):
+    """Traces a :class:`ViT` on meta tensors, which lets ``q, k, v = (... for t in qkv.unbind(-3))`` unpack
+    (the meta result says how many tensors ``unbind`` returns). Shapes the code reads become constants,
+    which is safe here because only ``AddTokens`` reads them, and it stays a module."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, _LEAVES) or super().is_leaf_module(m, qualname)
+
+    def iter(self, obj):
+        meta = getattr(obj, "_tensor_meta", None)
+        if isinstance(meta, (tuple, list)):
+            return iter([obj[i] for i in range(len(meta))])
+        return super().iter(obj)
+
+
+def _trace(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
     model = copy.deepcopy(model).eval()
     try:
-        return fx.GraphModule(model, _Tracer().trace(model), type(model).__name__)
+        if not isinstance(model, ViT):
+            return fx.GraphModule(model, _Tracer().trace(model), type(model).__name__)
+        meta = copy.deepcopy(model).to("meta")
+        meta.check_input = lambda x: None  # input validation needs real tensors; the graph runs without it
+        for name, m in list(meta.named_modules()):
+            if isinstance(m, Quantizer):  # same shape, and no bool() of a meta tensor; the node keeps its path
+                meta.set_submodule(name, nn.Identity())
+        graph = _ViTTracer().trace(meta, meta_args={"x": example[:1].to("meta")})
+        return fx.GraphModule(model, graph, type(model).__name__)
     except Exception as e:  # fx raises many types; say what failed and what would work
         raise TypeError(f"to_qann(neuron='ilif'): torch.fx cannot trace {type(model).__name__}: {e}. The "
                         "SpikeConverter conversion needs a traceable model without data-dependent control "
@@ -195,7 +224,11 @@ def to_ilif_qann(model: nn.Module, levels: int, calibration: torch.Tensor | None
                          "to set each quantizer's step from the activations")
     if not 0 < percentile <= 100:
         raise ValueError(f"to_qann(neuron='ilif'): percentile must be in (0, 100], got {percentile}")
-    gm = _trace(model)
+    if isinstance(model, ViT):  # SpikeZIP-TF's quantizer places (GELU -> ReLU); steps are calibrated below
+        from .spikezip import vit_to_qann
+
+        model = vit_to_qann(model, levels).model
+    gm = _trace(model, calibration)
     _fold_batchnorm(gm)
     _check_supported(gm)
     relus = [n for n in gm.graph.nodes if _is_relu(gm, n)]
