@@ -30,7 +30,10 @@ DATA = ROOT / ".." / "shared" / "data"
 CACHE = ROOT / "runs" / "spikeconverter"
 PHASE_STEPS = (2, 4, 6, 8)
 OTHER_K = (1.5, 3.0)
-SETUPS = {"digits": [("vgg_small", {}), ("resnet_small", {})], "mnist": [("vgg_mnist", {}), ("resnet_mnist", {})]}
+CNN = {"lr": 3e-3, "weight_decay": 1e-4}
+VIT = {"lr": 2e-3, "weight_decay": 0.05, "label_smoothing": 0.1}  # as in spiketwin.demo
+SETUPS = {"digits": [("vgg_small", CNN), ("resnet_small", CNN), ("vit_digits", VIT)],
+          "mnist": [("vgg_mnist", CNN), ("resnet_mnist", CNN)]}
 
 
 def save_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
@@ -96,7 +99,7 @@ def load(dataset: str, data_root: Path):
     return mnist_split(root, n_train=8000)
 
 
-def run(dataset: str, name: str, overrides: dict, args) -> None:
+def run(dataset: str, name: str, recipe: dict, args) -> None:
     data = load(dataset, args.data)
     if data is None:
         return
@@ -104,13 +107,13 @@ def run(dataset: str, name: str, overrides: dict, args) -> None:
     x_train, y_train, x_test, y_test = (t.to(device) for t in data)
     epochs, qat_epochs = (30, 4) if dataset == "digits" else (8, 2)
     torch.manual_seed(0)
-    ann = create(name, **overrides).to(device)
+    ann = create(name).to(device)
     tag = f"{dataset}_{name}_e{epochs}"
     trained(ann, CACHE / f"{tag}_ann.safetensors", (x_train, y_train),
-            TrainConfig(epochs=epochs, lr=3e-3, weight_decay=1e-4, progress=False), device)
+            TrainConfig(epochs=epochs, progress=False, **recipe), device)
     ann_acc = evaluate(ann, x_test, y_test)
     calibration = x_train[:512]
-    if args.rate_curve:
+    if args.rate_curve and recipe is CNN:
         steps = [8, 16, 32, 64, 128, 256, 512]
         curve = rate_curve(to_qann(ann, levels=2, neuron="ilif", calibration=calibration), x_test, y_test, steps)
         print_table(f"{dataset} / {name}: rate-coded IF accuracy (%) versus steps (ANN {100 * ann_acc:.2f} %)",
@@ -120,7 +123,10 @@ def run(dataset: str, name: str, overrides: dict, args) -> None:
         qann = to_qann(ann, levels=2 ** T, neuron="ilif", calibration=calibration)
         qann_cal = evaluate(qann, x_test, y_test)
         snn_cal, _ = snn_accuracy(qann.to_snn(), x_test, y_test)
-        rate_acc, _ = snn_accuracy(qann.to_rate_snn(), x_test, y_test)  # classic: ANN weights, calibrated θ
+        try:  # classic: ANN weights, calibrated θ (ReLU CNNs only)
+            rate_acc, _ = snn_accuracy(qann.to_rate_snn(), x_test, y_test)
+        except TypeError:
+            rate_acc = None
         trained(qann, CACHE / f"{tag}_T{T}_qat{qat_epochs}.safetensors", (x_train, y_train),
                 TrainConfig(epochs=qat_epochs, lr=5e-4, weight_decay=1e-4, warmup_epochs=0.0, progress=False),
                 device)
@@ -137,7 +143,7 @@ def run(dataset: str, name: str, overrides: dict, args) -> None:
         steps = snn.latency
         rows.append([T, steps, f"{100 * qann_cal:.2f}", f"{100 * snn_cal:.2f}", f"{100 * qann_acc:.2f}",
                      f"{100 * acc[2.0]:.2f}", f"{100 * agree:.2f}", f"{100 * (acc[2.0] - ann_acc):+.2f}",
-                     *(f"{100 * acc[k]:.2f}" for k in OTHER_K), f"{100 * rate_acc:.2f}"])
+                     *(f"{100 * acc[k]:.2f}" for k in OTHER_K), "n/a" if rate_acc is None else f"{100 * rate_acc:.2f}"])
         err_rows.append([T, *(f"{errors[k]:.2e}" for k in (2.0, *OTHER_K))])
         schedule.append([T, snn.depth, steps, T, f"{steps / T:.0f}x"])
     title = f"{dataset} / {name}: ANN {100 * ann_acc:.2f} %, {len(y_test)} test images, accuracy in %"
@@ -162,9 +168,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     for dataset in args.datasets:
-        for name, overrides in SETUPS[dataset]:
+        for name, recipe in SETUPS[dataset]:
             if args.models is None or name in args.models:
-                run(dataset, name, overrides, args)
+                run(dataset, name, recipe, args)
 
 
 if __name__ == "__main__":
