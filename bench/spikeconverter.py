@@ -2,13 +2,13 @@
 
     python -m bench.spikeconverter [--datasets digits mnist] [--models NAME ...] [--rate-curve] [--device cpu]
 
-For each data set (the bundled digits; real MNIST, first 8,000 / last 2,000 of the t10k files in
-``../shared/data/mnist``, skipped with a message when absent) and model it trains the ANN (cached in
-``runs/spikeconverter/``), then for T = 2, 4, 6, 8 steps per phase: calibrates the 2^T-level QANN
-(99.99th percentile), measures it and its SNN untuned, fine-tunes it (QAT, cached) and measures QANN, iLIF
-SNN with k = 2, 1.5 and 3. The classic rate-coded soft-reset IF conversion (ANN weights, threshold = the
-same calibrated percentile, no fine-tuning) runs for as many steps as the iLIF latency ((depth + 1) T).
-It also prints the schedule's latency and throughput.
+For each data set and model (the bundled digits: VGG, ResNet and ViT; real MNIST: VGG and ResNet,
+first 8,000 / last 2,000 of the t10k files in ``../shared/data/mnist``, skipped with a message when
+absent) it trains the ANN (cached in ``runs/spikeconverter/``), then for T = 2, 4, 6, 8 steps per phase:
+calibrates the 2^T-level QANN (99.99th percentile), measures it and its SNN untuned, fine-tunes it (QAT,
+cached) and measures QANN and iLIF SNN with k = 2, 1.5 and 3. The classic rate-coded soft-reset IF
+conversion (ANN weights, threshold = the same calibrated percentile, no fine-tuning; CNNs only) runs for
+as many steps as the iLIF latency ((depth + 1) T). It also prints the schedule's latency and throughput.
 """
 
 from __future__ import annotations
