@@ -91,10 +91,12 @@ class MaskedSoftmax(nn.Module):
 
 
 class Embeddings(nn.Module):
-    """Word + position + token-type embeddings, LayerNorm, dropout: ``[B, N]`` ids -> ``[B, N, D]``.
+    """Word + position + token-type embeddings (:meth:`forward`, ``[B, N]`` ids -> ``[B, N, D]``), then
+    LayerNorm, dropout and the ``quant`` slot (:meth:`normalize`).
 
-    Positions follow RoBERTa: real tokens count from ``pad_token_id + 1``, padding sits at ``pad_token_id``.
-    ``quant`` (applied by :meth:`Roberta.encode`) is the first neuron layer of the SNN.
+    The split is the SNN's input boundary: the summed lookups are the analog input that enters at the first
+    time step; the LayerNorm and the quantizer (the first neurons) run inside the SNN. Positions follow
+    RoBERTa: real tokens count from ``pad_token_id + 1``, padding sits at ``pad_token_id``.
     """
 
     def __init__(self, cfg: RobertaConfig) -> None:
@@ -115,9 +117,12 @@ class Embeddings(nn.Module):
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        x = (self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
-             + self.position_embeddings(self.position_ids(input_ids)))
-        return self.dropout(self.LayerNorm(x))
+        return (self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+                + self.position_embeddings(self.position_ids(input_ids)))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., N, D] -> [..., N, D]``: LayerNorm, dropout, quantizer slot."""
+        return self.quant(self.dropout(self.LayerNorm(x)))
 
 
 class SelfAttention(nn.Module):
@@ -343,29 +348,31 @@ class Roberta(nn.Module):
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
               token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Check the inputs; return the embeddings ``[B, N, D]`` (the SNN's analog input) and the additive
-        attention mask ``[B, 1, 1, N]``."""
+        """Check the inputs; return the summed embedding lookups ``[B, N, D]`` (the SNN's analog input) and
+        the additive attention mask ``[B, 1, 1, N]``. Trailing columns that are padding in every row are
+        dropped (``N`` may shrink); they cannot change a result."""
         self.check_input(input_ids, attention_mask, token_type_ids)
-        x = self.roberta.embeddings(input_ids, token_type_ids)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        elif attention_mask.numel():  # trailing columns that pad every row cannot change any result: drop them
+            used = attention_mask.ne(0).any(0).nonzero()
+            length = int(used.max()) + 1 if len(used) else 1
+            input_ids, attention_mask = input_ids[:, :length], attention_mask[:, :length]
+            token_type_ids = None if token_type_ids is None else token_type_ids[:, :length]
+        x = self.roberta.embeddings(input_ids, token_type_ids)
         return x, additive_mask(attention_mask, x.dtype)
 
-    def encode(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Embeddings ``[..., N, D]`` -> token features ``[..., N, D]`` after the last layer."""
-        x = self.roberta.embeddings.quant(x)
+    def forward_embedded(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Summed embeddings ``[..., N, D]`` and additive mask -> logits ``[..., num_labels]`` (from the ``<s>``
+        token at position 0)."""
+        x = self.roberta.embeddings.normalize(x)
         for layer in self.roberta.encoder.layer:
             x = layer(x, mask)
-        return x
-
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        """``[..., N, D] -> [..., num_labels]`` from the ``<s>`` token (position 0)."""
         return self.classifier(x[..., 0, :])
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        x, mask = self.embed(input_ids, attention_mask, token_type_ids)
-        return self.forward_head(self.encode(x, mask))
+        return self.forward_embedded(*self.embed(input_ids, attention_mask, token_type_ids))
 
 
 @register("roberta_sst2_small")
