@@ -142,4 +142,5 @@ class RobertaSNN(SpikeZIPSNN):
         if not isinstance(inner, R.Roberta):
             raise TypeError(f"RobertaSNN.verify: qann must be a RobertaQANN, got {type(qann).__name__}")
         emb, mask = self.embed(x, kwargs)
-        return super().verify(FromEmbeddings(inner), emb, max_steps, step_mode, rtol, mask=mask)
+        reference = FromEmbeddings(inner).train(inner.training)  # verify restores this mode afterwards
+        return super().verify(reference, emb, max_steps, step_mode, rtol, mask=mask)

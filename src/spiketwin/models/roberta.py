@@ -345,6 +345,9 @@ class Roberta(nn.Module):
                 raise ValueError(f"Roberta: {name} must have input_ids' shape {tuple(input_ids.shape)}, got {got}")
         if attention_mask is not None and not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
             raise ValueError("Roberta: attention_mask must hold only 0 (padding) and 1 (real token)")
+        if attention_mask is not None and attention_mask.numel() and not bool(attention_mask[:, 0].all()):
+            raise ValueError("Roberta: attention_mask[:, 0] must be 1: the classifier reads the <s> token at "
+                             "position 0, so pad on the right (tokenizer padding_side='right')")
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
               token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
