@@ -49,6 +49,9 @@ def test_module_tree_is_hugging_face_roberta(act, tmp_path):
     hf = transformers.RobertaForSequenceClassification(transformers.RobertaConfig(
         vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
         max_position_embeddings=40, hidden_act=act, num_labels=3, layer_norm_eps=1e-5)).double().eval()
+    with torch.no_grad():  # weights that float32 cannot hold: a copy through float32 would show
+        for p in hf.parameters():
+            p.add_(torch.randn_like(p) * 1e-3)
     batch = padded_batch([9, 4, 12, 6])
     expected = hf(**batch).logits
     ours = Roberta.from_hf(hf).eval()

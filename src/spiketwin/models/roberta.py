@@ -282,10 +282,10 @@ class Roberta(nn.Module):
         if type(model).__name__ != "RobertaForSequenceClassification":
             raise TypeError(f"Roberta.from_hf expects a transformers RobertaForSequenceClassification, "
                             f"got {type(model).__name__}")
-        ours = cls(RobertaConfig.from_hf(model.config))
-        ours.load_hf_state_dict(model.state_dict())
         param = next(model.parameters())
-        return ours.to(param.dtype).to(param.device)
+        ours = cls(RobertaConfig.from_hf(model.config)).to(device=param.device, dtype=param.dtype)
+        ours.load_hf_state_dict(model.state_dict())  # copied in the model's own dtype: nothing is rounded
+        return ours
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> Roberta:
@@ -305,10 +305,11 @@ class Roberta(nn.Module):
         from transformers import RobertaConfig as HFConfig
         from transformers import RobertaForSequenceClassification
 
-        hf = RobertaForSequenceClassification(HFConfig(**asdict(self.config)))
-        hf.load_state_dict(self.state_dict())
         param = next(self.parameters())
-        return hf.to(param.dtype).to(param.device)
+        hf = RobertaForSequenceClassification(HFConfig(**asdict(self.config))).to(device=param.device,
+                                                                                    dtype=param.dtype)
+        hf.load_state_dict(self.state_dict())
+        return hf
 
     def load_hf_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Load Hugging Face's keys; a clear ``ValueError`` lists missing, unexpected and mis-shaped keys."""
