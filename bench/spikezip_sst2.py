@@ -3,10 +3,11 @@
     python -m bench.spikezip_sst2 [--epochs 2] [--qat-epochs 1] [--levels 16] [--retrain]
 
 Trains a WordPiece tokenizer and ``roberta_sst2_small`` (2 layers, hidden 64, 4 heads, ReLU) on the SST-2
-training split (GLUE TSV from ``../shared/data/sst2``), fine-tunes its QANN, converts it, and runs the SNN in
-float64 on the 872 dev sentences. Prints ANN / QANN / SNN dev accuracy, the SNN-vs-QANN agreement per
-sentence, settle steps and accuracy versus T (all from one SNN run). Trained weights are cached under
-``runs/spikezip_sst2/<settings>/`` (safetensors), so a second run only converts and simulates.
+training split (GLUE TSV from ``../shared/data/sst2``), fine-tunes its QANN, converts it, and runs the SNN
+on the 872 dev sentences in float64 (the proof: sums equal the QANN to round-off) and in float32. Prints
+ANN / QANN / SNN dev accuracy, the SNN-vs-QANN agreement per sentence, settle steps and accuracy versus T
+(all from one SNN run). Trained weights are cached under ``runs/spikezip_sst2/<settings>/`` (safetensors),
+so a second run only converts and simulates.
 """
 
 from __future__ import annotations
@@ -46,12 +47,12 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     model.load_state_dict(load_file(str(path)))
 
 
-def train_or_load(model, path: Path, x, y, config: TrainConfig, what: str, retrain: bool) -> float:
-    """Train ``model`` (or load its cached weights); returns the training seconds (0 when loaded)."""
+def train_or_load(model, path: Path, x, y, config: TrainConfig, what: str, retrain: bool) -> float | str:
+    """Train ``model`` (or load its cached weights); returns the training seconds (``"cached"`` when loaded)."""
     if path.is_file() and not retrain:
         load_weights(model, path)
         print(f"{what}: loaded {path.relative_to(ROOT)}")
-        return 0.0
+        return "cached"
     start = time.perf_counter()
     for record in fit(model, x, y, config):
         print(f"{what} epoch {record['epoch']}: loss {record['loss']:.4f}")
@@ -67,25 +68,30 @@ def sorted_batches(n_tokens: torch.Tensor, batch_size: int) -> list[torch.Tensor
 
 
 @torch.no_grad()
-def run_snn(snn, qann64, dev: dict, batch_size: int, max_steps: int):
-    """Simulate the dev set; returns SNN logits, QANN (float64) logits, settle steps, per-step logits."""
-    n = len(dev["input_ids"])
-    snn_out = torch.zeros(n, 2, dtype=torch.float64)
+def run_snn(qann, dev: dict, batch_size: int, max_steps: int):
+    """Convert ``qann`` and simulate the dev set in its dtype; returns SNN logits, QANN logits, settle steps,
+    per-step logits and the simulation seconds."""
+    snn = to_snn(qann)
+    n, dtype = len(dev["input_ids"]), next(qann.parameters()).dtype
+    snn_out = torch.zeros(n, 2, dtype=dtype)
     qann_out = torch.zeros_like(snn_out)
     settle = torch.zeros(n, dtype=torch.int64)
     per_step = []  # (indices, [T_b, b, 2])
+    seconds = 0.0
     for idx in sorted_batches(dev["attention_mask"].sum(1), batch_size):
         batch = {k: v[idx] for k, v in dev.items()}
+        start = time.perf_counter()
         result = simulate(snn, batch, max_steps=max_steps)
+        seconds += time.perf_counter() - start
         snn_out[idx], settle[idx] = result.output, result.settle_step
-        qann_out[idx] = qann64(**batch)
+        qann_out[idx] = qann(**batch)
         per_step.append((idx, result.per_step))
     steps = max(p.shape[0] for _, p in per_step)
-    curve = torch.empty(steps, n, 2, dtype=torch.float64)
+    curve = torch.empty(steps, n, 2, dtype=dtype)
     for idx, p in per_step:  # a settled sentence keeps its final logits at every later step
         curve[:p.shape[0], idx] = p
         curve[p.shape[0]:, idx] = p[-1]
-    return snn_out, qann_out, settle, curve
+    return snn_out, qann_out, settle, curve, seconds
 
 
 def main() -> None:
@@ -149,27 +155,29 @@ def main() -> None:
 
     ann_acc = evaluate(ann, dev, dev_y)
     qann_acc = evaluate(qann, dev, dev_y)
-    qann64 = qann.double().eval()  # the proof runs in float64: SNN sums equal the QANN to round-off
-    snn = to_snn(qann64)
-    start = time.perf_counter()
-    snn_out, qann_out, settle, curve = run_snn(snn, qann64, dev, args.batch_size, args.max_steps)
-    snn_seconds = time.perf_counter() - start
+    snn32_out, qann32_out, _, _, snn32_seconds = run_snn(qann.eval(), dev, args.batch_size, args.max_steps)
+    qann.double()  # the proof runs in float64: SNN sums equal the QANN to round-off
+    snn_out, qann_out, settle, curve, snn_seconds = run_snn(qann, dev, args.batch_size, args.max_steps)
 
     snn_pred, qann_pred = snn_out.argmax(1), qann_out.argmax(1)
     rel = (snn_out - qann_out).abs().amax(1) / qann_out.abs().amax(1)
     settled = settle >= 0
     print_table(f"SST-2 dev accuracy ({len(dev_y)} sentences), {args.levels} levels",
-                ["model", "accuracy %", "train s", "note"],
-                [["ANN (float32)", 100 * ann_acc, ann_seconds, "roberta_sst2_small, ReLU"],
+                ["model", "accuracy %", "seconds", "note"],
+                [["ANN (float32)", 100 * ann_acc, ann_seconds, "roberta_sst2_small, ReLU; seconds: training"],
                  ["QANN (float32)", 100 * qann_acc, qat_seconds, f"QAT {args.qat_epochs} epoch(s) from the ANN"],
                  ["QANN (float64)", 100 * (qann_pred == dev_y).double().mean().item(), "", "reference for the SNN"],
-                 ["SNN (float64)", 100 * (snn_pred == dev_y).double().mean().item(), "",
-                  f"simulated in {snn_seconds:.1f} s"]])
-    print_table("SNN vs QANN (float64), per dev sentence", ["check", "value"],
-                [["sentences with the same prediction", f"{int((snn_pred == qann_pred).sum())} / {len(dev_y)}"],
-                 ["max relative logit difference", f"{rel.max().item():.2e}"],
-                 ["sentences within 1e-9 relative", f"{int((rel <= 1e-9).sum())} / {len(dev_y)}"],
-                 ["settled within max_steps", f"{int(settled.sum())} / {len(dev_y)}"]])
+                 ["SNN (float64)", 100 * (snn_pred == dev_y).double().mean().item(), snn_seconds,
+                  "seconds: simulating the dev set"],
+                 ["SNN (float32)", 100 * (snn32_out.argmax(1) == dev_y).double().mean().item(), snn32_seconds,
+                  "seconds: simulating the dev set"]])
+    print_table("SNN vs QANN, per dev sentence", ["check", "value"],
+                [["float64: same prediction", f"{int((snn_pred == qann_pred).sum())} / {len(dev_y)}"],
+                 ["float64: max relative logit difference", f"{rel.max().item():.2e}"],
+                 ["float64: sentences within 1e-9 relative", f"{int((rel <= 1e-9).sum())} / {len(dev_y)}"],
+                 ["float64: settled within max_steps", f"{int(settled.sum())} / {len(dev_y)}"],
+                 ["float32: same prediction", f"{int((snn32_out.argmax(1) == qann32_out.argmax(1)).sum())} / "
+                                              f"{len(dev_y)}"]])
     s = settle[settled].double()
     print_table("Settle steps (time steps until the SNN output is exact)", ["median", "p90", "max", "mean"],
                 [[s.median().item(), s.quantile(0.9).item(), int(s.max()), s.mean().item()]])
