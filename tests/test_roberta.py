@@ -76,6 +76,8 @@ def test_snn_equals_qann_float64(seed, layers, hidden, heads, levels, labels):
     model = tiny(seed, layers, hidden, heads, "gelu" if seed % 2 else "relu", labels)
     batch = padded_batch([11, 3, 7, 11, 5, 9], seed=seed)
     qann = calibrated_qann(model, levels, batch)
+    assert len(qann.quantizers()) == 10 * layers + 2  # 10 per layer, after the embedding norm, after the tanh
+    assert not any(isinstance(m, (torch.nn.GELU, torch.nn.ReLU)) for m in qann.modules())  # absorbed
     snn = to_snn(qann)
     report = verify(qann, snn, batch, max_steps=512)
     assert report.ok, str(report)
