@@ -41,19 +41,23 @@ def running_sum(x_seq: torch.Tensor, initial: torch.Tensor | None = None) -> tor
     the sequence path differ from the step path in the last bit.
     """
     out = torch.empty_like(x_seq)
-    acc = initial
-    for t in range(x_seq.shape[0]):
-        acc = x_seq[t] if acc is None else acc + x_seq[t]
-        out[t] = acc
+    if initial is None:
+        out[0] = x_seq[0]
+    else:
+        torch.add(initial, x_seq[0], out=out[0])
+    for t in range(1, x_seq.shape[0]):
+        torch.add(out[t - 1], x_seq[t], out=out[t])
     return out
 
 
-def _difference(y_seq: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
-    """``[T, ...]`` ``y_t - y_{t-1}`` with ``y_0 = previous`` (``None``: the first output is ``y_1`` itself)."""
-    out = torch.empty_like(y_seq)
-    out[1:] = y_seq[1:] - y_seq[:-1]
-    out[0] = y_seq[0] if previous is None else y_seq[0] - previous
-    return out
+def difference_(y_seq: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
+    """In place: ``y_t <- y_t - y_{t-1}`` along dim 0 with ``y_0 = previous`` (``None``: ``y_1`` stays).
+    Returns ``y_seq``, whose last step must be saved by the caller beforehand if it is still needed."""
+    for t in range(y_seq.shape[0] - 1, 0, -1):
+        y_seq[t].sub_(y_seq[t - 1])
+    if previous is not None:
+        y_seq[0].sub_(previous)
+    return y_seq
 
 
 class BiasOnce(StatefulModule):
@@ -144,8 +148,9 @@ class SESA(StatefulModule):
             return out
         a_seq, b_seq = running_sum(a, self.a_sum), running_sum(b, self.b_sum)
         products = a_seq @ b_seq
-        out = _difference(products, self.product)
-        self.a_sum, self.b_sum, self.product = a_seq[-1], b_seq[-1], products[-1]
+        last = products[-1].clone()
+        out = difference_(products, self.product)
+        self.a_sum, self.b_sum, self.product = a_seq[-1], b_seq[-1], last
         return out
 
 
@@ -175,6 +180,7 @@ class Accumulate(StatefulModule):
             return out
         totals = running_sum(x, self.total)
         y = self.fn(totals, *args)
-        out = _difference(y, self.last)
-        self.total, self.last = totals[-1], y[-1]
+        last = y[-1].clone()
+        out = difference_(y, self.last)
+        self.total, self.last = totals[-1], last
         return out
