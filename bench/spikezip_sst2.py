@@ -61,6 +61,10 @@ def train_or_load(model, path: Path, x, y, config: TrainConfig, what: str, retra
     return seconds
 
 
+def settings_key(settings: dict) -> str:
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+
+
 def sorted_batches(n_tokens: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     """Indices grouped by sentence length (less padding per batch)."""
     order = n_tokens.argsort(stable=True)
@@ -122,12 +126,15 @@ def main() -> None:
     if args.max_train:
         train_texts, train_y = train_texts[:args.max_train], train_y[:args.max_train]
     dev_texts, dev_y = load_sst2(args.data, "dev")
-    settings = {k: v for k, v in vars(args).items() if k not in ("data", "max_steps", "threads", "retrain")}
+    # the cache folder is keyed by what the tokenizer and the ANN depend on; the QANN file by the QAT settings
+    qat_keys = ("qat_epochs", "qat_lr", "levels")
+    settings = {k: v for k, v in vars(args).items()
+                if k not in ("data", "max_steps", "threads", "retrain") + qat_keys}
     settings["tokenizer"] = str(args.tokenizer)
-    key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
-    cache = ROOT / "runs" / "spikezip_sst2" / key
+    cache = ROOT / "runs" / "spikezip_sst2" / settings_key(settings)
     cache.mkdir(parents=True, exist_ok=True)
     (cache / "settings.json").write_text(json.dumps(settings, indent=1))
+    qat_settings = {k: getattr(args, k) for k in qat_keys}
 
     if args.tokenizer is not None:
         tokenizer = load_tokenizer(args.tokenizer)
@@ -150,8 +157,8 @@ def main() -> None:
     qann = to_qann(ann, args.levels)
     qat_config = TrainConfig(epochs=args.qat_epochs, lr=args.qat_lr, weight_decay=0.01,
                              batch_size=args.batch_size, warmup_epochs=0.1, seed=1, progress=False)
-    qat_seconds = train_or_load(qann, cache / f"qann{args.levels}.safetensors", train_x, train_y, qat_config,
-                                "QAT", args.retrain)
+    qat_seconds = train_or_load(qann, cache / f"qann-{settings_key(qat_settings)}.safetensors", train_x, train_y,
+                                qat_config, "QAT", args.retrain)
 
     ann_acc = evaluate(ann, dev, dev_y)
     qann_acc = evaluate(qann, dev, dev_y)
