@@ -98,6 +98,20 @@ def run_snn(qann, dev: dict, batch_size: int, max_steps: int):
     return snn_out, qann_out, settle, curve, seconds
 
 
+@torch.no_grad()
+def padding_check(snn, dev: dict, n: int) -> list[list[object]]:
+    """The first ``n`` dev sentences in one batch padded to the longest, versus each one alone (no padding)."""
+    batch = {k: v[:n] for k, v in dev.items()}
+    together = simulate(snn, batch)
+    alone = [simulate(snn, {k: v[i:i + 1] for k, v in batch.items()}) for i in range(n)]
+    settle = torch.cat([r.settle_step for r in alone])
+    output = torch.cat([r.output for r in alone])
+    rel = (together.output - output).abs().amax(1) / output.abs().amax(1)
+    return [[f"{n} sentences, padded to {int(batch['attention_mask'].sum(1).max())} tokens",
+             f"{rel.max().item():.1e}", int((together.settle_step > settle).sum()),
+             int((together.settle_step < settle).sum())]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DATA, help="folder with GLUE SST-2 train.tsv and dev.tsv")
@@ -163,6 +177,7 @@ def main() -> None:
     ann_acc = evaluate(ann, dev, dev_y)
     qann_acc = evaluate(qann, dev, dev_y)
     snn32_out, qann32_out, _, _, snn32_seconds = run_snn(qann.eval(), dev, args.batch_size, args.max_steps)
+    padding = padding_check(to_snn(qann), dev, 64)
     qann.double()  # the proof runs in float64: SNN sums equal the QANN to round-off
     snn_out, qann_out, settle, curve, snn_seconds = run_snn(qann, dev, args.batch_size, args.max_steps)
 
@@ -188,6 +203,8 @@ def main() -> None:
     s = settle[settled].double()
     print_table("Settle steps (time steps until the SNN output is exact)", ["median", "p90", "max", "mean"],
                 [[s.median().item(), s.quantile(0.9).item(), int(s.max()), s.mean().item()]])
+    print_table("Padding (float32 SNN): each sentence alone versus inside one padded batch",
+                ["batch", "max rel. logit diff", "settles later padded", "settles earlier padded"], padding)
     marks = sorted({2 ** i for i in range(int(math.log2(curve.shape[0])) + 1)} | {curve.shape[0]})
     accuracy = (curve.argmax(-1) == dev_y).double().mean(-1)
     print_table("SNN dev accuracy if stopped after T steps (one run)", ["T", "accuracy %"],
