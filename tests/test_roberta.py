@@ -156,6 +156,8 @@ def test_errors_name_the_problem():
         model(batch["input_ids"], batch["attention_mask"][:, :3])
     with pytest.raises(ValueError, match=r"input_ids must lie in \[0, 60\)"):
         model(batch["input_ids"] + 100)
+    with pytest.raises(ValueError, match=r"token_type_ids must lie in \[0, 2\)"):
+        model(batch["input_ids"], token_type_ids=torch.full_like(batch["input_ids"], 2))
     with pytest.raises(ValueError, match="pad on the right"):
         model(batch["input_ids"], batch["attention_mask"].flip(1))
     with pytest.raises(ValueError, match="at most 38"):

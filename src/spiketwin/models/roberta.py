@@ -344,6 +344,9 @@ class Roberta(nn.Module):
             if t is not None and (not isinstance(t, torch.Tensor) or t.shape != input_ids.shape):
                 got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
                 raise ValueError(f"Roberta: {name} must have input_ids' shape {tuple(input_ids.shape)}, got {got}")
+        if token_type_ids is not None and not bool(((token_type_ids >= 0)
+                                                    & (token_type_ids < cfg.type_vocab_size)).all()):
+            raise ValueError(f"Roberta: token_type_ids must lie in [0, {cfg.type_vocab_size}) (type_vocab_size)")
         if attention_mask is not None and not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
             raise ValueError("Roberta: attention_mask must hold only 0 (padding) and 1 (real token)")
         if attention_mask is not None and attention_mask.numel() and not bool(attention_mask[:, 0].all()):
