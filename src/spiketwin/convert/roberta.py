@@ -43,6 +43,7 @@ ROBERTA_SWAPS = {
 """RoBERTa's leaf types beyond :data:`spiketwin.convert.spikezip.SWAPS`, with their spiking twins."""
 
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+SIMULATE_OPTIONS = ("chunk", "early_exit")
 
 
 def roberta_to_qann(model: nn.Module, levels: int = 16) -> RobertaQANN:
@@ -126,13 +127,13 @@ class RobertaSNN(SpikeZIPSNN):
         return self.model.model.embed(**model_inputs(x, kwargs))
 
     @torch.no_grad()
-    def simulate(self, x, max_steps: int | None = None, step_mode: str = "m", chunk: int = 8,
-                 early_exit: bool = True, **kwargs) -> SimResult:
+    def simulate(self, x, max_steps: int | None = None, step_mode: str = "m", **kwargs) -> SimResult:
         """Run on token ids (``x``: dict of ``input_ids``, ``attention_mask``, ``token_type_ids``, or the
-        ``input_ids`` tensor with the others as keywords) until every sentence settles; see
-        :meth:`SpikeZIPSNN.simulate`."""
+        ``input_ids`` tensor with the others as keywords) until every sentence settles. ``chunk`` and
+        ``early_exit`` are :meth:`SpikeZIPSNN.simulate`'s options."""
+        options = {k: kwargs.pop(k) for k in SIMULATE_OPTIONS if k in kwargs}
         emb, mask = self.embed(x, kwargs)
-        return super().simulate(emb, max_steps, step_mode, chunk, early_exit, mask=mask)
+        return super().simulate(emb, max_steps, step_mode, mask=mask, **options)
 
     @torch.no_grad()
     def verify(self, qann: nn.Module, x, max_steps: int | None = None, step_mode: str = "m",
