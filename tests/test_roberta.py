@@ -8,7 +8,7 @@ import torch
 
 from spiketwin import simulate
 from spiketwin.convert import to_qann, to_snn, verify
-from spiketwin.models.roberta import Roberta, RobertaConfig
+from spiketwin.models import Roberta, RobertaConfig
 
 transformers = pytest.importorskip("transformers", reason="the nlp extra (transformers) is not installed")
 

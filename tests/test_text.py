@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from spiketwin.data.text import encode, load_sst2, load_tokenizer, read_tsv, train_tokenizer
-from spiketwin.models.roberta import Roberta
+from spiketwin.models import Roberta
 from spiketwin.train import TrainConfig, evaluate, fit
 
 SST2 = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sst2"
