@@ -10,9 +10,12 @@ from spiketwin import simulate
 from spiketwin.convert import to_qann, to_snn, verify
 from spiketwin.models import Roberta, RobertaConfig
 
-transformers = pytest.importorskip("transformers", reason="the nlp extra (transformers) is not installed")
-
 PAD = 1
+
+
+def nlp():
+    """The ``transformers`` module, or a skip when the nlp extra is missing (only these tests need it)."""
+    return pytest.importorskip("transformers", reason="the nlp extra (transformers) is not installed")
 
 
 def tiny(seed: int, layers: int = 1, hidden: int = 32, heads: int = 2, act: str = "relu", labels: int = 2,
@@ -46,18 +49,19 @@ def calibrated_qann(model, levels: int, batch: dict):
 
 @pytest.mark.parametrize("act", ["relu", "gelu"])
 def test_module_tree_is_hugging_face_roberta(act, tmp_path):
-    hf = transformers.RobertaForSequenceClassification(transformers.RobertaConfig(
+    transformers = nlp()
+    hf_model = transformers.RobertaForSequenceClassification(transformers.RobertaConfig(
         vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
         max_position_embeddings=40, hidden_act=act, num_labels=3, layer_norm_eps=1e-5)).double().eval()
     with torch.no_grad():  # weights that float32 cannot hold: a copy through float32 would show
-        for p in hf.parameters():
+        for p in hf_model.parameters():
             p.add_(torch.randn_like(p) * 1e-3)
     batch = padded_batch([9, 4, 12, 6])
-    expected = hf(**batch).logits
-    ours = Roberta.from_hf(hf).eval()
+    expected = hf_model(**batch).logits
+    ours = Roberta.from_hf(hf_model).eval()
     assert torch.allclose(ours(**batch), expected, rtol=1e-12, atol=1e-14)
     assert torch.allclose(ours.to_hf().eval()(**batch).logits, expected, rtol=1e-12, atol=1e-14)
-    hf.save_pretrained(tmp_path)  # a local directory: nothing is downloaded
+    hf_model.save_pretrained(tmp_path)  # a local directory: nothing is downloaded
     loaded = Roberta.from_pretrained(tmp_path).double().eval()
     assert torch.allclose(loaded(**batch), expected, rtol=1e-12, atol=1e-14)
 
@@ -90,12 +94,13 @@ def test_snn_equals_qann_float64(seed, layers, hidden, heads, levels, labels):
 
 
 def test_hugging_face_model_converts_directly():
+    transformers = nlp()
     torch.manual_seed(5)
-    hf = transformers.RobertaForSequenceClassification(transformers.RobertaConfig(
+    hf_model = transformers.RobertaForSequenceClassification(transformers.RobertaConfig(
         vocab_size=60, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
         max_position_embeddings=40, num_labels=2)).double()
     batch = padded_batch([6, 10, 2])
-    qann = calibrated_qann(hf, 16, batch)
+    qann = calibrated_qann(hf_model, 16, batch)
     report = verify(qann, to_snn(qann), batch)
     assert report.ok, str(report)
 
@@ -170,8 +175,9 @@ def test_errors_name_the_problem():
         simulate(to_snn(qann), {**batch, "labels": torch.zeros(2)})
     with pytest.raises(ValueError, match="hidden_act"):
         RobertaConfig(hidden_act="silu")
-    hf = transformers.RobertaForSequenceClassification(transformers.RobertaConfig(
+    transformers = nlp()
+    hf_model = transformers.RobertaForSequenceClassification(transformers.RobertaConfig(
         vocab_size=60, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
         max_position_embeddings=40, is_decoder=True))
     with pytest.raises(ValueError, match="is_decoder"):
-        to_qann(hf)
+        to_qann(hf_model)
