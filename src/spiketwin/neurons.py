@@ -194,10 +194,10 @@ class STBIF(StatefulModule):
 
     The state is kept as the summed input ``.total`` and the spike count ``.count`` (``V = θ/2 + total - θ·count``,
     readable as ``.v``): the same rule, written so that the comparison is the quantizer's own expression.
-    ``.fired`` is the ``[B]`` mask of samples in which any neuron spiked at the last step.
+    ``.spikes`` is the last step's output; ``.fired`` the ``[B]`` mask of samples in which any neuron spiked then.
     """
 
-    state_names = ("total", "count", "fired")
+    state_names = ("total", "count", "spikes")
 
     def __init__(self, threshold: float | torch.Tensor, n_min: int, n_max: int, step_mode: str = "m") -> None:
         super().__init__(step_mode)
@@ -219,6 +219,13 @@ class STBIF(StatefulModule):
             return None
         return self.threshold / 2 + self.total - self.threshold * self.count
 
+    @property
+    def fired(self) -> torch.Tensor | None:
+        """``[B]`` bool: the samples in which any neuron spiked at the last step (``None`` before any input)."""
+        if self.spikes is None:
+            return None
+        return self.spikes.flatten(1).ne(0).any(1) if self.spikes.dim() > 1 else self.spikes.ne(0)
+
     def single_step(self, x: torch.Tensor) -> torch.Tensor:
         theta = self.threshold.to(x.dtype)
         if self.total is None:
@@ -228,8 +235,8 @@ class STBIF(StatefulModule):
         target = torch.floor(self.total / theta + 0.5).clamp_(self.n_min, self.n_max)
         delta = (target - self.count).clamp_(-1, 1)
         self.count = self.count + delta
-        self.fired = delta.flatten(1).ne(0).any(1) if x.dim() > 1 else delta.ne(0)
-        return delta * theta
+        self.spikes = delta * theta
+        return self.spikes
 
     def multi_step(self, x_seq: torch.Tensor) -> torch.Tensor:
         """The step rule over ``[T, B, ...]``, bit-identical to calling :meth:`single_step` T times: the
@@ -237,16 +244,14 @@ class STBIF(StatefulModule):
         walk of the count towards its target is scanned."""
         theta = self.threshold.to(x_seq.dtype)
         totals = running_sum(x_seq, self.total)
-        self.total = totals[-1].clone()
-        steps = totals.div_(theta).add_(0.5).floor_().clamp_(self.n_min, self.n_max)  # targets, in place
-        count = torch.zeros_like(x_seq[0]) if self.count is None else self.count.clone()
+        steps = torch.div(totals, theta).add_(0.5).floor_().clamp_(self.n_min, self.n_max)  # targets
+        count = torch.zeros_like(x_seq[0]) if self.count is None else self.count
         for t in range(x_seq.shape[0]):  # the target at t becomes the spike at t: clamp(target - count, -1, 1)
             delta = steps[t].sub_(count).clamp_(-1, 1)
-            count.add_(delta)
-        self.count = count
-        last = steps[-1]
-        self.fired = last.flatten(1).ne(0).any(1) if last.dim() > 1 else last.ne(0)
-        return steps.mul_(theta)
+            count = count + delta
+        self.total, self.count = totals[-1], count
+        self.spikes = steps.mul_(theta)[-1]
+        return steps
 
     def extra_repr(self) -> str:
         theta = self.threshold.flatten()[:4].tolist()
