@@ -221,9 +221,9 @@ class SpikeZIPSNN(nn.Module):
         ``max_steps`` (default 512) caps the run; ``step_mode="m"`` runs ``chunk`` steps per call (fast),
         ``"s"`` one step per call (the reference); both give identical results. ``chunk=None`` (default) adapts
         it: one step per call while at least ``ROWS_PER_CALL`` samples run (nothing is simulated past a
-        sample's settle step), more steps per call for the few samples of the tail (fewer calls). ``early_exit=False`` runs all
-        ``max_steps`` for every sample (settle steps are still recorded). Extra keyword tensors (e.g. an
-        attention mask, ``[B, ...]``) go to the model unchanged at every step.
+        sample's settle step), more steps per call for the few samples of the tail (fewer calls).
+        ``early_exit=False`` runs all ``max_steps`` for every sample (settle steps are still recorded). Extra
+        keyword tensors (e.g. an attention mask, ``[B, ...]``) go to the model unchanged at every step.
         """
         return self._run(x, max_steps, step_mode, chunk, early_exit, None, kwargs)
 
