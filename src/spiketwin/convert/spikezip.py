@@ -8,8 +8,8 @@
   (:mod:`spiketwin.ops`, :class:`~spiketwin.neurons.STBIF`); the module paths stay the same, which is how
   :meth:`SpikeZIPSNN.verify` compares the two layer by layer.
 - :class:`SpikeZIPSNN` runs the SNN: analog input at the first step, zeros afterwards, logits summed over
-  steps; each sample stops when it has settled (no neuron fired at a step after the first), and the run
-  stops when all have.
+  steps; each sample stops as soon as it has settled (after a step that left no neuron short of its target,
+  so nothing will fire again: the step that would show it idle is never run), and the run stops when all have.
 """
 
 from __future__ import annotations
@@ -156,27 +156,16 @@ def spiking_swap(model: nn.Module, extra: dict[type, Callable[[nn.Module], nn.Mo
 
 
 class _Observer:
-    """Forward hooks on an SNN run: which samples had a neuron fire at each step, and (optionally) every
-    stateful module's output summed over steps, scattered back to the full batch."""
+    """Forward hooks on an SNN run: every stateful module's output summed over steps, scattered back to the
+    full batch (``active``: the rows of the full batch that the current call runs)."""
 
-    def __init__(self, snn: SpikeZIPSNN, batch: int, sum_outputs: bool) -> None:
+    def __init__(self, snn: SpikeZIPSNN, batch: int) -> None:
         self.active: torch.Tensor | None = None
-        self.fired: torch.Tensor | None = None
         self.step_mode = "s"
-        self.batch, self.sum_outputs = batch, sum_outputs
+        self.batch = batch
         self.sums: dict[str, torch.Tensor] = {}
-        self.handles = []
-        for name, module in snn.model.named_modules():
-            if isinstance(module, STBIF):
-                self.handles.append(module.register_forward_hook(self._on_neuron))
-            if sum_outputs and isinstance(module, StatefulModule):
-                self.handles.append(module.register_forward_hook(self._summer(name)))
-
-    def _on_neuron(self, module, inputs, out: torch.Tensor) -> None:
-        lead = 1 if self.step_mode == "s" else 2
-        flat = out.flatten(lead)  # spikes are +theta, -theta or 0; amax/amin are the fastest reductions
-        fired = flat.amax(-1).gt(0) | flat.amin(-1).lt(0)  # [b] or [T, b]: any neuron spiked
-        self.fired = fired if self.fired is None else self.fired | fired
+        self.handles = [module.register_forward_hook(self._summer(name)) for name, module in
+                        snn.model.named_modules() if isinstance(module, StatefulModule)]
 
     def _summer(self, name: str):
         def hook(module, inputs, out: torch.Tensor) -> None:
@@ -232,8 +221,11 @@ class SpikeZIPSNN(nn.Module):
         max_steps = 512 if max_steps is None else int(max_steps)
         if max_steps < 1 or (chunk is not None and chunk < 1):
             raise ValueError(f"simulate: max_steps and chunk must be >= 1, got {max_steps} and {chunk}")
-        observer = observer or _Observer(self, len(x), sum_outputs=False)
-        observer.step_mode = step_mode
+        neurons = [m for m in self.model.modules() if isinstance(m, STBIF)]
+        if not neurons:
+            raise ValueError("simulate: the SNN has no STBIF neuron; settling is read from the neurons' counts")
+        if observer is not None:
+            observer.step_mode = step_mode
         batch = len(x)
         settle = torch.full((batch,), -1, dtype=torch.int64, device=x.device)
         active = torch.arange(batch, device=x.device)
@@ -245,14 +237,14 @@ class SpikeZIPSNN(nn.Module):
         try:
             while t < max_steps and len(active) > 0:
                 n = 1 if step_mode == "s" else min(chunk or -(-ROWS_PER_CALL // len(active)), max_steps - t)
-                observer.active, observer.fired = active, None
+                if observer is not None:
+                    observer.active = active
                 inputs = x.new_zeros((n, len(active), *x.shape[1:]))
                 if t == 0:
                     inputs[0] = x
                 extra = {k: v.index_select(0, active) for k, v in kwargs.items()}
                 out = self.model(inputs[0] if step_mode == "s" else inputs, **extra)
                 out = out.unsqueeze(0) if step_mode == "s" else out  # [n, b, ...]
-                fired = observer.fired.view(n, len(active))
                 if running is None:
                     running = out.new_zeros((batch, *out.shape[2:]))
                 sums = running_sum(out, running[active])
@@ -260,12 +252,13 @@ class SpikeZIPSNN(nn.Module):
                 step_rows[:, active] = sums
                 rows.append(step_rows)
                 running = step_rows[-1].clone()
-                idle = ~fired
-                if t == 0:
-                    idle[0] = False  # the input and the biases enter at step 1: never idle
-                first_idle = torch.where(idle.any(0), idle.int().argmax(0), -1)  # within the chunk
-                newly = (first_idle >= 0) & (settle[active] < 0)
-                settle[active[newly]] = t + first_idle[newly]  # idle at step s+1 -> exact after s steps
+                pending = neurons[0].pending
+                for m in neurons[1:]:
+                    pending = pending | m.pending  # [b, n]: some neuron still away from its target after step
+                calm = ~pending
+                first_calm = torch.where(calm.any(1), calm.int().argmax(1), -1)  # within the chunk
+                newly = (first_calm >= 0) & (settle[active] < 0)
+                settle[active[newly]] = t + 1 + first_calm[newly]  # nothing pending after step s: exact after s
                 t += n
                 if early_exit:
                     stay = settle[active] < 0
@@ -276,10 +269,11 @@ class SpikeZIPSNN(nn.Module):
                                 m.keep(index)
                         active = active[index]
         finally:
-            observer.close()
+            if observer is not None:
+                observer.close()
         per_step = torch.cat(rows)
-        if len(active) == 0:  # the sequence path may have run past the last idle step of its last chunk
-            per_step = per_step[: int(settle.max()) + 1]
+        if len(active) == 0:  # a chunk may have run past the last settle step
+            per_step = per_step[: int(settle.max())]
         return SimResult(output=per_step[-1], per_step=per_step, settle_step=settle)
 
     def _check_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -318,7 +312,7 @@ class SpikeZIPSNN(nn.Module):
             for h in handles:
                 h.remove()
             inner.train(was_training)
-        observer = _Observer(self, len(x), sum_outputs=True)
+        observer = _Observer(self, len(x))
         result = self._run(x, max_steps, step_mode, None, True, observer, kwargs)
         order = [n for n, m in self.model.named_modules() if n in captured]
         layers = order + ["<output>"]
