@@ -203,9 +203,9 @@ class STBIF(StatefulModule):
     The state is kept as the summed input ``.total`` and the spike count ``.count`` (``V = θ/2 + total - θ·count``,
     readable as ``.v``): the same rule, written so that the comparison is the quantizer's own expression.
     ``.spikes`` is the last step's output; ``.fired`` the ``[B]`` mask of samples in which any neuron spiked then.
-    ``.pending`` (``[B, T]`` bool, for the T steps of the last call; not state) marks the samples in which, after that step,
-    some neuron's count still differs from its target (it was more than one spike away): with no further input
-    such a neuron fires at the next step, and a sample with no pending neuron anywhere has settled.
+    ``.pending`` (``[B, T]`` bool, for the T steps of the last call; not state) marks the samples in which,
+    after that step, some neuron's count still differs from its target (it was more than one spike away): with
+    no further input such a neuron fires at the next step; a sample with no pending neuron has settled.
     """
 
     state_names = ("total", "count", "spikes")
