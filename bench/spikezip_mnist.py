@@ -12,7 +12,7 @@ a few images, the median / max settle step, and on one batch the time to the exa
 
 The three are timed round-robin (one run of each per repeat, medians over repeats), so load changes on a
 shared machine hit them alike. ``64 / steps`` is ``(b) / SNN`` if an SNN step cost as much as a step of (b):
-``steps`` is the mean number of steps simulated per sample (its settle step + 1, the idle step that shows it).
+``steps`` is the mean settle step: the steps a sample must be simulated (one per call while many run).
 
     python -m bench.spikezip_mnist [--levels 4 8 16 32] [--batch 256] [--threads 1] [--device cpu]
 """
@@ -116,7 +116,7 @@ def run_level(levels: int, ann, ann_acc: float, data, timed: torch.Tensor, args)
         t_qann, t_snn, t_ref = round_robin_medians(
             [lambda: qann(timed), lambda: simulate(snn, timed, max_steps=512), lambda: reference_loop(snn, timed)],
             args.repeats)
-    t_settle, steps = int(timed_settle.max()), (timed_settle + 1).double().mean().item()
+    t_settle, steps = int(timed_settle.max()), timed_settle.double().mean().item()
     time_row = [levels, t_settle, steps, 1e3 * t_qann, 1e3 * t_settle * t_qann, 1e3 * t_snn, 1e3 * t_ref,
                 t_snn / (t_settle * t_qann), t_ref / t_snn, 64 / steps, "yes" if same else "NO"]
     return acc_row, time_row
