@@ -6,9 +6,13 @@ weights are cached under ``runs/bench_spikezip/`` so reruns only simulate. For e
 ANN / QANN / SNN test accuracy, SNN-QANN prediction agreement (float32), a float64 equivalence check on
 a few images, the median / max settle step, and on one batch the time to the exact answer of
 
-- the SNN: sequence path, chunks of steps, each sample stops when it has settled;
+- the SNN: ``simulate`` (sequence path, adaptive chunks, each sample stops when it has settled);
 - (a) ``T_settle`` x one QANN forward, with ``T_settle`` the batch's largest settle step;
-- (b) the reference way: one full forward of the SNN per step in a Python loop, for a fixed T = 64.
+- (b) the reference way: one full forward of the SNN per step in a plain Python loop, for a fixed T = 64.
+
+The three are timed round-robin (one run of each per repeat, medians over repeats), so load changes on a
+shared machine hit them alike. ``64 / steps`` is ``(b) / SNN`` if an SNN step cost as much as a step of (b):
+``steps`` is the mean settle step: the steps a sample must be simulated (one per call while many run).
 
     python -m bench.spikezip_mnist [--levels 4 8 16 32] [--batch 256] [--threads 1] [--device cpu]
 """
@@ -24,6 +28,7 @@ from pathlib import Path
 import torch
 
 from bench.common import median_seconds, print_table
+from spiketwin.base import reset, set_step_mode
 from spiketwin.convert import to_qann, to_snn, verify
 from spiketwin.data import mnist_split
 from spiketwin.models import create
@@ -61,6 +66,28 @@ def snn_predictions(snn, x: torch.Tensor, batch: int):
     return torch.cat(outs), torch.cat(settles)
 
 
+def reference_loop(snn, x: torch.Tensor, steps: int = 64) -> torch.Tensor:
+    """(b): the official code's way to run an SNN: ``steps`` full forwards, one per step, input at the first."""
+    reset(snn.model)
+    set_step_mode(snn.model, "s")
+    zeros = torch.zeros_like(x)
+    total = snn(x)
+    for _ in range(steps - 1):
+        total = total + snn(zeros)
+    return total
+
+
+def round_robin_medians(fns: list, repeats: int, warmup: int = 1) -> list[float]:
+    """Median wall seconds of each function, timed in turns (fn 1, fn 2, ..., fn 1, ...) after ``warmup`` turns."""
+    times: list[list[float]] = [[] for _ in fns]
+    for r in range(warmup + repeats):
+        for fn, ts in zip(fns, times):
+            seconds = median_seconds(fn, repeats=1, warmup=0)
+            if r >= warmup:
+                ts.append(seconds)
+    return [sorted(ts)[len(ts) // 2] for ts in times]
+
+
 def run_level(levels: int, ann, ann_acc: float, data, timed: torch.Tensor, args) -> tuple[list, list]:
     """QAT (or the cached QANN) at ``levels`` levels, then its accuracy row and its timing row."""
     x_train, y_train, x_test, y_test = data
@@ -84,13 +111,14 @@ def run_level(levels: int, ann, ann_acc: float, data, timed: torch.Tensor, args)
                s.median().item(), int(s.max()), int((s < 0).sum())]
 
     with torch.no_grad():
-        t_settle = int(simulate(snn, timed).settle_step.max())
-        t_qann = median_seconds(lambda: qann(timed), args.repeats)
-    t_snn = median_seconds(lambda: simulate(snn, timed, max_steps=512), args.repeats, warmup=1)
-    t_ref = median_seconds(lambda: simulate(snn, timed, max_steps=64, step_mode="s", early_exit=False),
-                           args.repeats, warmup=1)
-    time_row = [levels, t_settle, 1e3 * t_qann, 1e3 * t_settle * t_qann, 1e3 * t_snn, 1e3 * t_ref,
-                t_snn / (t_settle * t_qann), t_ref / t_snn]
+        result = simulate(snn, timed)
+        timed_settle, same = result.settle_step, torch.equal(reference_loop(snn, timed), result.output)
+        t_qann, t_snn, t_ref = round_robin_medians(
+            [lambda: qann(timed), lambda: simulate(snn, timed, max_steps=512), lambda: reference_loop(snn, timed)],
+            args.repeats)
+    t_settle, steps = int(timed_settle.max()), timed_settle.double().mean().item()
+    time_row = [levels, t_settle, steps, 1e3 * t_qann, 1e3 * t_settle * t_qann, 1e3 * t_snn, 1e3 * t_ref,
+                t_snn / (t_settle * t_qann), t_ref / t_snn, 64 / steps, "yes" if same else "NO"]
     return acc_row, time_row
 
 
@@ -133,8 +161,8 @@ def main(argv: list[str] | None = None) -> None:
                  "settle max", "unsettled"], acc_rows)
     print_table(f"Time to the exact answer, one batch of {len(timed)} images, {device}, {args.threads} thread(s), "
                 f"median of {args.repeats}",
-                ["levels", "T_settle", "QANN fwd ms", "(a) T_settle x QANN ms", "SNN ms", "(b) T=64 loop ms",
-                 "SNN / (a)", "(b) / SNN"], time_rows)
+                ["levels", "T_settle", "steps", "QANN fwd ms", "(a) T_settle x QANN ms", "SNN ms", "(b) T=64 loop ms",
+                 "SNN / (a)", "(b) / SNN", "64 / steps", "(b) = SNN output"], time_rows)
 
 
 if __name__ == "__main__":

@@ -85,6 +85,26 @@ def test_nothing_changes_after_the_settle_step(config):
         assert torch.equal(full.output, early.output)
 
 
+@pytest.mark.parametrize("config", CONFIGS[:3], ids=["L4", "L8", "L16"])
+def test_settle_step_is_the_last_step_with_a_spike(config):
+    """The settle step is read from the neurons' counts after each step (nothing pending); it must be exactly
+    the last step at which any neuron of the sample spiked (at least 1), found here by watching every spike."""
+    qann, x = random_qann(*config)
+    snn = to_snn(qann)
+    horizon = int(snn.simulate(x).settle_step.max()) + 8
+    spiked = []
+    hooks = [m.register_forward_hook(lambda m, i, o: spiked.append(o.flatten(1).ne(0).any(1)))
+             for m in snn.modules() if isinstance(m, STBIF)]
+    full = snn.simulate(x, max_steps=horizon, early_exit=False, step_mode="s")
+    for h in hooks:
+        h.remove()
+    per_step = torch.stack(spiked).view(horizon, -1, len(x)).any(1)  # [T, B]: any neuron spiked at step t
+    steps = torch.arange(1, horizon + 1).unsqueeze(1).expand_as(per_step)
+    last = torch.where(per_step, steps, 1).amax(0)
+    assert torch.equal(full.settle_step, last)
+    assert torch.equal(snn.simulate(x).settle_step, last)
+
+
 def test_accuracy_per_step_comes_from_one_run():
     qann, x = random_qann(*CONFIGS[2], batch=9)
     result = to_snn(qann).simulate(x)

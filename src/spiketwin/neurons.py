@@ -184,6 +184,14 @@ def _as_threshold(threshold: float | torch.Tensor) -> torch.Tensor:
     return t
 
 
+def _far(diff: torch.Tensor) -> torch.Tensor:
+    """``[B]`` bool: samples in which some entry of ``diff`` (``[B, ...]``, target - count) is beyond +-1."""
+    if diff.dim() == 1:
+        return diff.abs() > 1
+    flat = diff.flatten(1)  # amax / amin: the fastest reductions here
+    return flat.amax(1).gt(1) | flat.amin(1).lt(-1)
+
+
 class STBIF(StatefulModule):
     """Spike-threshold bipolar integrate-and-fire neuron (SpikeZIP-TF), threshold ``θ``.
 
@@ -194,10 +202,13 @@ class STBIF(StatefulModule):
 
     The state is kept as the summed input ``.total`` and the spike count ``.count`` (``V = θ/2 + total - θ·count``,
     readable as ``.v``): the same rule, written so that the comparison is the quantizer's own expression.
-    ``.fired`` is the ``[B]`` mask of samples in which any neuron spiked at the last step.
+    ``.spikes`` is the last step's output; ``.fired`` the ``[B]`` mask of samples in which any neuron spiked then.
+    ``.pending`` (``[B, T]`` bool, for the T steps of the last call; not state) marks the samples in which,
+    after that step, some neuron's count still differs from its target (it was more than one spike away): with
+    no further input such a neuron fires at the next step; a sample with no pending neuron has settled.
     """
 
-    state_names = ("total", "count", "fired")
+    state_names = ("total", "count", "spikes")
 
     def __init__(self, threshold: float | torch.Tensor, n_min: int, n_max: int, step_mode: str = "m") -> None:
         super().__init__(step_mode)
@@ -205,6 +216,11 @@ class STBIF(StatefulModule):
             raise ValueError(f"STBIF: need n_min <= 0 < n_max, got n_min={n_min}, n_max={n_max}")
         self.n_min, self.n_max = int(n_min), int(n_max)
         self.register_buffer("threshold", _as_threshold(threshold))
+        self.pending: torch.Tensor | None = None
+
+    def reset(self) -> None:
+        super().reset()
+        self.pending = None
 
     @classmethod
     def from_quantizer(cls, quantizer, step_mode: str = "m") -> STBIF:
@@ -219,6 +235,13 @@ class STBIF(StatefulModule):
             return None
         return self.threshold / 2 + self.total - self.threshold * self.count
 
+    @property
+    def fired(self) -> torch.Tensor | None:
+        """``[B]`` bool: the samples in which any neuron spiked at the last step (``None`` before any input)."""
+        if self.spikes is None:
+            return None
+        return self.spikes.flatten(1).ne(0).any(1) if self.spikes.dim() > 1 else self.spikes.ne(0)
+
     def single_step(self, x: torch.Tensor) -> torch.Tensor:
         theta = self.threshold.to(x.dtype)
         if self.total is None:
@@ -226,10 +249,12 @@ class STBIF(StatefulModule):
             self.count = torch.zeros_like(x)
         self.total = self.total + x
         target = torch.floor(self.total / theta + 0.5).clamp_(self.n_min, self.n_max)
-        delta = (target - self.count).clamp_(-1, 1)
+        delta = target.sub_(self.count)
+        self.pending = _far(delta).unsqueeze(1)
+        delta.clamp_(-1, 1)
         self.count = self.count + delta
-        self.fired = delta.flatten(1).ne(0).any(1) if x.dim() > 1 else delta.ne(0)
-        return delta * theta
+        self.spikes = delta * theta
+        return self.spikes
 
     def multi_step(self, x_seq: torch.Tensor) -> torch.Tensor:
         """The step rule over ``[T, B, ...]``, bit-identical to calling :meth:`single_step` T times: the
@@ -237,16 +262,16 @@ class STBIF(StatefulModule):
         walk of the count towards its target is scanned."""
         theta = self.threshold.to(x_seq.dtype)
         totals = running_sum(x_seq, self.total)
-        self.total = totals[-1].clone()
-        steps = totals.div_(theta).add_(0.5).floor_().clamp_(self.n_min, self.n_max)  # targets, in place
-        count = torch.zeros_like(x_seq[0]) if self.count is None else self.count.clone()
+        steps = torch.div(totals, theta).add_(0.5).floor_().clamp_(self.n_min, self.n_max)  # targets
+        count = torch.zeros_like(x_seq[0]) if self.count is None else self.count
+        pending = []
         for t in range(x_seq.shape[0]):  # the target at t becomes the spike at t: clamp(target - count, -1, 1)
-            delta = steps[t].sub_(count).clamp_(-1, 1)
-            count.add_(delta)
-        self.count = count
-        last = steps[-1]
-        self.fired = last.flatten(1).ne(0).any(1) if last.dim() > 1 else last.ne(0)
-        return steps.mul_(theta)
+            delta = steps[t].sub_(count)
+            pending.append(_far(delta))
+            count = count + delta.clamp_(-1, 1)
+        self.total, self.count, self.pending = totals[-1], count, torch.stack(pending, 1)
+        self.spikes = steps.mul_(theta)[-1]
+        return steps
 
     def extra_repr(self) -> str:
         theta = self.threshold.flatten()[:4].tolist()

@@ -50,14 +50,22 @@ def running_sum(x_seq: torch.Tensor, initial: torch.Tensor | None = None) -> tor
     return out
 
 
-def difference_(y_seq: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
-    """In place: ``y_t <- y_t - y_{t-1}`` along dim 0 with ``y_0 = previous`` (``None``: ``y_1`` stays).
-    Returns ``y_seq``, whose last step must be saved by the caller beforehand if it is still needed."""
-    for t in range(y_seq.shape[0] - 1, 0, -1):
-        y_seq[t].sub_(y_seq[t - 1])
-    if previous is not None:
-        y_seq[0].sub_(previous)
-    return y_seq
+def difference(y_seq: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
+    """A new tensor ``d_t = y_t - y_{t-1}`` along dim 0, with ``y_0 = previous`` (``None``: ``d_1 = y_1``).
+
+    One subtraction over all steps; ``y_seq`` is left intact, so a caller may keep ``y_seq[-1]`` as state
+    without copying it.
+    """
+    if y_seq.requires_grad:  # autograd cannot record writes into ``out=``; same values, one more copy
+        first = y_seq[:1] if previous is None else y_seq[:1] - previous
+        return torch.cat([first, y_seq[1:] - y_seq[:-1]])
+    out = torch.empty_like(y_seq)
+    torch.sub(y_seq[1:], y_seq[:-1], out=out[1:])
+    if previous is None:
+        out[0] = y_seq[0]
+    else:
+        torch.sub(y_seq[0], previous, out=out[0])
+    return out
 
 
 class BiasOnce(StatefulModule):
@@ -148,9 +156,8 @@ class SESA(StatefulModule):
             return out
         a_seq, b_seq = running_sum(a, self.a_sum), running_sum(b, self.b_sum)
         products = a_seq @ b_seq
-        last = products[-1].clone()
-        out = difference_(products, self.product)
-        self.a_sum, self.b_sum, self.product = a_seq[-1], b_seq[-1], last
+        out = difference(products, self.product)
+        self.a_sum, self.b_sum, self.product = a_seq[-1], b_seq[-1], products[-1]
         return out
 
 
@@ -180,7 +187,6 @@ class Accumulate(StatefulModule):
             return out
         totals = running_sum(x, self.total)
         y = self.fn(totals, *args)
-        last = y[-1].clone()
-        out = difference_(y, self.last)
-        self.total, self.last = totals[-1], last
+        out = difference(y, self.last)
+        self.total, self.last = totals[-1], y[-1]
         return out
