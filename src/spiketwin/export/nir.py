@@ -155,36 +155,38 @@ def to_nir(snn: nn.Module, example_input: torch.Tensor, path: str | Path | None 
     """Export one time step of ``snn`` (or of its ``submodule``) to an NIR graph; write it to ``path``
     (HDF5, ``nir.write``) when given. Returns the ``nir.NIRGraph``.
 
-    ``example_input`` is one time step, ``[B, ...]``; it fixes the shapes. The network must be in eval
-    mode semantics (BatchNorm uses its running statistics). Raises :class:`NIRExportError` listing every
-    module that NIR cannot express.
+    ``example_input`` is what ``snn`` takes in one call in its current step mode: a sequence
+    ``[T, B, ...]`` in sequence mode, one step ``[B, ...]`` in step mode. The input that the exported part
+    receives at the first step fixes the NIR shapes. BatchNorm is folded with its running statistics.
+    Raises :class:`NIRExportError` listing every module that NIR cannot express.
     """
     nir = _import_nir()
     if not dt > 0:
         raise ValueError(f"to_nir: dt must be positive, got {dt}")
     model = copy.deepcopy(snn).eval()
-    set_step_mode(model, "s")
-    reset(model)
-    x = example_input.detach()
-    if submodule is not None:
-        modules = dict(model.named_modules())
-        if submodule not in modules:
-            raise KeyError(f"to_nir: {type(snn).__name__} has no submodule {submodule!r}; top-level ones: "
-                           f"{', '.join(n for n, _ in model.named_children())}")
-        captured = []
-        handle = modules[submodule].register_forward_pre_hook(lambda m, a: captured.append(a[0]))
-        with torch.no_grad():
-            try:
-                model(x)
-            finally:
-                handle.remove()
-        if not captured:
-            raise NIRExportError(f"to_nir: submodule {submodule!r} did not run on the example input")
-        model, x = modules[submodule], captured[0]
-        reset(model)
-    bad = unsupported(model)
+    modules = dict(model.named_modules())
+    if submodule is not None and submodule not in modules:
+        raise KeyError(f"to_nir: {type(snn).__name__} has no submodule {submodule!r}; top-level ones: "
+                       f"{', '.join(n for n, _ in model.named_children())}")
+    target = model if submodule is None else modules[submodule]
+    bad = unsupported(target)
     if bad:
         raise NIRExportError(_refusal(bad, snn, submodule))
+    captured = []
+    handle = target.register_forward_pre_hook(lambda m, a: captured.append(a[0]))
+    reset(model)
+    with torch.no_grad():
+        try:
+            model(example_input.detach())
+        finally:
+            handle.remove()
+            reset(model)
+    if not captured or not isinstance(captured[0], torch.Tensor):
+        raise NIRExportError(f"to_nir: {submodule or 'the model'} did not receive a tensor on the example input")
+    in_sequence = any(m.step_mode == "m" for m in target.modules() if isinstance(m, StatefulModule))
+    x = captured[0][0] if in_sequence else captured[0]
+    model = target
+    set_step_mode(model, "s")
     try:
         graph = _Tracer().trace(model)
     except Exception as e:
