@@ -9,7 +9,7 @@ from torch import nn
 nir = pytest.importorskip("nir", reason="NIR export needs the 'nir' extra")
 pytest.importorskip("nirtorch", reason="reading NIR back needs the 'nir' extra (nirtorch)")
 
-from spiketwin import TimeFold, reset  # noqa: E402
+from spiketwin import TimeFold  # noqa: E402
 from spiketwin.export import NIRExportError, from_nir, to_nir  # noqa: E402
 from spiketwin.neurons import IF, LIF, STBIF  # noqa: E402
 from spiketwin.ops import MatMul  # noqa: E402

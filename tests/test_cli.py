@@ -1,0 +1,93 @@
+"""The command line: every subcommand runs on the bundled digits at small sizes; mistakes give one-line
+errors and the documented exit codes (0 ok, 2 usage, 1 failure)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("sklearn", reason="the CLI tests use the bundled digits (scikit-learn)")
+pytest.importorskip("safetensors", reason="CLI checkpoints are safetensors")
+
+from spiketwin.cli import COMMANDS, main  # noqa: E402
+
+SMALL = ["--model", "scnn", "--set", "channels=(4,)", "--set", "T=2", "--limit", "120", "--quiet"]
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_subcommand_has_help(capsys, command):
+    code, out, _ = run(capsys, command, "--help")
+    assert code == 0 and out.startswith(f"usage: spiketwin {command}")
+
+
+def test_train_energy_export_journey(tmp_path, capsys):
+    ckpt, nir_file = tmp_path / "ann.safetensors", tmp_path / "scnn.nir"
+    config = tmp_path / "run.toml"
+    config.write_text('batch-size = 32\nsamples = 16\n[train]\nepochs = 1\nlr = 0.01\n')
+    code, out, err = run(capsys, "train", *SMALL, "--config", str(config), "--out", str(ckpt))
+    assert code == 0, err
+    assert "1 epochs" in out and ckpt.stat().st_size > 0
+
+    code, out, err = run(capsys, "energy", "--checkpoint", str(ckpt), "--config", str(config),
+                         "--json", str(tmp_path / "e.json"), "--csv", str(tmp_path / "e.csv"), "--quiet")
+    assert code == 0, err
+    assert "ANN/SNN" in out and "step_network.0.layer.0" in out
+    data = json.loads((tmp_path / "e.json").read_text())
+    assert data["batch"] == 16 and data["T"] == 2 and data["layers"][0]["coding"] == "analog"
+    assert (tmp_path / "e.csv").read_text().startswith("name,kind,coding")
+
+    code, out, err = run(capsys, "export-nir", "--checkpoint", str(ckpt), "--out", str(nir_file), "--quiet")
+    assert code == 0, err
+    assert "sub-module step_network" in out and nir_file.stat().st_size > 0
+
+
+def test_export_refusal_is_a_failure(tmp_path, capsys):
+    code, _, err = run(capsys, "export-nir", *SMALL, "--submodule", "", "--out", str(tmp_path / "x.nir"))
+    assert code == 1 and "cannot be traced" in err and not (tmp_path / "x.nir").exists()
+
+
+def test_usage_errors_exit_2_with_one_line(tmp_path, capsys):
+    bad_config = tmp_path / "bad.toml"
+    bad_config.write_text("epochz = 3\n")
+    for argv in (["train", "--epochz", "3"], ["frobnicate"], ["energy", "--limit"],
+                 ["train", "--config", str(bad_config), "--model", "scnn"],
+                 ["train", "--config", str(tmp_path / "missing.toml")],
+                 ["export-nir", "--model", "scnn"], ["train", "--set", "T"], ["bench", "nope"]):
+        code, _, err = run(capsys, *argv)
+        assert code == 2, argv
+        assert len(err.strip().splitlines()) == 1 and "error" in err, (argv, err)
+
+
+def test_failures_exit_1_with_one_line(tmp_path, capsys):
+    not_a_checkpoint = tmp_path / "junk.safetensors"
+    not_a_checkpoint.write_bytes(b"not safetensors")
+    for argv, needle in ((["energy", "--checkpoint", str(tmp_path / "none.safetensors")], "not found"),
+                         (["energy", "--checkpoint", str(not_a_checkpoint)], "not a safetensors file"),
+                         (["energy", "--model", "no_such_model"], "unknown model"),
+                         (["train", "--data", "mnist", "--data-root", str(tmp_path), "--model", "scnn"], "MNIST")):
+        code, _, err = run(capsys, *argv)
+        assert code == 1 and needle in err and len(err.strip().splitlines()) == 1, (argv, err)
+
+
+def test_bench_lists_and_runs(capsys):
+    code, out, _ = run(capsys, "bench")
+    assert code == 0 and "lif" in out
+
+
+def test_demo_runs(capsys):
+    assert run(capsys, "demo")[0] == 0
+
+
+def test_entry_point_exit_code():
+    done = subprocess.run([sys.executable, "-m", "spiketwin.cli", "energy", "--bogus"], capture_output=True,
+                          text=True)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
