@@ -55,6 +55,20 @@ def test_tiny_network_matches_hand_counts(step_mode):
     assert fc1.energy_pj == pytest.approx(4.6 * 18) and fc2.ann_energy_pj == pytest.approx(4.6 * 6)
 
 
+def test_chunked_run_matches_one_call():
+    torch.manual_seed(0)
+    x = torch.rand(5, 2, 6)
+    net = nn.Sequential(nn.Linear(6, 8), LIF(), nn.Linear(8, 4), LIF(v_threshold=0.3))
+    whole = report(net, x * 4)
+    chunked = report(net, x * 4, run=lambda m, seq: [m(seq[:2]), m(seq[2:])])  # state carries over
+    stepped = report(net, x * 4, step_mode="s")
+    for r in (chunked, stepped):
+        assert r.T == whole.T == 5 and r.batch == 2
+        for a, b in zip(r.layers, whole.layers):
+            assert (a.flops, a.sops, a.macs, a.rate_per_step) == (b.flops, b.sops, b.macs, b.rate_per_step)
+    assert whole.layers[1].sops > 0
+
+
 def test_presets_and_overrides():
     r = report(Tiny(), tiny_input(), preset="int8")
     assert (r.e_mac, r.e_ac) == PRESETS["int8"] == (0.23, 0.03)

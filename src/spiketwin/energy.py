@@ -200,16 +200,22 @@ class _Counter:
     def __init__(self, name: str, kind: str, analog: bool) -> None:
         self.name, self.kind, self.analog = name, kind, analog
         self.flops = 0  # summed over calls and samples
+        self.steps = 0  # time steps counted so far (the next call's first step)
         self.per_sequence = False
         self.entries: list[tuple[int, torch.Tensor, int, torch.Tensor | None, int]] = []
-        # (first step, nonzero a [k], numel a per step, nonzero b [k] or None, numel b per step)
-        self.pairs: list[torch.Tensor] = []  # products: [k] terms with both operands non-zero
+        # (first step, nonzero a [n], numel a per step, nonzero b [n] or None, numel b per step)
+        self.pairs: list[torch.Tensor] = []  # products: [n] terms with both operands non-zero
         self.compute_steps: list[torch.Tensor] = []  # analog: [B] steps computed, per call
-        self.previous: torch.Tensor | None = None  # analog, step mode: the last input [B, -1]
+        self.previous: torch.Tensor | None = None  # analog: the last step's input [B, -1]
 
 
 class _Run:
-    """The forward hooks of one :func:`report` call."""
+    """The forward hooks of one :func:`report` call.
+
+    Time is read from the spiking modules: in sequence mode each call of a stateful module gets
+    ``[n, B, ...]`` (``n`` steps: the whole run, or one chunk of it); in step mode every call is one step.
+    Each counted layer keeps its own step cursor, so a run may call the network once or chunk by chunk.
+    """
 
     def __init__(self, model: nn.Module, analog: str | Iterable[str], step_mode: str) -> None:
         if isinstance(analog, str) and analog not in ("first", "none"):
@@ -223,16 +229,16 @@ class _Run:
                              f"{type(model).__name__}")
         self.step_mode = step_mode
         self.counters: dict[str, _Counter] = {}
-        self.shape: tuple[int, int] | None = None  # (T, B)
-        self.step = 0  # step mode: calls of the model so far
+        self.n: int | None = None  # steps in the current call (sequence mode)
+        self.batch: int | None = None
         self.calls: dict[nn.Module, int] = {}  # weight layer -> times it counted itself
         self.before: dict[nn.Module, int] = {}  # wrapper -> its layer's count when the wrapper started
-        self.pending: list[Callable[[], None]] = []  # counts waiting for T (see _when_shape_known)
+        self.pending: list[Callable[[], None]] = []  # counts waiting for the first spiking module
         self.handles = []
-        if step_mode == "s":
-            self.handles.append(model.register_forward_pre_hook(self._next_step))
         products = tuple(_PRODUCTS)
         for name, m in model.named_modules():
+            if isinstance(m, StatefulModule):
+                self.handles.append(m.register_forward_pre_hook(self._time))
             layer = _weight_layer(m)
             if layer is not None:
                 if layer is not m:
@@ -240,25 +246,33 @@ class _Run:
                 self.handles.append(m.register_forward_hook(self._weight_hook(name, layer)))
             elif isinstance(m, products):
                 self.handles.append(m.register_forward_hook(self._product_hook(name)))
-            elif isinstance(m, StatefulModule) and step_mode == "m":
-                self.handles.append(m.register_forward_pre_hook(self._neuron_shape))
 
     def close(self) -> None:
         for h in self.handles:
             h.remove()
 
-    def _next_step(self, module: nn.Module, args) -> None:
-        self.step += 1
-        if self.shape is None and args and isinstance(args[0], torch.Tensor):
-            self.shape = (0, args[0].shape[0])
-
-    def _neuron_shape(self, module: nn.Module, args) -> None:
+    def _time(self, module: nn.Module, args) -> None:
         x = args[0] if args else None
-        if self.shape is None and isinstance(x, torch.Tensor) and x.dim() >= 2:
-            self.shape = (x.shape[0], x.shape[1])
-            for count in self.pending:
-                count()
-            self.pending.clear()
+        if not isinstance(x, torch.Tensor) or x.dim() < 2:
+            return
+        if self.batch is None:
+            self.batch = x.shape[1] if self.step_mode == "m" else x.shape[0]
+        if self.step_mode == "m":
+            self.n = x.shape[0]
+        self.flush()
+
+    def flush(self) -> None:
+        for count in self.pending:
+            count()
+        self.pending.clear()
+
+    def _when_known(self, count: Callable[[], None]) -> None:
+        """Count at the next spiking module's call, which shows the steps of the call the layer belongs to
+        (a layer before any neuron of a chunk cannot know them); :meth:`flush` counts what is left."""
+        if self.step_mode == "s" and self.batch is not None:
+            count()
+        else:
+            self.pending.append(count)
 
     def _wrapper_enter(self, layer: nn.Module):
         def hook(module: nn.Module, args) -> None:
@@ -279,65 +293,54 @@ class _Run:
             self.calls[layer] = self.calls.get(layer, 0) + 1
             c = self._counter(name, "linear" if isinstance(layer, nn.Linear) else "conv", True)
             c.flops += _weight_flops(layer, out)
-            self._when_shape_known(lambda: self._count_weight(c, args[0]))
+            self._when_known(lambda: self._count_weight(c, args[0]))
         return hook
 
     def _count_weight(self, c: _Counter, x: torch.Tensor) -> None:
-        start, rows = self._steps_view(c, x)
-        c.entries.append((start, rows.ne(0).sum(1), rows.shape[1], None, 0))
+        rows = self._rows(c, x)
         if c.analog:
-            c.compute_steps.append(self._compute_steps(c, x))
-
-    def _when_shape_known(self, count: Callable[[], None]) -> None:
-        """Count now, or (sequence mode, before any neuron ran, so T is unknown) as soon as T is known."""
-        if self.shape is None:
-            self.pending.append(count)
-        else:
-            count()
+            c.compute_steps.append(self._compute_steps(c, x, rows.shape[0]))
+        c.entries.append((c.steps, rows.ne(0).sum(1), rows.shape[1], None, 0))
+        c.steps += rows.shape[0]
 
     def _product_hook(self, name: str):
         def hook(module: nn.Module, args, out) -> None:
             c = self._counter(name, "product", False)
             c.flops += out.numel() * args[0].shape[-1]
-            self._when_shape_known(lambda: self._count_product(c, args[0], args[1]))
+            self._when_known(lambda: self._count_product(c, args[0], args[1]))
         return hook
 
     def _count_product(self, c: _Counter, a: torch.Tensor, b: torch.Tensor) -> None:
-        start, ra = self._steps_view(c, a)
-        _, rb = self._steps_view(c, b)
-        c.entries.append((start, ra.ne(0).sum(1), ra.shape[1], rb.ne(0).sum(1), rb.shape[1]))
+        ra, rb = self._rows(c, a), self._rows(c, b)
+        c.entries.append((c.steps, ra.ne(0).sum(1), ra.shape[1], rb.ne(0).sum(1), rb.shape[1]))
         dtype = a.dtype if a.is_floating_point() else torch.float32
         pairs = a.ne(0).to(dtype) @ b.ne(0).to(dtype)
         c.pairs.append(pairs.reshape(ra.shape[0], -1).sum(1))
+        c.steps += ra.shape[0]
 
-    def _steps_view(self, c: _Counter, x: torch.Tensor) -> tuple[int, torch.Tensor]:
-        """``(first step, x as [steps, -1])``: one row per time step in this call."""
+    def _rows(self, c: _Counter, x: torch.Tensor) -> torch.Tensor:
+        """``x`` as ``[n, -1]``: one row per time step of this call."""
         if self.step_mode == "s":
-            return self.step - 1, x.reshape(1, -1)
-        T, B = self.shape
-        if x.shape[:2] == (T, B) or x.shape[0] % (T * B) == 0:
-            return 0, x.reshape(T, -1)
+            return x.reshape(1, -1)
+        n, B = self.n, self.batch
+        if x.dim() >= 3 and x.shape[1] == B:  # [n', B, ...]: the input says how many steps it holds
+            n = x.shape[0]
+        if x.shape[:2] == (n, B) or x.shape[0] % (n * B) == 0:
+            return x.reshape(n, -1)
         if x.shape[0] % B == 0:
             c.per_sequence = True
-            return 0, x.reshape(1, -1)
+            return x.reshape(1, -1)
         raise RuntimeError(f"energy.report: cannot tell the time steps of {c.name!r}'s input {tuple(x.shape)} "
-                           f"(T={T}, B={B}): expected [T, B, ...], [T*B*k, ...] or [B*k, ...]")
+                           f"(steps {n}, batch {B}): expected [n, B, ...], [n*B*k, ...] or [B*k, ...]")
 
-    def _compute_steps(self, c: _Counter, x: torch.Tensor) -> torch.Tensor:
+    def _compute_steps(self, c: _Counter, x: torch.Tensor, n: int) -> torch.Tensor:
         """``[B]`` steps in which an analog input is non-zero and differs from the previous step's."""
-        if self.step_mode == "s":
-            cur = x.reshape(x.shape[0], -1)
-            changed = cur.ne(0).any(1)
-            if c.previous is not None and c.previous.shape == cur.shape:
-                changed &= cur.ne(c.previous).any(1)
-            c.previous = cur
-            return changed.to(torch.float64)
-        T, B = self.shape
-        if c.per_sequence:
-            return x.reshape(B, -1).ne(0).any(1).to(torch.float64)
-        seq = x.reshape(T, B, -1)
+        seq = x.reshape(n, self.batch, -1)
         changed = seq.ne(0).any(2)
         changed[1:] &= seq[1:].ne(seq[:-1]).any(2)
+        if c.previous is not None and c.previous.shape == seq[0].shape:
+            changed[0] &= seq[0].ne(c.previous).any(1)
+        c.previous = seq[-1]
         return changed.sum(0).to(torch.float64)
 
 
@@ -352,8 +355,8 @@ def _rates(entries: list[tuple[int, torch.Tensor, int]], steps: int) -> list[flo
     return [nz / n if n else 0.0 for nz, n in zip(nonzero, numel)]
 
 
-def _summarise(c: _Counter, T: int, B: int, e_mac: float, e_ac: float) -> LayerEnergy:
-    steps = 1 if c.per_sequence else T
+def _summarise(c: _Counter, B: int, e_mac: float, e_ac: float) -> LayerEnergy:
+    steps = c.steps
     flops = c.flops / (steps * B)
     rate_a = _rates([(s, a, na) for s, a, na, _, _ in c.entries], steps)
     mean_a = sum(rate_a) / steps
@@ -424,11 +427,12 @@ def report(
             else:
                 for x_t in x:
                     model(x_t)
-        if hooks.shape is None:
-            raise RuntimeError(f"energy.report: no spiking module of {type(model).__name__} ran, so the number "
-                               "of time steps is unknown")
-        T, B = hooks.shape if step_mode == "m" else (hooks.step, hooks.shape[1])
-        layers = [_summarise(c, T, B, e_mac, e_ac) for c in hooks.counters.values()]
+            if hooks.batch is None:
+                raise RuntimeError(f"energy.report: no spiking module of {type(model).__name__} ran, so the time "
+                                   "steps are unknown")
+            hooks.flush()
+        layers = [_summarise(c, hooks.batch, e_mac, e_ac) for c in hooks.counters.values()]
+        T = max((layer.steps for layer in layers), default=0)
     finally:
         hooks.close()
         reset(model)
@@ -438,4 +442,4 @@ def report(
     if not layers:
         raise ValueError(f"energy.report: {type(model).__name__} has no Linear/Conv layer or activation product "
                          "to count")
-    return EnergyReport(layers, T, B, e_mac, e_ac)
+    return EnergyReport(layers, T, hooks.batch, e_mac, e_ac)
