@@ -48,6 +48,7 @@ def test_train_energy_export_journey(tmp_path, capsys):
     code, out, err = run(capsys, "export-nir", "--checkpoint", str(ckpt), "--out", str(nir_file), "--quiet")
     assert code == 0, err
     assert "sub-module step_network" in out and nir_file.stat().st_size > 0
+    assert "max |output difference| = 0" in out
 
 
 def test_export_refusal_is_a_failure(tmp_path, capsys):

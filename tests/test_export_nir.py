@@ -10,7 +10,7 @@ nir = pytest.importorskip("nir", reason="NIR export needs the 'nir' extra")
 pytest.importorskip("nirtorch", reason="reading NIR back needs the 'nir' extra (nirtorch)")
 
 from spiketwin import TimeFold  # noqa: E402
-from spiketwin.export import NIRExportError, from_nir, to_nir  # noqa: E402
+from spiketwin.export import NIRExportError, check, from_nir, to_nir  # noqa: E402
 from spiketwin.neurons import IF, LIF, STBIF  # noqa: E402
 from spiketwin.ops import MatMul  # noqa: E402
 from spiketwin.plots import record  # noqa: E402
@@ -132,6 +132,10 @@ def test_expressible_submodule_is_exported(tmp_path):
     assert sorted(type(n).__name__ for n in graph.nodes.values()) == ["Affine", "Input", "LIF", "Output"]
     with torch.no_grad():
         assert torch.equal(run_nir(from_nir(tmp_path / "embed.nir"), x), model.embed(x))
+    assert check(model, graph, x, submodule="embed") == 0.0
+    with torch.no_grad():
+        model.embed[0].weight.add_(0.5)  # the file no longer matches the model
+    assert check(model, graph, x, submodule="embed") > 0.0
     with pytest.raises(KeyError, match="no submodule 'nope'"):
         to_nir(model, x, submodule="nope")
 

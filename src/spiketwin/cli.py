@@ -136,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "step_network when it has one, else the whole model; "
                                                         "'' for the whole model)")
     p.add_argument("--dt", type=float, default=1.0, help="time per step for NIR's continuous neurons (default 1)")
+    p.add_argument("--samples", type=int, default=8, help="test samples for the shapes and the read-back check")
 
     p = command("bench", "run a benchmark from the repository's bench/ folder (no name: list them)")
     p.add_argument("name", nargs="?", help="benchmark module, e.g. lif")
@@ -400,17 +401,27 @@ def cmd_energy(args) -> None:
 
 
 def cmd_export_nir(args) -> None:
-    from .export import to_nir
+    from .export import check, to_nir
 
     _require(args, "out")
     model, info = _load_model(args, stages=("ann", "snn"))
     submodule = args.submodule if args.submodule is not None else (
         "step_network" if hasattr(model, "step_network") else "")
     submodule = submodule or None  # "" exports the whole model
-    x = _dataset(args)[2][:1].to(args.device)
+    x = _dataset(args)[2][:args.samples].to(args.device)
     graph = to_nir(model.eval(), x, args.out, submodule=submodule, dt=args.dt)
     print(f"export-nir: wrote {args.out} ({len(graph.nodes)} nodes, {len(graph.edges)} edges"
           f"{f', sub-module {submodule}' if submodule else ''}; one time step, dt={args.dt})")
+    try:
+        import nirtorch  # noqa: F401
+    except ImportError:
+        print("export-nir: nirtorch is not installed, so the file was not read back (pip install 'spiketwin[nir]')")
+        return
+    diff = check(model, args.out, x, submodule=submodule)
+    print(f"export-nir: read back with nirtorch and run on {len(x)} test samples: max |output difference| = "
+          f"{diff:.3g}")
+    if diff > 1e-4:
+        raise RuntimeError(f"the NIR file does not reproduce the model (max difference {diff:.3g})")
 
 
 def cmd_bench(args) -> None:

@@ -150,6 +150,52 @@ def _weight_node(nir, layer: nn.Module, weight: torch.Tensor, bias: torch.Tensor
                 bias=_array(bias))
 
 
+def _target(snn: nn.Module, submodule: str | None) -> tuple[nn.Module, nn.Module]:
+    """A private eval-mode copy of ``snn`` and the part of it to export."""
+    model = copy.deepcopy(snn).eval()
+    modules = dict(model.named_modules())
+    if submodule is not None and submodule not in modules:
+        raise KeyError(f"to_nir: {type(snn).__name__} has no submodule {submodule!r}; top-level ones: "
+                       f"{', '.join(n for n, _ in model.named_children())}")
+    return model, (model if submodule is None else modules[submodule])
+
+
+def _target_io(model: nn.Module, target: nn.Module, example_input: torch.Tensor, submodule: str | None):
+    """``(input, output, in_sequence)`` of ``target``'s first call when ``model`` runs ``example_input``."""
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [target.register_forward_pre_hook(lambda m, a: seen.setdefault("x", a[0] if a else None)),
+             target.register_forward_hook(lambda m, a, o: seen.setdefault("y", o))]
+    reset(model)
+    with torch.no_grad():
+        try:
+            model(example_input.detach())
+        finally:
+            for h in hooks:
+                h.remove()
+            reset(model)
+    if not isinstance(seen.get("x"), torch.Tensor) or not isinstance(seen.get("y"), torch.Tensor):
+        raise NIRExportError(f"to_nir: {submodule or 'the model'} does not map a tensor to a tensor on the "
+                             "example input")
+    in_sequence = any(m.step_mode == "m" for m in target.modules() if isinstance(m, StatefulModule))
+    return seen["x"], seen["y"], in_sequence
+
+
+def check(snn: nn.Module, graph, example_input: torch.Tensor, submodule: str | None = None) -> float:
+    """Largest absolute difference, over every step of ``example_input`` (see :func:`to_nir`), between the
+    output of the exported part of ``snn`` and the NIR ``graph`` (a path or an ``NIRGraph``) read back with
+    :func:`from_nir` and run step by step. 0 means the file reproduces the network exactly."""
+    model, target = _target(snn, submodule)
+    x, y, in_sequence = _target_io(model, target, example_input, submodule)
+    steps, expected = (x, y) if in_sequence else (x.unsqueeze(0), y.unsqueeze(0))
+    module = from_nir(graph, dtype=x.dtype).to(x.device)
+    state, outputs = None, []
+    with torch.no_grad():
+        for x_t in steps:
+            out, state = module(x_t, state)
+            outputs.append(out)
+    return float((torch.stack(outputs) - expected).abs().max())
+
+
 def to_nir(snn: nn.Module, example_input: torch.Tensor, path: str | Path | None = None,
            submodule: str | None = None, dt: float = 1.0):
     """Export one time step of ``snn`` (or of its ``submodule``) to an NIR graph; write it to ``path``
@@ -163,28 +209,12 @@ def to_nir(snn: nn.Module, example_input: torch.Tensor, path: str | Path | None 
     nir = _import_nir()
     if not dt > 0:
         raise ValueError(f"to_nir: dt must be positive, got {dt}")
-    model = copy.deepcopy(snn).eval()
-    modules = dict(model.named_modules())
-    if submodule is not None and submodule not in modules:
-        raise KeyError(f"to_nir: {type(snn).__name__} has no submodule {submodule!r}; top-level ones: "
-                       f"{', '.join(n for n, _ in model.named_children())}")
-    target = model if submodule is None else modules[submodule]
+    model, target = _target(snn, submodule)
     bad = unsupported(target)
     if bad:
         raise NIRExportError(_refusal(bad, snn, submodule))
-    captured = []
-    handle = target.register_forward_pre_hook(lambda m, a: captured.append(a[0]))
-    reset(model)
-    with torch.no_grad():
-        try:
-            model(example_input.detach())
-        finally:
-            handle.remove()
-            reset(model)
-    if not captured or not isinstance(captured[0], torch.Tensor):
-        raise NIRExportError(f"to_nir: {submodule or 'the model'} did not receive a tensor on the example input")
-    in_sequence = any(m.step_mode == "m" for m in target.modules() if isinstance(m, StatefulModule))
-    x = captured[0][0] if in_sequence else captured[0]
+    x, _, in_sequence = _target_io(model, target, example_input, submodule)
+    x = x[0] if in_sequence else x
     model = target
     set_step_mode(model, "s")
     try:
