@@ -32,8 +32,9 @@ def test_every_subcommand_has_help(capsys, command):
 def test_train_energy_export_journey(tmp_path, capsys):
     ckpt, nir_file = tmp_path / "ann.safetensors", tmp_path / "scnn.nir"
     config = tmp_path / "run.toml"
-    config.write_text('batch-size = 32\nsamples = 16\n[train]\nepochs = 1\nlr = 0.01\n')
-    code, out, err = run(capsys, "train", *SMALL, "--config", str(config), "--out", str(ckpt))
+    config.write_text('batch-size = 32\nsamples = 16\n[train]\nepochs = 1\nlr = 0.01\nset = { T = 2 }\n')
+    code, out, err = run(capsys, "train", *SMALL[:2], "--set", "channels=(4,)", "--limit", "120", "--quiet",
+                         "--config", str(config), "--out", str(ckpt))
     assert code == 0, err
     assert "1 epochs" in out and ckpt.stat().st_size > 0
 
@@ -57,10 +58,12 @@ def test_export_refusal_is_a_failure(tmp_path, capsys):
 
 
 def test_usage_errors_exit_2_with_one_line(tmp_path, capsys):
-    bad_config = tmp_path / "bad.toml"
+    bad_config, bad_section = tmp_path / "bad.toml", tmp_path / "bad_section.toml"
     bad_config.write_text("epochz = 3\n")
+    bad_section.write_text("[energy]\nepochs = 3\n")  # a train option in the energy table
     for argv in (["train", "--epochz", "3"], ["frobnicate"], ["energy", "--limit"],
                  ["train", "--config", str(bad_config), "--model", "scnn"],
+                 ["train", "--config", str(bad_section), "--model", "scnn"],
                  ["train", "--config", str(tmp_path / "missing.toml")],
                  ["export-nir", "--model", "scnn"], ["train", "--set", "T"], ["bench", "nope"]):
         code, _, err = run(capsys, *argv)

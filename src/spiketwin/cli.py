@@ -172,6 +172,12 @@ def _load_config(path: str) -> dict:
     return data
 
 
+def _dest(key: str) -> str:
+    """The argparse destination of a config key (``batch-size`` -> ``batch_size``, ``set`` -> ``overrides``)."""
+    key = key.replace("-", "_")
+    return "overrides" if key == "set" else key
+
+
 def _apply_config(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
     """Turn the values of ``--config FILE`` into defaults of the chosen subcommand's parser."""
     path = None
@@ -185,23 +191,22 @@ def _apply_config(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
         return
     data = _load_config(path)
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
-    dests = {a.dest for a in sub._actions if a.dest not in ("help", "config")}
-    values = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    sub = subparsers[name]
+    options = {cmd: {a.dest for a in p._actions} - {"help", "config"} for cmd, p in subparsers.items()}
+    values = {k: v for k, v in data.items() if k not in COMMANDS}
+    unknown = [k for k in values if not any(_dest(k) in dests for dests in options.values())]
     for cmd in COMMANDS:
-        if isinstance(data.get(cmd), dict) and cmd == name:
-            values.update(data[cmd])
-    everything = {a.dest for p in parser._actions if isinstance(p, argparse._SubParsersAction)
-                  for s in p.choices.values() for a in s._actions}
-    unknown = sorted(k.replace("-", "_") for k in values
-                     if k.replace("-", "_") not in everything and k not in ("set", "overrides"))
-    unknown += sorted(k for k, v in data.items() if isinstance(v, dict) and k not in COMMANDS)
+        if cmd in data:
+            if not isinstance(data[cmd], dict):
+                raise UsageError(f"config {path}: [{cmd}] must be a table of options")
+            unknown += [f"{cmd}.{k}" for k in data[cmd] if _dest(k) not in options[cmd]]
     if unknown:
-        raise UsageError(f"config {path}: unknown option(s) {', '.join(unknown)}")
-    defaults = {}
-    for key, value in values.items():
-        dest = {"set": "overrides"}.get(key, key.replace("-", "_"))
-        if dest in dests:
-            defaults[dest] = value
+        raise UsageError(f"config {path}: unknown option(s) {', '.join(sorted(unknown))}")
+    values.update(data.get(name, {}))
+    defaults = {_dest(k): v for k, v in values.items() if _dest(k) in options[name]}
+    if isinstance(defaults.get("overrides"), dict):  # a table of constructor keywords -> --set strings
+        defaults["overrides"] = [f"{k}={v!r}" for k, v in defaults["overrides"].items()]
     sub.set_defaults(**defaults)
 
 
@@ -214,10 +219,8 @@ def _parse_value(text: str):
         return text
 
 
-def _overrides(values) -> dict:
-    """``--set key=value`` strings (or a config table) -> constructor keyword arguments."""
-    if isinstance(values, dict):
-        return dict(values)
+def _overrides(values: Sequence[str]) -> dict:
+    """``--set key=value`` strings -> constructor keyword arguments (values read as Python literals)."""
     out = {}
     for item in values:
         key, sep, value = item.partition("=")

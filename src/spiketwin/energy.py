@@ -45,7 +45,7 @@ from .base import StatefulModule, check_step_mode, reset, set_step_mode
 from .ops import MatMul
 
 #: Energy per operation in pJ, 45 nm CMOS at 0.9 V (Horowitz, "Computing's energy problem (and what we can
-#: do about it)", ISSCC 2014, Fig. 1.1.9): a MAC is one multiply plus one add, an AC one add.
+#: do about it)", ISSCC 2014, its table of energy per operation): a MAC is one multiply plus one add, an AC one add.
 #: fp32: mult 3.7 + add 0.9; fp16: mult 1.1 + add 0.4; int32: mult 3.1 + add 0.1; int8: mult 0.2 + add 0.03.
 PRESETS: dict[str, tuple[float, float]] = {
     "fp32": (4.6, 0.9),
