@@ -212,12 +212,12 @@ class _Counter:
 class _Run:
     """The forward hooks of one :func:`report` call.
 
-    Time is read from the spiking modules: in sequence mode each call of a stateful module gets
-    ``[n, B, ...]`` (``n`` steps: the whole run, or one chunk of it); in step mode every call is one step.
-    Each counted layer keeps its own step cursor, so a run may call the network once or chunk by chunk.
+    Time is read from the spiking modules: a stateful module in sequence mode gets ``[n, B, ...]`` (``n``
+    steps: the whole run, or one chunk of it), one in step mode gets one step ``[B, ...]``. Each counted
+    layer keeps its own step cursor, so a run may call the network once, chunk by chunk or step by step.
     """
 
-    def __init__(self, model: nn.Module, analog: str | Iterable[str], step_mode: str) -> None:
+    def __init__(self, model: nn.Module, analog: str | Iterable[str]) -> None:
         if isinstance(analog, str) and analog not in ("first", "none"):
             raise ValueError(f"energy.report: analog must be 'first', 'none' or a list of module paths, "
                              f"got {analog!r}")
@@ -227,7 +227,6 @@ class _Run:
         if unknown:
             raise ValueError(f"energy.report: analog lists {sorted(unknown)}, which are not module paths of "
                              f"{type(model).__name__}")
-        self.step_mode = step_mode
         self.counters: dict[str, _Counter] = {}
         self.n: int | None = None  # steps in the current call (sequence mode)
         self.batch: int | None = None
@@ -255,10 +254,10 @@ class _Run:
         x = args[0] if args else None
         if not isinstance(x, torch.Tensor) or x.dim() < 2:
             return
+        sequence = getattr(module, "step_mode", "m") == "m"
         if self.batch is None:
-            self.batch = x.shape[1] if self.step_mode == "m" else x.shape[0]
-        if self.step_mode == "m":
-            self.n = x.shape[0]
+            self.batch = x.shape[1] if sequence else x.shape[0]
+        self.n = x.shape[0] if sequence else 1
         self.flush()
 
     def flush(self) -> None:
@@ -269,10 +268,7 @@ class _Run:
     def _when_known(self, count: Callable[[], None]) -> None:
         """Count at the next spiking module's call, which shows the steps of the call the layer belongs to
         (a layer before any neuron of a chunk cannot know them); :meth:`flush` counts what is left."""
-        if self.step_mode == "s" and self.batch is not None:
-            count()
-        else:
-            self.pending.append(count)
+        self.pending.append(count)
 
     def _wrapper_enter(self, layer: nn.Module):
         def hook(module: nn.Module, args) -> None:
@@ -320,8 +316,6 @@ class _Run:
 
     def _rows(self, c: _Counter, x: torch.Tensor) -> torch.Tensor:
         """``x`` as ``[n, -1]``: one row per time step of this call."""
-        if self.step_mode == "s":
-            return x.reshape(1, -1)
         n, B = self.n, self.batch
         if x.dim() >= 3 and x.shape[1] == B:  # [n', B, ...]: the input says how many steps it holds
             n = x.shape[0]
@@ -392,18 +386,20 @@ def report(
     Args:
         model: a spiking network (its neurons are :class:`~spiketwin.base.StatefulModule`).
         x: in ``step_mode="m"`` what ``model`` takes in one call (``[T, B, ...]``, or ``[B, ...]`` for a
-            model that repeats a static input itself); ``T`` and ``B`` are read from the first neuron's
-            input. In ``step_mode="s"``: a ``[T, B, ...]`` sequence fed one step (``[B, ...]``) per call.
+            model that repeats a static input itself). In ``step_mode="s"``: a ``[T, B, ...]`` sequence fed
+            one step (``[B, ...]``) per call. The steps and the batch size are read from the inputs of the
+            spiking modules (``[n, B, ...]`` in sequence mode, ``[B, ...]`` in step mode).
         analog: which weight layers get analog (non-spike) input and cost MACs: ``"first"`` (the first
             counted layer to run), ``"none"``, or a list of module paths.
         e_mac, e_ac: energy per multiply-accumulate / accumulate in pJ; default from ``preset``
             (:data:`PRESETS`: ``fp32`` is 4.6 / 0.9).
-        run: ``run(model, x)`` replaces the default way of running the model (e.g. a converted SNN fed its
-            input at the first step only); it must run every sample of the batch for the same steps, by
-            calling ``model`` once per step (``step_mode="s"``) or on whole sequences (``"m"``).
+        run: ``run(model, x)`` replaces the default way of running the model, e.g. a converted SNN's own
+            ``simulate`` (input at the first step only); it must run every sample of the batch for the same
+            steps (no early exit), in one call, in chunks or step by step, and sets the step modes itself
+            (``step_mode`` is then not used).
 
     The model runs in eval mode without gradients; its spiking state is reset before and after, and its
-    step mode restored. Returns an :class:`EnergyReport` (counts and energies per sample).
+    step modes restored. Returns an :class:`EnergyReport` (counts and energies per sample).
     """
     if preset not in PRESETS:
         raise ValueError(f"energy.report: preset must be one of {sorted(PRESETS)}, got {preset!r}")
@@ -415,9 +411,10 @@ def report(
     modes = {m: m.step_mode for m in model.modules() if hasattr(m, "step_mode")}
     was_training = model.training
     reset(model)
-    set_step_mode(model, step_mode)
+    if run is None:
+        set_step_mode(model, step_mode)
     model.eval()
-    hooks = _Run(model, analog, step_mode)
+    hooks = _Run(model, analog)
     try:
         with torch.no_grad():
             if run is not None:
