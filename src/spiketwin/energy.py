@@ -232,12 +232,13 @@ class _Run:
         self.batch: int | None = None
         self.calls: dict[nn.Module, int] = {}  # weight layer -> times it counted itself
         self.before: dict[nn.Module, int] = {}  # wrapper -> its layer's count when the wrapper started
-        self.pending: list[Callable[[], None]] = []  # counts waiting for the first spiking module
+        self.pending: list[Callable[[int], None]] = []  # counts waiting for the steps of their call
+        self.running: list[int | None] = []  # steps of the spiking modules now executing (a stack)
         self.handles = []
         products = tuple(_PRODUCTS)
         for name, m in model.named_modules():
             if isinstance(m, StatefulModule):
-                self.handles.append(m.register_forward_pre_hook(self._time))
+                self.handles.append(m.register_forward_pre_hook(self._enter))
             layer = _weight_layer(m)
             if layer is not None:
                 if layer is not m:
@@ -245,30 +246,42 @@ class _Run:
                 self.handles.append(m.register_forward_hook(self._weight_hook(name, layer)))
             elif isinstance(m, products):
                 self.handles.append(m.register_forward_hook(self._product_hook(name)))
+            if isinstance(m, StatefulModule):
+                self.handles.append(m.register_forward_hook(self._leave))
 
     def close(self) -> None:
         for h in self.handles:
             h.remove()
 
-    def _time(self, module: nn.Module, args) -> None:
+    def _enter(self, module: nn.Module, args) -> None:
+        """A spiking module starts: its input says how many steps this call holds (and the batch size)."""
         x = args[0] if args else None
-        if not isinstance(x, torch.Tensor) or x.dim() < 2:
-            return
-        sequence = getattr(module, "step_mode", "m") == "m"
-        if self.batch is None:
-            self.batch = x.shape[1] if sequence else x.shape[0]
-        self.n = x.shape[0] if sequence else 1
-        self.flush()
+        n = None
+        if isinstance(x, torch.Tensor) and x.dim() >= 2:
+            sequence = getattr(module, "step_mode", "m") == "m"
+            if self.batch is None:
+                self.batch = x.shape[1] if sequence else x.shape[0]
+            n = self.n = x.shape[0] if sequence else 1
+            self.flush()
+        self.running.append(n)
+
+    def _leave(self, module: nn.Module, args, out) -> None:
+        self.running.pop()
 
     def flush(self) -> None:
         for count in self.pending:
-            count()
+            count(self.n)
         self.pending.clear()
 
-    def _when_known(self, count: Callable[[], None]) -> None:
-        """Count at the next spiking module's call, which shows the steps of the call the layer belongs to
-        (a layer before any neuron of a chunk cannot know them); :meth:`flush` counts what is left."""
-        self.pending.append(count)
+    def _count_when_known(self, count: Callable[[int], None]) -> None:
+        """Count now when the steps of this call are known: the layer runs inside a spiking module (or is
+        one), whose input showed them. Otherwise (a plain layer ahead of the first spiking module of a
+        call) count at the next spiking module's call, or at :meth:`flush` after the run."""
+        known = next((n for n in reversed(self.running) if n is not None), None)
+        if known is not None:
+            count(known)
+        else:
+            self.pending.append(count)
 
     def _wrapper_enter(self, layer: nn.Module):
         def hook(module: nn.Module, args) -> None:
@@ -289,11 +302,11 @@ class _Run:
             self.calls[layer] = self.calls.get(layer, 0) + 1
             c = self._counter(name, "linear" if isinstance(layer, nn.Linear) else "conv", True)
             c.flops += _weight_flops(layer, out)
-            self._when_known(lambda: self._count_weight(c, args[0]))
+            self._count_when_known(lambda n: self._count_weight(c, args[0], n))
         return hook
 
-    def _count_weight(self, c: _Counter, x: torch.Tensor) -> None:
-        rows = self._rows(c, x)
+    def _count_weight(self, c: _Counter, x: torch.Tensor, n: int) -> None:
+        rows = self._rows(c, x, n)
         if c.analog:
             c.compute_steps.append(self._compute_steps(c, x, rows.shape[0]))
         c.entries.append((c.steps, rows.ne(0).sum(1), rows.shape[1], None, 0))
@@ -303,22 +316,20 @@ class _Run:
         def hook(module: nn.Module, args, out) -> None:
             c = self._counter(name, "product", False)
             c.flops += out.numel() * args[0].shape[-1]
-            self._when_known(lambda: self._count_product(c, args[0], args[1]))
+            self._count_when_known(lambda n: self._count_product(c, args[0], args[1], n))
         return hook
 
-    def _count_product(self, c: _Counter, a: torch.Tensor, b: torch.Tensor) -> None:
-        ra, rb = self._rows(c, a), self._rows(c, b)
+    def _count_product(self, c: _Counter, a: torch.Tensor, b: torch.Tensor, n: int) -> None:
+        ra, rb = self._rows(c, a, n), self._rows(c, b, n)
         c.entries.append((c.steps, ra.ne(0).sum(1), ra.shape[1], rb.ne(0).sum(1), rb.shape[1]))
         dtype = a.dtype if a.is_floating_point() else torch.float32
         pairs = a.ne(0).to(dtype) @ b.ne(0).to(dtype)
         c.pairs.append(pairs.reshape(ra.shape[0], -1).sum(1))
         c.steps += ra.shape[0]
 
-    def _rows(self, c: _Counter, x: torch.Tensor) -> torch.Tensor:
-        """``x`` as ``[n, -1]``: one row per time step of this call."""
-        n, B = self.n, self.batch
-        if x.dim() >= 3 and x.shape[1] == B:  # [n', B, ...]: the input says how many steps it holds
-            n = x.shape[0]
+    def _rows(self, c: _Counter, x: torch.Tensor, n: int) -> torch.Tensor:
+        """``x`` (``[n, B, ...]``, ``[n*B*k, ...]``, or ``[B*k, ...]`` once per sequence) as ``[steps, -1]``."""
+        B = self.batch
         if x.shape[:2] == (n, B) or x.shape[0] % (n * B) == 0:
             return x.reshape(n, -1)
         if x.shape[0] % B == 0:
