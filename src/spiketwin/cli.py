@@ -384,12 +384,32 @@ def cmd_verify(args) -> None:
     _verify(qann, args)
 
 
+def _simulation_run(max_steps: int):
+    """``run`` for :func:`spiketwin.energy.report` on a converted SNN: its own ``simulate`` for ``max_steps``
+    steps on the whole batch (without early exit where the SNN has one: settled samples are silent)."""
+    import inspect
+
+    def run(snn, x):
+        kwargs = {"max_steps": max_steps}
+        if "early_exit" in inspect.signature(snn.simulate).parameters:
+            kwargs["early_exit"] = False
+        return snn.simulate(x, **kwargs)
+    return run
+
+
 def cmd_energy(args) -> None:
     from .energy import report
 
     model, info = _load_model(args, stages=("ann", "snn"))
     x = _dataset(args)[2][:args.samples].to(args.device)
-    result = report(model, x, preset=args.preset, e_mac=args.e_mac, e_ac=args.e_ac)
+    run = _simulation_run(args.max_steps) if hasattr(model, "simulate") else None
+    try:
+        result = report(model, x, preset=args.preset, e_mac=args.e_mac, e_ac=args.e_ac, run=run)
+    except RuntimeError as e:
+        if "no spiking module" in str(e):
+            raise ValueError(f"energy: {info['model']} ({info['stage']}) is not spiking; give a directly trained "
+                             "SNN or an SNN checkpoint (spiketwin convert)") from e
+        raise
     print(result.table())
     if args.json:
         result.to_json(args.json)
