@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spiketwin import TimeFold, reset
+from spiketwin import StatefulModule, TimeFold, reset, set_step_mode
 from spiketwin.energy import PRESETS, register_product, report
-from spiketwin.neurons import IF, LIF
+from spiketwin.neurons import IF, LIF, STBIF
 from spiketwin.ops import MatMul
 
 
@@ -67,6 +67,47 @@ def test_chunked_run_matches_one_call():
         for a, b in zip(r.layers, whole.layers):
             assert (a.flops, a.sops, a.macs, a.rate_per_step) == (b.flops, b.sops, b.macs, b.rate_per_step)
     assert whole.layers[1].sops > 0
+
+
+class StatefulLinear(StatefulModule):
+    """A stateful layer that applies its ``.layer``'s weight itself (like SpikeZIP-TF's bias-once Linear)."""
+
+    state_names = ("started",)
+
+    def __init__(self, layer: nn.Linear) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def single_step(self, x):
+        y = F.linear(x, self.layer.weight, None if self.started else self.layer.bias)
+        self.started = True
+        return y
+
+    def multi_step(self, x_seq):
+        return torch.stack([self.single_step(x) for x in x_seq])
+
+
+def test_converted_snn_in_uneven_chunks():
+    """A network of stateful layers run like a converted SNN: input at step 1 only, chunks of 3 steps and a
+    last shorter one, or step by step: the counts do not depend on how the run is cut."""
+    torch.manual_seed(1)
+    net = nn.Sequential(StatefulLinear(nn.Linear(6, 8)), STBIF(0.2, -4, 3), StatefulLinear(nn.Linear(8, 3)))
+    x = torch.rand(4, 6)
+
+    def simulate(model, x, chunk, steps=8):
+        set_step_mode(model, "s" if chunk == 1 else "m")
+        for start in range(0, steps, chunk):
+            seq = x.new_zeros(min(chunk, steps - start), *x.shape)
+            if start == 0:
+                seq[0] = x
+            model(seq[0] if chunk == 1 else seq)
+
+    reports = [report(net, x, run=lambda m, x, c=c: simulate(m, x, c)) for c in (8, 3, 1)]
+    for r in reports:
+        assert (r.T, r.batch) == (8, 4)
+        assert [layer.macs for layer in r.layers] == [6 * 8, 0]  # the input enters once: 1 computing step
+        assert [(a.sops, a.rate_per_step) for a in r.layers] == [(b.sops, b.rate_per_step) for b in reports[0].layers]
+    assert reports[0].layers[1].sops > 0
 
 
 def test_presets_and_overrides():
