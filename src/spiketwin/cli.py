@@ -27,12 +27,16 @@ COMMANDS = ("demo", "train", "qat", "convert", "simulate", "verify", "energy", "
 
 
 class UsageError(Exception):
-    """A command-line mistake: reported in one line, exit code 2."""
+    """A command-line mistake: reported in one line, exit code 2. ``prog`` names the (sub)command."""
+
+    def __init__(self, message: str, prog: str | None = None) -> None:
+        super().__init__(message)
+        self.prog = prog
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line instead of argparse's usage block
-        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+        raise UsageError(f"{message} (see {self.prog} --help)", self.prog)
 
 
 # ----------------------------------------------------------------------------------------------- options
@@ -255,7 +259,7 @@ def _dataset(args):
 
 def _require(args, name: str) -> None:
     if getattr(args, name) in (None, ""):
-        raise UsageError(f"{args.command}: --{name.replace('_', '-')} is required (or '{name}' in the config file)")
+        raise UsageError(f"--{name.replace('_', '-')} is required (or '{name}' in the config file)")
 
 
 def _load_model(args, stages: Sequence[str] = checkpoint.STAGES, snn: bool = True):
@@ -266,15 +270,15 @@ def _load_model(args, stages: Sequence[str] = checkpoint.STAGES, snn: bool = Tru
     if args.checkpoint:
         model, info = checkpoint.load(args.checkpoint, snn=snn)
         if info["stage"] not in stages:
-            raise ValueError(f"{args.command}: {args.checkpoint} holds a {info['stage']} model; this command needs "
+            raise ValueError(f"{args.checkpoint} holds a {info['stage']} model; this command needs "
                              f"{' or '.join(stages)}")
     elif args.model:
         info = {"model": args.model, "overrides": _overrides(args.overrides), "stage": "ann"}
         model = create(args.model, **info["overrides"])
         if "ann" not in stages:
-            raise UsageError(f"{args.command}: needs a {' or '.join(stages)} --checkpoint, not a fresh --model")
+            raise UsageError(f"needs a {' or '.join(stages)} --checkpoint, not a fresh --model")
     else:
-        raise UsageError(f"{args.command}: give --checkpoint FILE or --model NAME")
+        raise UsageError("give --checkpoint FILE or --model NAME")
     return model.to(args.device), info
 
 
@@ -451,6 +455,8 @@ def cmd_bench(args) -> None:
     import importlib
     import pkgutil
 
+    if Path("bench", "__init__.py").is_file() and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # the repository root, where bench/ lives
     try:
         bench = importlib.import_module("bench")
     except ImportError as e:
@@ -461,7 +467,7 @@ def cmd_bench(args) -> None:
         print("benchmarks: " + ", ".join(names) + "  (spiketwin bench NAME [args...])")
         return
     if args.name not in names:
-        raise UsageError(f"bench: unknown benchmark {args.name!r}; available: {', '.join(names)}")
+        raise UsageError(f"unknown benchmark {args.name!r}; available: {', '.join(names)}")
     importlib.import_module(f"bench.{args.name}").main(list(args.bench_args))
 
 
@@ -475,15 +481,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         _apply_config(parser, argv)
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
         if args.command is None:
             parser.print_help()
             return 2
+        if extra:
+            raise UsageError(f"unrecognized arguments: {' '.join(extra)} (see spiketwin {args.command} --help)")
         HANDLERS[args.command](args)
     except SystemExit as e:  # --help, --version
         return int(e.code or 0)
     except UsageError as e:
-        print(f"spiketwin: error: {e}", file=sys.stderr)
+        command = next((a for a in argv if a in COMMANDS), None)
+        prog = e.prog or ("spiketwin" + (f" {command}" if command else ""))
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("spiketwin: interrupted", file=sys.stderr)
@@ -492,7 +502,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "--debug" in argv:
             raise
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"spiketwin {argv[0] if argv else ''}: error: {message}".replace("  ", " "), file=sys.stderr)
+        command = next((a for a in argv if a in COMMANDS), "")
+        print(f"spiketwin {command}: error: {message}".replace(" :", ":"), file=sys.stderr)
         return 1
     return 0
 
