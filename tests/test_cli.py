@@ -39,12 +39,14 @@ def test_train_energy_export_journey(tmp_path, capsys):
     assert "1 epochs" in out and ckpt.stat().st_size > 0
 
     code, out, err = run(capsys, "energy", "--checkpoint", str(ckpt), "--config", str(config),
-                         "--json", str(tmp_path / "e.json"), "--csv", str(tmp_path / "e.csv"), "--quiet")
+                         "--json", str(tmp_path / "e.json"), "--csv", str(tmp_path / "e.csv"), "--quiet",
+                         "--raster", str(tmp_path / "raster.png"), "--raster-neurons", "0,1,2")
     assert code == 0, err
     assert "ANN/SNN" in out and "step_network.0.layer.0" in out
     data = json.loads((tmp_path / "e.json").read_text())
     assert data["batch"] == 16 and data["T"] == 2 and data["layers"][0]["coding"] == "analog"
     assert (tmp_path / "e.csv").read_text().startswith("name,kind,coding")
+    assert (tmp_path / "raster.png").stat().st_size > 1000
 
     code, out, err = run(capsys, "export-nir", "--checkpoint", str(ckpt), "--out", str(nir_file), "--quiet")
     assert code == 0, err

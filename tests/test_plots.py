@@ -8,6 +8,7 @@ import torch
 pytest.importorskip("matplotlib", reason="plots need the 'plot' extra (matplotlib)")
 
 from spiketwin import plots  # noqa: E402
+from spiketwin import set_step_mode  # noqa: E402
 from spiketwin.energy import report  # noqa: E402
 from spiketwin.neurons import LIF  # noqa: E402
 
@@ -33,6 +34,22 @@ def test_every_plot_writes_a_png(tmp_path):
         plots.settle_histogram(torch.tensor([3, 5, 5, 9, -1]), tmp_path / "settle.png"),
     ]
     assert all(is_png(p) for p in paths)
+
+
+def test_record_joins_chunks_and_steps():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), LIF())
+    x = torch.rand(8, 5, 6) * 3
+
+    def stepwise(m, seq):
+        set_step_mode(m, "s")
+        for x_t in seq:
+            m(x_t)
+        set_step_mode(m, "m")
+
+    whole = plots.record(model, x, "1")
+    assert torch.equal(plots.record(model, x, "1", run=lambda m, seq: [m(seq[:3]), m(seq[3:])]), whole)
+    assert torch.equal(plots.record(model, x, "1", run=stepwise), whole)
 
 
 def test_bad_arguments(tmp_path):

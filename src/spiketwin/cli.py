@@ -66,6 +66,12 @@ def _model(p: argparse.ArgumentParser, checkpoint_help: str) -> None:
                    help="model constructor override, repeatable (e.g. --set T=2 --set channels=(8,16))")
 
 
+def _raster(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--raster", metavar="PNG", help="write a spike raster of the first test sample here")
+    p.add_argument("--raster-module", metavar="PATH", help="the neuron layer to draw (default: the first one)")
+    p.add_argument("--raster-neurons", metavar="I,J,..", help="neuron indices in that layer (default: the first 64)")
+
+
 def _training(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
     p.add_argument("--epochs", type=int, default=epochs, help=f"epochs (default: {epochs})")
     p.add_argument("--lr", type=float, default=lr, help=f"AdamW learning rate (default: {lr})")
@@ -114,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step-mode", default="m", choices=("m", "s"), help="m: sequence (fast), s: step by step")
     p.add_argument("--plot", metavar="PNG", help="write the accuracy-vs-time-step curve here")
     p.add_argument("--settle-plot", metavar="PNG", help="write the settle-step histogram here")
+    _raster(p)
 
     p = command("verify", "prove SNN == QANN on test samples (float64, per sample and per layer)")
     _model(p, "the QANN or SNN (required)")
@@ -131,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     p.add_argument("--csv", metavar="FILE", help="also write the report as CSV")
     p.add_argument("--plot", metavar="PNG", help="write the firing rate per layer here")
+    _raster(p)
 
     p = command("export-nir", "write the SNN as an NIR graph (what NIR can express; the rest is listed)")
     _model(p, "the SNN")
@@ -380,6 +388,7 @@ def cmd_simulate(args) -> None:
         from .plots import settle_histogram
 
         print(f"simulate: wrote {settle_histogram(settle_all, args.settle_plot)}")
+    _write_raster(snn, x_test.to(args.device), args, _simulation_run(args.max_steps))
 
 
 def cmd_verify(args) -> None:
@@ -399,6 +408,25 @@ def _simulation_run(max_steps: int):
             kwargs["early_exit"] = False
         return snn.simulate(x, **kwargs)
     return run
+
+
+def _write_raster(model, x, args, run=None) -> None:
+    """``--raster``: spikes of ``--raster-module`` (default: the first neuron layer) for the first sample."""
+    if not args.raster:
+        return
+    from .neurons import ILIF, LIF, STBIF
+    from .plots import record, spike_raster
+
+    name = args.raster_module or next((n for n, m in model.named_modules() if isinstance(m, (LIF, STBIF, ILIF))),
+                                      None)
+    if name is None:
+        raise ValueError(f"--raster: {type(model).__name__} has no neuron layer; name one with --raster-module")
+    try:
+        neurons = None if not args.raster_neurons else [int(i) for i in args.raster_neurons.split(",")]
+    except ValueError as e:
+        raise UsageError(f"--raster-neurons expects comma-separated integers, got {args.raster_neurons!r}") from e
+    spikes = record(model, x[:1], name, run=run)
+    print(f"{args.command}: wrote {spike_raster(spikes, args.raster, neurons, title=f'Spikes of {name}')}")
 
 
 def cmd_energy(args) -> None:
@@ -425,6 +453,7 @@ def cmd_energy(args) -> None:
         from .plots import firing_rates
 
         print(f"energy: wrote {firing_rates(result, args.plot)}")
+    _write_raster(model, x, args, run)
 
 
 def cmd_export_nir(args) -> None:

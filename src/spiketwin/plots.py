@@ -7,13 +7,13 @@ writes ``path`` and returns it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .base import reset
+from .base import StatefulModule, reset
 
 
 def _figure(width: float = 6.0, height: float = 4.0):
@@ -129,21 +129,32 @@ def settle_histogram(settle_step: torch.Tensor, path: str | Path, title: str = "
     return _save(fig, path)
 
 
-def record(model: nn.Module, x: torch.Tensor, name: str) -> torch.Tensor:
-    """Run ``model(x)`` once (no gradients) and return the output of its sub-module ``name`` (e.g. a
-    neuron's spikes, ``[T, B, ...]`` in sequence mode). The model's state is reset before and after."""
+def record(model: nn.Module, x: torch.Tensor, name: str,
+           run: Callable[[nn.Module, torch.Tensor], object] | None = None) -> torch.Tensor:
+    """The output of ``model``'s sub-module ``name`` (e.g. a neuron's spikes) over a run, ``[T, B, ...]``.
+
+    The run is ``model(x)`` (no gradients), or ``run(model, x)`` (e.g. a converted SNN's own ``simulate``
+    without early exit); outputs of calls in sequence mode are joined along time, those in step mode
+    stacked. The model's spiking state is reset before and after."""
     modules = dict(model.named_modules())
     if name not in modules:
-        spiking = [n for n, m in modules.items() if hasattr(m, "reset") and n]
+        spiking = [n for n, m in modules.items() if isinstance(m, StatefulModule)]
         raise KeyError(f"record: {type(model).__name__} has no module {name!r}; spiking modules: "
-                       f"{', '.join(spiking[:20])}")
-    out = []
-    handle = modules[name].register_forward_hook(lambda m, a, o: out.append(o.detach()))
+                       f"{', '.join(spiking[:20])}{' ...' if len(spiking) > 20 else ''}")
+    module = modules[name]
+    out: list[torch.Tensor] = []
+
+    def keep(m, args, y) -> None:
+        out.append(y.detach() if getattr(m, "step_mode", "m") == "m" else y.detach().unsqueeze(0))
+
+    handle = module.register_forward_hook(keep)
     try:
         reset(model)
         with torch.no_grad():
-            model(x)
+            run(model, x) if run is not None else model(x)
     finally:
         handle.remove()
         reset(model)
-    return out[0] if len(out) == 1 else torch.stack(out)
+    if not out:
+        raise RuntimeError(f"record: module {name!r} did not run")
+    return torch.cat(out)
