@@ -5,7 +5,8 @@ separation (SpikeConverter) and directly trained spiking transformers (Spikforme
 """
 
 from .base import StatefulModule, TimeFold, reset, set_step_mode
+from .simulate import SimResult, simulate
 
 __version__ = "0.1.0"
 
-__all__ = ["StatefulModule", "TimeFold", "__version__", "reset", "set_step_mode"]
+__all__ = ["SimResult", "StatefulModule", "TimeFold", "__version__", "reset", "set_step_mode", "simulate"]

@@ -17,6 +17,7 @@ from typing import NamedTuple
 import torch
 
 from .base import StatefulModule
+from .ops import running_sum
 from .surrogate import Sigmoid, Surrogate, heaviside
 
 
@@ -229,6 +230,23 @@ class STBIF(StatefulModule):
         self.count = self.count + delta
         self.fired = delta.flatten(1).ne(0).any(1) if x.dim() > 1 else delta.ne(0)
         return delta * theta
+
+    def multi_step(self, x_seq: torch.Tensor) -> torch.Tensor:
+        """The step rule over ``[T, B, ...]``, bit-identical to calling :meth:`single_step` T times: the
+        running totals and their rounded targets are computed for all steps first; only the one-spike-per-step
+        walk of the count towards its target is scanned."""
+        theta = self.threshold.to(x_seq.dtype)
+        totals = running_sum(x_seq, self.total)
+        self.total = totals[-1].clone()
+        steps = totals.div_(theta).add_(0.5).floor_().clamp_(self.n_min, self.n_max)  # targets, in place
+        count = torch.zeros_like(x_seq[0]) if self.count is None else self.count.clone()
+        for t in range(x_seq.shape[0]):  # the target at t becomes the spike at t: clamp(target - count, -1, 1)
+            delta = steps[t].sub_(count).clamp_(-1, 1)
+            count.add_(delta)
+        self.count = count
+        last = steps[-1]
+        self.fired = last.flatten(1).ne(0).any(1) if last.dim() > 1 else last.ne(0)
+        return steps.mul_(theta)
 
     def extra_repr(self) -> str:
         theta = self.threshold.flatten()[:4].tolist()

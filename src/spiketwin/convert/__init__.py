@@ -16,6 +16,13 @@ def to_qann(model: nn.Module, levels: int = 16, neuron: str = "stbif", **kwargs)
     """A new model with quantizers in the places ``neuron``'s conversion needs; train it like any model."""
     if neuron not in NEURONS:
         raise ValueError(f"to_qann: neuron must be one of {NEURONS}, got {neuron!r}")
+    if neuron == "stbif":
+        from ..models.vit import ViT
+
+        if isinstance(model, ViT):
+            from .spikezip import vit_to_qann
+
+            return vit_to_qann(model, levels, **kwargs)
     raise TypeError(f"to_qann: no {neuron!r} conversion for {type(model).__name__} yet")
 
 

@@ -39,3 +39,8 @@ def _load_all() -> None:
 
     for info in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{info.name}")
+
+
+from .vit import ViT, load_timm_safetensors  # noqa: E402  (after register: vit.py registers its configs)
+
+__all__ = ["ViT", "available", "create", "load_timm_safetensors", "register"]

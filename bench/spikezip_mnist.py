@@ -1,0 +1,141 @@
+"""SpikeZIP-TF on real MNIST: accuracy, settle steps and time to the exact answer, levels 4 / 8 / 16 / 32.
+
+Data: the MNIST test split in ``../shared/data/mnist`` (first 8,000 images train, last 2,000 test).
+A small ReLU ViT (``vit_mnist``) is trained once, then fine-tuned as a QANN for every level count;
+weights are cached under ``runs/bench_spikezip/`` so reruns only simulate. For each level count it prints
+ANN / QANN / SNN test accuracy, SNN-QANN prediction agreement (float32), a float64 equivalence check on
+a few images, the median / max settle step, and on one batch the time to the exact answer of
+
+- the SNN: sequence path, chunks of steps, each sample stops when it has settled;
+- (a) ``T_settle`` x one QANN forward, with ``T_settle`` the batch's largest settle step;
+- (b) the reference way: one full forward of the SNN per step in a Python loop, for a fixed T = 64.
+
+    python -m bench.spikezip_mnist [--levels 4 8 16 32] [--batch 256] [--threads 1] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from bench.common import median_seconds, print_table
+from spiketwin.convert import to_qann, to_snn, verify
+from spiketwin.data import mnist_split
+from spiketwin.models import create
+from spiketwin.simulate import simulate
+from spiketwin.train import TrainConfig, evaluate, fit
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / ".." / "shared" / "data" / "mnist"
+CACHE = ROOT / "runs" / "bench_spikezip"
+
+
+def cached(model: torch.nn.Module, path: Path, train) -> torch.nn.Module:
+    """Load ``model``'s weights from ``path`` (safetensors) or train it with ``train()`` and save them atomically."""
+    from safetensors.torch import load_file, save_file
+
+    if path.is_file():
+        model.load_state_dict(load_file(str(path)))
+        print(f"  loaded {path.relative_to(ROOT)}")
+        return model
+    train()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    os.replace(tmp, path)
+    return model
+
+
+def snn_predictions(snn, x: torch.Tensor, batch: int):
+    """Summed SNN outputs and settle steps over ``x`` in batches (sequence path, early exit)."""
+    outs, settles = [], []
+    for xb in x.split(batch):
+        r = simulate(snn, xb, max_steps=512)
+        outs.append(r.output)
+        settles.append(r.settle_step)
+    return torch.cat(outs), torch.cat(settles)
+
+
+def run_level(levels: int, ann, ann_acc: float, data, timed: torch.Tensor, args) -> tuple[list, list]:
+    """QAT (or the cached QANN) at ``levels`` levels, then its accuracy row and its timing row."""
+    x_train, y_train, x_test, y_test = data
+    device = timed.device
+    print(f"QANN {levels} levels, {args.qat_epochs} QAT epochs")
+    qann = to_qann(ann, levels=levels)
+    cached(qann, CACHE / f"qann_L{levels}_e{args.epochs}_q{args.qat_epochs}.safetensors",
+           lambda: fit(qann, x_train, y_train, TrainConfig(epochs=args.qat_epochs, lr=5e-4, seed=levels)))
+    qann = qann.to(device).eval()
+    qann_acc = evaluate(qann, x_test, y_test)
+    snn = to_snn(qann)
+    with torch.no_grad():
+        qann_pred = torch.cat([qann(xb.to(device)).argmax(-1) for xb in x_test.split(args.batch)]).cpu()
+    out, settle = snn_predictions(snn, x_test.to(device), args.batch)
+    snn_pred = out.argmax(-1).cpu()
+    qann64 = copy.deepcopy(qann).double()
+    report = verify(qann64, to_snn(qann64), x_test[:8].to(device, torch.float64))
+    s = settle.double()
+    acc_row = [levels, 100 * ann_acc, 100 * qann_acc, 100 * (snn_pred == y_test).double().mean().item(),
+               100 * (snn_pred == qann_pred).double().mean().item(), f"{report.max_rel:.1e}",
+               s.median().item(), int(s.max()), int((s < 0).sum())]
+
+    with torch.no_grad():
+        t_settle = int(simulate(snn, timed).settle_step.max())
+        t_qann = median_seconds(lambda: qann(timed), args.repeats)
+    t_snn = median_seconds(lambda: simulate(snn, timed, max_steps=512), args.repeats, warmup=1)
+    t_ref = median_seconds(lambda: simulate(snn, timed, max_steps=64, step_mode="s", early_exit=False),
+                           args.repeats, warmup=1)
+    time_row = [levels, t_settle, 1e3 * t_qann, 1e3 * t_settle * t_qann, 1e3 * t_snn, 1e3 * t_ref,
+                t_snn / (t_settle * t_qann), t_ref / t_snn]
+    return acc_row, time_row
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--levels", type=int, nargs="+", default=[4, 8, 16, 32])
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--qat-epochs", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=256, help="images in the timed batch")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    if not (DATA / "t10k-images-idx3-ubyte.gz").is_file() and not (DATA / "t10k-images-idx3-ubyte").is_file():
+        print(f"SKIPPED: MNIST not found in {DATA.resolve()} (needs t10k-images-idx3-ubyte[.gz] and "
+              "t10k-labels-idx1-ubyte[.gz])")
+        sys.exit(0)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    x_train, y_train, x_test, y_test = mnist_split(DATA, n_train=8000)
+    print(f"MNIST: {len(y_train)} train / {len(y_test)} test; {args.threads} CPU thread(s), device {device}")
+
+    torch.manual_seed(0)
+    ann = create("vit_mnist")
+    print(f"ANN vit_mnist ({sum(p.numel() for p in ann.parameters()):,} parameters), {args.epochs} epochs")
+    cached(ann, CACHE / f"ann_e{args.epochs}.safetensors",
+           lambda: fit(ann, x_train, y_train, TrainConfig(epochs=args.epochs, lr=2e-3, label_smoothing=0.1)))
+    ann = ann.to(device)
+    ann_acc = evaluate(ann, x_test, y_test)
+
+    acc_rows, time_rows = [], []
+    timed = x_test[: args.batch].to(device)
+    for levels in args.levels:
+        acc_row, time_row = run_level(levels, ann, ann_acc, (x_train, y_train, x_test, y_test), timed, args)
+        acc_rows.append(acc_row)
+        time_rows.append(time_row)
+
+    print_table(f"SpikeZIP-TF on MNIST (vit_mnist, {len(y_test)} test images)",
+                ["levels", "ANN %", "QANN %", "SNN %", "SNN=QANN %", "f64 max rel diff", "settle median",
+                 "settle max", "unsettled"], acc_rows)
+    print_table(f"Time to the exact answer, one batch of {len(timed)} images, {device}, {args.threads} thread(s), "
+                f"median of {args.repeats}",
+                ["levels", "T_settle", "QANN fwd ms", "(a) T_settle x QANN ms", "SNN ms", "(b) T=64 loop ms",
+                 "SNN / (a)", "(b) / SNN"], time_rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""SpikeZIP-TF on ViTs: the SNN is equivalent to its QANN.
+
+Properties proved on random ViT configurations (depth, width, heads, patch size, channels, levels 4..32,
+seeds) in float64: every swapped layer's output summed over steps equals the QANN's layer output to 1e-9
+relative for every sample, and so do the logits; the step and sequence paths agree bit for bit; once a
+sample's settle step is reached, 32 more steps change nothing. Plus the quantizer placement of SPEC A and
+clear errors for what cannot be converted or simulated.
+"""
+
+import pytest
+import torch
+from torch import nn
+
+import spiketwin
+from spiketwin.convert import to_qann, to_snn, verify
+from spiketwin.convert.spikezip import SpikeZIPQANN, spiking_swap
+from spiketwin.models import ViT, create
+from spiketwin.neurons import STBIF
+from spiketwin.quant import Quantizer
+
+# depth, embed_dim, heads, img_size, patch, in_chans, levels, act, seed
+CONFIGS = [
+    (1, 8, 1, 8, 4, 1, 4, "relu", 0),
+    (2, 16, 2, 8, 2, 1, 8, "gelu", 1),
+    (2, 12, 3, 12, 4, 3, 16, "relu", 2),
+    (3, 16, 4, 8, 4, 2, 32, "relu", 3),
+    (1, 24, 2, 6, 3, 1, 32, "gelu", 4),
+]
+
+
+def random_qann(depth, dim, heads, img, patch, chans, levels, act, seed, dtype=torch.float64, batch=5):
+    """A random ViT (every parameter drawn, biases and LayerNorm affines included), its QANN with quantizer
+    steps initialised on a random batch, and a fresh random input batch."""
+    torch.manual_seed(seed)
+    model = ViT(img_size=img, patch_size=patch, in_chans=chans, num_classes=7, embed_dim=dim, depth=depth,
+                num_heads=heads, mlp_ratio=2.0, act=act).to(dtype)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.4)
+    qann = to_qann(model, levels=levels)
+    qann(torch.rand(8, chans, img, img, dtype=dtype))  # calibrate the quantizer steps
+    return qann.eval(), torch.rand(batch, chans, img, img, dtype=dtype)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[f"d{c[0]}w{c[1]}h{c[2]}p{c[4]}L{c[6]}" for c in CONFIGS])
+def test_snn_equals_qann_per_sample_and_per_layer(config):
+    qann, x = random_qann(*config)
+    snn = to_snn(qann)
+    report = verify(qann, snn, x)
+    assert report.ok, str(report)
+    assert report.max_rel <= 1e-9
+    assert len(report.layers) == 1 + len([m for m in snn.modules() if isinstance(m, spiketwin.StatefulModule)])
+    assert (report.settle_step >= 2).all()  # neurons really spiked over several steps
+    with torch.no_grad():
+        expected = qann(x)
+    result = spiketwin.simulate(snn, x)
+    torch.testing.assert_close(result.output, expected, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("config", CONFIGS[1:4], ids=["L8", "L16", "L32"])
+def test_step_and_sequence_paths_agree_exactly(config):
+    qann, x = random_qann(*config)
+    snn = to_snn(qann)
+    steps = snn.simulate(x, step_mode="s")
+    for chunk in (1, 3, 8, 64):
+        seq = snn.simulate(x, step_mode="m", chunk=chunk)
+        assert torch.equal(seq.settle_step, steps.settle_step)
+        assert torch.equal(seq.per_step, steps.per_step)
+        assert torch.equal(seq.output, steps.output)
+
+
+@pytest.mark.parametrize("config", CONFIGS[2:4], ids=["L16", "L32"])
+def test_nothing_changes_after_the_settle_step(config):
+    qann, x = random_qann(*config)
+    snn = to_snn(qann)
+    early = snn.simulate(x)
+    horizon = int(early.settle_step.max()) + 1 + 32
+    for mode in ("s", "m"):
+        full = snn.simulate(x, max_steps=horizon, early_exit=False, step_mode=mode)
+        assert full.per_step.shape[0] == horizon
+        assert torch.equal(full.settle_step, early.settle_step)
+        for b, s in enumerate(early.settle_step.tolist()):
+            # after s steps the running output is final: every later running sum is the same
+            assert torch.equal(full.per_step[s - 1:, b], full.per_step[-1, b].expand_as(full.per_step[s - 1:, b]))
+        assert torch.equal(full.output, early.output)
+
+
+def test_accuracy_per_step_comes_from_one_run():
+    qann, x = random_qann(*CONFIGS[2], batch=9)
+    result = to_snn(qann).simulate(x)
+    labels = qann(x).argmax(-1)
+    curve = result.accuracy_per_step(labels)
+    assert curve.shape == (result.per_step.shape[0],)
+    assert curve[-1] == 1.0  # the settled SNN predicts what the QANN predicts
+
+
+def test_float32_predictions_agree():
+    qann, x = random_qann(*CONFIGS[2], dtype=torch.float32, batch=64)
+    result = to_snn(qann).simulate(x)
+    with torch.no_grad():
+        agree = (result.output.argmax(-1) == qann(x).argmax(-1)).double().mean()
+    assert agree >= 0.98
+
+
+def test_quantizers_sit_where_spec_a_puts_them():
+    model = create("vit_digits", act="gelu", depth=3)
+    qann = to_qann(model, levels=8)
+    quant = dict(qann.quantizers())
+    assert len(quant) == 10 * 3 + 2
+    unsigned = {n for n, q in quant.items() if not q.signed}
+    assert unsigned == {f"model.blocks.{i}.{p}" for i in range(3) for p in ("attn.attn_quant", "mlp.act_quant")}
+    assert all(q.levels == 8 for q in quant.values())
+    assert "model.patch_embed.quant" in quant and "model.norm_quant" in quant
+    assert not any(isinstance(m, (nn.GELU, nn.ReLU)) for m in qann.modules())  # absorbed by the unsigned quantizer
+    assert not any(isinstance(m, Quantizer) for m in model.modules())  # the ANN is untouched
+    assert isinstance(qann.model.head, nn.Linear)  # the head is not quantized
+    assert list(model.state_dict()) == [k for k in (n.removeprefix("model.") for n in qann.state_dict())
+                                        if k in model.state_dict()]
+
+
+def test_qann_trains_with_qat():
+    qann = to_qann(create("vit_digits"), levels=16)
+    x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    nn.functional.cross_entropy(qann(x), y).backward()
+    grads = [q.step.grad for _, q in qann.quantizers()]
+    assert all(g is not None and torch.isfinite(g) for g in grads)
+    assert qann.model.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+
+
+def test_snn_neurons_take_the_quantizer_steps():
+    qann, _ = random_qann(*CONFIGS[0])
+    snn = to_snn(qann)
+    for name, q in qann.quantizers():
+        neuron = snn.get_submodule(name)
+        assert isinstance(neuron, STBIF)
+        assert (neuron.n_min, neuron.n_max) == (q.n_min, q.n_max)
+        assert float(neuron.threshold) == float(q.step.detach())
+
+
+def test_unsettled_samples_are_reported():
+    qann, x = random_qann(*CONFIGS[3])
+    snn = to_snn(qann)
+    result = snn.simulate(x, max_steps=2)
+    assert (result.settle_step == -1).all() and result.per_step.shape[0] == 2
+    report = snn.verify(qann, x, max_steps=2)
+    assert not report.ok and "NOT SETTLED" in str(report)
+
+
+def test_clear_errors():
+    qann, x = random_qann(*CONFIGS[0])
+    snn = to_snn(qann)
+    bad = x.clone()
+    bad[1, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN or inf values in samples \[1\]"):
+        snn.simulate(bad)
+    with pytest.raises(ValueError, match=r"expected images \[B, 1, 8, 8\]"):
+        snn.simulate(torch.rand(2, 1, 9, 9, dtype=torch.float64))
+    with pytest.raises(ValueError, match="floating tensor"):
+        snn.simulate(torch.zeros(2, 1, 8, 8, dtype=torch.int64))
+    with pytest.raises(ValueError, match="never initialised"):
+        to_snn(to_qann(create("vit_digits")))
+
+    odd = create("vit_digits")
+    odd.blocks[0].mlp.act = nn.Tanh()
+    with pytest.raises(TypeError, match=r"'blocks.0.mlp.act' is a Tanh.*supported module types"):
+        to_qann(odd)
+    with pytest.raises(TypeError, match="no 'stbif' conversion for Sequential"):
+        to_qann(nn.Sequential(nn.Linear(2, 2)))
+
+    leftover = SpikeZIPQANN(nn.Sequential(nn.Linear(2, 2), nn.ReLU()))
+    with pytest.raises(TypeError, match=r"module '1' \(ReLU\) has no spiking twin"):
+        spiking_swap(leftover.model)
