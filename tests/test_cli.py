@@ -89,8 +89,44 @@ def test_bench_lists_and_runs(capsys):
     assert code == 0 and "lif" in out
 
 
-def test_demo_runs(capsys):
-    assert run(capsys, "demo")[0] == 0
+@pytest.mark.slow
+def test_demo_runs(tmp_path, capsys):
+    code, out, err = run(capsys, "demo", "--", "--epochs", "1", "--qat-epochs", "1", "--out", str(tmp_path))
+    assert code == 0, err
+    assert "float64 equivalence: OK" in out
+
+
+VIT = ["--model", "vit_digits", "--set", "embed_dim=16", "--set", "depth=1", "--set", "num_heads=2", "--limit", "60",
+       "--quiet"]
+
+
+@pytest.mark.slow
+def test_spikezip_journey(tmp_path, capsys):
+    ann, qann, snn = (tmp_path / f"{n}.safetensors" for n in ("ann", "qann", "snn"))
+    steps = [
+        ["train", *VIT, "--epochs", "1", "--out", str(ann)],
+        ["qat", "--checkpoint", str(ann), "--levels", "8", "--epochs", "1", "--limit", "60", "--quiet",
+         "--out", str(qann)],
+        ["convert", "--checkpoint", str(qann), "--batch-size", "4", "--limit", "60", "--out", str(snn)],
+        ["simulate", "--checkpoint", str(snn), "--limit", "20", "--quiet", "--max-steps", "16",
+         "--plot", str(tmp_path / "acc.png"), "--settle-plot", str(tmp_path / "settle.png"),
+         "--raster", str(tmp_path / "raster.png")],
+        ["verify", "--checkpoint", str(snn), "--limit", "20", "--batch-size", "2"],
+        ["energy", "--checkpoint", str(snn), "--samples", "4", "--max-steps", "16"],
+    ]
+    outputs = []
+    for argv in steps:
+        code, out, err = run(capsys, *argv)
+        assert code == 0, (argv, err)
+        outputs.append(out)
+    assert "OK: max relative difference" in outputs[2] and "OK: max relative difference" in outputs[4]
+    assert "accuracy at T: 1:" in outputs[3] and "settle step: median" in outputs[3]
+    assert all((tmp_path / f).stat().st_size > 1000 for f in ("acc.png", "settle.png", "raster.png"))
+    assert "model.blocks.0.attn.matmul_qk  product" in outputs[5] and "model.patch_embed.proj" in outputs[5]
+    code, _, err = run(capsys, "export-nir", "--checkpoint", str(snn), "--out", str(tmp_path / "v.nir"))
+    assert code == 1 and "model.blocks.0.attn.matmul_qk: SESA" in err  # refused, each module named
+    code, _, err = run(capsys, "qat", "--checkpoint", str(qann), "--limit", "60")  # a QANN is not an ANN
+    assert code == 1 and "holds a qann model" in err
 
 
 def test_entry_point_exit_code():

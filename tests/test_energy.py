@@ -265,3 +265,28 @@ def test_registered_product_type_is_counted():
 
     r = report(Net(), torch.rand(2, 3, 4, 5), analog="none")
     assert [(x.name, x.kind, x.flops) for x in r.layers] == [("p", "product", 4 * 4 * 5)]
+
+
+def test_spikezip_vit_snn_counts_do_not_depend_on_the_clock():
+    """A converted SpikeZIP-TF ViT run by its own simulate, step by step and in chunks of 4: identical counts;
+    the image enters once (MACs = FLOPs of the patch embedding); SESA products are counted by both rates."""
+    from spiketwin.convert import to_qann, to_snn
+    from spiketwin.models import create
+
+    torch.manual_seed(0)
+    qann = to_qann(create("vit_digits", embed_dim=16, depth=1, num_heads=2), levels=8).eval()
+    x = torch.rand(6, 1, 8, 8)
+    qann(x)  # initialises the quantizer steps
+    snn = to_snn(qann)
+    runs = [report(snn, x, run=lambda m, x, mode=mode: m.simulate(x, max_steps=12, step_mode=mode,
+                                                                    early_exit=False))
+            for mode in ("s", "m")]
+    for a, b in zip(*(r.layers for r in runs)):
+        assert (a.name, a.sops, a.macs, a.rate_per_step, a.sops_exact) == \
+            (b.name, b.sops, b.macs, b.rate_per_step, b.sops_exact)
+    layers = {layer.name: layer for layer in runs[0].layers}
+    embed = layers["model.patch_embed.proj"]
+    assert embed.coding == "analog" and embed.macs == embed.flops == 16 * 16 * 4  # 16 patches x 16 dims x 2x2
+    qk = layers["model.blocks.0.attn.matmul_qk"]
+    assert qk.kind == "product" and qk.sops > 0 and qk.sops_exact > 0
+    assert runs[0].T == 12 and runs[0].batch == 6

@@ -93,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
         _common(p)
         return p
 
-    command("demo", "train, quantize, convert and verify a small ViT on the bundled digits (a few minutes)")
+    p = command("demo", "train, quantize, convert and verify a small ViT on the bundled digits (a few minutes)")
+    p.add_argument("demo_args", nargs=argparse.REMAINDER,
+                   help="the demo's own options after --, e.g. spiketwin demo -- --epochs 5 (-- --help lists them)")
 
     p = command("train", "train a model (ANN, or a directly trained SNN such as scnn / Spikformer)")
     _model(p, "start from this checkpoint")
@@ -265,6 +267,12 @@ def _dataset(args):
     return data
 
 
+def _passed_on(rest: Sequence[str]) -> list[str]:
+    """Arguments for a wrapped program (demo, benchmark), without the ``--`` that separates them."""
+    rest = list(rest)
+    return rest[1:] if rest[:1] == ["--"] else rest
+
+
 def _require(args, name: str) -> None:
     if getattr(args, name) in (None, ""):
         raise UsageError(f"--{name.replace('_', '-')} is required (or '{name}' in the config file)")
@@ -308,7 +316,7 @@ def _fit(model, data, args):
 def cmd_demo(args) -> None:
     from . import demo
 
-    demo.main()
+    demo.main(_passed_on(args.demo_args))
 
 
 def cmd_train(args) -> None:
@@ -497,7 +505,7 @@ def cmd_bench(args) -> None:
         return
     if args.name not in names:
         raise UsageError(f"unknown benchmark {args.name!r}; available: {', '.join(names)}")
-    importlib.import_module(f"bench.{args.name}").main(list(args.bench_args))
+    importlib.import_module(f"bench.{args.name}").main(_passed_on(args.bench_args))
 
 
 HANDLERS = {"demo": cmd_demo, "train": cmd_train, "qat": cmd_qat, "convert": cmd_convert, "simulate": cmd_simulate,

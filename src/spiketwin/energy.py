@@ -5,8 +5,8 @@
 
 - weight layers: ``nn.Linear``, ``nn.Conv1d/2d/3d`` and wrappers that hold one in ``.layer`` but apply
   its weight themselves (e.g. SpikeZIP-TF's bias-once layer);
-- activation x activation products: :class:`spiketwin.ops.MatMul` and any module registered with
-  :func:`register_product` (e.g. SESA).
+- activation x activation products: :class:`spiketwin.ops.MatMul`, SpikeZIP-TF's :class:`spiketwin.ops.SESA`
+  and any module registered with :func:`register_product`.
 
 Definitions (SPEC "Energy"), per sample:
 
@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from .base import StatefulModule, check_step_mode, reset, set_step_mode
-from .ops import MatMul
+from .ops import SESA, MatMul
 
 #: Energy per operation in pJ, 45 nm CMOS at 0.9 V (Horowitz, "Computing's energy problem (and what we can
 #: do about it)", ISSCC 2014, its table of energy per operation): a MAC is one multiply plus one add, an AC one add.
@@ -55,7 +55,7 @@ PRESETS: dict[str, tuple[float, float]] = {
 }
 
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_PRODUCTS: list[type] = [MatMul]
+_PRODUCTS: list[type] = [MatMul, SESA]
 
 
 def register_product(cls: type) -> type:

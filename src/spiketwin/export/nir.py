@@ -33,14 +33,17 @@ from torch import fx, nn
 
 from ..base import StatefulModule, reset, set_step_mode
 from ..neurons import ILIF, LIF, STBIF
-from ..ops import MatMul
+from ..ops import SESA, Accumulate, BiasOnce, MatMul, OffsetOnce
 from ..quant import Quantizer
 
 _PASS_THROUGH = (nn.Identity, nn.Dropout)
 _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d)
 _LEAVES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.AvgPool2d, nn.Flatten, LIF, *_BATCHNORM, *_PASS_THROUGH)
 _REASONS: tuple[tuple[type, str], ...] = (
-    (MatMul, "activation x activation product: NIR has no product of two signals"),
+    ((MatMul, SESA), "activation x activation product: NIR has no product of two signals"),
+    (Accumulate, "accumulate-apply-difference of a non-linear function (softmax, LayerNorm, ...): NIR has none"),
+    (BiasOnce, "bias added at the first step only: NIR's Affine / Conv add their bias at every step"),
+    (OffsetOnce, "offsets (class token, position embedding) added at the first step only: NIR has no such node"),
     (STBIF, "ST-BIF neuron: bipolar spikes bounded by a spike count [n_min, n_max] have no NIR neuron"),
     (ILIF, "iLIF neuron: amplification and temporal separation (accumulate, then fire) have no NIR neuron"),
     (Quantizer, "quantizer: this is a QANN; convert it to an SNN first"),
