@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 import sys
 
 import pytest
@@ -133,3 +134,14 @@ def test_entry_point_exit_code():
     done = subprocess.run([sys.executable, "-m", "spiketwin.cli", "energy", "--bogus"], capture_output=True,
                           text=True)
     assert done.returncode == 2 and done.stderr.count("\n") == 1
+
+
+MNIST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
+
+
+@pytest.mark.skipif(not (MNIST / "t10k-images-idx3-ubyte.gz").exists(), reason=f"MNIST copy not found in {MNIST}")
+def test_real_mnist_files(tmp_path, capsys):
+    code, out, err = run(capsys, "energy", "--model", "scnn", "--set", "img_size=28", "--set", "channels=(4, 8)",
+                         "--data", "mnist", "--data-root", str(MNIST), "--samples", "8", "--quiet")
+    assert code == 0, err
+    assert "step_network.0.layer.0" in out and "per sample, T=4" in out

@@ -50,9 +50,10 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _data(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="digits", choices=("digits", "mnist"),
+    p.add_argument("--data", default="digits", choices=("digits", "mnist", "cifar10", "cifar100"),
                    help="digits: scikit-learn's bundled 8x8 digits (no files); mnist: IDX files in --data-root "
-                        "(the t10k split, first 8,000 to train, the rest to test)")
+                        "(the t10k split, first 8,000 to train, the rest to test); cifar10/cifar100: the python "
+                        "pickle batches in --data-root")
     p.add_argument("--data-root", metavar="DIR", help="folder of the data files (mnist)")
     p.add_argument("--limit", type=int, metavar="N", help="use only the first N samples of each split")
     p.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
@@ -251,15 +252,13 @@ def _progress(iterable, total: int, desc: str, args):
 
 
 def _dataset(args):
-    """``(x_train, y_train, x_test, y_test)`` of ``--data``, cut to ``--limit``."""
-    from .data import load_digits, mnist_split
+    """``(x_train, y_train, x_test, y_test)`` of ``--data`` (``spiketwin.data.get_dataset``), cut to ``--limit``."""
+    from .data import get_dataset
 
-    if args.data == "digits":
-        data = load_digits(seed=args.seed)
-    else:
-        if not args.data_root:
-            raise UsageError("--data mnist needs --data-root DIR (the folder of the IDX files)")
-        data = mnist_split(args.data_root)
+    if args.data != "digits" and not args.data_root:
+        raise UsageError(f"--data {args.data} needs --data-root DIR (the folder of its files)")
+    splits = ("t10k-train", "t10k-test") if args.data == "mnist" else ("train", "test")
+    data = tuple(t for split in splits for t in get_dataset(args.data, args.data_root, split).tensors)
     if args.limit is not None:
         if args.limit < 1:
             raise UsageError(f"--limit must be >= 1, got {args.limit}")
