@@ -121,7 +121,7 @@ def test_spikezip_journey(tmp_path, capsys):
         assert code == 0, (argv, err)
         outputs.append(out)
     assert "OK: max relative difference" in outputs[2] and "OK: max relative difference" in outputs[4]
-    assert "accuracy at T: 1:" in outputs[3] and "settle step: median" in outputs[3]
+    assert "SNN accuracy at T: 1:" in outputs[3] and "settle step: median" in outputs[3]
     assert all((tmp_path / f).stat().st_size > 1000 for f in ("acc.png", "settle.png", "raster.png"))
     assert "model.blocks.0.attn.matmul_qk  product" in outputs[5] and "model.patch_embed.proj" in outputs[5]
     code, _, err = run(capsys, "export-nir", "--checkpoint", str(snn), "--out", str(tmp_path / "v.nir"))

@@ -381,7 +381,11 @@ def cmd_simulate(args) -> None:
     settle_all = torch.cat(settle)
     done = settle_all[settle_all >= 0]
     marks = [t for t in (1, 2, 4, 8, 16, 32, 64, 128, 256) if t < args.max_steps] + [args.max_steps]
-    print("accuracy at T: " + ", ".join(f"{t}: {100 * accuracy[t - 1]:.2f}%" for t in marks))
+    from .train import evaluate
+
+    qann_accuracy = evaluate(qann, x_test, y_test, batch_size=args.batch_size)
+    print(f"QANN accuracy {100 * qann_accuracy:.2f}%; SNN accuracy at T: "
+          + ", ".join(f"{t}: {100 * accuracy[t - 1]:.2f}%" for t in marks))
     if len(done):
         print(f"settle step: median {int(done.median())}, max {int(done.max())}; "
               f"{len(settle_all) - len(done)} of {len(settle_all)} not settled within {args.max_steps} steps")
@@ -390,7 +394,7 @@ def cmd_simulate(args) -> None:
     if args.plot:
         from .plots import accuracy_vs_steps
 
-        print(f"simulate: wrote {accuracy_vs_steps(accuracy, args.plot)}")
+        print(f"simulate: wrote {accuracy_vs_steps(accuracy, args.plot, reference={'QANN': qann_accuracy})}")
     if args.settle_plot:
         from .plots import settle_histogram
 

@@ -101,7 +101,8 @@ def spike_raster(spikes: torch.Tensor, path: str | Path, neurons: Sequence[int] 
         for sign, colour in ((1, "black"), (-1, "red")):
             steps = torch.nonzero(train * sign > 0).flatten() + 1
             ax.vlines(steps.tolist(), row + 0.6, row + 1.4, color=colour, linewidth=1.5)
-    ax.set_yticks(range(1, len(chosen) + 1), [str(n) for n in chosen], fontsize=6 if len(chosen) > 20 else 8)
+    every = max(1, len(chosen) // 16)  # at most ~16 labels
+    ax.set_yticks(range(1, len(chosen) + 1, every), [str(n) for n in chosen[::every]], fontsize=8)
     ax.set_xlim(0.5, flat.shape[0] + 0.5)
     ax.set_ylim(0.5, len(chosen) + 0.5)
     ax.set_xlabel("time step")
