@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(PY) -m spiketwin.demo
 
 bench: $(STAMP)
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

@@ -99,7 +99,7 @@ def test_float32_predictions_agree():
     result = to_snn(qann).simulate(x)
     with torch.no_grad():
         agree = (result.output.argmax(-1) == qann(x).argmax(-1)).double().mean()
-    assert agree >= 0.98
+    assert agree >= 0.999  # SPEC A: float32 predictions agree on >= 99.9 % of samples
 
 
 def test_quantizers_sit_where_spec_a_puts_them():

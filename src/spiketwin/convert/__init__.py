@@ -16,6 +16,9 @@ def to_qann(model: nn.Module, levels: int = 16, neuron: str = "stbif", **kwargs)
     """A new model with quantizers in the places ``neuron``'s conversion needs; train it like any model."""
     if neuron not in NEURONS:
         raise ValueError(f"to_qann: neuron must be one of {NEURONS}, got {neuron!r}")
+    if neuron == "ilif":
+        from .spikeconverter import to_ilif_qann
+        return to_ilif_qann(model, levels, **kwargs)
     if neuron == "stbif":
         from ..models.vit import ViT
 
