@@ -136,6 +136,26 @@ def test_entry_point_exit_code():
     assert done.returncode == 2 and done.stderr.count("\n") == 1
 
 
+@pytest.mark.slow
+def test_spikeconverter_journey(tmp_path, capsys):
+    ann, qann, snn = (tmp_path / f"{n}.safetensors" for n in ("ann", "qann", "snn"))
+    small = ["--limit", "60", "--quiet"]
+    steps = [["train", "--model", "vgg_small", "--set", "channels=(4, 8)", "--set", "hidden=16", "--epochs", "1",
+              *small, "--out", str(ann)],
+             ["qat", "--checkpoint", str(ann), "--neuron", "ilif", "--levels", "8", "--epochs", "1", *small,
+              "--out", str(qann)],  # the iLIF QANN is rebuilt from the file without calibration data
+             ["convert", "--checkpoint", str(qann), "--batch-size", "4", *small, "--out", str(snn)],
+             ["simulate", "--checkpoint", str(snn), *small],
+             ["energy", "--checkpoint", str(snn), "--samples", "4"]]
+    outputs = []
+    for argv in steps:
+        code, out, err = run(capsys, *argv)
+        assert code == 0, (argv, err)
+        outputs.append(out)
+    assert "OK: max relative difference" in outputs[2] and "settle step: median" in outputs[3]
+    assert "analog" in outputs[4] and "ANN/SNN" in outputs[4]
+
+
 MNIST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
 
 

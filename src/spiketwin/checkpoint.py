@@ -1,10 +1,12 @@
 """Checkpoints: a model's tensors in safetensors plus what is needed to rebuild it, written atomically.
 
 The file's metadata holds ``spiketwin`` = JSON ``{"model": registry name, "overrides": {...},
-"stage": "ann" | "qann" | "snn", "qann": {to_qann keyword arguments}}``. Loading rebuilds the model with
-:func:`spiketwin.models.create`, converts it (``to_qann``; ``to_snn`` for the ``snn`` stage, whose tensors
-are the QANN's: the SNN is derived from them exactly) and loads the tensors. Loading never runs code
-from the file.
+"stage": "ann" | "qann" | "snn", "qann": {to_qann keyword arguments}, "input_shape": [C, H, W]}``. Loading
+rebuilds the model with :func:`spiketwin.models.create`, converts it (``to_qann``; ``to_snn`` for the ``snn``
+stage, whose tensors are the QANN's: the SNN is derived from them exactly) and loads the tensors. A
+SpikeConverter QANN is rebuilt with a zero calibration batch of ``input_shape`` (its structure does not
+depend on the values; the quantizer steps are then read from the file). Loading never runs code from the
+file.
 """
 
 from __future__ import annotations
@@ -73,6 +75,10 @@ def load(path: str | Path, calibration: torch.Tensor | None = None, snn: bool = 
     model = create(info["model"], **info.get("overrides", {}))
     if info["stage"] != "ann":
         kwargs = dict(info.get("qann", {}))
+        if calibration is None and kwargs.get("neuron") == "ilif":
+            if "input_shape" not in info:
+                raise ValueError(f"checkpoint {path}: an iLIF QANN needs 'input_shape' in its metadata to be rebuilt")
+            calibration = torch.zeros(1, *info["input_shape"])  # shapes only: the steps come from the file
         if calibration is not None:
             kwargs["calibration"] = calibration
         model = to_qann(model, **kwargs)

@@ -337,7 +337,8 @@ def cmd_qat(args) -> None:
     qann = to_qann(ann, **kwargs, **({"calibration": data[0][:256]} if args.neuron == "ilif" else {}))
     _fit(qann, data, args)
     if args.out:
-        checkpoint.save(qann, args.out, {**info, "stage": "qann", "qann": kwargs})
+        checkpoint.save(qann, args.out, {**info, "stage": "qann", "qann": kwargs,
+                                         "input_shape": list(data[0].shape[1:])})
         print(f"qat: wrote {args.out}")
 
 

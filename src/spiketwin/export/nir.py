@@ -32,6 +32,7 @@ import torch
 from torch import fx, nn
 
 from ..base import StatefulModule, reset, set_step_mode
+from ..convert.spikeconverter import PeriodBias, SpikeMaxPool2d
 from ..neurons import ILIF, LIF, STBIF
 from ..ops import SESA, Accumulate, BiasOnce, MatMul, OffsetOnce
 from ..quant import Quantizer
@@ -46,6 +47,8 @@ _REASONS: tuple[tuple[type, str], ...] = (
     (OffsetOnce, "offsets (class token, position embedding) added at the first step only: NIR has no such node"),
     (STBIF, "ST-BIF neuron: bipolar spikes bounded by a spike count [n_min, n_max] have no NIR neuron"),
     (ILIF, "iLIF neuron: amplification and temporal separation (accumulate, then fire) have no NIR neuron"),
+    (PeriodBias, "bias added once per period of T steps: NIR's Affine / Conv add their bias at every step"),
+    (SpikeMaxPool2d, "max pooling of binary-coded spike trains: NIR 1.0 has only AvgPool2d and SumPool2d"),
     (Quantizer, "quantizer: this is a QANN; convert it to an SNN first"),
     (nn.Softmax, "softmax: NIR has no normalisation across neurons"),
     (nn.LayerNorm, "LayerNorm: NIR has no normalisation across neurons"),
@@ -78,7 +81,7 @@ def _reason(module: nn.Module) -> str | None:
     if isinstance(module, nn.AvgPool2d) and (module.ceil_mode or module.divisor_override is not None):
         return "AvgPool2d with ceil_mode or divisor_override: NIR's AvgPool2d has neither"
     if isinstance(module, StatefulModule):
-        return f"{type(module).__name__}: a stateful spiking operator with no NIR node"
+        return "a stateful spiking operator with no NIR node"
     return None
 
 
