@@ -28,15 +28,33 @@ class TrainConfig:
     progress: bool = True
 
 
-def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool = False,
-            generator: torch.Generator | None = None) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-    """Mini-batches of a pair of tensors (shuffled with ``generator`` when ``shuffle``)."""
-    if len(x) != len(y):
-        raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
+Inputs = torch.Tensor | dict[str, torch.Tensor]
+"""A model input: one tensor, or a dict of tensors passed as keyword arguments (``input_ids``, ...)."""
+
+
+def _select(x: Inputs, idx: torch.Tensor) -> Inputs:
+    return {k: v[idx] for k, v in x.items()} if isinstance(x, dict) else x[idx]
+
+
+def _to(x: Inputs, device: torch.device) -> Inputs:
+    return {k: v.to(device) for k, v in x.items()} if isinstance(x, dict) else x.to(device)
+
+
+def _call(model: nn.Module, x: Inputs) -> torch.Tensor:
+    return model(**x) if isinstance(x, dict) else model(x)
+
+
+def batches(x: Inputs, y: torch.Tensor, batch_size: int, shuffle: bool = False,
+            generator: torch.Generator | None = None) -> Iterable[tuple[Inputs, torch.Tensor]]:
+    """Mini-batches of ``(x, y)`` (shuffled with ``generator`` when ``shuffle``); ``x`` is a tensor or a
+    dict of tensors with ``len(y)`` rows each."""
+    for name, v in (x.items() if isinstance(x, dict) else [("x", x)]):
+        if len(v) != len(y):
+            raise ValueError(f"{name} has {len(v)} samples but y has {len(y)}")
     order = torch.randperm(len(y), generator=generator) if shuffle else torch.arange(len(y))
     for i in range(0, len(y), batch_size):
         idx = order[i:i + batch_size]
-        yield x[idx], y[idx]
+        yield _select(x, idx), y[idx]
 
 
 def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
@@ -57,10 +75,10 @@ def _progress(iterable, total: int, desc: str, enabled: bool):
     return tqdm(iterable, total=total, desc=desc, leave=False)
 
 
-def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig | None = None,
-        eval_data: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[dict]:
-    """Train ``model`` on tensors ``x`` (inputs) and ``y`` (class labels). Returns one record per epoch
-    (``epoch``, ``loss``, ``lr`` and ``accuracy`` on ``eval_data`` when given)."""
+def fit(model: nn.Module, x: Inputs, y: torch.Tensor, config: TrainConfig | None = None,
+        eval_data: tuple[Inputs, torch.Tensor] | None = None) -> list[dict]:
+    """Train ``model`` on ``x`` (a tensor, or a dict of keyword inputs) and ``y`` (class labels). Returns one
+    record per epoch (``epoch``, ``loss``, ``lr`` and ``accuracy`` on ``eval_data`` when given)."""
     cfg = config or TrainConfig()
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -75,8 +93,8 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig 
         running, seen = 0.0, 0
         for xb, yb in _progress(batches(x, y, cfg.batch_size, True, generator), steps_per_epoch,
                                 f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress):
-            xb, yb = xb.to(device), yb.to(device)
-            loss = loss_fn(model(xb), yb)
+            xb, yb = _to(xb, device), yb.to(device)
+            loss = loss_fn(_call(model, xb), yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -92,12 +110,12 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig 
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
+def evaluate(model: nn.Module, x: Inputs, y: torch.Tensor, batch_size: int = 256) -> float:
     """Top-1 accuracy of ``model`` on ``(x, y)``, in ``[0, 1]``."""
     model.eval()
     device = next(model.parameters()).device
     correct = 0
     for xb, yb in batches(x, y, batch_size):
-        correct += (model(xb.to(device)).argmax(-1).cpu() == yb).sum().item()
+        correct += (_call(model, _to(xb, device)).argmax(-1).cpu() == yb).sum().item()
         reset(model)
     return correct / len(y)

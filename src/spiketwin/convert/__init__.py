@@ -26,6 +26,12 @@ def to_qann(model: nn.Module, levels: int = 16, neuron: str = "stbif", **kwargs)
             from .spikezip import vit_to_qann
 
             return vit_to_qann(model, levels, **kwargs)
+        from ..models.roberta import Roberta
+
+        if isinstance(model, Roberta) or type(model).__name__ == "RobertaForSequenceClassification":
+            from .roberta import roberta_to_qann
+
+            return roberta_to_qann(model, levels, **kwargs)
     raise TypeError(f"to_qann: no {neuron!r} conversion for {type(model).__name__} yet")
 
 

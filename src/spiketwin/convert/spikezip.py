@@ -91,12 +91,16 @@ class SpikeZIPQANN(nn.Module):
     def quantizers(self) -> list[tuple[str, Quantizer]]:
         return [(n, m) for n, m in self.named_modules() if isinstance(m, Quantizer)]
 
-    def to_snn(self) -> SpikeZIPSNN:
-        """The SNN whose summed output equals this QANN's output (eval mode, every quantizer initialised)."""
+    def check_initialized(self) -> None:
+        """Raise a ``ValueError`` naming every quantizer whose step was never set from data."""
         fresh = [n for n, q in self.quantizers() if not bool(q.initialized)]
         if fresh:
             raise ValueError(f"to_snn: quantizers {', '.join(fresh)} were never initialised; run the QANN on a "
                              "batch (calibration or QAT) first")
+
+    def to_snn(self) -> SpikeZIPSNN:
+        """The SNN whose summed output equals this QANN's output (eval mode, every quantizer initialised)."""
+        self.check_initialized()
         return SpikeZIPSNN(spiking_swap(copy.deepcopy(self.model).eval()))
 
 

@@ -42,5 +42,6 @@ def _load_all() -> None:
 
 
 from .vit import ViT, load_timm_safetensors  # noqa: E402  (after register: vit.py registers its configs)
+from .roberta import Roberta, RobertaConfig  # noqa: E402
 
-__all__ = ["ViT", "available", "create", "load_timm_safetensors", "register"]
+__all__ = ["Roberta", "RobertaConfig", "ViT", "available", "create", "load_timm_safetensors", "register"]
