@@ -110,6 +110,13 @@ def test_converted_snn_in_uneven_chunks():
     assert reports[0].layers[1].sops > 0
 
 
+def test_spike_coded_input_is_not_analog():
+    events = (torch.rand(3, 4, 4) > 0.6).float()  # binary frames [T, B, 4], as from an event camera
+    r = report(Tiny(), events)
+    assert r.layers[0].coding == "spike" and r.layers[0].macs == 0
+    assert r.layers[0].sops == pytest.approx(float(events.ne(0).double().mean()) * 3 * 12)
+
+
 def test_presets_and_overrides():
     r = report(Tiny(), tiny_input(), preset="int8")
     assert (r.e_mac, r.e_ac) == PRESETS["int8"] == (0.23, 0.03)
@@ -290,3 +297,21 @@ def test_spikezip_vit_snn_counts_do_not_depend_on_the_clock():
     qk = layers["model.blocks.0.attn.matmul_qk"]
     assert qk.kind == "product" and qk.sops > 0 and qk.sops_exact > 0
     assert runs[0].T == 12 and runs[0].batch == 6
+
+
+def test_roberta_snn_starts_with_spikes():
+    """RoBERTa's SNN gets its analog input as embeddings (lookups, no MACs) that a neuron turns into spikes:
+    the first counted layer has spike-coded input, so nothing is priced as a MAC."""
+    from spiketwin.convert import to_qann, to_snn
+    from spiketwin.models import create
+
+    torch.manual_seed(0)
+    model = create("roberta_sst2_small", vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                   intermediate_size=32)
+    qann = to_qann(model, levels=8).eval()
+    ids, mask = torch.randint(3, 100, (3, 7)), torch.ones(3, 7, dtype=torch.long)
+    qann(ids, attention_mask=mask)  # initialises the quantizer steps
+    r = report(to_snn(qann), {"input_ids": ids, "attention_mask": mask},
+               run=lambda m, x: m.simulate(x, max_steps=10, early_exit=False))
+    assert r.layers[0].name.endswith("attention.self.query") and r.layers[0].coding == "spike"
+    assert r.totals["macs"] == 0 and r.totals["sops"] > 0

@@ -18,7 +18,8 @@ Definitions (SPEC "Energy"), per sample:
 - product of two spike trains ``a @ b``: ``SOPs = FLOPs * Σ_t r_a(t) r_b(t)`` (a term ``a_ik b_kj`` costs an
   accumulate only when both operands are non-zero; the rates are taken independent within a step).
   The exact count of such terms, ``Σ_t Σ 1[a≠0] @ 1[b≠0]``, is reported beside it as ``sops_exact``.
-- weight layer with analog input (default: the first counted layer to run): ``MACs = FLOPs * n_compute``
+- weight layer with analog input (default: the first counted layer to run, unless its input is already
+  spike-coded, i.e. all its non-zero values have one magnitude): ``MACs = FLOPs * n_compute``
   where ``n_compute`` is the mean over samples of the steps whose input is non-zero and differs from the
   previous step's (a repeated static image is computed once, as the papers count it; SpikeZIP-TF's
   analog input at ``t = 1`` only is computed once).
@@ -188,6 +189,13 @@ def _weight_layer(module: nn.Module) -> nn.Module | None:
     return inner if isinstance(inner, WEIGHT_LAYERS) else None
 
 
+def _spike_coded(x: torch.Tensor) -> bool:
+    """All non-zero values of ``x`` have one magnitude (binary spikes, ST-BIF ``±θ``, iLIF ``θ/k^T``).
+    One host synchronisation, for the first counted layer only."""
+    nonzero = x[x != 0].abs()
+    return bool(nonzero.numel() == 0 or nonzero.max() == nonzero.min())
+
+
 def _weight_flops(layer: nn.Module, out: torch.Tensor) -> int:
     if isinstance(layer, nn.Linear):
         return out.numel() * layer.in_features
@@ -288,10 +296,12 @@ class _Run:
             self.before[module] = self.calls.get(layer, 0)
         return hook
 
-    def _counter(self, name: str, kind: str, analog_capable: bool) -> _Counter:
+    def _counter(self, name: str, kind: str, x: torch.Tensor | None = None) -> _Counter:
+        """The layer's counter; a weight layer's first input ``x`` decides ``analog="first"``."""
         c = self.counters.get(name)
         if c is None:
-            analog = analog_capable and (name in self.analog or (self.analog_first and not self.counters))
+            analog = x is not None and (name in self.analog or
+                                        (self.analog_first and not self.counters and not _spike_coded(x)))
             c = self.counters[name] = _Counter(name, kind, analog)
         return c
 
@@ -300,7 +310,7 @@ class _Run:
             if module is not layer and self.calls.get(layer, 0) > self.before.pop(module, 0):
                 return  # the wrapper called its layer, which counted itself
             self.calls[layer] = self.calls.get(layer, 0) + 1
-            c = self._counter(name, "linear" if isinstance(layer, nn.Linear) else "conv", True)
+            c = self._counter(name, "linear" if isinstance(layer, nn.Linear) else "conv", args[0])
             c.flops += _weight_flops(layer, out)
             self._count_when_known(lambda n: self._count_weight(c, args[0], n))
         return hook
@@ -314,7 +324,7 @@ class _Run:
 
     def _product_hook(self, name: str):
         def hook(module: nn.Module, args, out) -> None:
-            c = self._counter(name, "product", False)
+            c = self._counter(name, "product")
             c.flops += out.numel() * args[0].shape[-1]
             self._count_when_known(lambda n: self._count_product(c, args[0], args[1], n))
         return hook
@@ -401,7 +411,9 @@ def report(
             one step (``[B, ...]``) per call. The steps and the batch size are read from the inputs of the
             spiking modules (``[n, B, ...]`` in sequence mode, ``[B, ...]`` in step mode).
         analog: which weight layers get analog (non-spike) input and cost MACs: ``"first"`` (the first
-            counted layer to run), ``"none"``, or a list of module paths.
+            counted layer to run, unless its first input is spike-coded: every non-zero value of one
+            magnitude, e.g. event frames or a RoBERTa SNN whose embeddings feed a neuron), ``"none"``, or a
+            list of module paths.
         e_mac, e_ac: energy per multiply-accumulate / accumulate in pJ; default from ``preset``
             (:data:`PRESETS`: ``fp32`` is 4.6 / 0.9).
         run: ``run(model, x)`` replaces the default way of running the model, e.g. a converted SNN's own
