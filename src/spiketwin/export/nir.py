@@ -85,12 +85,13 @@ def _reason(module: nn.Module) -> str | None:
     return None
 
 
-def unsupported(model: nn.Module) -> list[tuple[str, str]]:
+def unsupported(model: nn.Module, ran: set[nn.Module] | None = None) -> list[tuple[str, str]]:
     """``(module path, reason)`` for every module of ``model`` that NIR cannot express (children of an
-    offending module are not listed again)."""
+    offending module are not listed again); with ``ran``, only modules that ran (a model may hold unused
+    ones, like the official Spikformer's LayerNorms)."""
     found: list[tuple[str, str]] = []
     for name, module in model.named_modules():
-        if any(name.startswith(bad + ".") for bad, _ in found):
+        if any(name.startswith(bad + ".") for bad, _ in found) or (ran is not None and module not in ran):
             continue
         why = _reason(module)
         if why is not None:
@@ -167,10 +168,13 @@ def _target(snn: nn.Module, submodule: str | None) -> tuple[nn.Module, nn.Module
 
 
 def _target_io(model: nn.Module, target: nn.Module, example_input: torch.Tensor, submodule: str | None):
-    """``(input, output, in_sequence)`` of ``target``'s first call when ``model`` runs ``example_input``."""
+    """``(input, output, in_sequence, modules that ran)`` of ``target``'s first call when ``model`` runs
+    ``example_input``."""
     seen: dict[str, torch.Tensor] = {}
+    ran: set[nn.Module] = set()
     hooks = [target.register_forward_pre_hook(lambda m, a: seen.setdefault("x", a[0] if a else None)),
              target.register_forward_hook(lambda m, a, o: seen.setdefault("y", o))]
+    hooks += [m.register_forward_pre_hook(lambda m, a: ran.add(m)) for m in target.modules()]
     reset(model)
     with torch.no_grad():
         try:
@@ -183,7 +187,7 @@ def _target_io(model: nn.Module, target: nn.Module, example_input: torch.Tensor,
         raise NIRExportError(f"to_nir: {submodule or 'the model'} does not map a tensor to a tensor on the "
                              "example input")
     in_sequence = any(m.step_mode == "m" for m in target.modules() if isinstance(m, StatefulModule))
-    return seen["x"], seen["y"], in_sequence
+    return seen["x"], seen["y"], in_sequence, ran
 
 
 def check(snn: nn.Module, graph, example_input: torch.Tensor, submodule: str | None = None) -> float:
@@ -191,7 +195,7 @@ def check(snn: nn.Module, graph, example_input: torch.Tensor, submodule: str | N
     output of the exported part of ``snn`` and the NIR ``graph`` (a path or an ``NIRGraph``) read back with
     :func:`from_nir` and run step by step. 0 means the file reproduces the network exactly."""
     model, target = _target(snn, submodule)
-    x, y, in_sequence = _target_io(model, target, example_input, submodule)
+    x, y, in_sequence, _ = _target_io(model, target, example_input, submodule)
     steps, expected = (x, y) if in_sequence else (x.unsqueeze(0), y.unsqueeze(0))
     module = from_nir(graph, dtype=x.dtype).to(x.device)
     state, outputs = None, []
@@ -216,10 +220,10 @@ def to_nir(snn: nn.Module, example_input: torch.Tensor, path: str | Path | None 
     if not dt > 0:
         raise ValueError(f"to_nir: dt must be positive, got {dt}")
     model, target = _target(snn, submodule)
-    bad = unsupported(target)
+    x, _, in_sequence, ran = _target_io(model, target, example_input, submodule)
+    bad = unsupported(target, ran)
     if bad:
         raise NIRExportError(_refusal(bad, snn, submodule))
-    x, _, in_sequence = _target_io(model, target, example_input, submodule)
     x = x[0] if in_sequence else x
     model = target
     set_step_mode(model, "s")
