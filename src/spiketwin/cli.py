@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint
+from .energy import PRESETS
 
 COMMANDS = ("demo", "train", "qat", "convert", "simulate", "verify", "energy", "export-nir", "bench")
 
@@ -134,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data(p)
     p.add_argument("--samples", type=int, default=64, help="test samples to average over (default: 64)")
     p.add_argument("--max-steps", type=int, default=64, help="time steps for a converted SNN (default: 64)")
-    p.add_argument("--preset", default="fp32", choices=("fp32", "fp16", "int32", "int8"),
+    p.add_argument("--preset", default="fp32", choices=sorted(PRESETS),
                    help="45 nm energy per op (Horowitz 2014; default fp32: MAC 4.6 pJ, AC 0.9 pJ)")
     p.add_argument("--e-mac", type=float, help="energy per MAC in pJ (overrides --preset)")
     p.add_argument("--e-ac", type=float, help="energy per accumulate in pJ (overrides --preset)")
