@@ -55,6 +55,17 @@ def test_train_energy_export_journey(tmp_path, capsys):
     assert "max |output difference| = 0" in out
 
 
+def test_yaml_config(tmp_path, capsys):
+    pytest.importorskip("yaml", reason="YAML configs need PyYAML")
+    config = tmp_path / "run.yaml"
+    config.write_text("samples: 4\nenergy:\n  preset: int8\n  set:\n    T: 2\n    channels: [4]\n")
+    code, out, err = run(capsys, "energy", "--model", "scnn", "--config", str(config), "--quiet")
+    assert code == 0, err
+    assert "T=2, E_MAC=0.23 pJ, E_AC=0.03 pJ" in out
+    config.write_text("energy: [1, 2]\n")
+    assert run(capsys, "energy", "--model", "scnn", "--config", str(config))[0] == 2
+
+
 def test_export_refusal_is_a_failure(tmp_path, capsys):
     code, _, err = run(capsys, "export-nir", *SMALL, "--submodule", "", "--out", str(tmp_path / "x.nir"))
     assert code == 1 and "cannot be traced" in err and not (tmp_path / "x.nir").exists()
