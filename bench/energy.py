@@ -1,0 +1,55 @@
+"""Cost of an energy report: ``energy.report(model, x)`` versus the plain forward it instruments.
+
+    python -m bench.energy [--device cuda] [--batch 64] [--repeats 5]
+
+The report adds forward hooks that count non-zero inputs per step on the device (one host transfer at
+the end) and, for activation products, one extra matmul of the operands' non-zero masks.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from bench.common import median_seconds, print_table
+from spiketwin import reset
+from spiketwin.energy import report
+from spiketwin.models import create
+
+MODELS = {
+    "scnn (digits, T=4)": ("scnn", {}, (1, 8, 8)),
+    "spikformer 1-64 (digits, T=4)": ("spikformer_cifar10", dict(img_size=8, in_channels=1, dim=64, depth=1,
+                                                                  num_heads=4, T=4, pool_after=(0,)), (1, 8, 8)),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    rows = []
+    for label, (name, overrides, shape) in MODELS.items():
+        try:
+            model = create(name, **overrides).to(args.device).eval()
+        except KeyError:
+            continue  # that model's branch is not in this checkout
+        x = torch.rand(args.batch, *shape, device=args.device)
+
+        def forward(model=model, x=x):
+            with torch.no_grad():
+                model(x)
+            reset(model)
+
+        t_forward = median_seconds(forward, args.repeats, warmup=1)
+        t_report = median_seconds(lambda model=model, x=x: report(model, x), args.repeats, warmup=1)
+        rows.append([label, t_forward * 1e3, t_report * 1e3, t_report / t_forward])
+    print_table(f"energy.report vs forward, batch {args.batch}, {args.device}, median of {args.repeats}",
+                ["model", "forward ms", "report ms", "report / forward"], rows)
+
+
+if __name__ == "__main__":
+    main()

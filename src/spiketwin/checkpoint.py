@@ -1,0 +1,92 @@
+"""Checkpoints: a model's tensors in safetensors plus what is needed to rebuild it, written atomically.
+
+The file's metadata holds ``spiketwin`` = JSON ``{"model": registry name, "overrides": {...},
+"stage": "ann" | "qann" | "snn", "qann": {to_qann keyword arguments}, "input_shape": [C, H, W]}``. Loading
+rebuilds the model with :func:`spiketwin.models.create`, converts it (``to_qann``; ``to_snn`` for the ``snn``
+stage, whose tensors are the QANN's: the SNN is derived from them exactly) and loads the tensors. A
+SpikeConverter QANN is rebuilt with a zero calibration batch of ``input_shape`` (its structure does not
+depend on the values; the quantizer steps are then read from the file). Loading never runs code from the
+file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+STAGES = ("ann", "qann", "snn")
+
+
+def _safetensors():
+    try:
+        import safetensors.torch as st
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("checkpoints need safetensors: pip install 'spiketwin[io]'") from e
+    return st
+
+
+def save(model: nn.Module, path: str | Path, info: dict) -> Path:
+    """Write ``model``'s state (``nn.Module.state_dict`` tensors) and ``info`` (see the module doc) to ``path``."""
+    if info.get("stage") not in STAGES:
+        raise ValueError(f"checkpoint.save: info['stage'] must be one of {STAGES}, got {info.get('stage')!r}")
+    st = _safetensors()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    st.save_model(model, str(tmp), metadata={"spiketwin": json.dumps(info)})
+    tmp.replace(path)
+    return path
+
+
+def read_info(path: str | Path) -> dict:
+    """The ``info`` dict stored in a checkpoint (clear errors for a missing or foreign file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    _safetensors()  # a clear ImportError when it is missing
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:
+        raise ValueError(f"checkpoint {path} is not a safetensors file: {e}") from e
+    if "spiketwin" not in meta:
+        raise ValueError(f"checkpoint {path} has no 'spiketwin' metadata (model name, stage); write it with "
+                         "spiketwin.checkpoint.save or the spiketwin command line")
+    info = json.loads(meta["spiketwin"])
+    if info.get("stage") not in STAGES or "model" not in info:
+        raise ValueError(f"checkpoint {path}: metadata needs 'model' and a 'stage' in {STAGES}, got {info}")
+    return info
+
+
+def load(path: str | Path, calibration: torch.Tensor | None = None, snn: bool = True) -> tuple[nn.Module, dict]:
+    """Rebuild the model stored at ``path`` and load its tensors. Returns ``(model, info)``: the ANN, the
+    QANN, or the SNN (``info["stage"]``; with ``snn=False`` an SNN checkpoint gives the QANN it comes from).
+    ``calibration`` is passed to ``to_qann`` when its method needs one (the calibrated values are then
+    replaced by the stored ones)."""
+    from .convert import to_qann, to_snn
+    from .models import create
+
+    info = read_info(path)
+    model = create(info["model"], **info.get("overrides", {}))
+    if info["stage"] != "ann":
+        kwargs = dict(info.get("qann", {}))
+        if calibration is None and kwargs.get("neuron") == "ilif":
+            if "input_shape" not in info:
+                raise ValueError(f"checkpoint {path}: an iLIF QANN needs 'input_shape' in its metadata to be rebuilt")
+            calibration = torch.zeros(1, *info["input_shape"])  # shapes only: the steps come from the file
+        if calibration is not None:
+            kwargs["calibration"] = calibration
+        model = to_qann(model, **kwargs)
+    st = _safetensors()
+    missing, unexpected = st.load_model(model, str(path), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {path} does not fit model {info['model']!r} ({info['stage']}): "
+                         f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+    if info["stage"] == "snn" and snn:
+        model = to_snn(model)
+    return model, info

@@ -1,0 +1,554 @@
+"""The ``spiketwin`` command line: the whole journey from training to energy numbers and NIR files.
+
+    spiketwin train --model scnn --epochs 5 --out ann.safetensors
+    spiketwin energy --checkpoint ann.safetensors --json energy.json
+    spiketwin export-nir --checkpoint ann.safetensors --out scnn.nir
+
+Every subcommand has ``--help``. Exit codes: 0 success, 2 usage error (unknown flag, missing option, bad
+config file), 1 failure (missing file, a model that cannot be converted or exported, ...), each with a
+one-line message on stderr (``--debug`` shows the traceback). ``--config FILE`` (TOML; YAML when PyYAML is
+installed) supplies any option: top-level keys apply to every subcommand that has them, a table
+``[train]`` (YAML: a mapping ``train:``) to that subcommand only; flags on the command line win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from . import checkpoint
+from .energy import PRESETS
+
+COMMANDS = ("demo", "train", "qat", "convert", "simulate", "verify", "energy", "export-nir", "bench")
+
+
+class UsageError(Exception):
+    """A command-line mistake: reported in one line, exit code 2. ``prog`` names the (sub)command."""
+
+    def __init__(self, message: str, prog: str | None = None) -> None:
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line instead of argparse's usage block
+        raise UsageError(f"{message} (see {self.prog} --help)", self.prog)
+
+
+# ----------------------------------------------------------------------------------------------- options
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="TOML (or YAML) file with options (flags win)")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show the traceback on failure")
+
+
+def _data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="digits", choices=("digits", "mnist", "cifar10", "cifar100"),
+                   help="digits: scikit-learn's bundled 8x8 digits (no files); mnist: IDX files in --data-root "
+                        "(the t10k split, first 8,000 to train, the rest to test); cifar10/cifar100: the python "
+                        "pickle batches in --data-root")
+    p.add_argument("--data-root", metavar="DIR", help="folder of the data files (mnist)")
+    p.add_argument("--limit", type=int, metavar="N", help="use only the first N samples of each split")
+    p.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
+
+
+def _model(p: argparse.ArgumentParser, checkpoint_help: str) -> None:
+    p.add_argument("--checkpoint", metavar="FILE", help=checkpoint_help)
+    p.add_argument("--model", metavar="NAME", help="registry name of a fresh model, e.g. scnn "
+                                                   "(spiketwin.models.available())")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="model constructor override, repeatable (e.g. --set T=2 --set channels=(8,16))")
+
+
+def _raster(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--raster", metavar="PNG", help="write a spike raster of the first test sample here")
+    p.add_argument("--raster-module", metavar="PATH", help="the neuron layer to draw (default: the first one)")
+    p.add_argument("--raster-neurons", metavar="I,J,..", help="neuron indices in that layer (default: the first 64)")
+
+
+def _training(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
+    p.add_argument("--epochs", type=int, default=epochs, help=f"epochs (default: {epochs})")
+    p.add_argument("--lr", type=float, default=lr, help=f"AdamW learning rate (default: {lr})")
+    p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (default: 0.05)")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="(default: 0)")
+    p.add_argument("--out", metavar="FILE", help="write the trained model here (safetensors)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="spiketwin", description="spiketwin: spiking transformers, from training to energy "
+                                                   "numbers and NIR files. Every COMMAND has --help.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"spiketwin {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _common(p)
+        return p
+
+    p = command("demo", "train, quantize, convert and verify a small ViT on the bundled digits (a few minutes)")
+    p.add_argument("demo_args", nargs=argparse.REMAINDER,
+                   help="the demo's own options after --, e.g. spiketwin demo -- --epochs 5 (-- --help lists them)")
+
+    p = command("train", "train a model (ANN, or a directly trained SNN such as scnn / Spikformer)")
+    _model(p, "start from this checkpoint")
+    _data(p)
+    _training(p, epochs=10, lr=1e-3)
+
+    p = command("qat", "quantization-aware training: ANN checkpoint -> QANN checkpoint")
+    _model(p, "the trained ANN (required unless --model)")
+    _data(p)
+    _training(p, epochs=3, lr=1e-4)
+    p.add_argument("--levels", type=int, default=16, help="quantization levels (default: 16)")
+    p.add_argument("--neuron", default="stbif", choices=("stbif", "ilif"),
+                   help="stbif: SpikeZIP-TF; ilif: SpikeConverter (default: stbif)")
+
+    p = command("convert", "QANN checkpoint -> SNN checkpoint, with the equivalence check on test samples")
+    _model(p, "the QANN (required)")
+    _data(p)
+    p.add_argument("--out", metavar="FILE", help="write the SNN checkpoint here")
+
+    p = command("simulate", "run an SNN on the test set: accuracy per time step, settle steps")
+    _model(p, "the SNN (or QANN, converted on the fly) (required)")
+    _data(p)
+    p.add_argument("--max-steps", type=int, default=64, help="time-step cap (default: 64)")
+    p.add_argument("--step-mode", default="m", choices=("m", "s"), help="m: sequence (fast), s: step by step")
+    p.add_argument("--plot", metavar="PNG", help="write the accuracy-vs-time-step curve here")
+    p.add_argument("--settle-plot", metavar="PNG", help="write the settle-step histogram here")
+    _raster(p)
+
+    p = command("verify", "prove SNN == QANN on test samples (float64, per sample and per layer)")
+    _model(p, "the QANN or SNN (required)")
+    _data(p)
+
+    p = command("energy", "operation counts, firing rates and energy of an SNN beside its ANN")
+    _model(p, "the SNN (a directly trained model, or an SNN checkpoint)")
+    _data(p)
+    p.add_argument("--samples", type=int, default=64, help="test samples to average over (default: 64)")
+    p.add_argument("--max-steps", type=int, default=64, help="time steps for a converted SNN (default: 64)")
+    p.add_argument("--preset", default="fp32", choices=sorted(PRESETS),
+                   help="45 nm energy per op (Horowitz 2014; default fp32: MAC 4.6 pJ, AC 0.9 pJ)")
+    p.add_argument("--e-mac", type=float, help="energy per MAC in pJ (overrides --preset)")
+    p.add_argument("--e-ac", type=float, help="energy per accumulate in pJ (overrides --preset)")
+    p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    p.add_argument("--csv", metavar="FILE", help="also write the report as CSV")
+    p.add_argument("--plot", metavar="PNG", help="write the firing rate per layer here")
+    _raster(p)
+
+    p = command("export-nir", "write the SNN as an NIR graph (what NIR can express; the rest is listed)")
+    _model(p, "the SNN")
+    _data(p)
+    p.add_argument("--out", metavar="FILE", help="the NIR file to write (required)")
+    p.add_argument("--submodule", metavar="PATH", help="export only this part (default: the model's "
+                                                        "step_network when it has one, else the whole model; "
+                                                        "'' for the whole model)")
+    p.add_argument("--dt", type=float, default=1.0, help="time per step for NIR's continuous neurons (default 1)")
+    p.add_argument("--samples", type=int, default=8, help="test samples for the shapes and the read-back check")
+
+    p = command("bench", "run a benchmark from the repository's bench/ folder (no name: list them)")
+    p.add_argument("name", nargs="?", help="benchmark module, e.g. lif")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
+    return parser
+
+
+# ----------------------------------------------------------------------------------------------- config
+
+def _load_config(path: str) -> dict:
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"config file not found: {file}")
+    text = file.read_text()
+    if file.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError as e:
+            raise UsageError(f"config {file}: YAML needs PyYAML (pip install pyyaml); or write it as TOML") from e
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise UsageError(f"config {file}: not valid YAML: {str(e).splitlines()[0]}") from e
+    else:
+        import tomllib
+
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise UsageError(f"config {file}: not valid TOML: {e}") from e
+    if not isinstance(data, dict):
+        raise UsageError(f"config {file}: expected a table of options, got {type(data).__name__}")
+    return data
+
+
+def _dest(key: str) -> str:
+    """The argparse destination of a config key (``batch-size`` -> ``batch_size``, ``set`` -> ``overrides``)."""
+    key = key.replace("-", "_")
+    return "overrides" if key == "set" else key
+
+
+def _apply_config(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """Turn the values of ``--config FILE`` into defaults of the chosen subcommand's parser."""
+    path = None
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            path = argv[i + 1]
+        elif arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+    name = next((a for a in argv if a in COMMANDS), None)
+    if path is None or name is None:
+        return
+    data = _load_config(path)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    sub = subparsers[name]
+    options = {cmd: {a.dest for a in p._actions} - {"help", "config"} for cmd, p in subparsers.items()}
+    values = {k: v for k, v in data.items() if k not in COMMANDS}
+    unknown = [k for k in values if not any(_dest(k) in dests for dests in options.values())]
+    for cmd in COMMANDS:
+        if cmd in data:
+            if not isinstance(data[cmd], dict):
+                raise UsageError(f"config {path}: [{cmd}] must be a table of options")
+            unknown += [f"{cmd}.{k}" for k in data[cmd] if _dest(k) not in options[cmd]]
+    if unknown:
+        raise UsageError(f"config {path}: unknown option(s) {', '.join(sorted(unknown))}")
+    values.update(data.get(name, {}))
+    defaults = {_dest(k): v for k, v in values.items() if _dest(k) in options[name]}
+    if isinstance(defaults.get("overrides"), dict):  # a table of constructor keywords -> --set strings
+        defaults["overrides"] = [f"{k}={v!r}" for k, v in defaults["overrides"].items()]
+    sub.set_defaults(**defaults)
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+def _parse_value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _overrides(values: Sequence[str]) -> dict:
+    """``--set key=value`` strings -> constructor keyword arguments (values read as Python literals)."""
+    out = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = _parse_value(value.strip())
+    return out
+
+
+def _progress(iterable, total: int, desc: str, args):
+    from .train import _progress as progress
+
+    return progress(iterable, total, desc, not args.quiet)
+
+
+def _dataset(args):
+    """``(x_train, y_train, x_test, y_test)`` of ``--data`` (``spiketwin.data.get_dataset``), cut to ``--limit``."""
+    from .data import get_dataset
+
+    if args.data != "digits" and not args.data_root:
+        raise UsageError(f"--data {args.data} needs --data-root DIR (the folder of its files)")
+    splits = ("t10k-train", "t10k-test") if args.data == "mnist" else ("train", "test")
+    data = tuple(t for split in splits for t in get_dataset(args.data, args.data_root, split).tensors)
+    if args.limit is not None:
+        if args.limit < 1:
+            raise UsageError(f"--limit must be >= 1, got {args.limit}")
+        data = tuple(t[:args.limit] for t in data)
+    return data
+
+
+def _passed_on(rest: Sequence[str]) -> list[str]:
+    """Arguments for a wrapped program (demo, benchmark), without the ``--`` that separates them."""
+    rest = list(rest)
+    return rest[1:] if rest[:1] == ["--"] else rest
+
+
+def _require(args, name: str) -> None:
+    if getattr(args, name) in (None, ""):
+        raise UsageError(f"--{name.replace('_', '-')} is required (or '{name}' in the config file)")
+
+
+def _load_model(args, stages: Sequence[str] = checkpoint.STAGES, snn: bool = True):
+    """``(model, info)`` from ``--checkpoint`` (an SNN checkpoint gives the QANN when ``snn=False``), or a
+    fresh ``--model`` (stage 'ann')."""
+    from .models import create
+
+    if args.checkpoint:
+        model, info = checkpoint.load(args.checkpoint, snn=snn)
+        if info["stage"] not in stages:
+            raise ValueError(f"{args.checkpoint} holds a {info['stage']} model; this command needs "
+                             f"{' or '.join(stages)}")
+    elif args.model:
+        info = {"model": args.model, "overrides": _overrides(args.overrides), "stage": "ann"}
+        model = create(args.model, **info["overrides"])
+        if "ann" not in stages:
+            raise UsageError(f"needs a {' or '.join(stages)} --checkpoint, not a fresh --model")
+    else:
+        raise UsageError("give --checkpoint FILE or --model NAME")
+    return model.to(args.device), info
+
+
+def _fit(model, data, args):
+    from .train import TrainConfig, evaluate, fit
+
+    x_train, y_train, x_test, y_test = data
+    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size,
+                      label_smoothing=args.label_smoothing, seed=args.seed, progress=not args.quiet)
+    history = fit(model, x_train, y_train, cfg)
+    accuracy = evaluate(model, x_test, y_test, batch_size=args.batch_size)
+    print(f"{args.command}: {len(history)} epochs, final loss {history[-1]['loss']:.4f}, "
+          f"test accuracy {100 * accuracy:.2f}% ({len(y_test)} samples)")
+    return accuracy
+
+
+# ----------------------------------------------------------------------------------------------- commands
+
+def cmd_demo(args) -> None:
+    from . import demo
+
+    demo.main(_passed_on(args.demo_args))
+
+
+def cmd_train(args) -> None:
+    torch.manual_seed(args.seed)
+    model, info = _load_model(args, stages=("ann",))
+    _fit(model, _dataset(args), args)
+    if args.out:
+        checkpoint.save(model, args.out, info)
+        print(f"train: wrote {args.out}")
+
+
+def cmd_qat(args) -> None:
+    from .convert import to_qann
+
+    torch.manual_seed(args.seed)
+    data = _dataset(args)
+    ann, info = _load_model(args, stages=("ann",))
+    kwargs = {"levels": args.levels, "neuron": args.neuron}
+    qann = to_qann(ann, **kwargs, **({"calibration": data[0][:256]} if args.neuron == "ilif" else {}))
+    _fit(qann, data, args)
+    if args.out:
+        checkpoint.save(qann, args.out, {**info, "stage": "qann", "qann": kwargs,
+                                         "input_shape": list(data[0].shape[1:])})
+        print(f"qat: wrote {args.out}")
+
+
+def _verify(qann, args) -> None:
+    """Print the float64 equivalence check of ``qann`` and its SNN on the first test batch."""
+    from .convert import to_snn, verify
+
+    qann = qann.double()
+    x_test = _dataset(args)[2][:args.batch_size].to(args.device).double()
+    print(verify(qann, to_snn(qann), x_test))
+
+
+def cmd_convert(args) -> None:
+    _require(args, "checkpoint")
+    qann, info = _load_model(args, stages=("qann",))
+    _verify(qann, args)
+    if args.out:
+        checkpoint.save(qann.float(), args.out, {**info, "stage": "snn"})
+        print(f"convert: wrote {args.out}")
+
+
+def cmd_simulate(args) -> None:
+    from .convert import to_snn
+    from .simulate import simulate
+
+    _require(args, "checkpoint")
+    qann, _ = _load_model(args, stages=("qann", "snn"), snn=False)
+    snn = to_snn(qann)
+    _, _, x_test, y_test = _dataset(args)
+    per_step, settle = [], []
+    n_batches = -(-len(y_test) // args.batch_size)
+    for i in _progress(range(0, len(y_test), args.batch_size), n_batches, "simulate", args):
+        result = simulate(snn, x_test[i:i + args.batch_size].to(args.device), max_steps=args.max_steps,
+                          step_mode=args.step_mode)
+        steps = result.per_step
+        if steps.shape[0] < args.max_steps:  # all settled early: the answer stays as it is
+            steps = torch.cat([steps, steps[-1:].expand(args.max_steps - steps.shape[0], *steps.shape[1:])])
+        per_step.append((steps.argmax(-1).cpu() == y_test[i:i + args.batch_size]).double())
+        settle.append(result.settle_step.cpu())
+    accuracy = torch.cat(per_step, 1).mean(1)
+    settle_all = torch.cat(settle)
+    done = settle_all[settle_all >= 0]
+    marks = [t for t in (1, 2, 4, 8, 16, 32, 64, 128, 256) if t < args.max_steps] + [args.max_steps]
+    from .train import evaluate
+
+    qann_accuracy = evaluate(qann, x_test, y_test, batch_size=args.batch_size)
+    print(f"QANN accuracy {100 * qann_accuracy:.2f}%; SNN accuracy at T: "
+          + ", ".join(f"{t}: {100 * accuracy[t - 1]:.2f}%" for t in marks))
+    if len(done):
+        print(f"settle step: median {int(done.median())}, max {int(done.max())}; "
+              f"{len(settle_all) - len(done)} of {len(settle_all)} not settled within {args.max_steps} steps")
+    else:
+        print(f"no sample settled within {args.max_steps} steps")
+    if args.plot:
+        from .plots import accuracy_vs_steps
+
+        print(f"simulate: wrote {accuracy_vs_steps(accuracy, args.plot, reference={'QANN': qann_accuracy})}")
+    if args.settle_plot:
+        from .plots import settle_histogram
+
+        print(f"simulate: wrote {settle_histogram(settle_all, args.settle_plot)}")
+    _write_raster(snn, x_test.to(args.device), args, _simulation_run(args.max_steps))
+
+
+def cmd_verify(args) -> None:
+    _require(args, "checkpoint")
+    qann, _ = _load_model(args, stages=("qann", "snn"), snn=False)
+    _verify(qann, args)
+
+
+def _simulation_run(max_steps: int):
+    """``run`` for :func:`spiketwin.energy.report` on a converted SNN: its own ``simulate`` for ``max_steps``
+    steps on the whole batch (without early exit where the SNN has one: settled samples are silent)."""
+    import inspect
+
+    def run(snn, x):
+        kwargs = {"max_steps": max_steps}
+        if "early_exit" in inspect.signature(snn.simulate).parameters:
+            kwargs["early_exit"] = False
+        return snn.simulate(x, **kwargs)
+    return run
+
+
+def _write_raster(model, x, args, run=None) -> None:
+    """``--raster``: spikes of ``--raster-module`` (default: the first neuron layer) for the first sample."""
+    if not args.raster:
+        return
+    from .neurons import ILIF, LIF, STBIF
+    from .plots import record, spike_raster
+
+    name = args.raster_module or next((n for n, m in model.named_modules() if isinstance(m, (LIF, STBIF, ILIF))),
+                                      None)
+    if name is None:
+        raise ValueError(f"--raster: {type(model).__name__} has no neuron layer; name one with --raster-module")
+    try:
+        neurons = None if not args.raster_neurons else [int(i) for i in args.raster_neurons.split(",")]
+    except ValueError as e:
+        raise UsageError(f"--raster-neurons expects comma-separated integers, got {args.raster_neurons!r}") from e
+    spikes = record(model, x[:1], name, run=run)
+    print(f"{args.command}: wrote {spike_raster(spikes, args.raster, neurons, title=f'Spikes of {name}')}")
+
+
+def cmd_energy(args) -> None:
+    from .energy import report
+
+    model, info = _load_model(args, stages=("ann", "snn"))
+    x = _dataset(args)[2][:args.samples].to(args.device)
+    run = _simulation_run(args.max_steps) if hasattr(model, "simulate") else None
+    try:
+        result = report(model, x, preset=args.preset, e_mac=args.e_mac, e_ac=args.e_ac, run=run)
+    except RuntimeError as e:
+        if "no spiking module" in str(e):
+            raise ValueError(f"energy: {info['model']} ({info['stage']}) is not spiking; give a directly trained "
+                             "SNN or an SNN checkpoint (spiketwin convert)") from e
+        raise
+    print(result.table())
+    if args.json:
+        result.to_json(args.json)
+        print(f"energy: wrote {args.json}")
+    if args.csv:
+        result.to_csv(args.csv)
+        print(f"energy: wrote {args.csv}")
+    if args.plot:
+        from .plots import firing_rates
+
+        print(f"energy: wrote {firing_rates(result, args.plot)}")
+    _write_raster(model, x, args, run)
+
+
+def cmd_export_nir(args) -> None:
+    from .export import check, to_nir
+
+    _require(args, "out")
+    model, info = _load_model(args, stages=("ann", "snn"))
+    submodule = args.submodule if args.submodule is not None else (
+        "step_network" if hasattr(model, "step_network") else "")
+    submodule = submodule or None  # "" exports the whole model
+    x = _dataset(args)[2][:args.samples].to(args.device)
+    graph = to_nir(model.eval(), x, args.out, submodule=submodule, dt=args.dt)
+    print(f"export-nir: wrote {args.out} ({len(graph.nodes)} nodes, {len(graph.edges)} edges"
+          f"{f', sub-module {submodule}' if submodule else ''}; one time step, dt={args.dt})")
+    try:
+        import nirtorch  # noqa: F401
+    except ImportError:
+        print("export-nir: nirtorch is not installed, so the file was not read back (pip install 'spiketwin[nir]')")
+        return
+    diff = check(model, args.out, x, submodule=submodule)
+    print(f"export-nir: read back with nirtorch and run on {len(x)} test samples: max |output difference| = "
+          f"{diff:.3g}")
+    if diff > 1e-4:
+        raise RuntimeError(f"the NIR file does not reproduce the model (max difference {diff:.3g})")
+
+
+def cmd_bench(args) -> None:
+    import importlib
+    import pkgutil
+
+    if Path("bench", "__init__.py").is_file() and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # the repository root, where bench/ lives
+    try:
+        bench = importlib.import_module("bench")
+    except ImportError as e:
+        raise FileNotFoundError("the benchmarks live in the repository's bench/ folder: run spiketwin bench from "
+                                "the repository root") from e
+    names = sorted(m.name for m in pkgutil.iter_modules(bench.__path__) if m.name not in ("common", "__main__"))
+    if not args.name:
+        print("benchmarks: " + ", ".join(names) + "  (spiketwin bench NAME [args...])")
+        return
+    if args.name not in names:
+        raise UsageError(f"unknown benchmark {args.name!r}; available: {', '.join(names)}")
+    importlib.import_module(f"bench.{args.name}").main(_passed_on(args.bench_args))
+
+
+HANDLERS = {"demo": cmd_demo, "train": cmd_train, "qat": cmd_qat, "convert": cmd_convert, "simulate": cmd_simulate,
+            "verify": cmd_verify, "energy": cmd_energy, "export-nir": cmd_export_nir, "bench": cmd_bench}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 ok, 1 failure, 2 usage)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        _apply_config(parser, argv)
+        args, extra = parser.parse_known_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        if extra:
+            raise UsageError(f"unrecognized arguments: {' '.join(extra)} (see spiketwin {args.command} --help)")
+        HANDLERS[args.command](args)
+    except SystemExit as e:  # --help, --version
+        return int(e.code or 0)
+    except UsageError as e:
+        command = next((a for a in argv if a in COMMANDS), None)
+        prog = e.prog or ("spiketwin" + (f" {command}" if command else ""))
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("spiketwin: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if "--debug" in argv:
+            raise
+        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        command = next((a for a in argv if a in COMMANDS), "")
+        print(f"spiketwin {command}: error: {message}".replace(" :", ":"), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""The command line: every subcommand runs on the bundled digits at small sizes; mistakes give one-line
+errors and the documented exit codes (0 ok, 2 usage, 1 failure)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+import sys
+
+import pytest
+
+pytest.importorskip("sklearn", reason="the CLI tests use the bundled digits (scikit-learn)")
+pytest.importorskip("safetensors", reason="CLI checkpoints are safetensors")
+
+from spiketwin.cli import COMMANDS, main  # noqa: E402
+
+SMALL = ["--model", "scnn", "--set", "channels=(4,)", "--set", "T=2", "--limit", "120", "--quiet"]
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_subcommand_has_help(capsys, command):
+    code, out, _ = run(capsys, command, "--help")
+    assert code == 0 and out.startswith(f"usage: spiketwin {command}")
+
+
+def test_train_energy_export_journey(tmp_path, capsys):
+    ckpt, nir_file = tmp_path / "ann.safetensors", tmp_path / "scnn.nir"
+    config = tmp_path / "run.toml"
+    config.write_text('batch-size = 32\nsamples = 16\n[train]\nepochs = 1\nlr = 0.01\nset = { T = 2 }\n')
+    code, out, err = run(capsys, "train", *SMALL[:2], "--set", "channels=(4,)", "--limit", "120", "--quiet",
+                         "--config", str(config), "--out", str(ckpt))
+    assert code == 0, err
+    assert "1 epochs" in out and ckpt.stat().st_size > 0
+
+    code, out, err = run(capsys, "energy", "--checkpoint", str(ckpt), "--config", str(config),
+                         "--json", str(tmp_path / "e.json"), "--csv", str(tmp_path / "e.csv"), "--quiet",
+                         "--raster", str(tmp_path / "raster.png"), "--raster-neurons", "0,1,2")
+    assert code == 0, err
+    assert "ANN/SNN" in out and "step_network.0.layer.0" in out
+    data = json.loads((tmp_path / "e.json").read_text())
+    assert data["batch"] == 16 and data["T"] == 2 and data["layers"][0]["coding"] == "analog"
+    assert (tmp_path / "e.csv").read_text().startswith("name,kind,coding")
+    assert (tmp_path / "raster.png").stat().st_size > 1000
+
+    code, out, err = run(capsys, "export-nir", "--checkpoint", str(ckpt), "--out", str(nir_file), "--quiet")
+    assert code == 0, err
+    assert "sub-module step_network" in out and nir_file.stat().st_size > 0
+    assert "max |output difference| = 0" in out
+
+
+def test_yaml_config(tmp_path, capsys):
+    pytest.importorskip("yaml", reason="YAML configs need PyYAML")
+    config = tmp_path / "run.yaml"
+    config.write_text("samples: 4\nenergy:\n  preset: int8\n  set:\n    T: 2\n    channels: [4]\n")
+    code, out, err = run(capsys, "energy", "--model", "scnn", "--config", str(config), "--quiet")
+    assert code == 0, err
+    assert "T=2, E_MAC=0.23 pJ, E_AC=0.03 pJ" in out
+    config.write_text("energy: [1, 2]\n")
+    assert run(capsys, "energy", "--model", "scnn", "--config", str(config))[0] == 2
+
+
+def test_export_refusal_is_a_failure(tmp_path, capsys):
+    code, _, err = run(capsys, "export-nir", *SMALL, "--submodule", "", "--out", str(tmp_path / "x.nir"))
+    assert code == 1 and "cannot be traced" in err and not (tmp_path / "x.nir").exists()
+
+
+def test_usage_errors_exit_2_with_one_line(tmp_path, capsys):
+    bad_config, bad_section = tmp_path / "bad.toml", tmp_path / "bad_section.toml"
+    bad_config.write_text("epochz = 3\n")
+    bad_section.write_text("[energy]\nepochs = 3\n")  # a train option in the energy table
+    for argv in (["train", "--epochz", "3"], ["frobnicate"], ["energy", "--limit"],
+                 ["train", "--config", str(bad_config), "--model", "scnn"],
+                 ["train", "--config", str(bad_section), "--model", "scnn"],
+                 ["train", "--config", str(tmp_path / "missing.toml")],
+                 ["export-nir", "--model", "scnn"], ["train", "--set", "T"], ["bench", "nope"]):
+        code, _, err = run(capsys, *argv)
+        assert code == 2, argv
+        assert len(err.strip().splitlines()) == 1 and "error" in err, (argv, err)
+
+
+def test_failures_exit_1_with_one_line(tmp_path, capsys):
+    not_a_checkpoint = tmp_path / "junk.safetensors"
+    not_a_checkpoint.write_bytes(b"not safetensors")
+    for argv, needle in ((["energy", "--checkpoint", str(tmp_path / "none.safetensors")], "not found"),
+                         (["energy", "--checkpoint", str(not_a_checkpoint)], "not a safetensors file"),
+                         (["energy", "--model", "no_such_model"], "unknown model"),
+                         (["train", "--data", "mnist", "--data-root", str(tmp_path), "--model", "scnn"], "MNIST")):
+        code, _, err = run(capsys, *argv)
+        assert code == 1 and needle in err and len(err.strip().splitlines()) == 1, (argv, err)
+
+
+def test_bench_lists_and_runs(capsys):
+    code, out, _ = run(capsys, "bench")
+    assert code == 0 and "lif" in out
+
+
+@pytest.mark.slow
+def test_demo_runs(tmp_path, capsys):
+    code, out, err = run(capsys, "demo", "--", "--epochs", "1", "--qat-epochs", "1", "--out", str(tmp_path))
+    assert code == 0, err
+    assert "float64 equivalence: OK" in out
+
+
+VIT = ["--model", "vit_digits", "--set", "embed_dim=16", "--set", "depth=1", "--set", "num_heads=2", "--limit", "60",
+       "--quiet"]
+
+
+@pytest.mark.slow
+def test_spikezip_journey(tmp_path, capsys):
+    ann, qann, snn = (tmp_path / f"{n}.safetensors" for n in ("ann", "qann", "snn"))
+    steps = [
+        ["train", *VIT, "--epochs", "1", "--out", str(ann)],
+        ["qat", "--checkpoint", str(ann), "--levels", "8", "--epochs", "1", "--limit", "60", "--quiet",
+         "--out", str(qann)],
+        ["convert", "--checkpoint", str(qann), "--batch-size", "4", "--limit", "60", "--out", str(snn)],
+        ["simulate", "--checkpoint", str(snn), "--limit", "20", "--quiet", "--max-steps", "16",
+         "--plot", str(tmp_path / "acc.png"), "--settle-plot", str(tmp_path / "settle.png"),
+         "--raster", str(tmp_path / "raster.png")],
+        ["verify", "--checkpoint", str(snn), "--limit", "20", "--batch-size", "2"],
+        ["energy", "--checkpoint", str(snn), "--samples", "4", "--max-steps", "16"],
+    ]
+    outputs = []
+    for argv in steps:
+        code, out, err = run(capsys, *argv)
+        assert code == 0, (argv, err)
+        outputs.append(out)
+    assert "OK: max relative difference" in outputs[2] and "OK: max relative difference" in outputs[4]
+    assert "SNN accuracy at T: 1:" in outputs[3] and "settle step: median" in outputs[3]
+    assert all((tmp_path / f).stat().st_size > 1000 for f in ("acc.png", "settle.png", "raster.png"))
+    assert "model.blocks.0.attn.matmul_qk  product" in outputs[5] and "model.patch_embed.proj" in outputs[5]
+    code, _, err = run(capsys, "export-nir", "--checkpoint", str(snn), "--out", str(tmp_path / "v.nir"))
+    assert code == 1 and "model.blocks.0.attn.matmul_qk: SESA" in err  # refused, each module named
+    code, _, err = run(capsys, "qat", "--checkpoint", str(qann), "--limit", "60")  # a QANN is not an ANN
+    assert code == 1 and "holds a qann model" in err
+
+
+def test_entry_point_exit_code():
+    done = subprocess.run([sys.executable, "-m", "spiketwin.cli", "energy", "--bogus"], capture_output=True,
+                          text=True)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_spikeconverter_journey(tmp_path, capsys):
+    ann, qann, snn = (tmp_path / f"{n}.safetensors" for n in ("ann", "qann", "snn"))
+    small = ["--limit", "60", "--quiet"]
+    steps = [["train", "--model", "vgg_small", "--set", "channels=(4, 8)", "--set", "hidden=16", "--epochs", "1",
+              *small, "--out", str(ann)],
+             ["qat", "--checkpoint", str(ann), "--neuron", "ilif", "--levels", "8", "--epochs", "1", *small,
+              "--out", str(qann)],  # the iLIF QANN is rebuilt from the file without calibration data
+             ["convert", "--checkpoint", str(qann), "--batch-size", "4", *small, "--out", str(snn)],
+             ["simulate", "--checkpoint", str(snn), *small],
+             ["energy", "--checkpoint", str(snn), "--samples", "4"]]
+    outputs = []
+    for argv in steps:
+        code, out, err = run(capsys, *argv)
+        assert code == 0, (argv, err)
+        outputs.append(out)
+    assert "OK: max relative difference" in outputs[2] and "settle step: median" in outputs[3]
+    assert "analog" in outputs[4] and "ANN/SNN" in outputs[4]
+
+
+MNIST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
+
+
+@pytest.mark.skipif(not (MNIST / "t10k-images-idx3-ubyte.gz").exists(), reason=f"MNIST copy not found in {MNIST}")
+def test_real_mnist_files(tmp_path, capsys):
+    code, out, err = run(capsys, "energy", "--model", "scnn", "--set", "img_size=28", "--set", "channels=(4, 8)",
+                         "--data", "mnist", "--data-root", str(MNIST), "--samples", "8", "--quiet")
+    assert code == 0, err
+    assert "step_network.0.layer.0" in out and "per sample, T=4" in out
