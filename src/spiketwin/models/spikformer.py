@@ -171,6 +171,7 @@ class Spikformer(nn.Module):
             ``"default"`` (PyTorch's, which the ImageNet / DVS 1x1 convolutions keep) for token-wise layers.
         unused: which of the official code's unused parameter groups to build (:data:`UNUSED_GROUPS`):
             ``"block_norms"`` (two LayerNorms per block), ``"pos_embed"`` (``[1, N, D]``) and ``"final_norm"``.
+            They are frozen (``requires_grad=False``): they never receive a gradient in the official code either.
     """
 
     def __init__(
@@ -207,6 +208,9 @@ class Spikformer(nn.Module):
         if "final_norm" in unused:
             self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
+        for name, param in self.named_parameters():  # never in the graph: frozen, so DDP and optimizers skip them
+            if name.startswith("pos_embed") or name.startswith("norm.") or ".norm1." in name or ".norm2." in name:
+                param.requires_grad_(False)
         for m in self.modules():
             if isinstance(m, nn.Linear) and (token_init == "trunc_normal" or m is self.head):
                 nn.init.trunc_normal_(m.weight, std=0.02)
