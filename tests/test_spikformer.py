@@ -1,6 +1,8 @@
 """Spikformer: parameter counts of every official config, forwards on every config's input shape, and the
 neuron, attention, patch-splitting and head semantics against their formulas."""
 
+import contextlib
+
 import pytest
 import torch
 from torch import nn
@@ -189,3 +191,33 @@ def test_bad_inputs_are_refused_with_clear_errors():
         Spikformer(dim=32, num_heads=5)
     with pytest.raises(ValueError, match="unused must be a subset"):
         Spikformer(unused=("dropout",))
+
+
+def test_spikes_saved_as_bool_give_identical_gradients():
+    from spiketwin.memory import float_saves
+
+    torch.manual_seed(4)
+    model = Spikformer(img_size=16, dim=32, depth=1, num_heads=4, T=2)
+    x, y = torch.rand(3, 3, 16, 16), torch.tensor([0, 3, 7])
+    grads = []
+    for compact in (True, False):
+        model.zero_grad()
+        with torch.enable_grad(), (contextlib.nullcontext() if compact else float_saves()):
+            nn.functional.cross_entropy(model(x), y).backward()
+        reset(model)
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    assert len(grads[0]) == len(grads[1]) > 0
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+
+
+def test_bool_packing_only_touches_the_given_spike_storage():
+    from spiketwin.memory import spikes_saved_as_bool
+
+    spikes = (torch.rand(4, 5) < 0.5).float().requires_grad_()
+    analog = torch.randn(5, 3, requires_grad=True)
+    with spikes_saved_as_bool(spikes):  # the analog operand must be saved as it is, or its gradient breaks
+        out = spikes @ analog
+    out.sum().backward()
+    torch.testing.assert_close(analog.grad, spikes.detach().sum(0)[:, None].expand(5, 3))
+    torch.testing.assert_close(spikes.grad, analog.detach().sum(1).expand(4, 5))

@@ -130,13 +130,14 @@ class _LIFScan(torch.autograd.Function):
         dh_dv, dh_dx = _charge_grads(p)
         u = h_seq.add(p.v_threshold).neg_() if ctx.negated else h_seq - p.v_threshold  # H - V_th, all steps
         sg = ctx.surrogate.grad(u)
-        # dV/dH per step
+        # dV/dH per step, written over u once the surrogate has used it
         if p.v_reset is None:  # V = H - V_th S
-            dv_dh = torch.ones_like(u) if p.detach_reset else 1.0 - p.v_threshold * sg
-        else:  # V = H (1 - S) + V_reset S
-            dv_dh = (u < 0).to(u.dtype)
-            if not p.detach_reset:
-                dv_dh.add_((p.v_reset - (u + p.v_threshold)) * sg)
+            dv_dh = u.fill_(1.0) if p.detach_reset else torch.mul(sg, -p.v_threshold, out=u).add_(1.0)
+        elif p.detach_reset:  # V = H (1 - S) + V_reset S
+            dv_dh = u.lt_(0.0)
+        else:
+            dv_dh = (u < 0).to(u.dtype).add_((p.v_reset - (u + p.v_threshold)) * sg)
+        del u
         # dL/dH_t = g_t sg_t + dL/dV_t dV_t/dH_t, with dL/dV_t = dL/dH_{t+1} dH/dV (or grad_v at the end)
         grad_h = sg.mul_(grad_spikes)
         if grad_v is not None:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..base import TimeFold
+from ..memory import spikes_saved_as_bool
 from ..neurons import LIF
 from ..ops import MatMul
 from . import register
@@ -51,16 +52,20 @@ class LinearBN(nn.Module):
 
 
 class ConvBNLIF(nn.Module):
-    """Conv3x3 (no bias) -> BN on ``T*B`` rows -> LIF: ``[T, B, C_in, H, W] -> [T, B, C_out, H, W]`` spikes."""
+    """Conv3x3 (no bias) -> BN on ``T*B`` rows -> LIF: ``[T, B, C_in, H, W] -> [T, B, C_out, H, W]`` spikes.
+    With ``spike_input`` the convolution keeps its (binary) input for backward as ``bool``."""
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, spike_input: bool = True) -> None:
         super().__init__()
         self.conv_bn = TimeFold(nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False),
                                               nn.BatchNorm2d(out_channels)))
         self.lif = LIF(tau=2.0)
+        self.spike_input = spike_input
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lif(self.conv_bn(x))
+        with spikes_saved_as_bool(*([x] if self.spike_input else [])):
+            y = self.conv_bn(x)
+        return self.lif(y)
 
 
 class SPS(nn.Module):
@@ -77,7 +82,7 @@ class SPS(nn.Module):
         if not set(pool_after) <= {0, 1, 2, 3}:
             raise ValueError(f"SPS: pool_after lists stages 0..3, got {pool_after}")
         channels = [in_channels, dim // 8, dim // 4, dim // 2, dim]
-        self.stages = nn.ModuleList(ConvBNLIF(channels[i], channels[i + 1]) for i in range(4))
+        self.stages = nn.ModuleList(ConvBNLIF(channels[i], channels[i + 1], spike_input=i > 0) for i in range(4))
         self.pool_after = tuple(sorted(pool_after))
         self.pool = TimeFold(nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
         self.rpe = ConvBNLIF(dim, dim)
@@ -86,7 +91,8 @@ class SPS(nn.Module):
         for i, stage in enumerate(self.stages):
             x = stage(x)
             if i in self.pool_after:
-                x = self.pool(x)
+                with spikes_saved_as_bool(x):
+                    x = self.pool(x)
         x = x + self.rpe(x)
         return x.flatten(-2).transpose(-1, -2)
 
@@ -118,9 +124,13 @@ class SSA(nn.Module):
         q = self._heads(self.q_lif(self.q(x)))
         k = self._heads(self.k_lif(self.k(x)))
         v = self._heads(self.v_lif(self.v(x)))
-        attn = self.qk(q, k.transpose(-2, -1)) * self.scale
-        x = self.av(attn, v).transpose(-2, -3).flatten(-2)
-        return self.proj_lif(self.proj(self.attn_lif(x)))
+        with spikes_saved_as_bool(q, k, v):
+            attn = self.qk(q, k.transpose(-2, -1)) * self.scale
+            x = self.av(attn, v).transpose(-2, -3).flatten(-2)
+        x = self.attn_lif(x)
+        with spikes_saved_as_bool(x):
+            x = self.proj(x)
+        return self.proj_lif(x)
 
 
 class MLP(nn.Module):
@@ -132,7 +142,10 @@ class MLP(nn.Module):
         self.fc2, self.fc2_lif = LinearBN(hidden, dim), LIF(tau=2.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2_lif(self.fc2(self.fc1_lif(self.fc1(x))))
+        x = self.fc1_lif(self.fc1(x))
+        with spikes_saved_as_bool(x):
+            x = self.fc2(x)
+        return self.fc2_lif(x)
 
 
 class Block(nn.Module):
