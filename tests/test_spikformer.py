@@ -221,3 +221,14 @@ def test_bool_packing_only_touches_the_given_spike_storage():
     out.sum().backward()
     torch.testing.assert_close(analog.grad, spikes.detach().sum(0)[:, None].expand(5, 3))
     torch.testing.assert_close(spikes.grad, analog.detach().sum(1).expand(4, 5))
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(v_threshold=0.5), dict(v_reset=None), dict(tau=3.0, v_reset=-0.1)])
+def test_lif_scan_without_grad_equals_the_scan_with_grad(kwargs):
+    x = torch.randn(5, 3, 7, dtype=torch.float64) + 0.7
+    with_grad, without = LIF(**kwargs), LIF(**kwargs)
+    s1 = with_grad(x.clone().requires_grad_())
+    with torch.no_grad():
+        s2 = without(x)
+    assert torch.equal(s1.detach(), s2) and torch.equal(with_grad.v.detach(), without.v)
+    assert 0 < s2.sum() < s2.numel()
