@@ -152,8 +152,11 @@ def test_one_ddp_step_on_two_processes_equals_one_step_on_the_combined_batch(tmp
     x, y = toy_data(16, dtype=torch.float64)
     fit(single, x, y, TrainConfig(epochs=1, batch_size=16, warmup_epochs=0, lr=0.05, progress=False))
     for name, value in single.state_dict().items():
-        torch.testing.assert_close(ddp[name], value, rtol=1e-12, atol=1e-14)
-        assert not torch.equal(value, before[name])  # the step changed every weight
+        # AdamW's first step moves each weight by about lr * sign(grad) = 0.05; the two runs sum the gradient in
+        # different orders (float64 round-off ~1e-17), which Adam's normalisation can amplify where a gradient
+        # is itself ~1e-17, hence 1e-10 rather than 1e-15
+        torch.testing.assert_close(ddp[name], value, rtol=1e-10, atol=1e-10)
+        assert (value - before[name]).abs().max() > 1e-3  # the step changed every weight tensor
 
 
 def test_epoch_indices_split_one_shuffle_between_processes():
