@@ -18,7 +18,7 @@ import torch
 
 from .base import StatefulModule
 from .ops import running_sum
-from .surrogate import Sigmoid, Surrogate, heaviside
+from .surrogate import Sigmoid, Surrogate
 
 
 class LIFParams(NamedTuple):
@@ -67,27 +67,61 @@ def lif_step(
     return s, v
 
 
+def _fast_hard_reset(p: LIFParams) -> bool:
+    """Whether the scan can run SpikingJelly's default neuron (leaky, decay_input, hard reset to 0) in negated form."""
+    return p.tau is not None and p.decay_input and p.v_reset == 0.0
+
+
+def _scan_negated(x_seq: torch.Tensor, v: torch.Tensor, p: LIFParams, out: torch.Tensor) -> torch.Tensor:
+    """Forward scan of the default neuron on the negated potential ``W = -V``: three passes per step.
+
+    ``-H = W - (X + W) / tau`` is bit-for-bit the negation of ``V + (X - V) / tau`` (negation is exact), and
+    the hard reset ``V = 0 if H >= V_th else H`` is one ``threshold`` pass on ``-H`` (keep it where
+    ``-H > -V_th``, else ``-V_reset = 0``). Writes ``-H`` of every step into ``out`` ``[T, ...]``; returns the
+    final ``V``.
+    """
+    w = -v
+    for t in range(x_seq.shape[0]):
+        charge = torch.add(x_seq[t], w).div_(p.tau)
+        torch.sub(w, charge, out=out[t])
+        w = torch.nn.functional.threshold(out[t], -p.v_threshold, 0.0)
+    return -w
+
+
+def _scan_generic(x_seq: torch.Tensor, v: torch.Tensor, p: LIFParams, out: torch.Tensor) -> torch.Tensor:
+    """Forward scan of any LIF/IF variant; writes ``H`` of every step into ``out``; returns the final ``V``."""
+    for t in range(x_seq.shape[0]):
+        h = out[t]
+        h.copy_(_charge(v, x_seq[t], p))
+        fired = h >= p.v_threshold
+        if p.v_reset is None:
+            v = torch.where(fired, h - p.v_threshold, h)
+        else:
+            v = h.masked_fill(fired, p.v_reset)
+    return v
+
+
 class _LIFScan(torch.autograd.Function):
-    """Fused LIF/IF time scan. Forward keeps only ``H`` per step; backward runs the scan in reverse."""
+    """Fused LIF/IF time scan. Forward keeps only ``H`` per step (``-H`` on the fast path); spikes come from
+    ``H`` in one pass over all steps. Backward evaluates the surrogate and the reset derivative over all T at
+    once; only a one-pass-per-step linear recurrence runs in reverse time."""
 
     @staticmethod
     def forward(ctx, x_seq: torch.Tensor, v: torch.Tensor, p: LIFParams, surrogate: Surrogate):
         need_grad = any(ctx.needs_input_grad[:2])
+        negated = _fast_hard_reset(p)
+        h_seq = torch.empty_like(x_seq)
+        v = (_scan_negated if negated else _scan_generic)(x_seq, v, p, h_seq)
+        if not need_grad:  # H is not needed afterwards: turn it into the spikes in place
+            spikes = h_seq.le_(-p.v_threshold) if negated else h_seq.ge_(p.v_threshold)
+            return spikes, v
         spikes = torch.empty_like(x_seq)
-        h_seq = torch.empty_like(x_seq) if need_grad else None
-        for t in range(x_seq.shape[0]):
-            h = _charge(v, x_seq[t], p)
-            fired = h >= p.v_threshold
-            spikes[t] = fired
-            if need_grad:
-                h_seq[t] = h
-            if p.v_reset is None:
-                v = torch.where(fired, h - p.v_threshold, h)
-            else:
-                v = h.masked_fill(fired, p.v_reset)
-        if need_grad:
-            ctx.save_for_backward(h_seq)
-            ctx.p, ctx.surrogate = p, surrogate
+        if negated:
+            torch.le(h_seq, -p.v_threshold, out=spikes)
+        else:
+            torch.ge(h_seq, p.v_threshold, out=spikes)
+        ctx.save_for_backward(h_seq)
+        ctx.p, ctx.surrogate, ctx.negated = p, surrogate, negated
         return spikes, v
 
     @staticmethod
@@ -95,22 +129,25 @@ class _LIFScan(torch.autograd.Function):
         (h_seq,) = ctx.saved_tensors
         p: LIFParams = ctx.p
         dh_dv, dh_dx = _charge_grads(p)
-        grad_x = torch.empty_like(h_seq)
-        if grad_v is None:
-            grad_v = torch.zeros_like(h_seq[0])
-        for t in range(h_seq.shape[0] - 1, -1, -1):
-            u = h_seq[t] - p.v_threshold
-            sg = ctx.surrogate.grad(u)
-            if p.v_reset is None:  # V = H - V_th S
-                dv_dh = 1.0 if p.detach_reset else 1.0 - p.v_threshold * sg
-            else:  # V = H (1 - S) + V_reset S
-                dv_dh = 1.0 - heaviside(u)
-                if not p.detach_reset:
-                    dv_dh = dv_dh + (p.v_reset - h_seq[t]) * sg
-            grad_h = grad_spikes[t] * sg + grad_v * dv_dh
-            grad_x[t] = grad_h * dh_dx
-            grad_v = grad_h * dh_dv
-        return grad_x, grad_v, None, None
+        u = h_seq.add(p.v_threshold).neg_() if ctx.negated else h_seq - p.v_threshold  # H - V_th, all steps
+        sg = ctx.surrogate.grad(u)
+        # dV/dH per step, written over u once the surrogate has used it
+        if p.v_reset is None:  # V = H - V_th S
+            dv_dh = u.fill_(1.0) if p.detach_reset else torch.mul(sg, -p.v_threshold, out=u).add_(1.0)
+        elif p.detach_reset:  # V = H (1 - S) + V_reset S
+            dv_dh = u.lt_(0.0)
+        else:
+            dv_dh = (u < 0).to(u.dtype).add_((p.v_reset - (u + p.v_threshold)) * sg)
+        del u
+        # dL/dH_t = g_t sg_t + dL/dV_t dV_t/dH_t, with dL/dV_t = dL/dH_{t+1} dH/dV (or grad_v at the end)
+        grad_h = sg.mul_(grad_spikes)
+        if grad_v is not None:
+            grad_h[-1].addcmul_(grad_v, dv_dh[-1])
+        carry = dv_dh.mul_(dh_dv)
+        for t in range(h_seq.shape[0] - 2, -1, -1):
+            grad_h[t].addcmul_(grad_h[t + 1], carry[t])
+        grad_v0 = grad_h[0] * dh_dv
+        return grad_h.mul_(dh_dx), grad_v0, None, None
 
 
 class LIF(StatefulModule):

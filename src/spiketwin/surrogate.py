@@ -58,8 +58,9 @@ class Sigmoid(Surrogate):
         super().__init__(alpha)
 
     def grad(self, x: torch.Tensor) -> torch.Tensor:
-        s = torch.sigmoid(self.alpha * x)
-        return self.alpha * s * (1 - s)
+        s = torch.mul(x, self.alpha).sigmoid_()
+        one_minus = 1 - s
+        return s.mul_(self.alpha).mul_(one_minus)  # (α σ) (1 − σ), in place: two temporaries, not four
 
 
 class ATan(Surrogate):

@@ -1,19 +1,39 @@
 """Training: ANN, QAT (a QANN trains like any model) and direct BPTT training of spiking models.
 
-``fit`` is the loop: AdamW, linear warm-up then cosine decay, label smoothing, spiking state reset after
-every batch. Data is a pair of tensors ``(x, y)`` or any iterable of ``(x, y)`` batches.
+``fit`` is the loop: AdamW, linear warm-up then cosine decay, label smoothing, mixup, spiking state reset after
+every batch. Data is a pair of tensors ``(x, y)``. With ``TrainConfig.out_dir`` it writes a metrics log
+(``metrics.jsonl``, one JSON object per epoch) and a checkpoint (``checkpoint.safetensors``: model, optimizer,
+scheduler, RNG state, epoch and history; written atomically, loaded without running code) after every epoch;
+``resume=True`` continues from it exactly where it stopped.
+
+Launched by ``torchrun`` (``WORLD_SIZE`` > 1), ``fit`` initialises ``torch.distributed`` (NCCL on CUDA, Gloo on CPU),
+wraps the model in ``DistributedDataParallel`` and gives each process its share of every epoch, like
+``DistributedSampler``: ``batch_size`` is per process, one step sees ``world_size * batch_size`` samples.
+
+    python -m spiketwin.train --model spikformer_cifar10 --data mnist --data-dir ../shared/data/mnist \\
+        --set dim=64 depth=1 num_heads=4 T=4 --epochs 3 --out runs/mnist
 """
 
 from __future__ import annotations
 
+import argparse
+import ast
+import json
 import math
+import os
+import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from .base import reset
+
+CHECKPOINT = "checkpoint.safetensors"
+METRICS = "metrics.jsonl"
 
 
 @dataclass
@@ -26,6 +46,14 @@ class TrainConfig:
     label_smoothing: float = 0.0
     seed: int = 0
     progress: bool = True
+    mixup_alpha: float = 0.0
+    """Mix each batch with its reverse, ``x·λ + flip(x)·(1-λ)``, ``λ ~ Beta(α, α)`` per batch; 0 turns it off."""
+    mixup_off_epoch: int | None = None
+    """Epochs from this one on train without mixup (the official Spikformer recipe: 200 of 300)."""
+    out_dir: str | None = None
+    """Where ``metrics.jsonl`` and ``checkpoint.safetensors`` go (nothing is written when None)."""
+    resume: bool = False
+    """Continue from ``out_dir``'s checkpoint when there is one."""
 
 
 Inputs = torch.Tensor | dict[str, torch.Tensor]
@@ -65,6 +93,23 @@ def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def epoch_indices(n: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+    """This process's sample indices for ``epoch``: one shuffle shared by all processes (seeded by
+    ``seed`` and ``epoch``, so a resumed run sees the same order), padded by wrapping around to a multiple of
+    ``world_size``, then every ``world_size``-th index from ``rank`` (``DistributedSampler``'s split)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    pad = -n % world_size
+    if pad:
+        order = torch.cat([order, order[:pad]])
+    return order[rank::world_size]
+
+
+def mixup(x: torch.Tensor, lam: float) -> torch.Tensor:
+    """``x·λ + flip(x)·(1-λ)``: each sample mixed with its mirror in the batch (timm's "batch" mode).
+    The matching loss is ``λ·CE(out, y) + (1-λ)·CE(out, flip(y))``."""
+    return x.mul(lam).add_(x.flip(0), alpha=1.0 - lam)
+
+
 def _progress(iterable, total: int, desc: str, enabled: bool):
     if not enabled:
         return iterable
@@ -75,37 +120,188 @@ def _progress(iterable, total: int, desc: str, enabled: bool):
     return tqdm(iterable, total=total, desc=desc, leave=False)
 
 
+def _distributed(device: torch.device) -> tuple[int, int]:
+    """``(rank, world_size)``; initialises the default process group when ``torchrun`` asked for several."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        return 0, 1
+    if not dist.is_initialized():
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return 0, 1
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _all_sum(values: torch.Tensor, world_size: int) -> torch.Tensor:
+    if world_size > 1:
+        import torch.distributed as dist
+        dist.all_reduce(values)
+    return values
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def _safetensors():
+    try:
+        import safetensors.torch
+    except ImportError as e:
+        raise ImportError("training checkpoints need safetensors: pip install 'spiketwin[io]'") from e
+    return safetensors.torch
+
+
+def save_training_state(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                        scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int, history: list[dict],
+                        config: TrainConfig | None = None) -> Path:
+    """Write everything needed to continue training after ``epoch`` epochs to ``path`` (safetensors).
+
+    Tensors: ``model.*`` (state dict), ``optim.<param index>.<name>`` (optimizer state), ``rng.torch`` and
+    ``rng.cuda.<i>``. The metadata entry ``spiketwin.train`` holds JSON: epoch, history, the optimizer's
+    param groups, the scheduler state and the config. Written to a temporary file, synced, then renamed over
+    ``path``, so a crash never leaves a half-written checkpoint.
+    """
+    st = _safetensors()
+    tensors: dict[str, torch.Tensor] = {}
+    seen: set[tuple[int, int]] = set()
+
+    def put(key: str, t: torch.Tensor) -> None:
+        t = t.detach().cpu().contiguous()
+        if t.numel() and (t.data_ptr(), t.numel()) in seen:  # safetensors refuses shared storage
+            t = t.clone()
+        if t.numel():
+            seen.add((t.data_ptr(), t.numel()))
+        tensors[key] = t
+
+    for k, v in model.state_dict().items():
+        put(f"model.{k}", v)
+    opt = optimizer.state_dict()
+    for idx, state in opt["state"].items():
+        for name, v in state.items():
+            if not isinstance(v, torch.Tensor):
+                raise TypeError(f"save_training_state: optimizer state {idx}.{name} is not a tensor ({type(v)})")
+            put(f"optim.{idx}.{name}", v)
+    put("rng.torch", torch.get_rng_state())
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            put(f"rng.cuda.{i}", s)
+    meta = {"epoch": epoch, "history": history, "param_groups": opt["param_groups"],
+            "scheduler": scheduler.state_dict(), "config": asdict(config) if config else None}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    data = st.save(tensors, metadata={"spiketwin.train": json.dumps(meta)})
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load_training_state(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                        scheduler: torch.optim.lr_scheduler.LRScheduler) -> tuple[int, list[dict]]:
+    """Restore a :func:`save_training_state` checkpoint into ``model``, ``optimizer``, ``scheduler`` and the RNG.
+    Returns ``(epochs done, history)``. Errors name the file and what does not fit."""
+    st = _safetensors()
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = (f.metadata() or {}).get("spiketwin.train")
+    except Exception as e:
+        raise ValueError(f"{path} is not a safetensors file: {e}") from e
+    if meta is None:
+        raise ValueError(f"{path} has no 'spiketwin.train' metadata: it is not a training checkpoint written by "
+                         "spiketwin.train (model-only checkpoints cannot resume training)")
+    meta = json.loads(meta)
+    tensors = st.load_file(str(path))
+    device = next(model.parameters()).device
+    model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    missing, unexpected = model.load_state_dict(model_state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path} does not fit this model: missing {sorted(missing)[:5]}, "
+                         f"unexpected {sorted(unexpected)[:5]} (was it written for another model or config?)")
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, idx, name = k.split(".", 2)
+            state.setdefault(int(idx), {})[name] = v
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    except ValueError as e:
+        raise ValueError(f"{path}: the optimizer state does not fit this model's parameters: {e}") from e
+    scheduler.load_state_dict(meta["scheduler"])
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda_states = [tensors[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count()) if f"rng.cuda.{i}" in tensors]
+    if cuda_states and device.type == "cuda":
+        torch.cuda.set_rng_state_all(cuda_states)
+    return int(meta["epoch"]), list(meta["history"])
+
+
+# ---------------------------------------------------------------- the loop
+
 def fit(model: nn.Module, x: Inputs, y: torch.Tensor, config: TrainConfig | None = None,
         eval_data: tuple[Inputs, torch.Tensor] | None = None) -> list[dict]:
-    """Train ``model`` on ``x`` (a tensor, or a dict of keyword inputs) and ``y`` (class labels). Returns one
-    record per epoch (``epoch``, ``loss``, ``lr`` and ``accuracy`` on ``eval_data`` when given)."""
+    """Train ``model`` on ``x`` (a tensor, or a dict of keyword inputs) and ``y`` (class labels).
+    Returns one record per epoch
+    (``epoch``, ``loss`` (mean over the epoch's samples, all processes), ``lr``, ``seconds`` and ``accuracy`` on
+    ``eval_data`` when given); a resumed run returns the earlier epochs' records too."""
     cfg = config or TrainConfig()
+    n = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+    if n != len(y):
+        raise ValueError(f"fit: x has {n} samples but y has {len(y)}")
     device = next(model.parameters()).device
-    generator = torch.Generator().manual_seed(cfg.seed)
+    rank, world = _distributed(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(y) / cfg.batch_size)
+    steps_per_epoch = math.ceil(math.ceil(len(y) / world) / cfg.batch_size)
     total, warmup = cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_with_warmup(s, total, warmup))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    history = []
-    for epoch in range(cfg.epochs):
+    out = Path(cfg.out_dir) if cfg.out_dir else None
+    history: list[dict] = []
+    start = 0
+    if cfg.resume and out is not None and (out / CHECKPOINT).is_file():
+        start, history = load_training_state(out / CHECKPOINT, model, optimizer, scheduler)
+        if rank == 0:  # the log says what the checkpoint holds, nothing after it
+            (out / METRICS).write_text("".join(json.dumps(r) + "\n" for r in history))
+    net = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    for epoch in range(start, cfg.epochs):
         model.train()
-        running, seen = 0.0, 0
-        for xb, yb in _progress(batches(x, y, cfg.batch_size, True, generator), steps_per_epoch,
-                                f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress):
-            xb, yb = _to(xb, device), yb.to(device)
-            loss = loss_fn(_call(model, xb), yb)
+        began = time.perf_counter()
+        use_mixup = cfg.mixup_alpha > 0 and (cfg.mixup_off_epoch is None or epoch < cfg.mixup_off_epoch)
+        lams = np.random.default_rng([cfg.seed, epoch, rank])  # mixup's λ, reproducible per epoch and process
+        sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss * samples, samples
+        indices = epoch_indices(len(y), cfg.seed, epoch, rank, world)
+        for idx in _progress(indices.split(cfg.batch_size), steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}",
+                             cfg.progress and rank == 0):
+            xb, yb = _to(_select(x, idx), device), y[idx].to(device)
+            if use_mixup:
+                lam = float(lams.beta(cfg.mixup_alpha, cfg.mixup_alpha))
+                logits = net(mixup(xb, lam))
+                loss = lam * loss_fn(logits, yb) + (1 - lam) * loss_fn(logits, yb.flip(0))
+            else:
+                loss = loss_fn(_call(net, xb), yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
             reset(model)
-            running += loss.item() * len(yb)
-            seen += len(yb)
-        record = {"epoch": epoch + 1, "loss": running / seen, "lr": scheduler.get_last_lr()[0]}
+            sums += torch.stack([loss.detach().double() * len(yb), torch.tensor(len(yb), device=device).double()])
+        sums = _all_sum(sums, world).cpu()
+        record = {"epoch": epoch + 1, "loss": float(sums[0] / sums[1]), "lr": scheduler.get_last_lr()[0],
+                  "seconds": time.perf_counter() - began}
         if eval_data is not None:
             record["accuracy"] = evaluate(model, *eval_data, batch_size=cfg.batch_size)
         history.append(record)
+        if out is not None and rank == 0:
+            save_training_state(out / CHECKPOINT, model, optimizer, scheduler, epoch + 1, history, cfg)
+            with open(out / METRICS, "a") as f:
+                f.write(json.dumps(record) + "\n")
     return history
 
 
@@ -119,3 +315,83 @@ def evaluate(model: nn.Module, x: Inputs, y: torch.Tensor, batch_size: int = 256
         correct += (_call(model, _to(xb, device)).argmax(-1).cpu() == yb).sum().item()
         reset(model)
     return correct / len(y)
+
+
+# ---------------------------------------------------------------- command line
+
+def load_dataset(name: str, data_dir: str | None = None, n_train: int = 8000):
+    """``(x_train, y_train, x_test, y_test)`` of a named dataset: ``digits`` (bundled) or ``mnist`` (IDX files in
+    ``data_dir``, the t10k split cut at ``n_train``)."""
+    from . import data
+
+    if name == "digits":
+        return data.load_digits()
+    if name == "mnist":
+        if data_dir is None:
+            raise ValueError("--data mnist needs --data-dir (the folder with t10k-images-idx3-ubyte[.gz])")
+        return data.mnist_split(data_dir, n_train=n_train)
+    raise ValueError(f"unknown dataset {name!r}: use 'digits' or 'mnist'")
+
+
+def _parse_overrides(items: list[str]) -> dict:
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise ValueError(f"--set expects key=value (e.g. dim=64 pool_after=(2,3)), got {item!r}")
+        try:
+            overrides[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            overrides[key] = value
+    return overrides
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    from .models import available, create
+
+    parser = argparse.ArgumentParser(prog="python -m spiketwin.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help=f"registered model name ({', '.join(available())})")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="model overrides; img_size, in_channels and num_classes default to the data's")
+    parser.add_argument("--data", default="digits", choices=["digits", "mnist"])
+    parser.add_argument("--data-dir", help="folder of the dataset files (mnist)")
+    parser.add_argument("--n-train", type=int, default=8000, help="mnist: first N of the t10k split train")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--weight-decay", type=float, default=0.05)
+    parser.add_argument("--batch", type=int, default=64, help="batch size per process")
+    parser.add_argument("--warmup-epochs", type=float, default=1.0)
+    parser.add_argument("--label-smoothing", type=float, default=0.0)
+    parser.add_argument("--mixup", type=float, default=0.0, help="mixup Beta(a, a) parameter; 0 = off")
+    parser.add_argument("--mixup-off-epoch", type=int)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", help="output folder: metrics.jsonl, checkpoint.safetensors, run.json")
+    parser.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+
+    x, y, xt, yt = load_dataset(args.data, args.data_dir, args.n_train)
+    overrides = {"img_size": x.shape[-1], "in_channels": x.shape[1], "num_classes": int(y.max()) + 1,
+                 **_parse_overrides(args.set)}
+    torch.manual_seed(args.seed)
+    model = create(args.model, **overrides)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        model = model.to(f"cuda:{local_rank}")
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "run.json").write_text(json.dumps({"model": args.model, "overrides": overrides,
+                                                             "args": vars(args)}, indent=1, default=str))
+    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch,
+                      warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, seed=args.seed,
+                      progress=not args.no_progress, mixup_alpha=args.mixup, mixup_off_epoch=args.mixup_off_epoch,
+                      out_dir=args.out, resume=args.resume)
+    history = fit(model, x, y, cfg, eval_data=(xt, yt))
+    if int(os.environ.get("RANK", "0")) == 0:
+        for record in history:
+            print(json.dumps(record))
+    return history
+
+
+if __name__ == "__main__":
+    main()
