@@ -103,9 +103,13 @@ def test_bench_lists_and_runs(capsys):
 
 @pytest.mark.slow
 def test_demo_runs(tmp_path, capsys):
-    code, out, err = run(capsys, "demo", "--", "--epochs", "1", "--qat-epochs", "1", "--out", str(tmp_path))
+    code, out, err = run(capsys, "demo", "--", "--epochs", "1", "--qat-epochs", "1", "--energy-samples", "4",
+                         "--energy-steps", "8", "--out", str(tmp_path))
     assert code == 0, err
     assert "float64 equivalence: OK" in out
+    # the energy table of spiketwin energy, and the library's accuracy-vs-T plot
+    assert "model.blocks.0.attn.matmul_qk  product" in out and "per sample, T=8, E_MAC=4.6 pJ" in out
+    assert "ANN/SNN = " in out and (tmp_path / "spikezip_digits_accuracy_vs_T.png").stat().st_size > 1000
 
 
 VIT = ["--model", "vit_digits", "--set", "embed_dim=16", "--set", "depth=1", "--set", "num_heads=2", "--limit", "60",

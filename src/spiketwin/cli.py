@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint
-from .energy import PRESETS
+from .energy import PRESETS, simulation_run
 
 COMMANDS = ("demo", "train", "qat", "convert", "simulate", "verify", "energy", "export-nir", "bench")
 
@@ -401,26 +401,13 @@ def cmd_simulate(args) -> None:
         from .plots import settle_histogram
 
         print(f"simulate: wrote {settle_histogram(settle_all, args.settle_plot)}")
-    _write_raster(snn, x_test.to(args.device), args, _simulation_run(args.max_steps))
+    _write_raster(snn, x_test.to(args.device), args, simulation_run(args.max_steps))
 
 
 def cmd_verify(args) -> None:
     _require(args, "checkpoint")
     qann, _ = _load_model(args, stages=("qann", "snn"), snn=False)
     _verify(qann, args)
-
-
-def _simulation_run(max_steps: int):
-    """``run`` for :func:`spiketwin.energy.report` on a converted SNN: its own ``simulate`` for ``max_steps``
-    steps on the whole batch (without early exit where the SNN has one: settled samples are silent)."""
-    import inspect
-
-    def run(snn, x):
-        kwargs = {"max_steps": max_steps}
-        if "early_exit" in inspect.signature(snn.simulate).parameters:
-            kwargs["early_exit"] = False
-        return snn.simulate(x, **kwargs)
-    return run
 
 
 def _write_raster(model, x, args, run=None) -> None:
@@ -447,7 +434,7 @@ def cmd_energy(args) -> None:
 
     model, info = _load_model(args, stages=("ann", "snn"))
     x = _dataset(args)[2][:args.samples].to(args.device)
-    run = _simulation_run(args.max_steps) if hasattr(model, "simulate") else None
+    run = simulation_run(args.max_steps) if hasattr(model, "simulate") else None
     try:
         result = report(model, x, preset=args.preset, e_mac=args.e_mac, e_ac=args.e_ac, run=run)
     except RuntimeError as e:

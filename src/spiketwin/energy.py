@@ -392,6 +392,20 @@ def _summarise(c: _Counter, B: int, e_mac: float, e_ac: float) -> LayerEnergy:
         ann_energy_pj=e_mac * flops, rate_b=mean_b, rate_b_per_step=rate_b, sops_exact=sops_exact)
 
 
+def simulation_run(max_steps: int) -> Callable[[nn.Module, torch.Tensor], object]:
+    """``run`` for :func:`report` on a converted SNN (one with a ``simulate`` method): its own ``simulate`` for
+    ``max_steps`` steps on the whole batch, without early exit where it has one (settled samples are silent,
+    so the counts stop growing once a sample has settled)."""
+    import inspect
+
+    def run(snn: nn.Module, x: torch.Tensor):
+        kwargs: dict = {"max_steps": max_steps}
+        if "early_exit" in inspect.signature(snn.simulate).parameters:
+            kwargs["early_exit"] = False
+        return snn.simulate(x, **kwargs)
+    return run
+
+
 def report(
     model: nn.Module,
     x: torch.Tensor,

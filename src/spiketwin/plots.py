@@ -49,15 +49,15 @@ def accuracy_vs_steps(curves: torch.Tensor | Sequence[float] | Mapping[str, torc
     for label, curve in curves.items():
         values = torch.as_tensor(curve, dtype=torch.float64).flatten()
         ax.plot(range(1, len(values) + 1), (values * 100).tolist(), marker=".", label=label)
-    for label, value in (reference or {}).items():
-        ax.axhline(100 * value, linestyle="--", color="grey")
-        ax.annotate(f"{label} {100 * value:.2f}%", (1, 100 * value), textcoords="offset points", xytext=(2, 3),
-                    fontsize=8, color="grey")
+    styles = ("--", ":", "-.")
+    for i, (label, value) in enumerate((reference or {}).items()):  # in the legend: close lines stay readable
+        ax.axhline(100 * value, linestyle=styles[i % len(styles)], color=f"C{len(curves) + i}",
+                   label=f"{label} {100 * value:.2f}%")
     ax.set_xlabel("time step T")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="lower right")
     return _save(fig, path)
 
 
