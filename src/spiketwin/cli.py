@@ -334,7 +334,8 @@ def _data_defaults(name: str, overrides: dict, data) -> dict:
               "in_chans": sample.shape[-3], "num_classes": len(data.classes)}
     if sample.dim() < 3 or sample.shape[-1] != sample.shape[-2]:
         values = {"num_classes": values["num_classes"]}  # not square images: only the classes are implied
-    accepted = inspect.signature(type(create(name, **overrides))).parameters
+    with torch.random.fork_rng(devices=[]):  # the probe leaves the RNG, hence the real model's weights, alone
+        accepted = inspect.signature(type(create(name, **overrides))).parameters
     return {k: int(v) for k, v in values.items() if k in accepted and k not in overrides}
 
 
@@ -375,7 +376,7 @@ def _fit(model, data, args, info: dict) -> float:
     import math
 
     from .data import TensorData
-    from .train import TrainConfig, evaluate, fit
+    from .train import TrainConfig, fit
 
     if args.resume and not args.run_dir:
         raise UsageError("--resume needs --run-dir DIR (the folder of the checkpoint to continue from)")
@@ -393,9 +394,11 @@ def _fit(model, data, args, info: dict) -> float:
                       warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, seed=args.seed,
                       progress=not args.quiet, mixup_alpha=args.mixup, mixup_off_epoch=args.mixup_off_epoch,
                       out_dir=args.run_dir, resume=args.resume, workers=args.workers)
-    as_pair = (lambda d: d.tensors) if isinstance(train, TensorData) else (lambda d: (d, None))
-    history = fit(model, *as_pair(train), cfg)
-    accuracy = evaluate(model, *as_pair(test), batch_size=args.batch_size)
+    def pair(data):  # in-memory sets as tensors (fast slicing); file-streamed ones as the Dataset
+        return data.tensors if isinstance(data, TensorData) else (data, None)
+
+    history = fit(model, *pair(train), cfg, eval_data=pair(test) if isinstance(test, TensorData) else test)
+    accuracy = history[-1]["accuracy"]
     if _rank() == 0:
         print(f"{args.command}: {len(history)} epochs, final loss {history[-1]['loss']:.4f}, "
               f"test accuracy {100 * accuracy:.2f}% ({len(test)} samples)"
