@@ -45,14 +45,20 @@ from torch import nn
 from .base import StatefulModule, check_step_mode, reset, set_step_mode
 from .ops import SESA, MatMul
 
-#: Energy per operation in pJ, 45 nm CMOS at 0.9 V (Horowitz, "Computing's energy problem (and what we can
-#: do about it)", ISSCC 2014, its table of energy per operation): a MAC is one multiply plus one add, an AC one add.
-#: fp32: mult 3.7 + add 0.9; fp16: mult 1.1 + add 0.4; int32: mult 3.1 + add 0.1; int8: mult 0.2 + add 0.03.
+#: Energy per arithmetic operation in pJ, 45 nm CMOS at 0.9 V, from the table of operation energies in
+#: M. Horowitz, "Computing's energy problem (and what we can do about it)", ISSCC 2014, pp. 10-14,
+#: doi:10.1109/ISSCC.2014.6757323. Checked against two independent reproductions of that table (docs/energy.md).
+HOROWITZ_45NM: dict[str, dict[str, float]] = {
+    "fp32": {"mult": 3.7, "add": 0.9},
+    "fp16": {"mult": 1.1, "add": 0.4},
+    "int32": {"mult": 3.1, "add": 0.1},
+    "int8": {"mult": 0.2, "add": 0.03},
+}
+
+#: ``(E_MAC, E_AC)`` in pJ per number format: a MAC is one multiply plus one add, an AC one add
+#: (fp32: 4.6 / 0.9, the SPEC's and the SNN papers' figures).
 PRESETS: dict[str, tuple[float, float]] = {
-    "fp32": (4.6, 0.9),
-    "fp16": (1.5, 0.4),
-    "int32": (3.2, 0.1),
-    "int8": (0.23, 0.03),
+    name: (round(op["mult"] + op["add"], 6), op["add"]) for name, op in HOROWITZ_45NM.items()
 }
 
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
