@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from .base import StatefulModule, check_step_mode, reset, set_step_mode
+from .checkpoint import atomic_write
 from .ops import SESA, MatMul
 
 #: Energy per arithmetic operation in pJ, 45 nm CMOS at 0.9 V, from the table of operation energies in
@@ -167,10 +168,7 @@ class EnergyReport:
 
 
 def _write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def _si(value: float) -> str:

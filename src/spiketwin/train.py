@@ -35,6 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .base import reset
+from .checkpoint import atomic_write, load_state_dict_checked, safetensors_torch
 
 CHECKPOINT = "checkpoint.safetensors"
 METRICS = "metrics.jsonl"
@@ -179,14 +180,6 @@ def _all_sum(values: torch.Tensor, world_size: int) -> torch.Tensor:
 
 # ---------------------------------------------------------------- checkpoints
 
-def _safetensors():
-    try:
-        import safetensors.torch
-    except ImportError as e:
-        raise ImportError("training checkpoints need safetensors: pip install 'spiketwin[io]'") from e
-    return safetensors.torch
-
-
 def save_training_state(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                         scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int, history: list[dict],
                         config: TrainConfig | None = None) -> Path:
@@ -197,7 +190,7 @@ def save_training_state(path: str | Path, model: nn.Module, optimizer: torch.opt
     param groups, the scheduler state and the config. Written to a temporary file, synced, then renamed over
     ``path``, so a crash never leaves a half-written checkpoint.
     """
-    st = _safetensors()
+    st = safetensors_torch()
     tensors: dict[str, torch.Tensor] = {}
     seen: set[tuple[int, int]] = set()
 
@@ -223,23 +216,15 @@ def save_training_state(path: str | Path, model: nn.Module, optimizer: torch.opt
             put(f"rng.cuda.{i}", s)
     meta = {"epoch": epoch, "history": history, "param_groups": opt["param_groups"],
             "scheduler": scheduler.state_dict(), "config": asdict(config) if config else None}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     data = st.save(tensors, metadata={"spiketwin.train": json.dumps(meta)})
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def load_training_state(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                         scheduler: torch.optim.lr_scheduler.LRScheduler) -> tuple[int, list[dict]]:
     """Restore a :func:`save_training_state` checkpoint into ``model``, ``optimizer``, ``scheduler`` and the RNG.
     Returns ``(epochs done, history)``. Errors name the file and what does not fit."""
-    st = _safetensors()
+    st = safetensors_torch()
     from safetensors import safe_open
 
     path = Path(path)
@@ -257,10 +242,7 @@ def load_training_state(path: str | Path, model: nn.Module, optimizer: torch.opt
     tensors = st.load_file(str(path))
     device = next(model.parameters()).device
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    missing, unexpected = model.load_state_dict(model_state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{path} does not fit this model: missing {sorted(missing)[:5]}, "
-                         f"unexpected {sorted(unexpected)[:5]} (was it written for another model or config?)")
+    load_state_dict_checked(model, model_state, f"training checkpoint {path}")
     state: dict[int, dict[str, torch.Tensor]] = {}
     for k, v in tensors.items():
         if k.startswith("optim."):
