@@ -272,12 +272,6 @@ def _overrides(values: Sequence[str]) -> dict:
     return out
 
 
-def _progress(iterable, total: int, desc: str, args):
-    from .train import _progress as progress
-
-    return progress(iterable, total, desc, not args.quiet)
-
-
 def load_data(args):
     """``(train, test)`` of ``--data`` (:func:`spiketwin.data.train_test`), cut to ``--limit``: ``TensorData``
     for in-memory sets, file-streamed ``Dataset`` otherwise."""
@@ -460,24 +454,15 @@ def cmd_convert(args) -> None:
 
 def cmd_simulate(args) -> None:
     from .convert import to_snn
-    from .simulate import simulate
+    from .simulate import evaluate_per_step
 
     _require(args, "checkpoint")
     qann, _ = _load_model(args, stages=("qann", "snn"), snn=False)
     snn = to_snn(qann)
     x_test, y_test = first_samples(load_data(args)[1])
-    per_step, settle = [], []
-    n_batches = -(-len(y_test) // args.batch_size)
-    for i in _progress(range(0, len(y_test), args.batch_size), n_batches, "simulate", args):
-        result = simulate(snn, x_test[i:i + args.batch_size].to(args.device), max_steps=args.max_steps,
-                          step_mode=args.step_mode)
-        steps = result.per_step
-        if steps.shape[0] < args.max_steps:  # all settled early: the answer stays as it is
-            steps = torch.cat([steps, steps[-1:].expand(args.max_steps - steps.shape[0], *steps.shape[1:])])
-        per_step.append((steps.argmax(-1).cpu() == y_test[i:i + args.batch_size]).double())
-        settle.append(result.settle_step.cpu())
-    accuracy = torch.cat(per_step, 1).mean(1)
-    settle_all = torch.cat(settle)
+    result = evaluate_per_step(snn, x_test, y_test, args.batch_size, args.max_steps, args.step_mode,
+                               progress=not args.quiet, steps=args.max_steps)
+    accuracy, settle_all = result.accuracy, result.settle_step
     done = settle_all[settle_all >= 0]
     marks = [t for t in (1, 2, 4, 8, 16, 32, 64, 128, 256) if t < args.max_steps] + [args.max_steps]
     from .train import evaluate

@@ -24,19 +24,8 @@ from .data import load_digits
 from .energy import report as energy_report
 from .energy import simulation_run
 from .models import create
-from .simulate import SimResult, simulate
-from .train import TrainConfig, _progress, evaluate, fit
-
-
-def simulate_batches(snn, x: torch.Tensor, batch_size: int = 120, max_steps: int = 512) -> SimResult:
-    """:func:`~spiketwin.simulate.simulate` over ``x`` in batches (progress bar), results concatenated.
-    The running outputs are padded with each batch's final value up to the longest run."""
-    parts = [simulate(snn, xb, max_steps=max_steps)
-             for xb in _progress(x.split(batch_size), -(-len(x) // batch_size), "SNN", True)]
-    steps = max(p.per_step.shape[0] for p in parts)
-    per_step = torch.cat([torch.cat([p.per_step, p.output.expand(steps - p.per_step.shape[0], *p.output.shape)])
-                          for p in parts], dim=1)
-    return SimResult(per_step[-1], per_step, torch.cat([p.settle_step for p in parts]))
+from .simulate import evaluate_per_step
+from .train import TrainConfig, evaluate, fit
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -71,12 +60,11 @@ def main(argv: list[str] | None = None) -> None:
 
     print("3. SNN: convert and simulate the whole test set (float32, per-sample early exit)")
     snn = to_snn(qann)
-    result = simulate_batches(snn, x_test)
+    result = evaluate_per_step(snn, x_test, y_test, batch_size=120, max_steps=512, progress=True)
     with torch.no_grad():
         qann_pred = qann.eval()(x_test).argmax(-1)
-    snn_pred = result.output.argmax(-1)
-    snn_acc = (snn_pred == y_test).double().mean().item()
-    agree = (snn_pred == qann_pred).double().mean().item()
+    snn_acc = (result.prediction == y_test).double().mean().item()
+    agree = (result.prediction == qann_pred).double().mean().item()
 
     print("4. Proof of equivalence in float64 (8 test images, every layer's summed output vs the QANN's):")
     qann64 = copy.deepcopy(qann).double()
@@ -84,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     print(report)
 
     settle = result.settle_step.double()
-    curve = result.accuracy_per_step(y_test)
+    curve = result.accuracy
     print("\nResults on the digits test set")
     print(f"  ANN  accuracy {100 * ann_acc:6.2f} %")
     print(f"  QANN accuracy {100 * qann_acc:6.2f} %   ({args.levels} levels)")
