@@ -269,3 +269,4 @@ def test_train_flag_and_data_errors_are_one_line(tmp_path, capsys):
              f"no folder {tmp_path / 'train'}")):
         code, _, err = run(capsys, *argv)
         assert code == exit_code and needle in err and len(err.strip().splitlines()) == 1, (argv, err)
+

@@ -19,16 +19,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .extras import require
+
 STAGES = ("ann", "qann", "snn")
 
 
 def safetensors_torch():
     """The ``safetensors.torch`` module, or an ``ImportError`` that says how to install it."""
-    try:
-        import safetensors.torch as st
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("checkpoints need safetensors: pip install 'spiketwin[io]'") from e
-    return st
+    return require("safetensors.torch", "io", "spiketwin checkpoints")
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:

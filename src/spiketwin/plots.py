@@ -14,16 +14,14 @@ import torch
 from torch import nn
 
 from .base import StatefulModule, reset
+from .extras import require
 
 
 def _figure(width: float = 6.0, height: float = 4.0):
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("spiketwin.plots needs matplotlib: pip install 'spiketwin[plot]'") from e
-    fig = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(fig)
+    figure = require("matplotlib.figure", "plot", "spiketwin.plots")
+    canvas = require("matplotlib.backends.backend_agg", "plot", "spiketwin.plots")
+    fig = figure.Figure(figsize=(width, height), dpi=100)
+    canvas.FigureCanvasAgg(fig)
     return fig
 
 

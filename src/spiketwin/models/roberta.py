@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..extras import require
 from ..ops import MatMul
 from . import register
 
@@ -294,11 +295,9 @@ class Roberta(nn.Module):
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"Roberta.from_pretrained: {path} has no config.json "
                                     "(expected a directory written by save_pretrained)")
-        try:
-            from transformers import RobertaForSequenceClassification
-        except ImportError as e:
-            raise ImportError("Roberta.from_pretrained needs transformers: pip install 'spiketwin[nlp]'") from e
-        return cls.from_hf(RobertaForSequenceClassification.from_pretrained(str(path), local_files_only=True))
+        transformers = require("transformers", "nlp", "Roberta.from_pretrained")
+        return cls.from_hf(transformers.RobertaForSequenceClassification.from_pretrained(str(path),
+                                                                                         local_files_only=True))
 
     def to_hf(self) -> nn.Module:
         """The ``transformers.RobertaForSequenceClassification`` with this model's config and weights."""

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import load_state_dict_checked
+from ..extras import require
 from ..ops import MatMul
 from . import register
 
@@ -195,10 +196,7 @@ def load_timm_safetensors(model: nn.Module, path: str | Path) -> nn.Module:
     Fails with a ``ValueError`` listing missing keys, unexpected keys and shape mismatches (the
     ``pos_embed`` shape encodes ``img_size / patch_size``). Needs ``safetensors`` (``pip install 'spiketwin[io]'``).
     """
-    try:
-        from safetensors.torch import load_file
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("load_timm_safetensors needs safetensors: pip install 'spiketwin[io]'") from e
+    load_file = require("safetensors.torch", "io", "load_timm_safetensors").load_file
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"load_timm_safetensors: no such file {path}")
