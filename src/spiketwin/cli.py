@@ -69,8 +69,6 @@ def _data(p: argparse.ArgumentParser) -> None:
                    help="dvs_gesture, cifar10_dvs: frames per sample, split by event number (default: 16)")
     p.add_argument("--image-size", type=int, default=224, metavar="PX",
                    help="imagefolder: centre crop size after resizing the shorter side (default: 224)")
-    p.add_argument("--workers", type=int, default=0, metavar="N",
-                   help="processes reading file-streamed data (imagefolder, event sets) (default: 0, in this one)")
 
 
 def _model(p: argparse.ArgumentParser, checkpoint_help: str) -> None:
@@ -99,6 +97,9 @@ def _training(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
     p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
                    help="mixup: each batch mixed with its reverse, lambda ~ Beta(ALPHA, ALPHA) (default: 0, off)")
     p.add_argument("--mixup-off-epoch", type=int, metavar="E", help="train without mixup from epoch E on")
+    p.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="processes reading file-streamed training data (imagefolder, event sets) (default: 0: "
+                        "this one)")
     p.add_argument("--run-dir", metavar="DIR",
                    help="write metrics.jsonl, run.json and checkpoint.safetensors (model, optimizer, schedule, RNG; "
                         "atomic) here after every epoch")
