@@ -1,8 +1,8 @@
-"""Test accuracy and per-layer spike rates of a model trained with ``python -m spiketwin.train --out DIR``.
+"""Test accuracy and per-layer spike rates of a model trained with ``spiketwin train --run-dir DIR``.
 
     python -m bench.spike_rates DIR [--batch 250]
 
-Reads ``DIR/run.json`` (model name, overrides, data arguments) and the model tensors of
+Reads ``DIR/run.json`` (model name, overrides, data options) and the model tensors of
 ``DIR/checkpoint.safetensors``, evaluates on the run's test split and prints, for every LIF neuron layer, the
 fraction of (time step, sample, neuron) entries that spiked.
 """
@@ -19,24 +19,25 @@ from bench.common import print_table
 from spiketwin import reset
 from spiketwin.models import create
 from spiketwin.neurons import LIF
-from spiketwin.train import CHECKPOINT, load_dataset
+from spiketwin.cli import first_samples, load_data
+from spiketwin.train import CHECKPOINT
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", help="the --out folder of a training run")
+    parser.add_argument("run", help="the --run-dir folder of a training run")
     parser.add_argument("--batch", type=int, default=250)
     args = parser.parse_args(argv)
     run_dir = Path(args.run)
     run = json.loads((run_dir / "run.json").read_text())
-    model = create(run["model"], **run["overrides"])
+    model = create(run["info"]["model"], **run["info"]["overrides"])
     from safetensors.torch import load_file
 
     state = {k[len("model."):]: v for k, v in load_file(str(run_dir / CHECKPOINT)).items() if k.startswith("model.")}
     model.load_state_dict(state)
     model.eval()
     a = run["args"]
-    _, _, x, y = load_dataset(a["data"], a.get("data_dir"), a.get("n_train", 8000))
+    x, y = first_samples(load_data(argparse.Namespace(**a))[1])
     spikes: dict[str, list[float]] = {}
 
     def hook(name):
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
             reset(model)
     total = [sum(s[0] for s in spikes.values()), sum(s[1] for s in spikes.values())]
     rows = [[name, s[0] / s[1]] for name, s in spikes.items()] + [["all LIF layers", total[0] / total[1]]]
-    print_table(f"{run['model']} {run['overrides']} on {a['data']} test ({len(y)} samples): "
+    print_table(f"{run['info']['model']} {run['info']['overrides']} on {a['data']} test ({len(y)} samples): "
                 f"accuracy {correct / len(y):.4f}", ["LIF layer", "spike rate"], rows)
 
 

@@ -8,7 +8,9 @@ import subprocess
 from pathlib import Path
 import sys
 
+import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("sklearn", reason="the CLI tests use the bundled digits (scikit-learn)")
 pytest.importorskip("safetensors", reason="CLI checkpoints are safetensors")
@@ -103,9 +105,13 @@ def test_bench_lists_and_runs(capsys):
 
 @pytest.mark.slow
 def test_demo_runs(tmp_path, capsys):
-    code, out, err = run(capsys, "demo", "--", "--epochs", "1", "--qat-epochs", "1", "--out", str(tmp_path))
+    code, out, err = run(capsys, "demo", "--", "--epochs", "1", "--qat-epochs", "1", "--energy-samples", "4",
+                         "--energy-steps", "8", "--out", str(tmp_path))
     assert code == 0, err
     assert "float64 equivalence: OK" in out
+    # the energy table of spiketwin energy, and the library's accuracy-vs-T plot
+    assert "model.blocks.0.attn.matmul_qk  product" in out and "per sample, T=8, E_MAC=4.6 pJ" in out
+    assert "ANN/SNN = " in out and (tmp_path / "spikezip_digits_accuracy_vs_T.png").stat().st_size > 1000
 
 
 VIT = ["--model", "vit_digits", "--set", "embed_dim=16", "--set", "depth=1", "--set", "num_heads=2", "--limit", "60",
@@ -176,3 +182,91 @@ def test_real_mnist_files(tmp_path, capsys):
                          "--data", "mnist", "--data-root", str(MNIST), "--samples", "8", "--quiet")
     assert code == 0, err
     assert "step_network.0.layer.0" in out and "per sample, T=4" in out
+
+
+TRAIN = ["train", "--model", "scnn", "--set", "channels=(4,)", "T=2", "--limit", "96", "--batch-size", "32",
+         "--epochs", "3", "--lr", "0.01", "--warmup-epochs", "0.5", "--label-smoothing", "0.1", "--mixup", "0.4",
+         "--mixup-off-epoch", "2", "--quiet"]
+
+
+def test_train_resume_after_a_crash_continues_the_same_loss_curve(tmp_path, capsys, monkeypatch):
+    from safetensors.torch import load_file
+
+    import spiketwin.train as train
+
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    code, _, err = run(capsys, *TRAIN, "--run-dir", str(whole), "--out", str(tmp_path / "whole.safetensors"))
+    assert code == 0, err
+    real_save = train.save_training_state
+
+    def save_then_die(*args, **kwargs):  # killed right after the first epoch's checkpoint
+        real_save(*args, **kwargs)
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(train, "save_training_state", save_then_die)
+    code, _, err = run(capsys, *TRAIN, "--run-dir", str(broken))
+    assert code == 1 and "killed" in err
+    monkeypatch.setattr(train, "save_training_state", real_save)
+    code, out, err = run(capsys, *TRAIN, "--run-dir", str(broken), "--resume",
+                         "--out", str(tmp_path / "resumed.safetensors"))
+    assert code == 0, err
+    curve = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
+    resumed = [json.loads(line) for line in (broken / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in resumed] == [1, 2, 3] and len({r["loss"] for r in curve}) == 3
+    assert [(r["loss"], r["lr"]) for r in resumed] == [(r["loss"], r["lr"]) for r in curve]
+    a, b = load_file(str(tmp_path / "whole.safetensors")), load_file(str(tmp_path / "resumed.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    run_info = json.loads((broken / "run.json").read_text())
+    assert run_info["args"]["mixup"] == 0.4 and run_info["info"]["overrides"]["num_classes"] == 10
+
+
+def test_train_reads_the_library_datasets(tmp_path, capsys, monkeypatch):
+    from test_data_cifar import make_cifar10
+    from test_data_events import make_cifar10_dvs, make_gesture
+
+    monkeypatch.setenv("SPIKETWIN_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    make_cifar10(tmp_path / "c10")
+    make_gesture(tmp_path / "gesture", rng)
+    make_cifar10_dvs(tmp_path / "c10dvs", rng, per_class=11)  # 10 train, 1 test per class (split 0.9)
+    common = ["--model", "scnn", "--set", "channels=(2,)", "--epochs", "1", "--batch-size", "4", "--quiet"]
+    for data, root, extra, needle in (
+            ("cifar10", "c10", ["--limit", "8"], "(3 samples)"),
+            ("dvs_gesture", "gesture", ["--frames", "2", "--mixup", "0.5"], "(1 samples)"),
+            ("cifar10_dvs", "c10dvs", ["--frames", "3", "--workers", "1"], "(10 samples)")):
+        code, out, err = run(capsys, "train", *common, "--data", data, "--data-root", str(tmp_path / root), *extra,
+                             "--out", str(tmp_path / f"{data}.safetensors"))
+        assert code == 0, (data, err)
+        assert "train: 1 epochs" in out and needle in out, (data, out)
+    info = json.loads(__import__("safetensors").safe_open(str(tmp_path / "dvs_gesture.safetensors"), "pt")
+                      .metadata()["spiketwin"])
+    assert info["overrides"] == {"channels": [2], "img_size": 128, "in_channels": 2, "num_classes": 11}
+    image = pytest.importorskip("PIL.Image")
+    for split, n in (("train", 3), ("val", 2)):
+        for c in ("cat", "dog"):
+            (tmp_path / "imgs" / split / c).mkdir(parents=True)
+            for i in range(n):
+                image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(
+                    tmp_path / "imgs" / split / c / f"{i}.png")
+    code, out, err = run(capsys, "train", *common, "--data", "imagefolder", "--data-root", str(tmp_path / "imgs"),
+                         "--image-size", "8")
+    assert code == 0 and "(4 samples)" in out, err
+
+
+def test_train_flag_and_data_errors_are_one_line(tmp_path, capsys):
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    for argv, exit_code, needle in (
+            (["train", "--model", "scnn", "--resume"], 2, "--resume needs --run-dir"),
+            (["train", "--model", "scnn", "--mixup", "-1"], 2, "--mixup must be >= 0"),
+            (["train", "--model", "scnn", "--label-smoothing", "1.5"], 2, "--label-smoothing must be < 1"),
+            (["train", "--model", "scnn", "--frames", "0"], 2, "--frames must be >= 1"),
+            (["train", "--model", "scnn", "--data", "imagenet"], 2, "invalid choice: 'imagenet'"),
+            (["train", "--model", "scnn", "--data", "dvs_gesture"], 2, "--data dvs_gesture needs --data-root"),
+            (["train", "--model", "scnn", "--data", "cifar10", "--data-root", str(tmp_path)], 1, "data_batch_1"),
+            (["train", "--model", "scnn", "--data", "dvs_gesture", "--data-root", str(tmp_path)], 1,
+             "trials_to_train.txt"),
+            (["train", "--model", "scnn", "--data", "imagefolder", "--data-root", str(tmp_path)], 1,
+             f"no folder {tmp_path / 'train'}")):
+        code, _, err = run(capsys, *argv)
+        assert code == exit_code and needle in err and len(err.strip().splitlines()) == 1, (argv, err)
+

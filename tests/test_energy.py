@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spiketwin import StatefulModule, TimeFold, reset, set_step_mode
-from spiketwin.energy import PRESETS, register_product, report
+from spiketwin.energy import HOROWITZ_45NM, PRESETS, register_product, report
 from spiketwin.neurons import IF, LIF, STBIF
 from spiketwin.ops import MatMul
 
@@ -115,6 +115,13 @@ def test_spike_coded_input_is_not_analog():
     r = report(Tiny(), events)
     assert r.layers[0].coding == "spike" and r.layers[0].macs == 0
     assert r.layers[0].sops == pytest.approx(float(events.ne(0).double().mean()) * 3 * 12)
+
+
+def test_presets_are_horowitz_45nm_mult_plus_add():
+    # Horowitz, ISSCC 2014 (45 nm, 0.9 V): MAC = multiply + add, AC = add
+    assert HOROWITZ_45NM == {"fp32": {"mult": 3.7, "add": 0.9}, "fp16": {"mult": 1.1, "add": 0.4},
+                             "int32": {"mult": 3.1, "add": 0.1}, "int8": {"mult": 0.2, "add": 0.03}}
+    assert PRESETS == {"fp32": (4.6, 0.9), "fp16": (1.5, 0.4), "int32": (3.2, 0.1), "int8": (0.23, 0.03)}
 
 
 def test_presets_and_overrides():

@@ -152,6 +152,23 @@ def test_inputs_as_keywords_and_token_types():
     assert torch.allclose(a.output, qann(**batch), rtol=1e-9, atol=1e-12)
 
 
+def test_state_dict_keys_and_shapes_are_checked():
+    model, other = tiny(12), tiny(13)
+    state = {**other.state_dict(), "roberta.embeddings.position_ids": torch.arange(40)}  # HF buffer: ignored
+    model.load_hf_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
+    state = dict(tiny(14, hidden=16, heads=2).state_dict())
+    del state["classifier.out_proj.bias"]
+    state["pooler.dense.weight"] = torch.zeros(2, 2)
+    with pytest.raises(ValueError) as err:
+        model.load_hf_state_dict(state)
+    msg = str(err.value)
+    assert msg.startswith("Roberta.load_hf_state_dict: the state dict does not fit Roberta")
+    assert "missing keys (in the model, not in the file): classifier.out_proj.bias" in msg
+    assert "unexpected keys (in the file, not in the model): pooler.dense.weight" in msg
+    assert "classifier.dense.weight: file (16, 16) vs model (32, 32)" in msg
+
+
 def test_errors_name_the_problem():
     model = tiny(11)
     batch = padded_batch([5, 3])

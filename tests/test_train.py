@@ -10,8 +10,8 @@ from torch import nn
 from spiketwin.base import TimeFold
 from spiketwin.models import create
 from spiketwin.neurons import LIF
-from spiketwin.train import (CHECKPOINT, METRICS, TrainConfig, epoch_indices, fit, load_training_state, main,
-                             mixup, save_training_state)
+from spiketwin.train import (CHECKPOINT, METRICS, TrainConfig, collate, epoch_indices, evaluate, fit,
+                             load_training_state, main, mixup, save_training_state)
 
 
 class SpikingMLP(nn.Module):
@@ -90,7 +90,7 @@ def test_checkpoint_is_safetensors_atomic_and_checked(tmp_path):
     other = nn.Linear(3, 3)
     opt = torch.optim.AdamW(other.parameters())
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    with pytest.raises(ValueError, match=f"{CHECKPOINT} does not fit this model"):
+    with pytest.raises(ValueError, match=f"{CHECKPOINT} does not fit Linear: missing keys .*: bias, weight"):
         load_training_state(path, other, opt, sched)
     with pytest.raises(FileNotFoundError, match="missing.safetensors"):
         load_training_state(tmp_path / "missing.safetensors", other, opt, sched)
@@ -175,21 +175,41 @@ def test_mixup_mixes_each_sample_with_its_mirror():
     torch.testing.assert_close(mixup(x, 0.25), 0.25 * x + 0.75 * x.flip(0))
 
 
-def test_command_line_trains_logs_and_resumes(tmp_path, capsys):
+def test_python_m_spiketwin_train_is_the_cli_train_command(tmp_path, capsys):
     args = ["--model", "spikformer_cifar10", "--set", "dim=16", "depth=1", "num_heads=2", "T=2",
-            "--data", "digits", "--batch", "128", "--out", str(tmp_path), "--no-progress"]
-    first = main(args + ["--epochs", "1"])
-    assert len(first) == 1 and 0 <= first[0]["accuracy"] <= 1
+            "--data", "digits", "--batch-size", "128", "--run-dir", str(tmp_path), "--quiet"]
+    assert main(args + ["--epochs", "1"]) == 0
+    assert "train: 1 epochs" in capsys.readouterr().out
     run = json.loads((tmp_path / "run.json").read_text())
-    assert run["overrides"] == {"img_size": 8, "in_channels": 1, "num_classes": 10, "dim": 16, "depth": 1,
-                                "num_heads": 2, "T": 2}
-    second = main(args + ["--epochs", "2", "--resume"])
-    assert second[0] == first[0] and [r["epoch"] for r in second] == [1, 2]
-    assert len((tmp_path / METRICS).read_text().splitlines()) == 2
-    with pytest.raises(ValueError, match="--set expects key=value"):
-        main(args + ["--set", "oops"])
-    with pytest.raises(ValueError, match="needs --data-dir"):
-        main(["--model", "spikformer_cifar10", "--data", "mnist"])
+    # image size, channels and classes come from the data; --set takes several KEY=VALUE at once
+    assert run["info"]["overrides"] == {"img_size": 8, "in_channels": 1, "num_classes": 10, "dim": 16, "depth": 1,
+                                        "num_heads": 2, "T": 2}
+    assert len((tmp_path / METRICS).read_text().splitlines()) == 1
+    assert main(args + ["--set", "oops"]) == 2
+    assert "--set expects KEY=VALUE, got 'oops'" in capsys.readouterr().err
+    assert main(["--model", "spikformer_cifar10", "--data", "mnist"]) == 2
+    assert "--data mnist needs --data-root DIR" in capsys.readouterr().err
+
+
+def test_dataset_items_are_batched_time_first_and_mixed_along_the_batch(tmp_path):
+    from torch.utils.data import TensorDataset
+
+    torch.manual_seed(0)
+    frames = torch.rand(6, 3, 2, 4, 4)  # 6 samples of [T=3, C=2, 4, 4]
+    x, y = collate([(frames[i], i) for i in (4, 1)])
+    assert x.shape == (3, 2, 2, 4, 4) and torch.equal(x[:, 0], frames[4]) and y.tolist() == [4, 1]
+    torch.testing.assert_close(mixup(x, 0.25, batch_dim=1), 0.25 * x + 0.75 * x.flip(1))
+    images = TensorDataset(torch.rand(10, 1, 8, 8), torch.arange(10) % 10)
+    torch.manual_seed(1)
+    model = SpikingMLP()
+    from_dataset = fit(model, images, None, TrainConfig(epochs=2, batch_size=4, progress=False, mixup_alpha=0.4),
+                       eval_data=images)
+    torch.manual_seed(1)
+    from_tensors = fit(SpikingMLP(), *images.tensors,
+                       TrainConfig(epochs=2, batch_size=4, progress=False, mixup_alpha=0.4),
+                       eval_data=images.tensors)
+    assert [r["loss"] for r in from_dataset] == [r["loss"] for r in from_tensors]
+    assert from_dataset[-1]["accuracy"] == from_tensors[-1]["accuracy"] == evaluate(model, images)
 
 
 def test_fit_keeps_the_simple_api_without_output_dir():

@@ -12,33 +12,64 @@ file.
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .extras import require
+
 STAGES = ("ann", "qann", "snn")
 
 
-def _safetensors():
+def safetensors_torch():
+    """The ``safetensors.torch`` module, or an ``ImportError`` that says how to install it."""
+    return require("safetensors.torch", "io", "spiketwin checkpoints")
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """Create or replace ``path`` atomically: ``write(tmp)`` fills a temporary file beside it, which is synced
+    to disk and renamed over ``path``; a crash leaves the old file (or none), never a half-written one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        import safetensors.torch as st
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("checkpoints need safetensors: pip install 'spiketwin[io]'") from e
-    return st
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> nn.Module:
+    """Load ``state`` into ``model`` when its keys and shapes are exactly the model's; otherwise raise a
+    ``ValueError`` that starts with ``source`` (the file or format at fault) and lists the missing keys (in the
+    model, not in ``state``), the unexpected ones and the shape mismatches. Returns ``model``."""
+    own = model.state_dict()
+    problems = []
+    if missing := sorted(set(own) - set(state)):
+        problems.append(f"missing keys (in the model, not in the file): {', '.join(missing)}")
+    if unexpected := sorted(set(state) - set(own)):
+        problems.append(f"unexpected keys (in the file, not in the model): {', '.join(unexpected)}")
+    if mismatched := [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                      for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]:
+        problems.append("shape mismatches: " + "; ".join(mismatched))
+    if problems:
+        raise ValueError(f"{source} does not fit {type(model).__name__}: " + " | ".join(problems))
+    model.load_state_dict(state)
+    return model
 
 
 def save(model: nn.Module, path: str | Path, info: dict) -> Path:
     """Write ``model``'s state (``nn.Module.state_dict`` tensors) and ``info`` (see the module doc) to ``path``."""
     if info.get("stage") not in STAGES:
         raise ValueError(f"checkpoint.save: info['stage'] must be one of {STAGES}, got {info.get('stage')!r}")
-    st = _safetensors()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    st.save_model(model, str(tmp), metadata={"spiketwin": json.dumps(info)})
-    tmp.replace(path)
-    return path
+    st = safetensors_torch()
+    return atomic_write(path, lambda tmp: st.save_model(model, str(tmp), metadata={"spiketwin": json.dumps(info)}))
 
 
 def read_info(path: str | Path) -> dict:
@@ -46,7 +77,7 @@ def read_info(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    _safetensors()  # a clear ImportError when it is missing
+    safetensors_torch()  # a clear ImportError when it is missing
     from safetensors import safe_open
 
     try:
@@ -82,7 +113,7 @@ def load(path: str | Path, calibration: torch.Tensor | None = None, snn: bool = 
         if calibration is not None:
             kwargs["calibration"] = calibration
         model = to_qann(model, **kwargs)
-    st = _safetensors()
+    st = safetensors_torch()
     missing, unexpected = st.load_model(model, str(path), strict=False)
     if missing or unexpected:
         raise ValueError(f"checkpoint {path} does not fit model {info['model']!r} ({info['stage']}): "

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint
-from .energy import PRESETS
+from .energy import PRESETS, simulation_run
 
 COMMANDS = ("demo", "train", "qat", "convert", "simulate", "verify", "energy", "export-nir", "bench")
 
@@ -44,28 +44,40 @@ class _Parser(argparse.ArgumentParser):
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML (or YAML) file with options (flags win)")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--device", default="auto",
+                   help="torch device (default auto: cuda when available, cuda:LOCAL_RANK under torchrun; else cpu)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show the traceback on failure")
 
 
 def _data(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="digits", choices=("digits", "mnist", "cifar10", "cifar100"),
-                   help="digits: scikit-learn's bundled 8x8 digits (no files); mnist: IDX files in --data-root "
-                        "(the t10k split, first 8,000 to train, the rest to test); cifar10/cifar100: the python "
-                        "pickle batches in --data-root")
-    p.add_argument("--data-root", metavar="DIR", help="folder of the data files (mnist)")
+    from .data import available_datasets
+
+    p.add_argument("--data", default="digits", choices=available_datasets(), metavar="NAME",
+                   help="digits (default): scikit-learn's bundled 8x8 digits, no files; the others read their "
+                        "published files in --data-root (spiketwin.data.get_dataset, docs/data.md): mnist (IDX; the "
+                        "t10k file, first --n-train to train, the rest to test), cifar10, cifar100 (python pickle "
+                        "batches), imagefolder (root/train/<class>/<image>, root/val/...), dvs_gesture (AEDAT 3.1 + "
+                        "labels CSV), cifar10_dvs (AEDAT 2.0); one of: " + ", ".join(available_datasets()))
+    p.add_argument("--data-root", metavar="DIR", help="folder of the data files (every data set but digits)")
     p.add_argument("--limit", type=int, metavar="N", help="use only the first N samples of each split")
-    p.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
+    p.add_argument("--batch-size", type=int, default=64, help="batch size (per process under torchrun; default: 64)")
+    p.add_argument("--n-train", type=int, default=8000, metavar="N",
+                   help="mnist: the first N images of the t10k file train, the rest test (default: 8000)")
+    p.add_argument("--frames", type=int, default=16, metavar="T",
+                   help="dvs_gesture, cifar10_dvs: frames per sample, split by event number (default: 16)")
+    p.add_argument("--image-size", type=int, default=224, metavar="PX",
+                   help="imagefolder: centre crop size after resizing the shorter side (default: 224)")
 
 
 def _model(p: argparse.ArgumentParser, checkpoint_help: str) -> None:
     p.add_argument("--checkpoint", metavar="FILE", help=checkpoint_help)
     p.add_argument("--model", metavar="NAME", help="registry name of a fresh model, e.g. scnn "
                                                    "(spiketwin.models.available())")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                   help="model constructor override, repeatable (e.g. --set T=2 --set channels=(8,16))")
+    p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="model constructor overrides (e.g. --set T=2 channels=(8,16)); a fresh model's image size, "
+                        "input channels and classes default to the data's")
 
 
 def _raster(p: argparse.ArgumentParser) -> None:
@@ -75,11 +87,25 @@ def _raster(p: argparse.ArgumentParser) -> None:
 
 
 def _training(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
+    """The options of :class:`spiketwin.train.TrainConfig` (AdamW, warm-up then cosine decay)."""
     p.add_argument("--epochs", type=int, default=epochs, help=f"epochs (default: {epochs})")
-    p.add_argument("--lr", type=float, default=lr, help=f"AdamW learning rate (default: {lr})")
+    p.add_argument("--lr", type=float, default=lr, help=f"AdamW peak learning rate (default: {lr})")
     p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (default: 0.05)")
-    p.add_argument("--label-smoothing", type=float, default=0.0, help="(default: 0)")
-    p.add_argument("--out", metavar="FILE", help="write the trained model here (safetensors)")
+    p.add_argument("--warmup-epochs", type=float, default=1.0,
+                   help="linear warm-up of the learning rate over this many epochs, then cosine decay (default: 1)")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing (default: 0)")
+    p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
+                   help="mixup: each batch mixed with its reverse, lambda ~ Beta(ALPHA, ALPHA) (default: 0, off)")
+    p.add_argument("--mixup-off-epoch", type=int, metavar="E", help="train without mixup from epoch E on")
+    p.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="processes reading file-streamed training data (imagefolder, event sets) (default: 0: "
+                        "this one)")
+    p.add_argument("--run-dir", metavar="DIR",
+                   help="write metrics.jsonl, run.json and checkpoint.safetensors (model, optimizer, schedule, RNG; "
+                        "atomic) here after every epoch")
+    p.add_argument("--resume", action="store_true",
+                   help="continue exactly where the checkpoint in --run-dir stopped (same flags; fresh start if none)")
+    p.add_argument("--out", metavar="FILE", help="write the trained model here (safetensors, for the other commands)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("demo_args", nargs=argparse.REMAINDER,
                    help="the demo's own options after --, e.g. spiketwin demo -- --epochs 5 (-- --help lists them)")
 
-    p = command("train", "train a model (ANN, or a directly trained SNN such as scnn / Spikformer)")
+    p = command("train", "train a model (ANN, or a directly trained SNN such as scnn / Spikformer); "
+                         "python -m spiketwin.train is the same command")
     _model(p, "start from this checkpoint")
     _data(p)
     _training(p, epochs=10, lr=1e-3)
@@ -246,25 +273,36 @@ def _overrides(values: Sequence[str]) -> dict:
     return out
 
 
-def _progress(iterable, total: int, desc: str, args):
-    from .train import _progress as progress
-
-    return progress(iterable, total, desc, not args.quiet)
-
-
-def _dataset(args):
-    """``(x_train, y_train, x_test, y_test)`` of ``--data`` (``spiketwin.data.get_dataset``), cut to ``--limit``."""
-    from .data import get_dataset
+def load_data(args):
+    """``(train, test)`` of ``--data`` (:func:`spiketwin.data.train_test`), cut to ``--limit``: ``TensorData``
+    for in-memory sets, file-streamed ``Dataset`` otherwise."""
+    from .data import train_test
 
     if args.data != "digits" and not args.data_root:
         raise UsageError(f"--data {args.data} needs --data-root DIR (the folder of its files)")
-    splits = ("t10k-train", "t10k-test") if args.data == "mnist" else ("train", "test")
-    data = tuple(t for split in splits for t in get_dataset(args.data, args.data_root, split).tensors)
-    if args.limit is not None:
-        if args.limit < 1:
-            raise UsageError(f"--limit must be >= 1, got {args.limit}")
-        data = tuple(t[:args.limit] for t in data)
-    return data
+    for name in ("limit", "batch_size", "n_train", "frames", "image_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    options = {"mnist": {"n_train": args.n_train}, "imagefolder": {"size": args.image_size},
+               "dvs_gesture": {"frames": args.frames}, "cifar10_dvs": {"frames": args.frames}}
+    return train_test(args.data, args.data_root, args.limit, **options.get(args.data, {}))
+
+
+def first_samples(data, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, y)`` of the first ``n`` samples (all by default) of a data set from :func:`load_data`."""
+    from .data import TensorData
+    from .train import collate
+
+    if isinstance(data, TensorData):
+        return tuple(t[:n] for t in data.tensors)
+    return collate([data[i] for i in range(len(data) if n is None else min(n, len(data)))])
+
+
+def _auto_device() -> str:
+    """``cuda:LOCAL_RANK`` (``cuda`` = ``cuda:0`` outside torchrun) when CUDA is available, else ``cpu``."""
+    import os
+
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
 
 
 def _passed_on(rest: Sequence[str]) -> list[str]:
@@ -278,9 +316,27 @@ def _require(args, name: str) -> None:
         raise UsageError(f"--{name.replace('_', '-')} is required (or '{name}' in the config file)")
 
 
-def _load_model(args, stages: Sequence[str] = checkpoint.STAGES, snn: bool = True):
+def _data_defaults(name: str, overrides: dict, data) -> dict:
+    """Constructor arguments of a fresh model ``name`` taken from its training data: image size, input channels
+    and number of classes, under the names its constructor has (``img_size`` / ``image_size``, ``in_channels`` /
+    ``in_chans``, ``num_classes``), for those the user did not set."""
+    import inspect
+
+    from .models import create
+
+    sample = data[0][0]
+    values = {"img_size": sample.shape[-1], "image_size": sample.shape[-1], "in_channels": sample.shape[-3],
+              "in_chans": sample.shape[-3], "num_classes": len(data.classes)}
+    if sample.dim() < 3 or sample.shape[-1] != sample.shape[-2]:
+        values = {"num_classes": values["num_classes"]}  # not square images: only the classes are implied
+    with torch.random.fork_rng(devices=[]):  # the probe leaves the RNG, hence the real model's weights, alone
+        accepted = inspect.signature(type(create(name, **overrides))).parameters
+    return {k: int(v) for k, v in values.items() if k in accepted and k not in overrides}
+
+
+def _load_model(args, stages: Sequence[str] = checkpoint.STAGES, snn: bool = True, data=None):
     """``(model, info)`` from ``--checkpoint`` (an SNN checkpoint gives the QANN when ``snn=False``), or a
-    fresh ``--model`` (stage 'ann')."""
+    fresh ``--model`` (stage 'ann'; shaped for the training set ``data`` when given, see :func:`_data_defaults`)."""
     from .models import create
 
     if args.checkpoint:
@@ -289,25 +345,59 @@ def _load_model(args, stages: Sequence[str] = checkpoint.STAGES, snn: bool = Tru
             raise ValueError(f"{args.checkpoint} holds a {info['stage']} model; this command needs "
                              f"{' or '.join(stages)}")
     elif args.model:
-        info = {"model": args.model, "overrides": _overrides(args.overrides), "stage": "ann"}
-        model = create(args.model, **info["overrides"])
         if "ann" not in stages:
             raise UsageError(f"needs a {' or '.join(stages)} --checkpoint, not a fresh --model")
+        overrides = _overrides(args.overrides)
+        if data is not None:
+            overrides = {**_data_defaults(args.model, overrides, data), **overrides}
+        info = {"model": args.model, "overrides": overrides, "stage": "ann"}
+        model = create(args.model, **overrides)
     else:
         raise UsageError("give --checkpoint FILE or --model NAME")
     return model.to(args.device), info
 
 
-def _fit(model, data, args):
-    from .train import TrainConfig, evaluate, fit
+def _rank() -> int:
+    """This process's rank under torchrun (0 otherwise): only rank 0 prints results and writes files."""
+    import os
 
-    x_train, y_train, x_test, y_test = data
+    return int(os.environ.get("RANK", "0"))
+
+
+def _fit(model, data, args, info: dict) -> float:
+    """Train ``model`` on ``data`` (``(train, test)`` from :func:`load_data`) with the training options; with
+    ``--run-dir`` also write ``run.json`` (the model's ``info`` and the options) there. Returns test accuracy."""
+    import json
+    import math
+
+    from .data import TensorData
+    from .train import TrainConfig, fit
+
+    if args.resume and not args.run_dir:
+        raise UsageError("--resume needs --run-dir DIR (the folder of the checkpoint to continue from)")
+    for name in ("mixup", "label_smoothing", "warmup_epochs", "workers"):
+        if getattr(args, name) < 0 or not math.isfinite(getattr(args, name)):
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    if args.label_smoothing >= 1:
+        raise UsageError(f"--label-smoothing must be < 1, got {args.label_smoothing}")
+    train, test = data
+    if args.run_dir and _rank() == 0:
+        Path(args.run_dir).mkdir(parents=True, exist_ok=True)
+        options = {k: v for k, v in vars(args).items() if k not in ("config", "debug", "quiet")}
+        (Path(args.run_dir) / "run.json").write_text(json.dumps({"info": info, "args": options}, indent=1))
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size,
-                      label_smoothing=args.label_smoothing, seed=args.seed, progress=not args.quiet)
-    history = fit(model, x_train, y_train, cfg)
-    accuracy = evaluate(model, x_test, y_test, batch_size=args.batch_size)
-    print(f"{args.command}: {len(history)} epochs, final loss {history[-1]['loss']:.4f}, "
-          f"test accuracy {100 * accuracy:.2f}% ({len(y_test)} samples)")
+                      warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, seed=args.seed,
+                      progress=not args.quiet, mixup_alpha=args.mixup, mixup_off_epoch=args.mixup_off_epoch,
+                      out_dir=args.run_dir, resume=args.resume, workers=args.workers)
+    def pair(data):  # in-memory sets as tensors (fast slicing); file-streamed ones as the Dataset
+        return data.tensors if isinstance(data, TensorData) else (data, None)
+
+    history = fit(model, *pair(train), cfg, eval_data=pair(test) if isinstance(test, TensorData) else test)
+    accuracy = history[-1]["accuracy"]
+    if _rank() == 0:
+        print(f"{args.command}: {len(history)} epochs, final loss {history[-1]['loss']:.4f}, "
+              f"test accuracy {100 * accuracy:.2f}% ({len(test)} samples)"
+              + (f"; metrics and checkpoint in {args.run_dir}" if args.run_dir else ""))
     return accuracy
 
 
@@ -321,9 +411,10 @@ def cmd_demo(args) -> None:
 
 def cmd_train(args) -> None:
     torch.manual_seed(args.seed)
-    model, info = _load_model(args, stages=("ann",))
-    _fit(model, _dataset(args), args)
-    if args.out:
+    data = load_data(args)
+    model, info = _load_model(args, stages=("ann",), data=data[0])
+    _fit(model, data, args, info)
+    if args.out and _rank() == 0:
         checkpoint.save(model, args.out, info)
         print(f"train: wrote {args.out}")
 
@@ -332,14 +423,15 @@ def cmd_qat(args) -> None:
     from .convert import to_qann
 
     torch.manual_seed(args.seed)
-    data = _dataset(args)
-    ann, info = _load_model(args, stages=("ann",))
+    data = load_data(args)
+    ann, info = _load_model(args, stages=("ann",), data=data[0])
     kwargs = {"levels": args.levels, "neuron": args.neuron}
-    qann = to_qann(ann, **kwargs, **({"calibration": data[0][:256]} if args.neuron == "ilif" else {}))
-    _fit(qann, data, args)
-    if args.out:
-        checkpoint.save(qann, args.out, {**info, "stage": "qann", "qann": kwargs,
-                                         "input_shape": list(data[0].shape[1:])})
+    x_first = first_samples(data[0], 256)[0]
+    qann = to_qann(ann, **kwargs, **({"calibration": x_first.to(args.device)} if args.neuron == "ilif" else {}))
+    info = {**info, "stage": "qann", "qann": kwargs, "input_shape": list(x_first.shape[1:])}
+    _fit(qann, data, args, info)
+    if args.out and _rank() == 0:
+        checkpoint.save(qann, args.out, info)
         print(f"qat: wrote {args.out}")
 
 
@@ -348,7 +440,7 @@ def _verify(qann, args) -> None:
     from .convert import to_snn, verify
 
     qann = qann.double()
-    x_test = _dataset(args)[2][:args.batch_size].to(args.device).double()
+    x_test = first_samples(load_data(args)[1], args.batch_size)[0].to(args.device).double()
     print(verify(qann, to_snn(qann), x_test))
 
 
@@ -363,24 +455,15 @@ def cmd_convert(args) -> None:
 
 def cmd_simulate(args) -> None:
     from .convert import to_snn
-    from .simulate import simulate
+    from .simulate import evaluate_per_step
 
     _require(args, "checkpoint")
     qann, _ = _load_model(args, stages=("qann", "snn"), snn=False)
     snn = to_snn(qann)
-    _, _, x_test, y_test = _dataset(args)
-    per_step, settle = [], []
-    n_batches = -(-len(y_test) // args.batch_size)
-    for i in _progress(range(0, len(y_test), args.batch_size), n_batches, "simulate", args):
-        result = simulate(snn, x_test[i:i + args.batch_size].to(args.device), max_steps=args.max_steps,
-                          step_mode=args.step_mode)
-        steps = result.per_step
-        if steps.shape[0] < args.max_steps:  # all settled early: the answer stays as it is
-            steps = torch.cat([steps, steps[-1:].expand(args.max_steps - steps.shape[0], *steps.shape[1:])])
-        per_step.append((steps.argmax(-1).cpu() == y_test[i:i + args.batch_size]).double())
-        settle.append(result.settle_step.cpu())
-    accuracy = torch.cat(per_step, 1).mean(1)
-    settle_all = torch.cat(settle)
+    x_test, y_test = first_samples(load_data(args)[1])
+    result = evaluate_per_step(snn, x_test, y_test, args.batch_size, args.max_steps, args.step_mode,
+                               progress=not args.quiet, steps=args.max_steps)
+    accuracy, settle_all = result.accuracy, result.settle_step
     done = settle_all[settle_all >= 0]
     marks = [t for t in (1, 2, 4, 8, 16, 32, 64, 128, 256) if t < args.max_steps] + [args.max_steps]
     from .train import evaluate
@@ -401,26 +484,13 @@ def cmd_simulate(args) -> None:
         from .plots import settle_histogram
 
         print(f"simulate: wrote {settle_histogram(settle_all, args.settle_plot)}")
-    _write_raster(snn, x_test.to(args.device), args, _simulation_run(args.max_steps))
+    _write_raster(snn, x_test.to(args.device), args, simulation_run(args.max_steps))
 
 
 def cmd_verify(args) -> None:
     _require(args, "checkpoint")
     qann, _ = _load_model(args, stages=("qann", "snn"), snn=False)
     _verify(qann, args)
-
-
-def _simulation_run(max_steps: int):
-    """``run`` for :func:`spiketwin.energy.report` on a converted SNN: its own ``simulate`` for ``max_steps``
-    steps on the whole batch (without early exit where the SNN has one: settled samples are silent)."""
-    import inspect
-
-    def run(snn, x):
-        kwargs = {"max_steps": max_steps}
-        if "early_exit" in inspect.signature(snn.simulate).parameters:
-            kwargs["early_exit"] = False
-        return snn.simulate(x, **kwargs)
-    return run
 
 
 def _write_raster(model, x, args, run=None) -> None:
@@ -446,8 +516,8 @@ def cmd_energy(args) -> None:
     from .energy import report
 
     model, info = _load_model(args, stages=("ann", "snn"))
-    x = _dataset(args)[2][:args.samples].to(args.device)
-    run = _simulation_run(args.max_steps) if hasattr(model, "simulate") else None
+    x = first_samples(load_data(args)[1], args.samples)[0].to(args.device)
+    run = simulation_run(args.max_steps) if hasattr(model, "simulate") else None
     try:
         result = report(model, x, preset=args.preset, e_mac=args.e_mac, e_ac=args.e_ac, run=run)
     except RuntimeError as e:
@@ -477,7 +547,7 @@ def cmd_export_nir(args) -> None:
     submodule = args.submodule if args.submodule is not None else (
         "step_network" if hasattr(model, "step_network") else "")
     submodule = submodule or None  # "" exports the whole model
-    x = _dataset(args)[2][:args.samples].to(args.device)
+    x = first_samples(load_data(args)[1], args.samples)[0].to(args.device)
     graph = to_nir(model.eval(), x, args.out, submodule=submodule, dt=args.dt)
     print(f"export-nir: wrote {args.out} ({len(graph.nodes)} nodes, {len(graph.edges)} edges"
           f"{f', sub-module {submodule}' if submodule else ''}; one time step, dt={args.dt})")
@@ -529,6 +599,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         if extra:
             raise UsageError(f"unrecognized arguments: {' '.join(extra)} (see spiketwin {args.command} --help)")
+        if getattr(args, "device", None) == "auto":
+            args.device = _auto_device()
         HANDLERS[args.command](args)
     except SystemExit as e:  # --help, --version
         return int(e.code or 0)

@@ -2,10 +2,12 @@
 
 Trains a small ReLU ViT, fine-tunes its quantized twin (QAT), converts it into an SNN, proves the SNN
 equivalent to the QANN (float64, layer by layer, a few samples; float32 prediction agreement on the whole
-test set), and prints ANN / QANN / SNN accuracy, settle steps and accuracy at T = 1, 2, 4, ...; writes the
-accuracy-vs-T curve as a PNG (needs matplotlib).
+test set), and prints ANN / QANN / SNN accuracy, settle steps and accuracy at T = 1, 2, 4, ...; then the
+energy report of the SNN beside its ANN (:func:`spiketwin.energy.report`, the table ``spiketwin energy``
+prints) and the accuracy-vs-T curve as a PNG (:func:`spiketwin.plots.accuracy_vs_steps`, needs matplotlib).
 
-    python -m spiketwin.demo [--epochs 40] [--qat-epochs 15] [--levels 16] [--out out] [--threads 1]
+    python -m spiketwin.demo [--epochs 40] [--qat-epochs 15] [--levels 16] [--energy-samples 64]
+                             [--energy-steps 64] [--out out] [--threads 1]
 """
 
 from __future__ import annotations
@@ -19,46 +21,11 @@ import torch
 
 from .convert import to_qann, to_snn, verify
 from .data import load_digits
+from .energy import report as energy_report
+from .energy import simulation_run
 from .models import create
-from .simulate import SimResult, simulate
-from .train import TrainConfig, _progress, evaluate, fit
-
-
-def simulate_batches(snn, x: torch.Tensor, batch_size: int = 120, max_steps: int = 512) -> SimResult:
-    """:func:`~spiketwin.simulate.simulate` over ``x`` in batches (progress bar), results concatenated.
-    The running outputs are padded with each batch's final value up to the longest run."""
-    parts = [simulate(snn, xb, max_steps=max_steps)
-             for xb in _progress(x.split(batch_size), -(-len(x) // batch_size), "SNN", True)]
-    steps = max(p.per_step.shape[0] for p in parts)
-    per_step = torch.cat([torch.cat([p.per_step, p.output.expand(steps - p.per_step.shape[0], *p.output.shape)])
-                          for p in parts], dim=1)
-    return SimResult(per_step[-1], per_step, torch.cat([p.settle_step for p in parts]))
-
-
-def plot_accuracy_vs_steps(curve: torch.Tensor, ann: float, qann: float, path: Path) -> bool:
-    """Write the accuracy-vs-T plot; returns False (with a message) when matplotlib is absent."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed (pip install 'spiketwin[plot]'): skipping the plot")
-        return False
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    steps = torch.arange(1, len(curve) + 1)
-    ax.plot(steps, 100 * curve, label="SNN (running sum of logits)")
-    ax.axhline(100 * qann, color="C1", linestyle="--", label=f"QANN {100 * qann:.2f} %")
-    ax.axhline(100 * ann, color="C2", linestyle=":", label=f"ANN {100 * ann:.2f} %")
-    ax.set_xlabel("time steps T")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("SpikeZIP-TF on digits: accuracy if the SNN stopped at T")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+from .simulate import evaluate_per_step
+from .train import TrainConfig, evaluate, fit
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -66,6 +33,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--qat-epochs", type=int, default=15)
     parser.add_argument("--levels", type=int, default=16)
+    parser.add_argument("--energy-samples", type=int, default=64,
+                        help="test images the energy report averages over (default 64, as spiketwin energy)")
+    parser.add_argument("--energy-steps", type=int, default=64,
+                        help="time steps the energy report runs (default 64, as spiketwin energy --max-steps)")
     parser.add_argument("--out", type=Path, default=Path("out"))
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: for a model this small, more threads cost more than they "
@@ -89,12 +60,11 @@ def main(argv: list[str] | None = None) -> None:
 
     print("3. SNN: convert and simulate the whole test set (float32, per-sample early exit)")
     snn = to_snn(qann)
-    result = simulate_batches(snn, x_test)
+    result = evaluate_per_step(snn, x_test, y_test, batch_size=120, max_steps=512, progress=True)
     with torch.no_grad():
         qann_pred = qann.eval()(x_test).argmax(-1)
-    snn_pred = result.output.argmax(-1)
-    snn_acc = (snn_pred == y_test).double().mean().item()
-    agree = (snn_pred == qann_pred).double().mean().item()
+    snn_acc = (result.prediction == y_test).double().mean().item()
+    agree = (result.prediction == qann_pred).double().mean().item()
 
     print("4. Proof of equivalence in float64 (8 test images, every layer's summed output vs the QANN's):")
     qann64 = copy.deepcopy(qann).double()
@@ -102,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     print(report)
 
     settle = result.settle_step.double()
-    curve = result.accuracy_per_step(y_test)
+    curve = result.accuracy
     print("\nResults on the digits test set")
     print(f"  ANN  accuracy {100 * ann_acc:6.2f} %")
     print(f"  QANN accuracy {100 * qann_acc:6.2f} %   ({args.levels} levels)")
@@ -113,8 +83,20 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  float64 equivalence: {'OK' if report.ok else 'FAILED'} (max relative difference {report.max_rel:.1e})")
     ts = [t for t in (2 ** i for i in range(12)) if t <= len(curve)]
     print("  accuracy at T:  " + "  ".join(f"T={t}: {100 * curve[t - 1].item():.1f}%" for t in ts))
-    if plot_accuracy_vs_steps(curve, ann_acc, qann_acc, args.out / "spikezip_digits_accuracy_vs_T.png"):
-        print(f"  plot: {args.out / 'spikezip_digits_accuracy_vs_T.png'}")
+
+    print(f"\n5. Energy of the SNN beside its ANN ({args.energy_samples} test images, {args.energy_steps} steps; "
+          "the report of spiketwin energy):")
+    print(energy_report(snn, x_test[:args.energy_samples], run=simulation_run(args.energy_steps)).table())
+
+    plot = args.out / "spikezip_digits_accuracy_vs_T.png"
+    try:
+        from .plots import accuracy_vs_steps
+
+        accuracy_vs_steps(curve, plot, reference={"ANN": ann_acc, "QANN": qann_acc},
+                          title="SpikeZIP-TF on digits: accuracy if the SNN stopped at T")
+        print(f"\nplot: {plot}")
+    except ImportError as e:
+        print(f"\n{e}: skipping the plot")
     print(f"done in {time.perf_counter() - start:.0f} s")
 
 

@@ -43,16 +43,23 @@ import torch
 from torch import nn
 
 from .base import StatefulModule, check_step_mode, reset, set_step_mode
+from .checkpoint import atomic_write
 from .ops import SESA, MatMul
 
-#: Energy per operation in pJ, 45 nm CMOS at 0.9 V (Horowitz, "Computing's energy problem (and what we can
-#: do about it)", ISSCC 2014, its table of energy per operation): a MAC is one multiply plus one add, an AC one add.
-#: fp32: mult 3.7 + add 0.9; fp16: mult 1.1 + add 0.4; int32: mult 3.1 + add 0.1; int8: mult 0.2 + add 0.03.
+#: Energy per arithmetic operation in pJ, 45 nm CMOS at 0.9 V, from the table of operation energies in
+#: M. Horowitz, "Computing's energy problem (and what we can do about it)", ISSCC 2014, pp. 10-14,
+#: doi:10.1109/ISSCC.2014.6757323. Checked against two independent reproductions of that table (docs/energy.md).
+HOROWITZ_45NM: dict[str, dict[str, float]] = {
+    "fp32": {"mult": 3.7, "add": 0.9},
+    "fp16": {"mult": 1.1, "add": 0.4},
+    "int32": {"mult": 3.1, "add": 0.1},
+    "int8": {"mult": 0.2, "add": 0.03},
+}
+
+#: ``(E_MAC, E_AC)`` in pJ per number format: a MAC is one multiply plus one add, an AC one add
+#: (fp32: 4.6 / 0.9, the SPEC's and the SNN papers' figures).
 PRESETS: dict[str, tuple[float, float]] = {
-    "fp32": (4.6, 0.9),
-    "fp16": (1.5, 0.4),
-    "int32": (3.2, 0.1),
-    "int8": (0.23, 0.03),
+    name: (round(op["mult"] + op["add"], 6), op["add"]) for name, op in HOROWITZ_45NM.items()
 }
 
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -161,10 +168,7 @@ class EnergyReport:
 
 
 def _write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def _si(value: float) -> str:
@@ -390,6 +394,20 @@ def _summarise(c: _Counter, B: int, e_mac: float, e_ac: float) -> LayerEnergy:
         name=c.name, kind=c.kind, coding="analog" if c.analog else "spike", steps=steps, flops=flops,
         rate=mean_a, rate_per_step=rate_a, sops=sops, macs=macs, energy_pj=e_mac * macs + e_ac * sops,
         ann_energy_pj=e_mac * flops, rate_b=mean_b, rate_b_per_step=rate_b, sops_exact=sops_exact)
+
+
+def simulation_run(max_steps: int) -> Callable[[nn.Module, torch.Tensor], object]:
+    """``run`` for :func:`report` on a converted SNN (one with a ``simulate`` method): its own ``simulate`` for
+    ``max_steps`` steps on the whole batch, without early exit where it has one (settled samples are silent,
+    so the counts stop growing once a sample has settled)."""
+    import inspect
+
+    def run(snn: nn.Module, x: torch.Tensor):
+        kwargs: dict = {"max_steps": max_steps}
+        if "early_exit" in inspect.signature(snn.simulate).parameters:
+            kwargs["early_exit"] = False
+        return snn.simulate(x, **kwargs)
+    return run
 
 
 def report(

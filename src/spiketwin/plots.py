@@ -14,16 +14,14 @@ import torch
 from torch import nn
 
 from .base import StatefulModule, reset
+from .extras import require
 
 
 def _figure(width: float = 6.0, height: float = 4.0):
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("spiketwin.plots needs matplotlib: pip install 'spiketwin[plot]'") from e
-    fig = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(fig)
+    figure = require("matplotlib.figure", "plot", "spiketwin.plots")
+    canvas = require("matplotlib.backends.backend_agg", "plot", "spiketwin.plots")
+    fig = figure.Figure(figsize=(width, height), dpi=100)
+    canvas.FigureCanvasAgg(fig)
     return fig
 
 
@@ -49,15 +47,15 @@ def accuracy_vs_steps(curves: torch.Tensor | Sequence[float] | Mapping[str, torc
     for label, curve in curves.items():
         values = torch.as_tensor(curve, dtype=torch.float64).flatten()
         ax.plot(range(1, len(values) + 1), (values * 100).tolist(), marker=".", label=label)
-    for label, value in (reference or {}).items():
-        ax.axhline(100 * value, linestyle="--", color="grey")
-        ax.annotate(f"{label} {100 * value:.2f}%", (1, 100 * value), textcoords="offset points", xytext=(2, 3),
-                    fontsize=8, color="grey")
+    styles = ("--", ":", "-.")
+    for i, (label, value) in enumerate((reference or {}).items()):  # in the legend: close lines stay readable
+        ax.axhline(100 * value, linestyle=styles[i % len(styles)], color=f"C{len(curves) + i}",
+                   label=f"{label} {100 * value:.2f}%")
     ax.set_xlabel("time step T")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="lower right")
     return _save(fig, path)
 
 

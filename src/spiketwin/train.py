@@ -1,7 +1,9 @@
 """Training: ANN, QAT (a QANN trains like any model) and direct BPTT training of spiking models.
 
 ``fit`` is the loop: AdamW, linear warm-up then cosine decay, label smoothing, mixup, spiking state reset after
-every batch. Data is a pair of tensors ``(x, y)``. With ``TrainConfig.out_dir`` it writes a metrics log
+every batch. Data is a pair of tensors ``(x, y)`` (``x`` may be a dict of tensors), or a map-style ``Dataset`` of
+``(x, label)`` items read batch by batch (file-streamed data: image folders, event frames; see :func:`collate`).
+With ``TrainConfig.out_dir`` it writes a metrics log
 (``metrics.jsonl``, one JSON object per epoch) and a checkpoint (``checkpoint.safetensors``: model, optimizer,
 scheduler, RNG state, epoch and history; written atomically, loaded without running code) after every epoch;
 ``resume=True`` continues from it exactly where it stopped.
@@ -10,27 +12,30 @@ Launched by ``torchrun`` (``WORLD_SIZE`` > 1), ``fit`` initialises ``torch.distr
 wraps the model in ``DistributedDataParallel`` and gives each process its share of every epoch, like
 ``DistributedSampler``: ``batch_size`` is per process, one step sees ``world_size * batch_size`` samples.
 
-    python -m spiketwin.train --model spikformer_cifar10 --data mnist --data-dir ../shared/data/mnist \\
-        --set dim=64 depth=1 num_heads=4 T=4 --epochs 3 --out runs/mnist
+The command line is ``spiketwin train`` (``python -m spiketwin.train`` is the same command)::
+
+    spiketwin train --model spikformer_cifar10 --data mnist --data-root ../shared/data/mnist \\
+        --set dim=64 depth=1 num_heads=4 T=4 --epochs 3 --run-dir runs/mnist [--resume]
 """
 
 from __future__ import annotations
 
-import argparse
-import ast
 import json
 import math
 import os
+import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from .base import reset
+from .checkpoint import atomic_write, load_state_dict_checked, safetensors_torch
 
 CHECKPOINT = "checkpoint.safetensors"
 METRICS = "metrics.jsonl"
@@ -54,6 +59,8 @@ class TrainConfig:
     """Where ``metrics.jsonl`` and ``checkpoint.safetensors`` go (nothing is written when None)."""
     resume: bool = False
     """Continue from ``out_dir``'s checkpoint when there is one."""
+    workers: int = 0
+    """Processes that read a ``Dataset``'s items (``DataLoader``'s ``num_workers``); 0 reads them in this one."""
 
 
 Inputs = torch.Tensor | dict[str, torch.Tensor]
@@ -72,17 +79,47 @@ def _call(model: nn.Module, x: Inputs) -> torch.Tensor:
     return model(**x) if isinstance(x, dict) else model(x)
 
 
-def batches(x: Inputs, y: torch.Tensor, batch_size: int, shuffle: bool = False,
+def collate(items: Sequence[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack ``(x, label)`` items of a ``Dataset`` into a batch: images ``[C, H, W]`` give ``[B, C, H, W]``;
+    sequences ``[T, C, H, W]`` (event frames) give ``[T, B, C, H, W]``, time first as the spiking models take them."""
+    xs = [torch.as_tensor(item[0]) for item in items]
+    return torch.stack(xs, dim=1 if xs[0].dim() == 4 else 0), torch.tensor([int(item[1]) for item in items])
+
+
+def _size(x: Inputs | Dataset, y: torch.Tensor | None, who: str) -> int:
+    """Number of samples of ``(x, y)`` tensors, or of a ``Dataset`` ``x`` (``y`` None); checks they agree and
+    that there is at least one."""
+    if y is None:
+        if not isinstance(x, Dataset):
+            raise TypeError(f"{who}: without labels y, x must be a Dataset of (x, label) items, got {type(x).__name__}")
+        n = len(x)
+    else:
+        for name, v in (x.items() if isinstance(x, dict) else [("x", x)]):
+            if len(v) != len(y):
+                raise ValueError(f"{who}: {name} has {len(v)} samples but y has {len(y)}")
+        n = len(y)
+    if n == 0:
+        raise ValueError(f"{who}: no samples (the data set, or this split of it, is empty)")
+    return n
+
+
+def _batches_of(x: Inputs | Dataset, y: torch.Tensor | None, index_batches: Sequence[torch.Tensor],
+                workers: int = 0) -> Iterable[tuple[Inputs, torch.Tensor]]:
+    """The batches ``(x[idx], y[idx])`` for each index tensor; a ``Dataset`` is read item by item (:func:`collate`),
+    by ``workers`` processes when > 0."""
+    if y is None:
+        return DataLoader(x, batch_sampler=[idx.tolist() for idx in index_batches], num_workers=workers,
+                          collate_fn=collate)
+    return ((_select(x, idx), y[idx]) for idx in index_batches)
+
+
+def batches(x: Inputs | Dataset, y: torch.Tensor | None, batch_size: int, shuffle: bool = False,
             generator: torch.Generator | None = None) -> Iterable[tuple[Inputs, torch.Tensor]]:
     """Mini-batches of ``(x, y)`` (shuffled with ``generator`` when ``shuffle``); ``x`` is a tensor or a
-    dict of tensors with ``len(y)`` rows each."""
-    for name, v in (x.items() if isinstance(x, dict) else [("x", x)]):
-        if len(v) != len(y):
-            raise ValueError(f"{name} has {len(v)} samples but y has {len(y)}")
-    order = torch.randperm(len(y), generator=generator) if shuffle else torch.arange(len(y))
-    for i in range(0, len(y), batch_size):
-        idx = order[i:i + batch_size]
-        yield _select(x, idx), y[idx]
+    dict of tensors with ``len(y)`` rows each, or a ``Dataset`` of ``(x, label)`` items with ``y`` None."""
+    n = _size(x, y, "batches")
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    return _batches_of(x, y, order.split(batch_size))
 
 
 def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
@@ -104,10 +141,11 @@ def epoch_indices(n: int, seed: int, epoch: int, rank: int = 0, world_size: int 
     return order[rank::world_size]
 
 
-def mixup(x: torch.Tensor, lam: float) -> torch.Tensor:
-    """``x·λ + flip(x)·(1-λ)``: each sample mixed with its mirror in the batch (timm's "batch" mode).
-    The matching loss is ``λ·CE(out, y) + (1-λ)·CE(out, flip(y))``."""
-    return x.mul(lam).add_(x.flip(0), alpha=1.0 - lam)
+def mixup(x: torch.Tensor, lam: float, batch_dim: int = 0) -> torch.Tensor:
+    """``x·λ + flip(x)·(1-λ)``: each sample mixed with its mirror in the batch (timm's "batch" mode; the batch
+    is dimension ``batch_dim``: 1 for time-first sequences). The matching loss is
+    ``λ·CE(out, y) + (1-λ)·CE(out, flip(y))``."""
+    return x.mul(lam).add_(x.flip(batch_dim), alpha=1.0 - lam)
 
 
 def _progress(iterable, total: int, desc: str, enabled: bool):
@@ -142,14 +180,6 @@ def _all_sum(values: torch.Tensor, world_size: int) -> torch.Tensor:
 
 # ---------------------------------------------------------------- checkpoints
 
-def _safetensors():
-    try:
-        import safetensors.torch
-    except ImportError as e:
-        raise ImportError("training checkpoints need safetensors: pip install 'spiketwin[io]'") from e
-    return safetensors.torch
-
-
 def save_training_state(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                         scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int, history: list[dict],
                         config: TrainConfig | None = None) -> Path:
@@ -160,7 +190,7 @@ def save_training_state(path: str | Path, model: nn.Module, optimizer: torch.opt
     param groups, the scheduler state and the config. Written to a temporary file, synced, then renamed over
     ``path``, so a crash never leaves a half-written checkpoint.
     """
-    st = _safetensors()
+    st = safetensors_torch()
     tensors: dict[str, torch.Tensor] = {}
     seen: set[tuple[int, int]] = set()
 
@@ -186,23 +216,15 @@ def save_training_state(path: str | Path, model: nn.Module, optimizer: torch.opt
             put(f"rng.cuda.{i}", s)
     meta = {"epoch": epoch, "history": history, "param_groups": opt["param_groups"],
             "scheduler": scheduler.state_dict(), "config": asdict(config) if config else None}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     data = st.save(tensors, metadata={"spiketwin.train": json.dumps(meta)})
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def load_training_state(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                         scheduler: torch.optim.lr_scheduler.LRScheduler) -> tuple[int, list[dict]]:
     """Restore a :func:`save_training_state` checkpoint into ``model``, ``optimizer``, ``scheduler`` and the RNG.
     Returns ``(epochs done, history)``. Errors name the file and what does not fit."""
-    st = _safetensors()
+    st = safetensors_torch()
     from safetensors import safe_open
 
     path = Path(path)
@@ -220,10 +242,7 @@ def load_training_state(path: str | Path, model: nn.Module, optimizer: torch.opt
     tensors = st.load_file(str(path))
     device = next(model.parameters()).device
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    missing, unexpected = model.load_state_dict(model_state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{path} does not fit this model: missing {sorted(missing)[:5]}, "
-                         f"unexpected {sorted(unexpected)[:5]} (was it written for another model or config?)")
+    load_state_dict_checked(model, model_state, f"training checkpoint {path}")
     state: dict[int, dict[str, torch.Tensor]] = {}
     for k, v in tensors.items():
         if k.startswith("optim."):
@@ -243,20 +262,20 @@ def load_training_state(path: str | Path, model: nn.Module, optimizer: torch.opt
 
 # ---------------------------------------------------------------- the loop
 
-def fit(model: nn.Module, x: Inputs, y: torch.Tensor, config: TrainConfig | None = None,
-        eval_data: tuple[Inputs, torch.Tensor] | None = None) -> list[dict]:
-    """Train ``model`` on ``x`` (a tensor, or a dict of keyword inputs) and ``y`` (class labels).
+def fit(model: nn.Module, x: Inputs | Dataset, y: torch.Tensor | None, config: TrainConfig | None = None,
+        eval_data: tuple[Inputs, torch.Tensor] | Dataset | None = None) -> list[dict]:
+    """Train ``model`` on ``x`` (a tensor, or a dict of keyword inputs) and ``y`` (class labels), or on a
+    ``Dataset`` ``x`` of ``(x, label)`` items with ``y`` None (batched by :func:`collate`).
     Returns one record per epoch
     (``epoch``, ``loss`` (mean over the epoch's samples, all processes), ``lr``, ``seconds`` and ``accuracy`` on
-    ``eval_data`` when given); a resumed run returns the earlier epochs' records too."""
+    ``eval_data`` (a pair of tensors or a ``Dataset``) when given); a resumed run returns the earlier epochs'
+    records too."""
     cfg = config or TrainConfig()
-    n = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
-    if n != len(y):
-        raise ValueError(f"fit: x has {n} samples but y has {len(y)}")
+    n = _size(x, y, "fit")
     device = next(model.parameters()).device
     rank, world = _distributed(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(math.ceil(len(y) / world) / cfg.batch_size)
+    steps_per_epoch = math.ceil(math.ceil(n / world) / cfg.batch_size)
     total, warmup = cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_with_warmup(s, total, warmup))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
@@ -276,13 +295,15 @@ def fit(model: nn.Module, x: Inputs, y: torch.Tensor, config: TrainConfig | None
         use_mixup = cfg.mixup_alpha > 0 and (cfg.mixup_off_epoch is None or epoch < cfg.mixup_off_epoch)
         lams = np.random.default_rng([cfg.seed, epoch, rank])  # mixup's λ, reproducible per epoch and process
         sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss * samples, samples
-        indices = epoch_indices(len(y), cfg.seed, epoch, rank, world)
-        for idx in _progress(indices.split(cfg.batch_size), steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}",
-                             cfg.progress and rank == 0):
-            xb, yb = _to(_select(x, idx), device), y[idx].to(device)
+        indices = epoch_indices(n, cfg.seed, epoch, rank, world).split(cfg.batch_size)
+        for xb, yb in _progress(_batches_of(x, y, indices, cfg.workers), steps_per_epoch,
+                                f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and rank == 0):
+            xb, yb = _to(xb, device), yb.to(device)
             if use_mixup:
+                if isinstance(xb, dict):
+                    raise ValueError("mixup mixes input tensors; it does not apply to dict (token) inputs")
                 lam = float(lams.beta(cfg.mixup_alpha, cfg.mixup_alpha))
-                logits = net(mixup(xb, lam))
+                logits = net(mixup(xb, lam, batch_dim=1 if y is None and xb.dim() == 5 else 0))
                 loss = lam * loss_fn(logits, yb) + (1 - lam) * loss_fn(logits, yb.flip(0))
             else:
                 loss = loss_fn(_call(net, xb), yb)
@@ -296,7 +317,8 @@ def fit(model: nn.Module, x: Inputs, y: torch.Tensor, config: TrainConfig | None
         record = {"epoch": epoch + 1, "loss": float(sums[0] / sums[1]), "lr": scheduler.get_last_lr()[0],
                   "seconds": time.perf_counter() - began}
         if eval_data is not None:
-            record["accuracy"] = evaluate(model, *eval_data, batch_size=cfg.batch_size)
+            record["accuracy"] = evaluate(model, *((eval_data, None) if isinstance(eval_data, Dataset) else eval_data),
+                                          batch_size=cfg.batch_size)
         history.append(record)
         if out is not None and rank == 0:
             save_training_state(out / CHECKPOINT, model, optimizer, scheduler, epoch + 1, history, cfg)
@@ -306,92 +328,27 @@ def fit(model: nn.Module, x: Inputs, y: torch.Tensor, config: TrainConfig | None
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: Inputs, y: torch.Tensor, batch_size: int = 256) -> float:
-    """Top-1 accuracy of ``model`` on ``(x, y)``, in ``[0, 1]``."""
+def evaluate(model: nn.Module, x: Inputs | Dataset, y: torch.Tensor | None = None, batch_size: int = 256) -> float:
+    """Top-1 accuracy of ``model`` on ``(x, y)`` (or on a ``Dataset`` ``x``, ``y`` None), in ``[0, 1]``."""
+    n = _size(x, y, "evaluate")
     model.eval()
     device = next(model.parameters()).device
     correct = 0
     for xb, yb in batches(x, y, batch_size):
         correct += (_call(model, _to(xb, device)).argmax(-1).cpu() == yb).sum().item()
         reset(model)
-    return correct / len(y)
+    return correct / n
 
 
 # ---------------------------------------------------------------- command line
 
-def load_dataset(name: str, data_dir: str | None = None, n_train: int = 8000):
-    """``(x_train, y_train, x_test, y_test)`` of a named dataset: ``digits`` (bundled) or ``mnist`` (IDX files in
-    ``data_dir``, the t10k split cut at ``n_train``)."""
-    from . import data
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m spiketwin.train ARGS`` is ``spiketwin train ARGS`` (one parser: :mod:`spiketwin.cli`);
+    returns the exit code."""
+    from .cli import main as cli_main
 
-    if name == "digits":
-        return data.load_digits()
-    if name == "mnist":
-        if data_dir is None:
-            raise ValueError("--data mnist needs --data-dir (the folder with t10k-images-idx3-ubyte[.gz])")
-        return data.mnist_split(data_dir, n_train=n_train)
-    raise ValueError(f"unknown dataset {name!r}: use 'digits' or 'mnist'")
-
-
-def _parse_overrides(items: list[str]) -> dict:
-    overrides = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.isidentifier():
-            raise ValueError(f"--set expects key=value (e.g. dim=64 pool_after=(2,3)), got {item!r}")
-        try:
-            overrides[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            overrides[key] = value
-    return overrides
-
-
-def main(argv: list[str] | None = None) -> list[dict]:
-    from .models import available, create
-
-    parser = argparse.ArgumentParser(prog="python -m spiketwin.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help=f"registered model name ({', '.join(available())})")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="model overrides; img_size, in_channels and num_classes default to the data's")
-    parser.add_argument("--data", default="digits", choices=["digits", "mnist"])
-    parser.add_argument("--data-dir", help="folder of the dataset files (mnist)")
-    parser.add_argument("--n-train", type=int, default=8000, help="mnist: first N of the t10k split train")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--weight-decay", type=float, default=0.05)
-    parser.add_argument("--batch", type=int, default=64, help="batch size per process")
-    parser.add_argument("--warmup-epochs", type=float, default=1.0)
-    parser.add_argument("--label-smoothing", type=float, default=0.0)
-    parser.add_argument("--mixup", type=float, default=0.0, help="mixup Beta(a, a) parameter; 0 = off")
-    parser.add_argument("--mixup-off-epoch", type=int)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", help="output folder: metrics.jsonl, checkpoint.safetensors, run.json")
-    parser.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-
-    x, y, xt, yt = load_dataset(args.data, args.data_dir, args.n_train)
-    overrides = {"img_size": x.shape[-1], "in_channels": x.shape[1], "num_classes": int(y.max()) + 1,
-                 **_parse_overrides(args.set)}
-    torch.manual_seed(args.seed)
-    model = create(args.model, **overrides)
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        model = model.to(f"cuda:{local_rank}")
-    if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "run.json").write_text(json.dumps({"model": args.model, "overrides": overrides,
-                                                             "args": vars(args)}, indent=1, default=str))
-    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch,
-                      warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, seed=args.seed,
-                      progress=not args.no_progress, mixup_alpha=args.mixup, mixup_off_epoch=args.mixup_off_epoch,
-                      out_dir=args.out, resume=args.resume)
-    history = fit(model, x, y, cfg, eval_data=(xt, yt))
-    if int(os.environ.get("RANK", "0")) == 0:
-        for record in history:
-            print(json.dumps(record))
-    return history
+    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -9,8 +9,8 @@ from .digits import load_digits
 from .events import CIFAR10DVS, DVSGesture, events_to_frames, read_aedat20_dvs128, read_aedat31
 from .folder import ImageFolder
 from .mnist import load_mnist, mnist_split
-from .registry import TensorData, available_datasets, get_dataset
+from .registry import TensorData, available_datasets, get_dataset, train_test
 
 __all__ = ["load_digits", "load_mnist", "mnist_split", "load_cifar10", "load_cifar100", "cifar_classes",
            "ImageFolder", "DVSGesture", "CIFAR10DVS", "read_aedat31", "read_aedat20_dvs128", "events_to_frames",
-           "TensorData", "available_datasets", "get_dataset"]
+           "TensorData", "available_datasets", "get_dataset", "train_test"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..extras import require
+
 
 def load_digits(test_fraction: float = 0.2, seed: int = 0):
     """Return ``(x_train, y_train, x_test, y_test)``: ``x`` is ``[N, 1, 8, 8]`` in ``[0, 1]``.
@@ -11,10 +13,7 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0):
     The split is a fixed random permutation (``seed``), so every run sees the same test set.
     Needs scikit-learn (``pip install spiketwin[data]``).
     """
-    try:
-        from sklearn.datasets import load_digits as sk_load_digits
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("load_digits needs scikit-learn: pip install 'spiketwin[data]'") from e
+    sk_load_digits = require("sklearn.datasets", "data", "load_digits").load_digits
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     bunch = sk_load_digits()

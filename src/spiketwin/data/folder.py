@@ -10,15 +10,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..extras import require
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
 
 def _pillow():
-    try:
-        from PIL import Image
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("ImageFolder needs Pillow: pip install 'spiketwin[vision]'") from e
-    return Image
+    return require("PIL.Image", "vision", "ImageFolder")
 
 
 class ImageFolder(Dataset):

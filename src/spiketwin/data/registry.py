@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset, Subset, TensorDataset
 
 from .cifar import cifar_classes, load_cifar10, load_cifar100
 from .digits import load_digits
@@ -125,3 +125,32 @@ def get_dataset(name: str, root: str | Path | None = None, split: str | None = "
     if name not in _DATASETS:
         raise ValueError(f"unknown data set {name!r}; available: {', '.join(available_datasets())}")
     return _DATASETS[name](root, split, **kw)
+
+
+#: The (train, test) splits :func:`train_test` reads: MNIST uses the project's cut of the t10k file (the shared
+#: copy has only t10k), image folders ImageNet's ``train`` / ``val`` sub-folders.
+_TRAIN_TEST = {"mnist": ("t10k-train", "t10k-test"), "imagefolder": ("train", "val")}
+
+
+def train_test(name: str, root: str | Path | None = None, limit: int | None = None, **kw) -> tuple[Dataset, Dataset]:
+    """The training and test split of data set ``name`` (:func:`get_dataset` with the splits of
+    ``_TRAIN_TEST``, else ``train`` / ``test``), each cut to its first ``limit`` samples when given. This is the
+    pair the command line trains and evaluates on."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    pair = []
+    for split in _TRAIN_TEST.get(name, ("train", "test")):
+        data = get_dataset(name, root, split, **kw)
+        if limit is not None and limit < len(data):
+            data = TensorData(*(t[:limit] for t in data.tensors), data.classes) if isinstance(data, TensorData) \
+                else _First(data, limit)
+        pair.append(data)
+    return pair[0], pair[1]
+
+
+class _First(Subset):
+    """The first ``n`` samples of a file-streamed data set, keeping its ``classes``."""
+
+    def __init__(self, data: Dataset, n: int) -> None:
+        super().__init__(data, range(n))
+        self.classes = data.classes

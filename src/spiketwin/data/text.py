@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from ..extras import require
+
 TEXT_COLUMNS = ("text", "sentence")
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
 
@@ -65,12 +67,8 @@ def load_sst2(root: str | Path, split: str = "train") -> tuple[list[str], torch.
 
 
 def _require_nlp(what: str):
-    try:
-        import tokenizers  # noqa: F401
-        import transformers
-    except ImportError as e:
-        raise ImportError(f"{what} needs transformers and tokenizers: pip install 'spiketwin[nlp]'") from e
-    return transformers
+    require("tokenizers", "nlp", what)
+    return require("transformers", "nlp", what)
 
 
 def load_tokenizer(path: str | Path):

@@ -33,6 +33,7 @@ from torch import fx, nn
 
 from ..base import StatefulModule, reset, set_step_mode
 from ..convert.spikeconverter import PeriodBias, SpikeMaxPool2d
+from ..extras import require
 from ..neurons import ILIF, LIF, STBIF
 from ..ops import SESA, Accumulate, BiasOnce, MatMul, OffsetOnce
 from ..quant import Quantizer
@@ -62,11 +63,7 @@ class NIRExportError(ValueError):
 
 
 def _import_nir():
-    try:
-        import nir
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("NIR export needs the 'nir' package: pip install 'spiketwin[nir]'") from e
-    return nir
+    return require("nir", "nir", "NIR export")
 
 
 def _reason(module: nn.Module) -> str | None:
@@ -377,10 +374,7 @@ def from_nir(source, dt: float | None = None, dtype: torch.dtype = torch.float32
     integrated with forward Euler over ``dt`` (default: the graph's ``metadata["dt"]``, else 1).
     """
     nir = _import_nir()
-    try:
-        import nirtorch
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("reading NIR back needs 'nirtorch': pip install 'spiketwin[nir]'") from e
+    nirtorch = require("nirtorch", "nir", "reading NIR back")
     graph = nir.read(str(source)) if isinstance(source, (str, Path)) else source
     if dt is None:
         dt = float(np.asarray(graph.metadata.get("dt", 1.0)))

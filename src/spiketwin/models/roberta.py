@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..extras import require
 from ..ops import MatMul
 from . import register
 
@@ -294,11 +295,9 @@ class Roberta(nn.Module):
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"Roberta.from_pretrained: {path} has no config.json "
                                     "(expected a directory written by save_pretrained)")
-        try:
-            from transformers import RobertaForSequenceClassification
-        except ImportError as e:
-            raise ImportError("Roberta.from_pretrained needs transformers: pip install 'spiketwin[nlp]'") from e
-        return cls.from_hf(RobertaForSequenceClassification.from_pretrained(str(path), local_files_only=True))
+        transformers = require("transformers", "nlp", "Roberta.from_pretrained")
+        return cls.from_hf(transformers.RobertaForSequenceClassification.from_pretrained(str(path),
+                                                                                         local_files_only=True))
 
     def to_hf(self) -> nn.Module:
         """The ``transformers.RobertaForSequenceClassification`` with this model's config and weights."""
@@ -313,19 +312,10 @@ class Roberta(nn.Module):
 
     def load_hf_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Load Hugging Face's keys; a clear ``ValueError`` lists missing, unexpected and mis-shaped keys."""
-        own = self.state_dict()
+        from ..checkpoint import load_state_dict_checked
+
         state = {k: v for k, v in state.items() if not k.endswith(("position_ids", "token_type_ids"))}
-        problems = []
-        if missing := sorted(set(own) - set(state)):
-            problems.append(f"missing keys: {', '.join(missing)}")
-        if unexpected := sorted(set(state) - set(own)):
-            problems.append(f"unexpected keys: {', '.join(unexpected)}")
-        if mismatched := [f"{k}: given {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                          for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]:
-            problems.append("shape mismatches: " + "; ".join(mismatched))
-        if problems:
-            raise ValueError("Roberta: the state dict does not fit this configuration — " + " | ".join(problems))
-        self.load_state_dict(state)
+        load_state_dict_checked(self, state, "Roberta.load_hf_state_dict: the state dict")
 
     def check_input(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                     token_type_ids: torch.Tensor | None) -> None:

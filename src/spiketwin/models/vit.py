@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..checkpoint import load_state_dict_checked
+from ..extras import require
 from ..ops import MatMul
 from . import register
 
@@ -194,31 +196,11 @@ def load_timm_safetensors(model: nn.Module, path: str | Path) -> nn.Module:
     Fails with a ``ValueError`` listing missing keys, unexpected keys and shape mismatches (the
     ``pos_embed`` shape encodes ``img_size / patch_size``). Needs ``safetensors`` (``pip install 'spiketwin[io]'``).
     """
-    try:
-        from safetensors.torch import load_file
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("load_timm_safetensors needs safetensors: pip install 'spiketwin[io]'") from e
+    load_file = require("safetensors.torch", "io", "load_timm_safetensors").load_file
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"load_timm_safetensors: no such file {path}")
-    tensors = load_file(str(path))
-    own = model.state_dict()
-    problems = []
-    missing = sorted(set(own) - set(tensors))
-    unexpected = sorted(set(tensors) - set(own))
-    if missing:
-        problems.append(f"missing keys (in the model, not in the file): {', '.join(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys (in the file, not in the model): {', '.join(unexpected)}")
-    mismatched = [f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in sorted(set(own) & set(tensors)) if tensors[k].shape != own[k].shape]
-    if mismatched:
-        problems.append("shape mismatches: " + "; ".join(mismatched))
-    if problems:
-        raise ValueError(f"load_timm_safetensors({path}): the checkpoint does not fit "
-                         f"{type(model).__name__} — " + " | ".join(problems))
-    model.load_state_dict(tensors)
-    return model
+    return load_state_dict_checked(model, load_file(str(path)), f"load_timm_safetensors({path})")
 
 
 def _config(**defaults):
