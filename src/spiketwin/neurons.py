@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 
 from .base import StatefulModule
-from .ops import changed_samples, running_sum, scatter_samples, sparse_index
+from .ops import changed_samples, running_sum_into, scatter_samples, sparse_index
 from .surrogate import Sigmoid, Surrogate
 
 
@@ -319,14 +319,14 @@ class STBIF(StatefulModule):
     def _steps(self, x_seq: torch.Tensor, total: torch.Tensor | None, count: torch.Tensor | None):
         """The scan from state ``(total, count)``: spikes ``[T, B, ...]``, the new state and ``pending``."""
         theta = self.threshold.to(x_seq.dtype)
-        totals = running_sum(x_seq, total)
+        totals = running_sum_into(x_seq, total)  # the state tensors are this neuron's own: updated in place
         steps = torch.div(totals, theta).add_(0.5).floor_().clamp_(self.n_min, self.n_max)  # targets
         count = torch.zeros_like(x_seq[0]) if count is None else count
         pending = []
         for t in range(x_seq.shape[0]):  # the target at t becomes the spike at t: clamp(target - count, -1, 1)
             delta = steps[t].sub_(count)
             pending.append(_far(delta))
-            count = count + delta.clamp_(-1, 1)
+            count.add_(delta.clamp_(-1, 1))
         return steps.mul_(theta), totals[-1], count, torch.stack(pending, 1)
 
     def _sample_steps(self, x_seq: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

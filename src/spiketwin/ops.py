@@ -50,6 +50,15 @@ def running_sum(x_seq: torch.Tensor, initial: torch.Tensor | None = None) -> tor
     return out
 
 
+def running_sum_into(x_seq: torch.Tensor, total: torch.Tensor | None) -> torch.Tensor:
+    """:func:`running_sum` from ``total`` that adds a single step into ``total`` itself (the caller's own state,
+    which it replaces by the result anyway): the same addition, without writing a new tensor. Without autograd
+    only (in-place writes would break a recorded graph)."""
+    if total is not None and x_seq.shape[0] == 1 and total.shape == x_seq.shape[1:] and not torch.is_grad_enabled():
+        return total.add_(x_seq[0]).unsqueeze(0)
+    return running_sum(x_seq, total)
+
+
 def difference(y_seq: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
     """A new tensor ``d_t = y_t - y_{t-1}`` along dim 0, with ``y_0 = previous`` (``None``: ``d_1 = y_1``).
 
@@ -86,9 +95,11 @@ def sparse_index(active: torch.Tensor) -> torch.Tensor | None:
     """The indices of the ``active`` samples (``[B]`` bool) when computing only those pays, else ``None`` (dense).
 
     Counting them reads the count on the host: on a CPU that is free, on CUDA it would stall the device at
-    every operator, so there the answer is always ``None`` (the dense path, no synchronisation).
+    every operator, so there the answer is always ``None`` (the dense path, no synchronisation). With autograd
+    on it is ``None`` as well (the event-driven path updates state in place).
     """
-    if active.device.type != "cpu" or int(active.sum()) > SPARSE_MAX_FRACTION * active.numel():
+    if (active.device.type != "cpu" or torch.is_grad_enabled()
+            or int(active.sum()) > SPARSE_MAX_FRACTION * active.numel()):
         return None
     return active.nonzero().squeeze(1)
 
@@ -216,7 +227,10 @@ class SESA(StatefulModule):
             index = sparse_index(changed_samples(a) | changed_samples(b))
             if index is not None:
                 return self._changed_products(a, b, index)
-        a_seq, b_seq = running_sum(a, self.a_sum), running_sum(b, self.b_sum)
+        if self.own_state:
+            a_seq, b_seq = running_sum_into(a, self.a_sum), running_sum_into(b, self.b_sum)
+        else:
+            a_seq, b_seq = running_sum(a, self.a_sum), running_sum(b, self.b_sum)
         products = a_seq @ b_seq
         out = difference(products, self.product)
         self.a_sum, self.b_sum, self.product = a_seq[-1], b_seq[-1], products[-1]
@@ -266,7 +280,7 @@ class Accumulate(StatefulModule):
             index = sparse_index(changed_samples(x))
             if index is not None:
                 return self._changed_samples(x, args, index)
-        totals = running_sum(x, self.total)
+        totals = running_sum_into(x, self.total) if self.own_state else running_sum(x, self.total)
         y = self.fn(totals, *args)
         out = difference(y, self.last)
         self.total, self.last = totals[-1], y[-1]
