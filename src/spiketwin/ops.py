@@ -77,6 +77,16 @@ def difference(y_seq: torch.Tensor, previous: torch.Tensor | None) -> torch.Tens
     return out
 
 
+def difference_into(y_seq: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
+    """:func:`difference` that writes a single step into ``previous`` itself (the caller's own state, which it
+    replaces by ``y_seq[-1]`` and never reads again): the same subtraction, into memory already in use (a new
+    tensor costs several times more to write, measured). Without autograd only."""
+    if previous is not None and y_seq.shape[0] == 1 and previous.shape == y_seq.shape[1:] \
+            and not torch.is_grad_enabled():
+        return torch.sub(y_seq[0], previous, out=previous).unsqueeze(0)
+    return difference(y_seq, previous)
+
+
 SPARSE_MAX_FRACTION = 0.5
 """Event-driven sequence path: while at most this fraction of the samples of a call has work (input, or a
 neuron still walking to its target), an operator computes those samples only and outputs zeros for the rest."""
@@ -227,12 +237,10 @@ class SESA(StatefulModule):
             index = sparse_index(changed_samples(a) | changed_samples(b))
             if index is not None:
                 return self._changed_products(a, b, index)
-        if self.own_state:
-            a_seq, b_seq = running_sum_into(a, self.a_sum), running_sum_into(b, self.b_sum)
-        else:
-            a_seq, b_seq = running_sum(a, self.a_sum), running_sum(b, self.b_sum)
+        summed, differenced = (running_sum_into, difference_into) if self.own_state else (running_sum, difference)
+        a_seq, b_seq = summed(a, self.a_sum), summed(b, self.b_sum)
         products = a_seq @ b_seq
-        out = difference(products, self.product)
+        out = differenced(products, self.product)
         self.a_sum, self.b_sum, self.product = a_seq[-1], b_seq[-1], products[-1]
         self.own_state = True
         return out
@@ -280,9 +288,10 @@ class Accumulate(StatefulModule):
             index = sparse_index(changed_samples(x))
             if index is not None:
                 return self._changed_samples(x, args, index)
-        totals = running_sum_into(x, self.total) if self.own_state else running_sum(x, self.total)
+        summed, differenced = (running_sum_into, difference_into) if self.own_state else (running_sum, difference)
+        totals = summed(x, self.total)
         y = self.fn(totals, *args)
-        out = difference(y, self.last)
+        out = differenced(y, self.last)
         self.total, self.last = totals[-1], y[-1]
         self.own_state = True
         return out
