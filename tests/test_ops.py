@@ -145,3 +145,86 @@ def test_keep_drops_samples_from_every_state():
     module.keep(keep)
     out += [module(a[t, keep], b[t, keep]) for t in range(1, T)]
     assert torch.equal(torch.stack(out[1:]), full[1:, keep])
+
+
+# ---------------------------------------------------------------- event-driven sequence path
+
+
+def quiet_samples(x, seed, quiet=0.6):
+    """``x`` ``[T, B, ...]`` with whole samples silent at random steps (the first step too), as late in a run."""
+    silent = torch.rand(x.shape[:2], generator=gen(seed + 100)) < quiet
+    return x * ~silent.view(*x.shape[:2], *([1] * (x.dim() - 2)))
+
+
+def sparse_vs_dense(make, *inputs, static=(), monkeypatch):
+    """Run fresh ``make()`` modules on ``inputs`` in uneven sequence chunks, event-driven (compaction forced at
+    any density) and dense, and step by step: outputs and final states must be identical, bit for bit.
+    Returns how many calls took the event-driven path."""
+    import spiketwin.neurons
+    import spiketwin.ops
+
+    calls = []
+    original = spiketwin.ops.scatter_samples
+
+    def spy(*args):
+        calls.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(spiketwin.ops, "scatter_samples", spy)
+    monkeypatch.setattr(spiketwin.neurons, "scatter_samples", spy)
+    monkeypatch.setattr(spiketwin.ops, "SPARSE_MAX_FRACTION", 1.0)
+    chunks = (1, 2, 1, 1, 3, 1, 1)
+    results = []
+    for sparse, mode in ((True, "m"), (False, "m"), (False, "s")):
+        module = make()
+        module.sparse = sparse
+        with torch.no_grad():
+            out = run(module, *inputs, mode=mode, chunks=chunks, static=static)
+        results.append((out, [getattr(module, n) for n in module.state_names]))
+    (sparse_out, sparse_state), *others = results
+    for out, state in others:
+        assert torch.equal(sparse_out, out)
+        for a, b in zip(sparse_state, state):
+            assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+    return len(calls)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_event_driven_path_is_the_dense_path_bit_for_bit(seed, monkeypatch):
+    from spiketwin.neurons import STBIF
+
+    torch.manual_seed(seed)
+    linear = nn.Linear(6, 9).double()
+    n = sparse_vs_dense(lambda: BiasOnce(linear), quiet_samples(spike_train((10, 7, 5, 6), seed), seed),
+                        monkeypatch=monkeypatch)
+    conv = nn.Conv2d(2, 3, 3, padding=1).double()
+    n += sparse_vs_dense(lambda: BiasOnce(conv), quiet_samples(spike_train((10, 7, 2, 5, 5), seed + 1), seed + 1),
+                         monkeypatch=monkeypatch)
+    a = quiet_samples(spike_train((10, 7, 2, 5, 4), seed + 2), seed + 2)
+    b = quiet_samples(spike_train((10, 7, 2, 4, 6), seed + 3), seed + 3)
+    n += sparse_vs_dense(SESA, a, b, monkeypatch=monkeypatch)
+    ln = nn.LayerNorm(6).double()
+    nn.init.normal_(ln.weight)
+    nn.init.normal_(ln.bias)
+    for fn in (nn.Softmax(dim=-1), ln):
+        x = quiet_samples(spike_train((10, 7, 5, 6), seed + 4), seed + 4)
+        n += sparse_vs_dense(lambda fn=fn: Accumulate(fn), x, monkeypatch=monkeypatch)
+    mask = torch.zeros(7, 1, 1, 5, dtype=torch.float64)
+    mask[:3, ..., 3:] = torch.finfo(torch.float64).min  # three samples with two padded keys
+    n += sparse_vs_dense(lambda: Accumulate(_Fn(lambda x, m: (x + m).softmax(-1))),
+                         quiet_samples(spike_train((10, 7, 2, 5, 5), seed + 5), seed + 5), static=(mask,),
+                         monkeypatch=monkeypatch)
+    # a neuron keeps firing after its input stopped: a sample with pending neurons must still be computed
+    x = quiet_samples(torch.randn(10, 7, 4, 3, generator=gen(seed), dtype=torch.float64), seed + 6, quiet=0.7)
+    n += sparse_vs_dense(lambda: STBIF(0.1, -8, 7), x, monkeypatch=monkeypatch)
+    assert n > 30  # the event-driven path really ran
+
+
+def test_event_driven_path_stays_dense_off_the_cpu():
+    from spiketwin.ops import sparse_index
+
+    assert sparse_index(torch.zeros(5, dtype=torch.bool, device="meta")) is None
+    with torch.no_grad():
+        assert sparse_index(torch.tensor([True, True, True, False])) is None  # above SPARSE_MAX_FRACTION
+        assert torch.equal(sparse_index(torch.tensor([False, True, False, False])), torch.tensor([1]))
+    assert sparse_index(torch.tensor([False, True, False, False])) is None  # autograd on: dense

@@ -198,3 +198,23 @@ def test_errors_name_the_problem():
         max_position_embeddings=40, is_decoder=True))
     with pytest.raises(ValueError, match="is_decoder"):
         to_qann(hf_model)
+
+
+def test_event_driven_sequence_path_is_the_dense_path_with_padding(monkeypatch):
+    """Computing only the samples with work (forced at any density) gives the dense path's results exactly,
+    with the attention mask cut to the same samples."""
+    import spiketwin.ops
+
+    monkeypatch.setattr(spiketwin.ops, "SPARSE_MAX_FRACTION", 1.0)
+    model = tiny(11, layers=2)
+    batch = padded_batch([10, 6, 3, 8, 2], seed=11)
+    snn = to_snn(calibrated_qann(model, 16, batch))
+    results = []
+    for flag in (True, False):
+        for m in snn.modules():
+            if hasattr(m, "sparse"):
+                m.sparse = flag
+        results.append(simulate(snn, batch, max_steps=256))
+    assert torch.equal(results[0].per_step, results[1].per_step)
+    assert torch.equal(results[0].settle_step, results[1].settle_step)
+    assert torch.equal(results[0].per_step, simulate(snn, batch, max_steps=256, step_mode="s").per_step)

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 
 from .base import StatefulModule
-from .ops import running_sum
+from .ops import changed_samples, running_sum_into, scatter_samples, sparse_index
 from .surrogate import Sigmoid, Surrogate
 
 
@@ -243,21 +243,32 @@ class STBIF(StatefulModule):
     ``.pending`` (``[B, T]`` bool, for the T steps of the last call; not state) marks the samples in which,
     after that step, some neuron's count still differs from its target (it was more than one spike away): with
     no further input such a neuron fires at the next step; a sample with no pending neuron has settled.
+
+    Event-driven sequence path (``sparse=True``, CPU): a sample with no input during a call and no pending
+    neuron before it emits zeros and keeps its state, so only the other samples are computed, with the same
+    arithmetic (see :data:`~spiketwin.ops.SPARSE_MAX_FRACTION`).
     """
 
     state_names = ("total", "count", "spikes")
 
-    def __init__(self, threshold: float | torch.Tensor, n_min: int, n_max: int, step_mode: str = "m") -> None:
+    def __init__(self, threshold: float | torch.Tensor, n_min: int, n_max: int, step_mode: str = "m",
+                 sparse: bool = True) -> None:
         super().__init__(step_mode)
         if not n_min <= 0 < n_max:
             raise ValueError(f"STBIF: need n_min <= 0 < n_max, got n_min={n_min}, n_max={n_max}")
         self.n_min, self.n_max = int(n_min), int(n_max)
+        self.sparse = sparse
         self.register_buffer("threshold", _as_threshold(threshold))
         self.pending: torch.Tensor | None = None
 
     def reset(self) -> None:
         super().reset()
         self.pending = None
+
+    def keep(self, index: torch.Tensor) -> None:
+        super().keep(index)
+        if self.pending is not None:
+            self.pending = self.pending.index_select(0, index)
 
     @classmethod
     def from_quantizer(cls, quantizer, step_mode: str = "m") -> STBIF:
@@ -296,19 +307,38 @@ class STBIF(StatefulModule):
     def multi_step(self, x_seq: torch.Tensor) -> torch.Tensor:
         """The step rule over ``[T, B, ...]``, bit-identical to calling :meth:`single_step` T times: the
         running totals and their rounded targets are computed for all steps first; only the one-spike-per-step
-        walk of the count towards its target is scanned."""
+        walk of the count towards its target is scanned. Samples that can only output zeros are skipped."""
+        if self.sparse and self.pending is not None:
+            index = sparse_index(changed_samples(x_seq) | self.pending[:, -1])
+            if index is not None:
+                return self._sample_steps(x_seq, index)
+        spikes, self.total, self.count, self.pending = self._steps(x_seq, self.total, self.count)
+        self.spikes = spikes[-1]
+        return spikes
+
+    def _steps(self, x_seq: torch.Tensor, total: torch.Tensor | None, count: torch.Tensor | None):
+        """The scan from state ``(total, count)``: spikes ``[T, B, ...]``, the new state and ``pending``."""
         theta = self.threshold.to(x_seq.dtype)
-        totals = running_sum(x_seq, self.total)
+        totals = running_sum_into(x_seq, total)  # the state tensors are this neuron's own: updated in place
         steps = torch.div(totals, theta).add_(0.5).floor_().clamp_(self.n_min, self.n_max)  # targets
-        count = torch.zeros_like(x_seq[0]) if self.count is None else self.count
+        count = torch.zeros_like(x_seq[0]) if count is None else count
         pending = []
         for t in range(x_seq.shape[0]):  # the target at t becomes the spike at t: clamp(target - count, -1, 1)
             delta = steps[t].sub_(count)
             pending.append(_far(delta))
-            count = count + delta.clamp_(-1, 1)
-        self.total, self.count, self.pending = totals[-1], count, torch.stack(pending, 1)
-        self.spikes = steps.mul_(theta)[-1]
-        return steps
+            count.add_(delta.clamp_(-1, 1))
+        return steps.mul_(theta), totals[-1], count, torch.stack(pending, 1)
+
+    def _sample_steps(self, x_seq: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """:meth:`multi_step` for the samples ``index`` only; the others output zeros and keep their state."""
+        spikes, total, count, pending = self._steps(x_seq.index_select(1, index), self.total.index_select(0, index),
+                                                    self.count.index_select(0, index))
+        self.total.index_copy_(0, index, total)  # the state tensors are this neuron's own
+        self.count.index_copy_(0, index, count)
+        self.pending = pending.new_zeros((x_seq.shape[1], x_seq.shape[0])).index_copy_(0, index, pending)
+        out = scatter_samples(index, spikes, x_seq.shape[1])
+        self.spikes = out[-1]
+        return out
 
     def extra_repr(self) -> str:
         theta = self.threshold.flatten()[:4].tolist()

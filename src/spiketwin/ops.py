@@ -50,6 +50,15 @@ def running_sum(x_seq: torch.Tensor, initial: torch.Tensor | None = None) -> tor
     return out
 
 
+def running_sum_into(x_seq: torch.Tensor, total: torch.Tensor | None) -> torch.Tensor:
+    """:func:`running_sum` from ``total`` that adds a single step into ``total`` itself (the caller's own state,
+    which it replaces by the result anyway): the same addition, without writing a new tensor. Without autograd
+    only (in-place writes would break a recorded graph)."""
+    if total is not None and x_seq.shape[0] == 1 and total.shape == x_seq.shape[1:] and not torch.is_grad_enabled():
+        return total.add_(x_seq[0]).unsqueeze(0)
+    return running_sum(x_seq, total)
+
+
 def difference(y_seq: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
     """A new tensor ``d_t = y_t - y_{t-1}`` along dim 0, with ``y_0 = previous`` (``None``: ``d_1 = y_1``).
 
@@ -68,6 +77,49 @@ def difference(y_seq: torch.Tensor, previous: torch.Tensor | None) -> torch.Tens
     return out
 
 
+def difference_into(y_seq: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
+    """:func:`difference` that writes a single step into ``previous`` itself (the caller's own state, which it
+    replaces by ``y_seq[-1]`` and never reads again): the same subtraction, into memory already in use (a new
+    tensor costs several times more to write, measured). Without autograd only."""
+    if previous is not None and y_seq.shape[0] == 1 and previous.shape == y_seq.shape[1:] \
+            and not torch.is_grad_enabled():
+        return torch.sub(y_seq[0], previous, out=previous).unsqueeze(0)
+    return difference(y_seq, previous)
+
+
+SPARSE_MAX_FRACTION = 0.5
+"""Event-driven sequence path: while at most this fraction of the samples of a call has work (input, or a
+neuron still walking to its target), an operator computes those samples only and outputs zeros for the rest."""
+
+
+def changed_samples(x_seq: torch.Tensor) -> torch.Tensor:
+    """``[B]`` bool: the samples of ``x_seq`` (``[T, B, ...]``) with a nonzero entry at some step (two reductions
+    over all but the batch dimension: fast on any layout)."""
+    if x_seq.dim() == 2:
+        return (x_seq != 0).any(0)
+    dims = (0, *range(2, x_seq.dim()))
+    return (x_seq.amax(dims) != 0) | (x_seq.amin(dims) != 0)
+
+
+def sparse_index(active: torch.Tensor) -> torch.Tensor | None:
+    """The indices of the ``active`` samples (``[B]`` bool) when computing only those pays, else ``None`` (dense).
+
+    Counting them reads the count on the host: on a CPU that is free, on CUDA it would stall the device at
+    every operator, so there the answer is always ``None`` (the dense path, no synchronisation). With autograd
+    on it is ``None`` as well (the event-driven path updates state in place).
+    """
+    if (active.device.type != "cpu" or torch.is_grad_enabled()
+            or int(active.sum()) > SPARSE_MAX_FRACTION * active.numel()):
+        return None
+    return active.nonzero().squeeze(1)
+
+
+def scatter_samples(index: torch.Tensor, values: torch.Tensor, batch: int) -> torch.Tensor:
+    """``[T, batch, ...]`` zeros with ``values`` (``[T, len(index), ...]``) at the samples ``index``."""
+    out = values.new_zeros((values.shape[0], batch, *values.shape[2:]))
+    return out.index_copy_(1, index, values)
+
+
 class BiasOnce(StatefulModule):
     """A ``nn.Linear`` or ``nn.Conv1d/2d/3d`` whose weight acts on every step and whose bias enters once.
 
@@ -77,11 +129,12 @@ class BiasOnce(StatefulModule):
 
     state_names = ("started",)
 
-    def __init__(self, layer: nn.Module, step_mode: str = "m") -> None:
+    def __init__(self, layer: nn.Module, step_mode: str = "m", sparse: bool = True) -> None:
         super().__init__(step_mode)
         if not isinstance(layer, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             raise TypeError(f"BiasOnce wraps nn.Linear or nn.ConvNd, got {type(layer).__name__}")
         self.layer = layer
+        self.sparse = sparse
 
     def _weight_only(self, x: torch.Tensor) -> torch.Tensor:
         layer = self.layer
@@ -104,8 +157,27 @@ class BiasOnce(StatefulModule):
         self.started = True
         return y
 
+    def _weight_only_changed(self, x_seq: torch.Tensor) -> torch.Tensor:
+        """:meth:`_weight_only` computed for the samples with a nonzero input only (the others output zeros)."""
+        index = sparse_index(changed_samples(x_seq))
+        if index is None:
+            return self._weight_only(x_seq)
+        picked = x_seq.index_select(1, index)
+        if not isinstance(self.layer, nn.Linear):
+            if len(index):
+                return scatter_samples(index, self._weight_only(picked), x_seq.shape[1])
+            probe = self._weight_only(x_seq[:1, :1])  # the output's shape, from one sample
+            return probe.new_zeros((*x_seq.shape[:2], *probe.shape[2:]))
+        rows = picked.reshape(-1, x_seq.shape[-1])
+        # BLAS may compute the last rows of a matrix whose height is below 4 or not a multiple of 4 by a kernel
+        # that rounds differently: pad with zero rows so that every row gets the kernel of the dense path
+        pad = -len(rows) % 8 or (8 if len(rows) == 0 else 0)
+        y = F.linear(torch.cat([rows, rows.new_zeros((pad, rows.shape[1]))]) if pad else rows, self.layer.weight)
+        y = y[: len(rows)].view(*picked.shape[:-1], self.layer.out_features)
+        return scatter_samples(index, y, x_seq.shape[1])
+
     def multi_step(self, x_seq: torch.Tensor) -> torch.Tensor:
-        y = self._weight_only(x_seq)
+        y = self._weight_only_changed(x_seq) if self.sparse and self.started else self._weight_only(x_seq)
         if self.layer.bias is not None and self.started is None:
             y[0] = self._bias(y[0])
         self.started = True
@@ -141,10 +213,16 @@ class SESA(StatefulModule):
     With running sums ``A_t = Σ_{τ≤t} a_τ`` and ``B_t`` likewise, step ``t`` outputs
     ``A_t @ B_t - A_{t-1} @ B_{t-1}``, so the outputs sum to ``A_T @ B_T``. Inputs ``[B, ..., n, k]`` and
     ``[B, ..., k, m]`` (step) or with a leading ``T`` (sequence); the sequence path is running sums, one
-    batched matmul over all steps, and a difference.
+    batched matmul over all steps, and a difference. Event-driven (``sparse=True``): a product whose two
+    operands got no input during a call outputs zeros, so only the others are computed.
     """
 
     state_names = ("a_sum", "b_sum", "product")
+
+    def __init__(self, step_mode: str = "m", sparse: bool = True) -> None:
+        super().__init__(step_mode)
+        self.sparse = sparse
+        self.own_state = False  # state written by the sequence path only: safe to update in place
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if self.step_mode == "s":
@@ -153,12 +231,30 @@ class SESA(StatefulModule):
             product = self.a_sum @ self.b_sum
             out = product if self.product is None else product - self.product
             self.product = product
+            self.own_state = False
             return out
-        a_seq, b_seq = running_sum(a, self.a_sum), running_sum(b, self.b_sum)
+        if self.sparse and self.own_state and self.product is not None:
+            index = sparse_index(changed_samples(a) | changed_samples(b))
+            if index is not None:
+                return self._changed_products(a, b, index)
+        summed, differenced = (running_sum_into, difference_into) if self.own_state else (running_sum, difference)
+        a_seq, b_seq = summed(a, self.a_sum), summed(b, self.b_sum)
         products = a_seq @ b_seq
-        out = difference(products, self.product)
+        out = differenced(products, self.product)
         self.a_sum, self.b_sum, self.product = a_seq[-1], b_seq[-1], products[-1]
+        self.own_state = True
         return out
+
+    def _changed_products(self, a: torch.Tensor, b: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """The sequence path for the samples ``index`` only; the others output zeros and keep their state."""
+        a_seq = running_sum(a.index_select(1, index), self.a_sum.index_select(0, index))
+        b_seq = running_sum(b.index_select(1, index), self.b_sum.index_select(0, index))
+        products = a_seq @ b_seq
+        out = difference(products, self.product.index_select(0, index))
+        self.a_sum.index_copy_(0, index, a_seq[-1])
+        self.b_sum.index_copy_(0, index, b_seq[-1])
+        self.product.index_copy_(0, index, products[-1])
+        return scatter_samples(index, out, a.shape[1])
 
 
 class Accumulate(StatefulModule):
@@ -174,9 +270,11 @@ class Accumulate(StatefulModule):
 
     state_names = ("total", "last")
 
-    def __init__(self, fn: nn.Module, step_mode: str = "m") -> None:
+    def __init__(self, fn: nn.Module, step_mode: str = "m", sparse: bool = True) -> None:
         super().__init__(step_mode)
         self.fn = fn
+        self.sparse = sparse
+        self.own_state = False  # state written by the sequence path only: safe to update in place
 
     def forward(self, x: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
         if self.step_mode == "s":
@@ -184,9 +282,30 @@ class Accumulate(StatefulModule):
             y = self.fn(self.total, *args)
             out = y if self.last is None else y - self.last
             self.last = y
+            self.own_state = False
             return out
-        totals = running_sum(x, self.total)
+        if self.sparse and self.own_state and self.last is not None:
+            index = sparse_index(changed_samples(x))
+            if index is not None:
+                return self._changed_samples(x, args, index)
+        summed, differenced = (running_sum_into, difference_into) if self.own_state else (running_sum, difference)
+        totals = summed(x, self.total)
         y = self.fn(totals, *args)
-        out = difference(y, self.last)
+        out = differenced(y, self.last)
         self.total, self.last = totals[-1], y[-1]
+        self.own_state = True
         return out
+
+    def _changed_samples(self, x: torch.Tensor, args: tuple[torch.Tensor, ...], index: torch.Tensor) -> torch.Tensor:
+        """The sequence path for the samples ``index`` only: a sample whose accumulated input did not change
+        outputs ``fn(X_t) - fn(X_{t-1}) = 0`` and keeps its state. An argument with a batch dimension (as many
+        dimensions as a step's input or more, e.g. a mask ``[B, 1, 1, N]``) is cut to the same samples."""
+        step_dims = x.dim() - 1
+        picked_args = [v.index_select(v.dim() - step_dims, index) if v.dim() >= step_dims and
+                       v.shape[v.dim() - step_dims] != 1 else v for v in args]
+        totals = running_sum(x.index_select(1, index), self.total.index_select(0, index))
+        y = self.fn(totals, *picked_args)
+        out = difference(y, self.last.index_select(0, index))
+        self.total.index_copy_(0, index, totals[-1])
+        self.last.index_copy_(0, index, y[-1])
+        return scatter_samples(index, out, x.shape[1])
