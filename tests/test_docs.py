@@ -8,6 +8,8 @@ from __future__ import annotations
 import ast
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -104,3 +106,17 @@ def test_relative_links_point_to_files(path):
         file = path.parent / target.split("#")[0]
         assert file.exists(), f"{path.name}: link to {target}, which is not in the repository " \
                               "(an image ignored by .gitignore?)"
+
+
+@pytest.mark.parametrize("path", _cases(DOCS))
+def test_python_blocks_use_no_undefined_name(path, tmp_path):
+    """A document's Python blocks, read in order as one session, define every name they use (ruff F821)."""
+    pytest.importorskip("ruff", reason="the undefined-name check runs ruff")
+    code = "\n".join(blocks(path, ("python",)))
+    if not code:
+        return
+    script = tmp_path / "doc.py"
+    script.write_text(code)
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "--isolated", "--no-cache", "--select", "F821",
+                             "--output-format", "concise", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, f"{path.name}: {result.stdout.replace(str(script), 'block')}"
