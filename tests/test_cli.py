@@ -270,3 +270,14 @@ def test_train_flag_and_data_errors_are_one_line(tmp_path, capsys):
         code, _, err = run(capsys, *argv)
         assert code == exit_code and needle in err and len(err.strip().splitlines()) == 1, (argv, err)
 
+
+
+def test_threads_option_sets_torch_threads(capsys, monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    code, _, err = run(capsys, "energy", "--checkpoint", "none.safetensors", "--threads", "1")
+    assert code == 1 and "checkpoint not found" in err and calls == [1]
+    code, _, err = run(capsys, "train", "--model", "scnn", "--threads", "0")
+    assert code == 2 and "--threads must be at least 1" in err and calls == [1]
+    code, _, err = run(capsys, "demo", "--threads", "1")  # the demo's own option goes after --
+    assert code == 2 and "unrecognized arguments: --threads" in err

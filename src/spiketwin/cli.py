@@ -51,6 +51,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show the traceback on failure")
 
 
+def _threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch CPU threads (default: torch's choice, one per core); on a small or shared CPU, 1 is "
+                        "often several times faster for these small models")
+
+
 def _data(p: argparse.ArgumentParser) -> None:
     from .data import available_datasets
 
@@ -119,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         _common(p)
+        if name not in ("demo", "bench"):  # the demo and the benchmarks set their own threads (--threads after --)
+            _threads(p)
         return p
 
     p = command("demo", "train, quantize, convert and verify a small ViT on the bundled digits (a few minutes)")
@@ -601,6 +609,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(f"unrecognized arguments: {' '.join(extra)} (see spiketwin {args.command} --help)")
         if getattr(args, "device", None) == "auto":
             args.device = _auto_device()
+        if getattr(args, "threads", None) is not None:
+            if args.threads < 1:
+                raise UsageError(f"--threads must be at least 1, got {args.threads}")
+            torch.set_num_threads(args.threads)
         HANDLERS[args.command](args)
     except SystemExit as e:  # --help, --version
         return int(e.code or 0)
