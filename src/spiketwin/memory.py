@@ -12,8 +12,7 @@
   (their hooks, running statistics and gradients unchanged), but the LIF's membrane potentials ``H``, a float
   tensor as large as its input, are not kept: BatchNorm keeps its input ``z`` anyway, and backward recomputes
   ``H`` from it (the same BatchNorm and LIF forward, bit for bit).
-- **Max pooling of spikes** (:class:`SpikeMaxPool2d`) keeps its input as ``bool`` and finds the argmax again in
-  backward instead of keeping ``int64`` indices (8 bytes per output).
+- **Max pooling** (:class:`CompactMaxPool2d`) keeps its argmax indices as ``int16`` (2 bytes per output, not 8).
 
 :func:`float_saves` turns all of this off (to compare memory, or to check that gradients are identical).
 """
@@ -150,29 +149,31 @@ def batch_norm_lif(z: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, lif: LI
         return lif(y)
 
 
-class _MaxPoolSpikes(torch.autograd.Function):
-    """2-D max pooling that keeps its input as ``bool`` and recomputes the argmax indices in backward."""
+class _MaxPoolCompact(torch.autograd.Function):
+    """2-D max pooling that keeps only its argmax indices for backward, in the smallest integer type that holds
+    a position in one input plane (not ``int64``), and not its input."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, pool: nn.MaxPool2d) -> torch.Tensor:
         ctx.args = (pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)
-        ctx.dtype = x.dtype
-        ctx.save_for_backward(x.to(torch.bool))
-        return nn.functional.max_pool2d(x, *ctx.args)
+        out, indices = torch.ops.aten.max_pool2d_with_indices(x, *ctx.args)
+        plane = x.shape[-1] * x.shape[-2]
+        ctx.save_for_backward(indices.to(torch.int16 if plane <= 2**15 else torch.int32))
+        ctx.shape = x.shape
+        return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (x,) = ctx.saved_tensors
-        x = x.to(ctx.dtype)
-        _, indices = torch.ops.aten.max_pool2d_with_indices(x, *ctx.args)
-        return torch.ops.aten.max_pool2d_with_indices_backward(grad, x, *ctx.args, indices), None
+        (indices,) = ctx.saved_tensors
+        like = grad.new_empty(ctx.shape)  # gives the input's shape only: the scatter reads no input value
+        return torch.ops.aten.max_pool2d_with_indices_backward(grad, like, *ctx.args, indices.long()), None
 
 
-class SpikeMaxPool2d(nn.MaxPool2d):
-    """``nn.MaxPool2d`` for inputs that hold only 0 and 1 (spikes): same output and gradient, but backward keeps
-    the input as ``bool`` (1 byte per input element) instead of ``int64`` indices (8 bytes per output)."""
+class CompactMaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` with the same output and gradient, whose backward keeps the argmax indices as ``int16``
+    (``int32`` for input planes over 32768 elements) instead of ``int64``, and nothing else."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.return_indices or not (_active() and x.requires_grad):
             return super().forward(x)
-        return _MaxPoolSpikes.apply(x, self)
+        return _MaxPoolCompact.apply(x, self)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..base import TimeFold
-from ..memory import SpikeMaxPool2d, batch_norm_lif, counts_saved_as_uint8, spikes_saved_as_bool
+from ..memory import CompactMaxPool2d, batch_norm_lif, counts_saved_as_uint8, spikes_saved_as_bool
 from ..neurons import LIF
 from ..ops import MatMul
 from . import register
@@ -90,7 +90,7 @@ class SPS(nn.Module):
         channels = [in_channels, dim // 8, dim // 4, dim // 2, dim]
         self.stages = nn.ModuleList(ConvBNLIF(channels[i], channels[i + 1], spike_input=i > 0) for i in range(4))
         self.pool_after = tuple(sorted(pool_after))
-        self.pool = TimeFold(SpikeMaxPool2d(kernel_size=3, stride=2, padding=1))
+        self.pool = TimeFold(CompactMaxPool2d(kernel_size=3, stride=2, padding=1))
         self.rpe = ConvBNLIF(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
