@@ -168,8 +168,8 @@ class _LIFScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_spikes: torch.Tensor, grad_v: torch.Tensor | None):
-        (h_seq,) = ctx.saved_tensors
-        grad_x, grad_v0 = lif_backward(lif_u(h_seq, ctx.p), grad_spikes, grad_v, ctx.p, ctx.surrogate)
+        u = lif_u(ctx.saved_tensors[0], ctx.p)  # no reference kept: a recomputed H is freed here
+        grad_x, grad_v0 = lif_backward(u, grad_spikes, grad_v, ctx.p, ctx.surrogate)
         return grad_x, grad_v0, None, None
 
 
