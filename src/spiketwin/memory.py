@@ -56,7 +56,7 @@ def _packed(tensors: tuple[torch.Tensor, ...], dtype: torch.dtype, step: float) 
 
     Blocks nest: the innermost one packs what every enclosing block registered as well.
     """
-    if not _active():
+    if not tensors or not _active():
         yield
         return
     outer: dict[int, tuple[torch.dtype, float]] = getattr(_state, "registry", {})
