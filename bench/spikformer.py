@@ -1,13 +1,19 @@
-"""Spikformer-4-384 (CIFAR-10) training step: spiketwin versus SpikingJelly, each side in its own process.
+"""Spikformer-4-384 (CIFAR-10) training step: spiketwin versus SpikingJelly, time and peak memory.
 
-    python -m bench.spikformer [--batch 8] [--T 4] [--repeats 5] [--rounds 3] [--threads N]
+    python -m bench.spikformer [--batch 8] [--T 4] [--repeats 5] [--rounds 3] [--threads N] [--saved]
 
 One training step = forward on ``[B, 3, 32, 32]`` images repeated T times, cross-entropy, backward, AdamW step.
-Each side runs in a fresh subprocess and reports the median step time and its peak resident memory
-(``resource.getrusage(RUSAGE_SELF).ru_maxrss``), both in total and above the process's resident memory just
-before the first step (imports and weights excluded). The sides take turns for ``--rounds`` rounds (a fresh
-process each time) and the table shows the median over rounds, so a change in machine load hits every side
-alike; the CPU seconds of the process per step are shown beside the wall time. Sides:
+
+- Memory: each side runs ``--repeats`` steps alone in a fresh subprocess and reports its peak resident memory
+  (``resource.getrusage(RUSAGE_SELF).ru_maxrss``), in total and above the process's resident memory just before
+  the first step (imports and weights excluded); the sides take turns for ``--rounds`` rounds and the table
+  shows the median over rounds.
+- Time: one more subprocess builds every side and runs one step of each in turn, ``repeats x rounds`` times
+  after two warm-up steps each; the table shows the median wall and CPU (process) time per step. Taking turns
+  step by step makes a change in machine load hit every side alike.
+- ``--saved``: what each side keeps for backward after one forward, by module kind and dtype (no timing).
+
+Sides:
 
 - ``spiketwin``: ``spiketwin.models.create("spikformer_cifar10")``.
 - ``sj-official``: the official Spikformer code's architecture (ZK-Zhou/spikformer ``cifar10/model.py``: Linear with
@@ -23,6 +29,7 @@ SpikingJelly sides are skipped with a note when ``spikingjelly`` cannot be impor
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -35,7 +42,7 @@ from torch import nn
 import statistics
 import time
 
-from bench.common import median_seconds, print_table
+from bench.common import print_table
 
 SIDES = ("spiketwin", "sj-official", "sj-builtin")
 
@@ -144,14 +151,13 @@ def current_rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def measure(side: str, batch: int, T: int, repeats: int) -> dict:
-    """Median training-step seconds and peak memory of one side, in this process."""
+def training_step(side: str, batch: int, T: int) -> tuple[nn.Module, callable]:
+    """The model of ``side`` (seed 0) and one training step on a fixed batch: forward, loss, backward, AdamW."""
     torch.manual_seed(0)
     model, reset = build(side, T)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x, y = torch.rand(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
-    before = current_rss_bytes()
 
     def step() -> None:
         loss = nn.functional.cross_entropy(model(x), y)
@@ -159,36 +165,131 @@ def measure(side: str, batch: int, T: int, repeats: int) -> dict:
         loss.backward()
         optimizer.step()
         reset(model)
+    return model, step
 
-    cpu_start = time.process_time()
-    seconds = median_seconds(step, repeats, warmup=2)
-    cpu = (time.process_time() - cpu_start) / (repeats + 2)
+
+def measure_memory(side: str, batch: int, T: int, repeats: int) -> dict:
+    """Peak resident memory of ``repeats`` training steps of one side, alone in this process."""
+    model, step = training_step(side, batch, T)
+    before = current_rss_bytes()
+    for _ in range(repeats):
+        step()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"side": side, "params": sum(p.numel() for p in model.parameters()), "seconds": seconds,
-            "cpu_seconds": cpu, "peak_rss": peak, "before_rss": before}
+    return {"side": side, "params": sum(p.numel() for p in model.parameters()), "peak_rss": peak,
+            "before_rss": before}
 
 
-def run_side(side: str, args: argparse.Namespace) -> dict | str:
-    cmd = [sys.executable, "-m", "bench.spikformer", "--side", side, "--batch", str(args.batch), "--T", str(args.T),
-           "--repeats", str(args.repeats), "--threads", str(args.threads)]
+def measure_time(sides: list[str], batch: int, T: int, steps: int) -> dict:
+    """Median wall and CPU seconds per training step of every side, in one process, one step of each in turn."""
+    runs = {side: training_step(side, batch, T)[1] for side in sides}
+    for step in runs.values():  # warm-up
+        step(), step()
+    wall: dict[str, list[float]] = {side: [] for side in sides}
+    cpu: dict[str, list[float]] = {side: [] for side in sides}
+    for _ in range(steps):
+        for side, step in runs.items():
+            w, c = time.perf_counter(), time.process_time()
+            step()
+            wall[side].append(time.perf_counter() - w)
+            cpu[side].append(time.process_time() - c)
+    return {side: {"seconds": statistics.median(wall[side]), "cpu_seconds": statistics.median(cpu[side])}
+            for side in sides}
+
+
+def saved_breakdown(side: str, batch: int, T: int) -> dict[tuple[str, str], int]:
+    """Bytes autograd keeps for backward after one forward of ``side``, by (innermost module class, dtype).
+
+    Every saved tensor is counted once per storage, in the form it is kept in (after the packing hooks of
+    ``spiketwin.memory``, which are wrapped here so that the count sees through them); parameters and buffers
+    are not counted.
+    """
+    torch.manual_seed(0)
+    model, _ = build(side, T)
+    model.train()
+    own = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+    stack: list[str] = []
+
+    def leave(mod: nn.Module, args, out) -> None:
+        stack.pop()
+
+    for m in model.modules():
+        m.register_forward_pre_hook(lambda mod, args: stack.append(type(mod).__name__))
+        m.register_forward_hook(leave)
+    seen: set[int] = set()
+    total: dict[tuple[str, str], int] = {}
+
+    def record(packed):
+        t = packed[0] if isinstance(packed, tuple) else packed
+        if isinstance(t, torch.Tensor):
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in own and ptr not in seen:
+                seen.add(ptr)
+                key = (stack[-1] if stack else "(top)", str(t.dtype).replace("torch.", ""))
+                total[key] = total.get(key, 0) + t.untyped_storage().nbytes()
+        return packed
+
+    hooks = torch.autograd.graph.saved_tensors_hooks
+
+    class Counting(hooks):  # whatever a library packs, count what it returns
+        def __init__(self, pack, unpack) -> None:
+            super().__init__(lambda t: record(pack(t)), unpack)
+
+    x = torch.rand(batch, 3, 32, 32)
+    torch.autograd.graph.saved_tensors_hooks = Counting
+    try:
+        with hooks(record, lambda t: t):
+            model(x)
+    finally:
+        torch.autograd.graph.saved_tensors_hooks = hooks
+    return total
+
+
+def subprocess_json(args: argparse.Namespace, *extra: str) -> dict | str:
+    cmd = [sys.executable, "-m", "bench.spikformer", "--batch", str(args.batch), "--T", str(args.T),
+           "--repeats", str(args.repeats), "--threads", str(args.threads), *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         return proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit code {proc.returncode}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def print_saved(args: argparse.Namespace, sides: list[str]) -> None:
+    from spiketwin.memory import float_saves
+
+    mb = 2**20
+    columns = {}
+    for side in sides:
+        columns[side] = saved_breakdown(side, args.batch, args.T)
+        if side == "spiketwin":
+            with float_saves():
+                columns["spiketwin (float_saves)"] = saved_breakdown(side, args.batch, args.T)
+    keys = sorted({k for c in columns.values() for k in c}, key=lambda k: -max(c.get(k, 0) for c in columns.values()))
+    rows = [[f"{kind} {dtype}"] + [c.get((kind, dtype), 0) / mb for c in columns.values()] for kind, dtype in keys]
+    rows.append(["total"] + [sum(c.values()) / mb for c in columns.values()])
+    print_table(f"Saved for backward after one forward (MB), B={args.batch} T={args.T}, by the innermost module "
+                f"running when the tensor was saved, and its stored dtype", ["module, dtype", *columns], rows)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--T", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="steps per memory process (after none)")
     parser.add_argument("--rounds", type=int, default=3, help="turns of all sides, each in a fresh process")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--saved", action="store_true", help="print what each side keeps for backward, and exit")
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
+    parser.add_argument("--timing", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.side:
-        print(json.dumps(measure(args.side, args.batch, args.T, args.repeats)))
+        print(json.dumps(measure_memory(args.side, args.batch, args.T, args.repeats)))
+        return
+    if args.timing:
+        print(json.dumps(measure_time(args.timing.split(","), args.batch, args.T, args.repeats * args.rounds)))
+        return
+    if args.saved:
+        print_saved(args, [side for side in SIDES if side == "spiketwin" or importlib.util.find_spec("spikingjelly")])
         return
     runs: dict[str, list[dict]] = {side: [] for side in SIDES}
     notes = {}
@@ -196,16 +297,19 @@ def main(argv: list[str] | None = None) -> None:
         for side in SIDES:
             if side in notes:
                 continue
-            r = run_side(side, args)
+            r = subprocess_json(args, "--side", side)
             if isinstance(r, str):
                 notes[side] = r
             else:
                 runs[side].append(r)
     if not runs["spiketwin"]:
         raise SystemExit(f"spiketwin side failed: {notes.get('spiketwin')}")
-    med = {side: {k: statistics.median(r[k] for r in rs) for k in ("seconds", "cpu_seconds", "peak_rss",
-                                                                     "before_rss")} | {"params": rs[0]["params"]}
-           for side, rs in runs.items() if rs}
+    timed = [side for side in SIDES if runs[side]]
+    times = subprocess_json(args, "--rounds", str(args.rounds), "--timing", ",".join(timed))
+    if isinstance(times, str):
+        raise SystemExit(f"timing run failed: {times}")
+    med = {side: {k: statistics.median(r[k] for r in runs[side]) for k in ("peak_rss", "before_rss")}
+           | {"params": runs[side][0]["params"]} | times[side] for side in timed}
     ours = med["spiketwin"]
     rows = []
     mb = 2**20
@@ -215,10 +319,11 @@ def main(argv: list[str] | None = None) -> None:
                      above / mb, r["seconds"] / ours["seconds"], r["cpu_seconds"] / ours["cpu_seconds"],
                      1 - ours["peak_rss"] / r["peak_rss"], 1 - ours_above / above])
     print_table(f"Spikformer-4-384 training step (forward+backward+AdamW), B={args.batch} T={args.T}, CPU, "
-                f"{args.threads} threads; per process the median of {args.repeats} steps, then the median of "
-                f"{len(runs['spiketwin'])} rounds (one fresh process per side and round)",
-                ["side", "params", "step ms", "CPU ms/step", "peak RSS MB", "peak above start MB",
-                 "spiketwin speed-up (wall)", "(CPU)", "spiketwin peak RSS saving", "(above start)"], rows)
+                f"{args.threads} threads. Time: one process, one step of each side in turn, median of "
+                f"{args.repeats * args.rounds} steps. Memory: {args.repeats} steps per fresh process, median of "
+                f"{len(runs['spiketwin'])} rounds", ["side", "params", "step ms", "CPU ms/step", "peak RSS MB",
+                                                     "peak above start MB", "spiketwin speed-up (wall)", "(CPU)",
+                                                     "spiketwin peak RSS saving", "(above start)"], rows)
     for side, note in notes.items():
         print(f"  {side}: not measured ({note})")
 

@@ -1,12 +1,20 @@
-"""Memory for backward: spikes that autograd saves are kept as ``bool`` (1 byte) instead of float (4 bytes).
+"""Memory for backward: what autograd keeps of a spiking network, kept small and exact.
 
-A layer fed with spikes (a convolution, a linear layer, a max pool, a product of spike matrices) saves its input
-for backward. Inside :func:`spikes_saved_as_bool` ``(s1, s2, ...)``, every tensor autograd saves that lives in
-the storage of one of the given spike tensors is packed as ``bool`` and unpacked back to its float dtype when
-backward needs it: exact (spikes are 0 or 1), a quarter of the memory. The given tensors must hold only 0 and 1;
-they are alive during the block, so their storage cannot be mistaken for another tensor's.
+- **Spikes and counts packed**: a layer fed with spikes (a convolution, a linear layer, a max pool, a product
+  of spike matrices) saves its input for backward. Inside :func:`spikes_saved_as_bool` ``(s1, s2, ...)``,
+  every tensor autograd saves that lives in the storage of one of the given spike tensors is packed as
+  ``bool`` and unpacked back to its float dtype when backward needs it: exact (spikes are 0 or 1), a quarter
+  of the memory. :func:`counts_saved_as_uint8` does the same for tensors holding ``step`` times a whole number
+  in 0..255 (sums of a few spike tensors, ``Q Kᵀ`` counts times the attention scale). The given tensors must
+  hold only such values; they are alive during the block, so their storage cannot be mistaken for another
+  tensor's. Several layers saving the same tensor inside one block share one packed copy.
+- **BatchNorm -> LIF recomputed**: :func:`batch_norm_lif` runs ``lif(bn(z))`` with both modules called as usual
+  (their hooks, running statistics and gradients unchanged), but the LIF's membrane potentials ``H``, a float
+  tensor as large as its input, are not kept: BatchNorm keeps its input ``z`` anyway, and backward recomputes
+  ``H`` from it (the same BatchNorm and LIF forward, bit for bit).
+- **Max pooling** (:class:`CompactMaxPool2d`) keeps its argmax indices as ``int16`` (2 bytes per output, not 8).
 
-:func:`float_saves` turns the packing off (to compare memory, or to check that gradients are identical).
+:func:`float_saves` turns all of this off (to compare memory, or to check that gradients are identical).
 """
 
 from __future__ import annotations
@@ -16,6 +24,9 @@ import threading
 from collections.abc import Iterator
 
 import torch
+from torch import nn
+
+from .neurons import LIF, lif_scan
 
 _state = threading.local()
 
@@ -26,7 +37,7 @@ def _enabled() -> bool:
 
 @contextlib.contextmanager
 def float_saves() -> Iterator[None]:
-    """Within this block :func:`spikes_saved_as_bool` does nothing: spikes are saved as they are."""
+    """Within this block the savings of this module are off: autograd keeps what it keeps by default."""
     before = _enabled()
     _state.enabled = False
     try:
@@ -35,23 +46,134 @@ def float_saves() -> Iterator[None]:
         _state.enabled = before
 
 
+def _active() -> bool:
+    return _enabled() and torch.is_grad_enabled()
+
+
 @contextlib.contextmanager
-def spikes_saved_as_bool(*spikes: torch.Tensor) -> Iterator[None]:
-    """Pack tensors saved for backward inside this block as ``bool`` when they share storage with ``spikes``."""
-    if not _enabled() or not torch.is_grad_enabled():
+def _packed(tensors: tuple[torch.Tensor, ...], dtype: torch.dtype, step: float) -> Iterator[None]:
+    """Pack saved tensors that share storage with ``tensors`` as ``dtype`` holding ``value / step``.
+
+    Blocks nest: the innermost one packs what every enclosing block registered as well.
+    """
+    if not tensors or not _active():
         yield
         return
-    storages = {s.untyped_storage().data_ptr() for s in spikes}
+    outer: dict[int, tuple[torch.dtype, float]] = getattr(_state, "registry", {})
+    registry = {**outer, **{t.untyped_storage().data_ptr(): (dtype, step) for t in tensors}}
+    cache: dict[tuple, tuple] = {}
 
     def pack(t: torch.Tensor):
-        if t.is_floating_point() and t.untyped_storage().data_ptr() in storages:
-            return t.to(torch.bool), t.dtype
-        return t
+        if not t.is_floating_point():
+            return t
+        ptr = t.untyped_storage().data_ptr()
+        code = registry.get(ptr)
+        if code is None:
+            return t
+        key = (ptr, t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        if key not in cache:
+            kind, scale = code
+            whole = t if scale == 1.0 else torch.div(t, scale).round_()
+            cache[key] = (whole.to(kind), t.dtype, scale)
+        return cache[key]
 
     def unpack(packed):
-        if isinstance(packed, tuple):
-            return packed[0].to(packed[1])
-        return packed
+        if not isinstance(packed, tuple):
+            return packed
+        data, float_dtype, scale = packed
+        out = data.to(float_dtype)
+        return out if scale == 1.0 else out.mul_(scale)
+
+    _state.registry = registry
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+            yield
+    finally:
+        _state.registry = outer
+
+
+def spikes_saved_as_bool(*spikes: torch.Tensor) -> contextlib.AbstractContextManager[None]:
+    """Pack tensors saved for backward inside this block as ``bool`` when they share storage with ``spikes``."""
+    return _packed(spikes, torch.bool, 1.0)
+
+
+def counts_saved_as_uint8(*counts: torch.Tensor, step: float = 1.0) -> contextlib.AbstractContextManager[None]:
+    """Pack tensors saved for backward inside this block as ``uint8`` when they share storage with ``counts``,
+    which must hold ``step`` times whole numbers in 0..255. Unpacking computes ``n * step`` again, so a tensor
+    computed as (whole numbers) ``* step`` comes back bit for bit."""
+    return _packed(counts, torch.uint8, float(step))
+
+
+class _Recompute:
+    """What :func:`batch_norm_lif` keeps instead of the LIF's potentials: how to compute them again."""
+
+    def __init__(self, z: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, lif: LIF, shape: torch.Size) -> None:
+        self.z, self.shape, self.params = z, shape, lif.params
+        self.v0 = None if lif.v is None else lif.v.detach()
+        self.weight, self.bias, self.eps = bn.weight, bn.bias, bn.eps
+        self.stats = (bn.running_mean, bn.running_var) if bn.track_running_stats else (None, None)
+        self.versions = [t._version for t in (z, self.weight, self.bias) if t is not None]
+
+    def potentials(self) -> torch.Tensor:
+        if [t._version for t in (self.z, self.weight, self.bias) if t is not None] != self.versions:
+            raise RuntimeError("batch_norm_lif: the BatchNorm input or parameters were modified in place between "
+                               "forward and backward; the LIF potentials cannot be recomputed")
+        with torch.no_grad():  # the training-mode call of the forward (statistics of the batch), bit for bit
+            stats = [None if s is None else s.clone() for s in self.stats]  # updated here, then dropped
+            y = nn.functional.batch_norm(self.z, *stats, self.weight, self.bias, True, 0.0, self.eps)
+            y = y.view(self.shape)
+            v0 = torch.full_like(y[0], self.params.v_reset or 0.0) if self.v0 is None else self.v0
+            lif_scan(y, v0, self.params, out=y)
+        return y
+
+
+def batch_norm_lif(z: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, lif: LIF, shape) -> torch.Tensor:
+    """``lif(bn(z).view(shape))``: BatchNorm, then a LIF in sequence mode (``shape`` = ``[T, ...]``).
+
+    In training with gradients the LIF does not keep its potentials ``H`` (as large as ``z``, float): BatchNorm
+    keeps ``z``, and backward computes ``H`` again from it (one BatchNorm and one LIF forward pass more).
+    Otherwise, and for a step-mode LIF or a LIF subclass, it is exactly ``lif(bn(z).view(shape))``.
+    """
+    y = bn(z).view(shape)
+    if not (_active() and bn.training and type(lif) is LIF and lif.step_mode == "m" and y.requires_grad):
+        return lif(y)
+    recipe = _Recompute(z, bn, lif, y.shape)
+
+    def pack(t: torch.Tensor):  # the only tensor the LIF saves: its potentials
+        return recipe if t.shape == recipe.shape and t.is_floating_point() else t
+
+    def unpack(packed):
+        return packed.potentials() if packed is recipe else packed
 
     with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
-        yield
+        return lif(y)
+
+
+class _MaxPoolCompact(torch.autograd.Function):
+    """2-D max pooling that keeps only its argmax indices for backward, in the smallest integer type that holds
+    a position in one input plane (not ``int64``), and not its input."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, pool: nn.MaxPool2d) -> torch.Tensor:
+        ctx.args = (pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)
+        out, indices = torch.ops.aten.max_pool2d_with_indices(x, *ctx.args)
+        plane = x.shape[-1] * x.shape[-2]
+        ctx.save_for_backward(indices.to(torch.int16 if plane <= 2**15 else torch.int32))
+        ctx.shape = x.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (indices,) = ctx.saved_tensors
+        like = grad.new_empty(ctx.shape)  # gives the input's shape only: the scatter reads no input value
+        return torch.ops.aten.max_pool2d_with_indices_backward(grad, like, *ctx.args, indices.long()), None
+
+
+class CompactMaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` with the same output and gradient, whose backward keeps the argmax indices as ``int16``
+    (``int32`` for input planes over 32768 elements) instead of ``int64``, and nothing else."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.return_indices or not (_active() and x.requires_grad):
+            return super().forward(x)
+        return _MaxPoolCompact.apply(x, self)

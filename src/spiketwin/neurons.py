@@ -67,8 +67,9 @@ def lif_step(
     return s, v
 
 
-def _fast_hard_reset(p: LIFParams) -> bool:
-    """Whether the scan can run SpikingJelly's default neuron (leaky, decay_input, hard reset to 0) in negated form."""
+def lif_negated(p: LIFParams) -> bool:
+    """Whether :func:`lif_scan` runs SpikingJelly's default neuron (leaky, decay_input, hard reset to 0) in negated
+    form, storing ``-H`` rather than ``H``."""
     return p.tau is not None and p.decay_input and p.v_reset == 0.0
 
 
@@ -101,53 +102,75 @@ def _scan_generic(x_seq: torch.Tensor, v: torch.Tensor, p: LIFParams, out: torch
     return v
 
 
+def lif_scan(x_seq: torch.Tensor, v: torch.Tensor, p: LIFParams, out: torch.Tensor) -> torch.Tensor:
+    """Forward scan over ``[T, ...]``: writes ``H`` of every step into ``out`` (``-H`` for the default neuron,
+    see :func:`lif_negated`); returns the final ``V``. ``out`` may be ``x_seq`` itself (each step reads its input
+    before writing)."""
+    return (_scan_negated if lif_negated(p) else _scan_generic)(x_seq, v, p, out)
+
+
+def lif_spikes(h_seq: torch.Tensor, p: LIFParams, out: torch.Tensor) -> torch.Tensor:
+    """Spikes (``h_seq``'s dtype) from the scan's ``H`` buffer, written into ``out`` (may be ``h_seq``)."""
+    if lif_negated(p):
+        return torch.le(h_seq, -p.v_threshold, out=out)
+    return torch.ge(h_seq, p.v_threshold, out=out)
+
+
+def lif_backward(u: torch.Tensor, grad_spikes: torch.Tensor, grad_v: torch.Tensor | None, p: LIFParams,
+                 surrogate: Surrogate) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients ``(dL/dX_seq, dL/dV_0)`` of the scan, given ``u = H - V_th`` of every step (overwritten).
+
+    The surrogate derivative and ``dV/dH`` are evaluated over all T at once; only the linear recurrence
+    ``g_t += g_{t+1} dH/dV dV_t/dH_t`` runs in reverse time.
+    """
+    dh_dv, dh_dx = _charge_grads(p)
+    sg = surrogate.grad(u)
+    # dV/dH per step, written over u once the surrogate has used it
+    if p.v_reset is None:  # V = H - V_th S
+        dv_dh = u.fill_(1.0) if p.detach_reset else torch.mul(sg, -p.v_threshold, out=u).add_(1.0)
+    elif p.detach_reset:  # V = H (1 - S) + V_reset S
+        dv_dh = u.lt_(0.0)
+    else:
+        dv_dh = (u < 0).to(u.dtype).add_((p.v_reset - (u + p.v_threshold)) * sg)
+    # dL/dH_t = g_t sg_t + dL/dV_t dV_t/dH_t, with dL/dV_t = dL/dH_{t+1} dH/dV (or grad_v at the end)
+    grad_h = sg.mul_(grad_spikes)
+    if grad_v is not None:
+        grad_h[-1].addcmul_(grad_v, dv_dh[-1])
+    carry = dv_dh.mul_(dh_dv)
+    for t in range(grad_h.shape[0] - 2, -1, -1):
+        grad_h[t].addcmul_(grad_h[t + 1], carry[t])
+    grad_v0 = grad_h[0] * dh_dv
+    return grad_h.mul_(dh_dx), grad_v0
+
+
+def lif_u(h_seq: torch.Tensor, p: LIFParams, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``u = H - V_th`` of every step (the input of :func:`lif_backward`) from the scan's buffer, into ``out``
+    (may be ``h_seq``; ``None``: a new tensor)."""
+    if lif_negated(p):
+        return torch.add(h_seq, p.v_threshold, out=out).neg_()
+    return torch.sub(h_seq, p.v_threshold, out=out)
+
+
 class _LIFScan(torch.autograd.Function):
     """Fused LIF/IF time scan. Forward keeps only ``H`` per step (``-H`` on the fast path); spikes come from
-    ``H`` in one pass over all steps. Backward evaluates the surrogate and the reset derivative over all T at
-    once; only a one-pass-per-step linear recurrence runs in reverse time."""
+    ``H`` in one pass over all steps. Backward: :func:`lif_backward`."""
 
     @staticmethod
     def forward(ctx, x_seq: torch.Tensor, v: torch.Tensor, p: LIFParams, surrogate: Surrogate):
-        need_grad = any(ctx.needs_input_grad[:2])
-        negated = _fast_hard_reset(p)
         h_seq = torch.empty_like(x_seq)
-        v = (_scan_negated if negated else _scan_generic)(x_seq, v, p, h_seq)
-        if not need_grad:  # H is not needed afterwards: turn it into the spikes in place
-            spikes = h_seq.le_(-p.v_threshold) if negated else h_seq.ge_(p.v_threshold)
-            return spikes, v
-        spikes = torch.empty_like(x_seq)
-        if negated:
-            torch.le(h_seq, -p.v_threshold, out=spikes)
-        else:
-            torch.ge(h_seq, p.v_threshold, out=spikes)
+        v = lif_scan(x_seq, v, p, h_seq)
+        if not any(ctx.needs_input_grad[:2]):  # H is not needed afterwards: turn it into the spikes in place
+            return lif_spikes(h_seq, p, out=h_seq), v
+        spikes = lif_spikes(h_seq, p, out=torch.empty_like(h_seq))
         ctx.save_for_backward(h_seq)
-        ctx.p, ctx.surrogate, ctx.negated = p, surrogate, negated
+        ctx.p, ctx.surrogate = p, surrogate
         return spikes, v
 
     @staticmethod
     def backward(ctx, grad_spikes: torch.Tensor, grad_v: torch.Tensor | None):
-        (h_seq,) = ctx.saved_tensors
-        p: LIFParams = ctx.p
-        dh_dv, dh_dx = _charge_grads(p)
-        u = h_seq.add(p.v_threshold).neg_() if ctx.negated else h_seq - p.v_threshold  # H - V_th, all steps
-        sg = ctx.surrogate.grad(u)
-        # dV/dH per step, written over u once the surrogate has used it
-        if p.v_reset is None:  # V = H - V_th S
-            dv_dh = u.fill_(1.0) if p.detach_reset else torch.mul(sg, -p.v_threshold, out=u).add_(1.0)
-        elif p.detach_reset:  # V = H (1 - S) + V_reset S
-            dv_dh = u.lt_(0.0)
-        else:
-            dv_dh = (u < 0).to(u.dtype).add_((p.v_reset - (u + p.v_threshold)) * sg)
-        del u
-        # dL/dH_t = g_t sg_t + dL/dV_t dV_t/dH_t, with dL/dV_t = dL/dH_{t+1} dH/dV (or grad_v at the end)
-        grad_h = sg.mul_(grad_spikes)
-        if grad_v is not None:
-            grad_h[-1].addcmul_(grad_v, dv_dh[-1])
-        carry = dv_dh.mul_(dh_dv)
-        for t in range(h_seq.shape[0] - 2, -1, -1):
-            grad_h[t].addcmul_(grad_h[t + 1], carry[t])
-        grad_v0 = grad_h[0] * dh_dv
-        return grad_h.mul_(dh_dx), grad_v0, None, None
+        u = lif_u(ctx.saved_tensors[0], ctx.p)  # no reference kept: a recomputed H is freed here
+        grad_x, grad_v0 = lif_backward(u, grad_spikes, grad_v, ctx.p, ctx.surrogate)
+        return grad_x, grad_v0, None, None
 
 
 class LIF(StatefulModule):
