@@ -664,7 +664,6 @@ class ILIFSNN(_GraphSNN):
             return nn.Identity() if isinstance(module, nn.Dropout) else None
 
         super().__init__(qann, swap, align=True)
-        self.k = 2.0
         self.set_k(k)
 
     def set_k(self, k: float) -> None:
