@@ -112,10 +112,14 @@ class _Recompute:
         self.v0 = None if lif.v is None else lif.v.detach()
         self.weight, self.bias, self.eps = bn.weight, bn.bias, bn.eps
         self.stats = (bn.running_mean, bn.running_var) if bn.track_running_stats else (None, None)
-        self.versions = [t._version for t in (z, self.weight, self.bias) if t is not None]
+        self.versions = self._versions()
+
+    def _versions(self) -> list[int]:
+        """In-place write counters of what the recomputation reads."""
+        return [t._version for t in (self.z, self.weight, self.bias) if t is not None]
 
     def potentials(self) -> torch.Tensor:
-        if [t._version for t in (self.z, self.weight, self.bias) if t is not None] != self.versions:
+        if self._versions() != self.versions:
             raise RuntimeError("batch_norm_lif: the BatchNorm input or parameters were modified in place between "
                                "forward and backward; the LIF potentials cannot be recomputed")
         with torch.no_grad():  # the training-mode call of the forward (statistics of the batch), bit for bit

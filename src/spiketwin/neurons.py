@@ -143,12 +143,11 @@ def lif_backward(u: torch.Tensor, grad_spikes: torch.Tensor, grad_v: torch.Tenso
     return grad_h.mul_(dh_dx), grad_v0
 
 
-def lif_u(h_seq: torch.Tensor, p: LIFParams, out: torch.Tensor | None = None) -> torch.Tensor:
-    """``u = H - V_th`` of every step (the input of :func:`lif_backward`) from the scan's buffer, into ``out``
-    (may be ``h_seq``; ``None``: a new tensor)."""
+def lif_u(h_seq: torch.Tensor, p: LIFParams) -> torch.Tensor:
+    """``u = H - V_th`` of every step (the input of :func:`lif_backward`), a new tensor, from the scan's buffer."""
     if lif_negated(p):
-        return torch.add(h_seq, p.v_threshold, out=out).neg_()
-    return torch.sub(h_seq, p.v_threshold, out=out)
+        return torch.add(h_seq, p.v_threshold).neg_()
+    return torch.sub(h_seq, p.v_threshold)
 
 
 class _LIFScan(torch.autograd.Function):

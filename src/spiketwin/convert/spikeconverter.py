@@ -87,13 +87,11 @@ class _Tracer(fx.Tracer):
         return isinstance(m, _LEAVES) or super().is_leaf_module(m, qualname)
 
 
-class _ViTTracer(MetaTracer):
+class _ViTTracer(_Tracer, MetaTracer):
     """Traces a :class:`ViT` on meta tensors, which lets ``q, k, v = (... for t in qkv.unbind(-3))`` unpack
     (the meta result says how many tensors ``unbind`` returns). Shapes the code reads become constants,
-    which is safe here because only ``AddTokens`` reads them, and it stays a module."""
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, _LEAVES) or super().is_leaf_module(m, qualname)
+    which is safe here because only ``AddTokens`` reads them, and it stays a module. Keeps the same leaves
+    as :class:`_Tracer`."""
 
     def iter(self, obj):
         meta = getattr(obj, "_tensor_meta", None)
@@ -145,6 +143,11 @@ def _is_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
             or (node.op == "call_method" and node.target == "relu"))
 
 
+def _constant(gm: fx.GraphModule, target: str):
+    """The value a ``get_attr`` node reads: an attribute of ``gm``, or a parameter of a submodule."""
+    return gm.get_parameter(target) if "." in target else getattr(gm, target)
+
+
 def _check_supported(gm: fx.GraphModule) -> None:
     """Raise naming every node the conversion cannot handle."""
     bad = []
@@ -155,7 +158,7 @@ def _check_supported(gm: fx.GraphModule) -> None:
         if node.op in ("placeholder", "output") or _is_relu(gm, node):
             continue
         if node.op == "get_attr":
-            value = getattr(gm, node.target) if "." not in node.target else gm.get_parameter(node.target)
+            value = _constant(gm, node.target)
             if not isinstance(value, torch.Tensor) or value.dim() < 2 or value.shape[0] != 1:
                 bad.append(f"'{node.target}': a constant must be a tensor with a leading dimension of 1 "
                            "(it enters every sample like a bias)")
@@ -561,7 +564,7 @@ class _GraphSNN(nn.Module):
             if node.op == "get_attr":
                 if not align:
                     raise TypeError(f"{type(self).__name__}: constant '{node.target}' is not supported")
-                value = gm.get_parameter(node.target) if "." in node.target else getattr(gm, node.target)
+                value = _constant(gm, node.target)
                 name = f"constant_{node.name}"
                 gm.add_submodule(name, Clocked(PeriodConstant(value, self.phase_steps), self.clock))
                 with gm.graph.inserting_after(node):
@@ -622,6 +625,13 @@ class _GraphSNN(nn.Module):
         reset(self.net)
         return {name: torch.cat(chunks) for name, chunks in trains.items()}
 
+    def _steps(self, max_steps: int | None) -> int:
+        """The number of steps :meth:`simulate` runs: ``max_steps``, by default the latency."""
+        steps = self.latency if max_steps is None else int(max_steps)
+        if steps < 1:
+            raise ValueError(f"simulate: max_steps must be >= 1, got {max_steps}")
+        return steps
+
     @staticmethod
     def _check_input(x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2:
@@ -654,7 +664,6 @@ class ILIFSNN(_GraphSNN):
             return nn.Identity() if isinstance(module, nn.Dropout) else None
 
         super().__init__(qann, swap, align=True)
-        self.k = 2.0
         self.set_k(k)
 
     def set_k(self, k: float) -> None:
@@ -682,9 +691,11 @@ class ILIFSNN(_GraphSNN):
             self.set_k(previous)
 
     def _decode_weights(self, like: torch.Tensor) -> torch.Tensor:
-        """``[T]``: the weight ``k^(T-1-j)`` of phase ``j`` in a period's value."""
+        """``[T, 1, ..., 1]`` (as many dimensions as ``like``): the weight ``k^(T-1-j)`` of phase ``j`` in a
+        period's value."""
         T = self.phase_steps
-        return torch.tensor([self.k ** (T - 1 - j) for j in range(T)], dtype=like.dtype, device=like.device)
+        weights = torch.tensor([self.k ** (T - 1 - j) for j in range(T)], dtype=like.dtype, device=like.device)
+        return weights.view(-1, *[1] * (like.dim() - 1))
 
     def _trains(self, x: torch.Tensor, steps: int, step_mode: str, pipelined: bool,
                 record: list[str]) -> dict[str, torch.Tensor]:
@@ -723,9 +734,7 @@ class ILIFSNN(_GraphSNN):
         (``-1`` if ``max_steps`` stops before the latency).
         """
         self._check_input(x)
-        steps = self.latency if max_steps is None else int(max_steps)
-        if steps < 1:
-            raise ValueError(f"simulate: max_steps must be >= 1, got {max_steps}")
+        steps = self._steps(max_steps)
         run = min(steps, self.latency)
         with self._amplification(k):
             train = self._trains(x, run, step_mode, pipelined, [self.readout])[self.readout]
@@ -733,7 +742,7 @@ class ILIFSNN(_GraphSNN):
             start = self.depth * self.phase_steps
             if run > start:
                 part = train[start:run]
-                w = self._decode_weights(train)[:len(part)].view(-1, *[1] * (train.dim() - 1))
+                w = self._decode_weights(train)[:len(part)]
                 per_step[start:run] = (part * w).cumsum(0)
         if steps > run:
             per_step = torch.cat([per_step, per_step[-1:].expand(steps - run, *per_step.shape[1:])])
@@ -755,7 +764,7 @@ class ILIFSNN(_GraphSNN):
         for name in names:
             lag = self.lags[name]
             train = trains[name][lag * T:(lag + 1) * T]
-            out[name] = (train * self._decode_weights(train).view(-1, *[1] * (train.dim() - 1))).sum(0)
+            out[name] = (train * self._decode_weights(train)).sum(0)
         return out
 
     @torch.no_grad()
@@ -806,9 +815,7 @@ class RateSNN(_GraphSNN):
         """Run ``max_steps`` steps (default: the iLIF latency ``(depth + 1) T``); ``per_step[t]`` is the mean
         readout over the first ``t + 1`` steps. Rate coding never settles exactly: ``settle_step`` is -1."""
         self._check_input(x)
-        steps = self.latency if max_steps is None else int(max_steps)
-        if steps < 1:
-            raise ValueError(f"simulate: max_steps must be >= 1, got {max_steps}")
+        steps = self._steps(max_steps)
         train = self._run(lambda start, n: x.expand(n, *x.shape), steps, step_mode, [self.readout])[self.readout]
         count = torch.arange(1, steps + 1, device=x.device, dtype=train.dtype).view(-1, *[1] * (train.dim() - 1))
         per_step = train.cumsum(0) / count
