@@ -302,7 +302,8 @@ def fit(model: nn.Module, x: Inputs | Dataset, y: torch.Tensor | None, config: T
             optimizer.step()
             scheduler.step()
             reset(model)
-            sums += torch.stack([loss.detach().double() * len(yb), torch.tensor(len(yb), device=device).double()])
+            sums[0] += loss.detach().double() * len(yb)
+            sums[1] += len(yb)
         sums = _all_sum(sums, world).cpu()
         record = {"epoch": epoch + 1, "loss": float(sums[0] / sums[1]), "lr": scheduler.get_last_lr()[0],
                   "seconds": time.perf_counter() - began}
