@@ -72,19 +72,25 @@ def save(model: nn.Module, path: str | Path, info: dict) -> Path:
     return atomic_write(path, lambda tmp: st.save_model(model, str(tmp), metadata={"spiketwin": json.dumps(info)}))
 
 
-def read_info(path: str | Path) -> dict:
-    """The ``info`` dict stored in a checkpoint (clear errors for a missing or foreign file)."""
+def read_metadata(path: str | Path, what: str) -> dict[str, str]:
+    """The metadata of the safetensors file at ``path`` (empty when it has none); errors name it as ``what``
+    (e.g. "checkpoint"): a ``FileNotFoundError`` when it is missing, a ``ValueError`` when it is not safetensors."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise FileNotFoundError(f"{what} not found: {path}")
     safetensors_torch()  # a clear ImportError when it is missing
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+            return f.metadata() or {}
     except Exception as e:
-        raise ValueError(f"checkpoint {path} is not a safetensors file: {e}") from e
+        raise ValueError(f"{what} {path} is not a safetensors file: {e}") from e
+
+
+def read_info(path: str | Path) -> dict:
+    """The ``info`` dict stored in a checkpoint (clear errors for a missing or foreign file)."""
+    meta = read_metadata(path, "checkpoint")
     if "spiketwin" not in meta:
         raise ValueError(f"checkpoint {path} has no 'spiketwin' metadata (model name, stage); write it with "
                          "spiketwin.checkpoint.save or the spiketwin command line")

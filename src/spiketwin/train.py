@@ -35,7 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .base import reset
-from .checkpoint import atomic_write, load_state_dict_checked, safetensors_torch
+from .checkpoint import atomic_write, load_state_dict_checked, read_metadata, safetensors_torch
 
 CHECKPOINT = "checkpoint.safetensors"
 METRICS = "metrics.jsonl"
@@ -224,22 +224,12 @@ def load_training_state(path: str | Path, model: nn.Module, optimizer: torch.opt
                         scheduler: torch.optim.lr_scheduler.LRScheduler) -> tuple[int, list[dict]]:
     """Restore a :func:`save_training_state` checkpoint into ``model``, ``optimizer``, ``scheduler`` and the RNG.
     Returns ``(epochs done, history)``. Errors name the file and what does not fit."""
-    st = safetensors_torch()
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"training checkpoint not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = (f.metadata() or {}).get("spiketwin.train")
-    except Exception as e:
-        raise ValueError(f"{path} is not a safetensors file: {e}") from e
+    meta = read_metadata(path, "training checkpoint").get("spiketwin.train")
     if meta is None:
         raise ValueError(f"{path} has no 'spiketwin.train' metadata: it is not a training checkpoint written by "
                          "spiketwin.train (model-only checkpoints cannot resume training)")
     meta = json.loads(meta)
-    tensors = st.load_file(str(path))
+    tensors = safetensors_torch().load_file(str(path))
     device = next(model.parameters()).device
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     load_state_dict_checked(model, model_state, f"training checkpoint {path}")
@@ -312,7 +302,8 @@ def fit(model: nn.Module, x: Inputs | Dataset, y: torch.Tensor | None, config: T
             optimizer.step()
             scheduler.step()
             reset(model)
-            sums += torch.stack([loss.detach().double() * len(yb), torch.tensor(len(yb), device=device).double()])
+            sums[0] += loss.detach().double() * len(yb)
+            sums[1] += len(yb)
         sums = _all_sum(sums, world).cpu()
         record = {"epoch": epoch + 1, "loss": float(sums[0] / sums[1]), "lr": scheduler.get_last_lr()[0],
                   "seconds": time.perf_counter() - began}

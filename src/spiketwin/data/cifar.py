@@ -139,6 +139,13 @@ def _check_split(split: str) -> None:
         raise ValueError(f"CIFAR split must be 'train' or 'test', got {split!r}")
 
 
+def _cifar100_labels(labels: str) -> tuple[str, str, int]:
+    """(label field, class-name field, number of classes) of CIFAR-100's ``"fine"`` or ``"coarse"`` labels."""
+    if labels not in _CIFAR100_LABELS:
+        raise ValueError(f"CIFAR-100 labels must be 'fine' or 'coarse', got {labels!r}")
+    return _CIFAR100_LABELS[labels]
+
+
 def load_cifar10(root: str | Path, split: str = "train"):
     """Return ``(x, y)``: ``x`` ``[N, 3, 32, 32]`` float in ``[0, 1]``, ``y`` int64 in ``[0, 10)``.
 
@@ -153,9 +160,7 @@ def load_cifar100(root: str | Path, split: str = "train", labels: str = "fine"):
     """Return ``(x, y)`` of CIFAR-100: ``x`` ``[N, 3, 32, 32]`` in ``[0, 1]``; ``y`` the ``"fine"`` (100
     classes) or ``"coarse"`` (20 superclasses) labels. ``root`` is ``cifar-100-python`` or its parent."""
     _check_split(split)
-    if labels not in _CIFAR100_LABELS:
-        raise ValueError(f"CIFAR-100 labels must be 'fine' or 'coarse', got {labels!r}")
-    key, _, num_classes = _CIFAR100_LABELS[labels]
+    key, _, num_classes = _cifar100_labels(labels)
     return _load(_folder(root, _CIFAR100_DIR), _CIFAR100_FILES[split], key, num_classes)
 
 
@@ -165,10 +170,8 @@ def cifar_classes(root: str | Path, dataset: str = "cifar10", labels: str = "fin
         path = _folder(root, _CIFAR10_DIR) / "batches.meta"
         key = "label_names"
     elif dataset == "cifar100":
-        if labels not in _CIFAR100_LABELS:
-            raise ValueError(f"CIFAR-100 labels must be 'fine' or 'coarse', got {labels!r}")
+        key = _cifar100_labels(labels)[1]
         path = _folder(root, _CIFAR100_DIR) / "meta"
-        key = _CIFAR100_LABELS[labels][1]
     else:
         raise ValueError(f"dataset must be 'cifar10' or 'cifar100', got {dataset!r}")
     names = _text(_field(safe_unpickle(path), key, path))

@@ -28,7 +28,6 @@ import hashlib
 import math
 import os
 import struct
-import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +36,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from ..checkpoint import atomic_write
 
 DVS128_SIZE = (128, 128)  # (H, W) of the DVS128 sensor used by both data sets
 GESTURE_CLASSES = ("hand_clapping", "right_hand_wave", "left_hand_wave", "right_arm_clockwise",
@@ -222,15 +223,11 @@ class FrameCache:
             return None
 
     def save(self, path: Path, frames: np.ndarray) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:  # a file object: given a name, numpy would append ".npz" to it
                 np.savez_compressed(f, frames=frames)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+
+        atomic_write(path, write)
 
 
 class _FrameDataset(Dataset):

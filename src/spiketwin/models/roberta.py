@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..checkpoint import load_state_dict_checked
 from ..extras import require
 from ..ops import MatMul
 from . import register
@@ -312,8 +313,6 @@ class Roberta(nn.Module):
 
     def load_hf_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Load Hugging Face's keys; a clear ``ValueError`` lists missing, unexpected and mis-shaped keys."""
-        from ..checkpoint import load_state_dict_checked
-
         state = {k: v for k, v in state.items() if not k.endswith(("position_ids", "token_type_ids"))}
         load_state_dict_checked(self, state, "Roberta.load_hf_state_dict: the state dict")
 

@@ -169,8 +169,8 @@ class Block(nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, scale: float, qkv_bias: bool,
                  unused_norms: bool, counts_input: bool = False) -> None:
         super().__init__()
-        if unused_norms:
-            self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        if unused_norms:  # frozen: never in the graph, so DDP and optimizers skip them
+            self.norm1, self.norm2 = nn.LayerNorm(dim).requires_grad_(False), nn.LayerNorm(dim).requires_grad_(False)
         self.attn = SSA(dim, num_heads, scale, qkv_bias, counts_input)
         self.mlp = MLP(dim, int(dim * mlp_ratio), counts_input)
 
@@ -225,18 +225,15 @@ class Spikformer(nn.Module):
         self.num_tokens = (img_size // 2 ** len(pool_after)) ** 2
         self.patch_embed = SPS(in_channels, dim, pool_after)
         if "pos_embed" in unused:
-            self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, dim))
+            self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, dim), requires_grad=False)
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
         # the residual stream sums spikes: 0..2 after SPS, at most 2 more per block (uint8 saves while <= 255)
         counts = 2 + 2 * depth <= 255
         self.block = nn.ModuleList(Block(dim, num_heads, mlp_ratio, attn_scale, qkv_bias, "block_norms" in unused,
                                          counts) for _ in range(depth))
         if "final_norm" in unused:
-            self.norm = nn.LayerNorm(dim)
+            self.norm = nn.LayerNorm(dim).requires_grad_(False)
         self.head = nn.Linear(dim, num_classes)
-        for name, param in self.named_parameters():  # never in the graph: frozen, so DDP and optimizers skip them
-            if name.startswith("pos_embed") or name.startswith("norm.") or ".norm1." in name or ".norm2." in name:
-                param.requires_grad_(False)
         for m in self.modules():
             if isinstance(m, nn.Linear) and (token_init == "trunc_normal" or m is self.head):
                 nn.init.trunc_normal_(m.weight, std=0.02)
