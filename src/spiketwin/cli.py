@@ -241,7 +241,6 @@ def _apply_config(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
     if path is None or name is None:
         return
     data = _load_config(path)
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
     sub = subparsers[name]
     options = {cmd: {a.dest for a in p._actions} - {"help", "config"} for cmd, p in subparsers.items()}
