@@ -213,7 +213,6 @@ class _Counter:
         self.name, self.kind, self.analog = name, kind, analog
         self.flops = 0  # summed over calls and samples
         self.steps = 0  # time steps counted so far (the next call's first step)
-        self.per_sequence = False
         self.entries: list[tuple[int, torch.Tensor, int, torch.Tensor | None, int]] = []
         # (first step, nonzero a [n], numel a per step, nonzero b [n] or None, numel b per step)
         self.pairs: list[torch.Tensor] = []  # products: [n] terms with both operands non-zero
@@ -347,7 +346,6 @@ class _Run:
         if x.shape[:2] == (n, B) or x.shape[0] % (n * B) == 0:
             return x.reshape(n, -1)
         if x.shape[0] % B == 0:
-            c.per_sequence = True
             return x.reshape(1, -1)
         raise RuntimeError(f"energy.report: cannot tell the time steps of {c.name!r}'s input {tuple(x.shape)} "
                            f"(steps {n}, batch {B}): expected [n, B, ...], [n*B*k, ...] or [B*k, ...]")
