@@ -32,6 +32,7 @@ import torch
 from torch import fx, nn
 
 from ..base import StatefulModule, reset, set_step_mode
+from ..checkpoint import atomic_write
 from ..convert.spikeconverter import PeriodBias, SpikeMaxPool2d
 from ..extras import require
 from ..neurons import ILIF, LIF, STBIF
@@ -237,7 +238,7 @@ def to_nir(snn: nn.Module, example_input: torch.Tensor, path: str | Path | None 
     reset(model)
     nir_graph = _build(nir, gm, dt, snn, submodule)
     if path is not None:
-        _write(nir, nir_graph, Path(path))
+        atomic_write(path, lambda tmp: nir.write(tmp, nir_graph))
     return nir_graph
 
 
@@ -340,12 +341,6 @@ def _flatten(nir, node: fx.Node, start: int, end: int):
     if start == 0:
         raise NIRExportError(f"to_nir: {node.name} flattens the batch dimension; NIR graphs are per sample")
     return nir.Flatten(input_type={"input": np.array(in_shape[1:])}, start_dim=start - 1, end_dim=end - 1)
-
-
-def _write(nir, graph, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    nir.write(tmp, graph)
-    tmp.replace(path)
 
 
 class _NIRNeuron(nn.Module):
