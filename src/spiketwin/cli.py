@@ -572,16 +572,14 @@ def cmd_export_nir(args) -> None:
 
 def cmd_bench(args) -> None:
     import importlib
-    import pkgutil
 
     if Path("bench", "__init__.py").is_file() and str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))  # the repository root, where bench/ lives
     try:
-        bench = importlib.import_module("bench")
+        names = importlib.import_module("bench.__main__").names()
     except ImportError as e:
         raise FileNotFoundError("the benchmarks live in the repository's bench/ folder: run spiketwin bench from "
                                 "the repository root") from e
-    names = sorted(m.name for m in pkgutil.iter_modules(bench.__path__) if m.name not in ("common", "__main__"))
     if not args.name:
         print("benchmarks: " + ", ".join(names) + "  (spiketwin bench NAME [args...])")
         return
