@@ -109,15 +109,13 @@ def _module_path(node: fx.Node) -> str:
 
 def _fold(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.modules.batchnorm._BatchNorm):
     """Fold an eval-mode BatchNorm that follows a layer into the layer's weight and bias."""
-    mean = bn.running_mean if bn.track_running_stats and bn.running_mean is not None else None
-    var = bn.running_var if mean is not None else None
-    if mean is None:
+    if not bn.track_running_stats or bn.running_mean is None:
         raise NIRExportError("a BatchNorm without running statistics cannot be folded; train it with "
                              "track_running_stats=True")
-    scale = torch.rsqrt(var + bn.eps)
+    scale = torch.rsqrt(bn.running_var + bn.eps)
     if bn.affine:
         scale = scale * bn.weight
-    shift = -mean * scale + (bn.bias if bn.affine else 0)
+    shift = -bn.running_mean * scale + (bn.bias if bn.affine else 0)
     weight = weight * scale.view(-1, *([1] * (weight.dim() - 1)))
     bias = shift if bias is None else bias * scale + shift
     return weight, bias
@@ -270,7 +268,7 @@ def _build(nir, gm: fx.GraphModule, dt: float, snn: nn.Module, submodule: str | 
         sources[current] = [src for inp in current.all_input_nodes for src in sources.get(inp, [])]
 
     for current in gm.graph.nodes:
-        ins = [a for a in current.all_input_nodes]
+        ins = list(current.all_input_nodes)
         if current.op == "placeholder":
             if nodes:
                 refuse(current.name, "a second input: NIR graphs here take one input")
