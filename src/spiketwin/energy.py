@@ -171,18 +171,20 @@ def _write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
+def _scaled(value: float, units: tuple[str, str, str, str]) -> str:
+    """``value`` in the largest of ``units`` (x1, x1e3, x1e6, x1e9) that keeps it at least 1, 3 digits."""
+    for power in (3, 2, 1):
+        if abs(value) >= 1000 ** power:
+            return f"{value / 1000 ** power:.3g}{units[power]}"
+    return f"{value:.3g}{units[0]}"
+
+
 def _si(value: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(value) >= scale:
-            return f"{value / scale:.3g}{unit}"
-    return f"{value:.3g}"
+    return _scaled(value, ("", "k", "M", "G"))
 
 
 def _joules(pj: float) -> str:
-    for unit, scale in (("mJ", 1e9), ("uJ", 1e6), ("nJ", 1e3)):
-        if abs(pj) >= scale:
-            return f"{pj / scale:.3g} {unit}"
-    return f"{pj:.3g} pJ"
+    return _scaled(pj, (" pJ", " nJ", " uJ", " mJ"))
 
 
 def _weight_layer(module: nn.Module) -> nn.Module | None:
