@@ -229,15 +229,14 @@ def _dest(key: str) -> str:
     return "overrides" if key == "set" else key
 
 
-def _apply_config(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
-    """Turn the values of ``--config FILE`` into defaults of the chosen subcommand's parser."""
+def _apply_config(parser: argparse.ArgumentParser, argv: Sequence[str], name: str | None) -> None:
+    """Turn the values of ``--config FILE`` into defaults of the parser of subcommand ``name``."""
     path = None
     for i, arg in enumerate(argv):
         if arg == "--config" and i + 1 < len(argv):
             path = argv[i + 1]
         elif arg.startswith("--config="):
             path = arg.split("=", 1)[1]
-    name = next((a for a in argv if a in COMMANDS), None)
     if path is None or name is None:
         return
     data = _load_config(path)
@@ -596,8 +595,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 1 failure, 2 usage)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    command = next((a for a in argv if a in COMMANDS), None)
     try:
-        _apply_config(parser, argv)
+        _apply_config(parser, argv, command)
         args, extra = parser.parse_known_args(argv)
         if args.command is None:
             parser.print_help()
@@ -614,7 +614,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # --help, --version
         return int(e.code or 0)
     except UsageError as e:
-        command = next((a for a in argv if a in COMMANDS), None)
         prog = e.prog or ("spiketwin" + (f" {command}" if command else ""))
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
@@ -625,8 +624,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "--debug" in argv:
             raise
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        command = next((a for a in argv if a in COMMANDS), "")
-        print(f"spiketwin {command}: error: {message}".replace(" :", ":"), file=sys.stderr)
+        print(f"spiketwin {command or ''}: error: {message}".replace(" :", ":"), file=sys.stderr)
         return 1
     return 0
 
