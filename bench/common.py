@@ -5,8 +5,11 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
+
+from spiketwin.checkpoint import atomic_write
 
 
 def median_seconds(fn: Callable[[], object], repeats: int = 7, warmup: int = 2) -> float:
@@ -23,6 +26,14 @@ def median_seconds(fn: Callable[[], object], repeats: int = 7, warmup: int = 2) 
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    """Cache ``model``'s weights at ``path`` (safetensors, written atomically; folders created as needed)."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(state, str(tmp)))
 
 
 def print_table(title: str, header: list[str], rows: list[list[object]]) -> None:

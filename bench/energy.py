@@ -33,10 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     rows = []
     for label, (name, overrides, shape) in MODELS.items():
-        try:
-            model = create(name, **overrides).to(args.device).eval()
-        except KeyError:
-            continue  # that model's branch is not in this checkout
+        model = create(name, **overrides).to(args.device).eval()
         x = torch.rand(args.batch, *shape, device=args.device)
 
         def forward(model=model, x=x):

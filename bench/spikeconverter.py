@@ -14,12 +14,11 @@ as many steps as the iLIF latency ((depth + 1) T). It also prints the schedule's
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import torch
 
-from bench.common import print_table
+from bench.common import print_table, save_weights
 from spiketwin.convert import to_qann
 from spiketwin.data import load_digits, mnist_split
 from spiketwin.models import create
@@ -36,15 +35,6 @@ SETUPS = {"digits": [("vgg_small", CNN), ("resnet_small", CNN), ("vit_digits", V
           "mnist": [("vgg_mnist", CNN), ("resnet_mnist", CNN)]}
 
 
-def save_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))
-    os.replace(tmp, path)
-
-
 def load_into(model: torch.nn.Module, path: Path, device: str) -> bool:
     if not path.is_file():
         return False
@@ -58,7 +48,7 @@ def trained(model: torch.nn.Module, path: Path, data, config: TrainConfig, devic
     """``model`` trained with ``config`` on ``data``, or loaded from ``path`` when a previous run cached it."""
     if not load_into(model, path, device):
         fit(model, data[0], data[1], config)
-        save_atomic(model.state_dict(), path)
+        save_weights(model, path)
     return model.eval()
 
 

@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import sys
 from pathlib import Path
 
 import torch
 
-from bench.common import median_seconds, print_table
+from bench.common import median_seconds, print_table, save_weights
 from spiketwin.base import reset, set_step_mode
 from spiketwin.convert import to_qann, to_snn, verify
 from spiketwin.data import mnist_split
@@ -42,17 +41,14 @@ CACHE = ROOT / "runs" / "bench_spikezip"
 
 def cached(model: torch.nn.Module, path: Path, train) -> torch.nn.Module:
     """Load ``model``'s weights from ``path`` (safetensors) or train it with ``train()`` and save them atomically."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     if path.is_file():
         model.load_state_dict(load_file(str(path)))
         print(f"  loaded {path.relative_to(ROOT)}")
         return model
     train()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
+    save_weights(model, path)
     return model
 
 

@@ -16,13 +16,12 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import time
 from pathlib import Path
 
 import torch
 
-from bench.common import print_table
+from bench.common import print_table, save_weights
 from spiketwin import simulate
 from spiketwin.convert import to_qann, to_snn
 from spiketwin.data.text import encode, load_sst2, load_tokenizer, train_tokenizer
@@ -31,14 +30,6 @@ from spiketwin.train import TrainConfig, evaluate, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data" / "sst2"
-
-
-def save_atomic(model: torch.nn.Module, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
@@ -57,7 +48,7 @@ def train_or_load(model, path: Path, x, y, config: TrainConfig, what: str, retra
     for record in fit(model, x, y, config):
         print(f"{what} epoch {record['epoch']}: loss {record['loss']:.4f}")
     seconds = time.perf_counter() - start
-    save_atomic(model, path)
+    save_weights(model, path)
     return seconds
 
 

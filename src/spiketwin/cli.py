@@ -229,19 +229,17 @@ def _dest(key: str) -> str:
     return "overrides" if key == "set" else key
 
 
-def _apply_config(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
-    """Turn the values of ``--config FILE`` into defaults of the chosen subcommand's parser."""
+def _apply_config(parser: argparse.ArgumentParser, argv: Sequence[str], name: str | None) -> None:
+    """Turn the values of ``--config FILE`` into defaults of the parser of subcommand ``name``."""
     path = None
     for i, arg in enumerate(argv):
         if arg == "--config" and i + 1 < len(argv):
             path = argv[i + 1]
         elif arg.startswith("--config="):
             path = arg.split("=", 1)[1]
-    name = next((a for a in argv if a in COMMANDS), None)
     if path is None or name is None:
         return
     data = _load_config(path)
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
     sub = subparsers[name]
     options = {cmd: {a.dest for a in p._actions} - {"help", "config"} for cmd, p in subparsers.items()}
@@ -573,16 +571,14 @@ def cmd_export_nir(args) -> None:
 
 def cmd_bench(args) -> None:
     import importlib
-    import pkgutil
 
     if Path("bench", "__init__.py").is_file() and str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))  # the repository root, where bench/ lives
     try:
-        bench = importlib.import_module("bench")
+        names = importlib.import_module("bench.__main__").names()
     except ImportError as e:
         raise FileNotFoundError("the benchmarks live in the repository's bench/ folder: run spiketwin bench from "
                                 "the repository root") from e
-    names = sorted(m.name for m in pkgutil.iter_modules(bench.__path__) if m.name not in ("common", "__main__"))
     if not args.name:
         print("benchmarks: " + ", ".join(names) + "  (spiketwin bench NAME [args...])")
         return
@@ -599,8 +595,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 1 failure, 2 usage)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    command = next((a for a in argv if a in COMMANDS), None)
     try:
-        _apply_config(parser, argv)
+        _apply_config(parser, argv, command)
         args, extra = parser.parse_known_args(argv)
         if args.command is None:
             parser.print_help()
@@ -617,7 +614,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # --help, --version
         return int(e.code or 0)
     except UsageError as e:
-        command = next((a for a in argv if a in COMMANDS), None)
         prog = e.prog or ("spiketwin" + (f" {command}" if command else ""))
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
@@ -628,8 +624,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "--debug" in argv:
             raise
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        command = next((a for a in argv if a in COMMANDS), "")
-        print(f"spiketwin {command}: error: {message}".replace(" :", ":"), file=sys.stderr)
+        print(f"spiketwin {command or ''}: error: {message}".replace(" :", ":"), file=sys.stderr)
         return 1
     return 0
 

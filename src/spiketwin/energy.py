@@ -171,18 +171,20 @@ def _write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
+def _scaled(value: float, units: tuple[str, str, str, str]) -> str:
+    """``value`` in the largest of ``units`` (x1, x1e3, x1e6, x1e9) that keeps it at least 1, 3 digits."""
+    for power in (3, 2, 1):
+        if abs(value) >= 1000 ** power:
+            return f"{value / 1000 ** power:.3g}{units[power]}"
+    return f"{value:.3g}{units[0]}"
+
+
 def _si(value: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(value) >= scale:
-            return f"{value / scale:.3g}{unit}"
-    return f"{value:.3g}"
+    return _scaled(value, ("", "k", "M", "G"))
 
 
 def _joules(pj: float) -> str:
-    for unit, scale in (("mJ", 1e9), ("uJ", 1e6), ("nJ", 1e3)):
-        if abs(pj) >= scale:
-            return f"{pj / scale:.3g} {unit}"
-    return f"{pj:.3g} pJ"
+    return _scaled(pj, (" pJ", " nJ", " uJ", " mJ"))
 
 
 def _weight_layer(module: nn.Module) -> nn.Module | None:
@@ -213,7 +215,6 @@ class _Counter:
         self.name, self.kind, self.analog = name, kind, analog
         self.flops = 0  # summed over calls and samples
         self.steps = 0  # time steps counted so far (the next call's first step)
-        self.per_sequence = False
         self.entries: list[tuple[int, torch.Tensor, int, torch.Tensor | None, int]] = []
         # (first step, nonzero a [n], numel a per step, nonzero b [n] or None, numel b per step)
         self.pairs: list[torch.Tensor] = []  # products: [n] terms with both operands non-zero
@@ -347,7 +348,6 @@ class _Run:
         if x.shape[:2] == (n, B) or x.shape[0] % (n * B) == 0:
             return x.reshape(n, -1)
         if x.shape[0] % B == 0:
-            c.per_sequence = True
             return x.reshape(1, -1)
         raise RuntimeError(f"energy.report: cannot tell the time steps of {c.name!r}'s input {tuple(x.shape)} "
                            f"(steps {n}, batch {B}): expected [n, B, ...], [n*B*k, ...] or [B*k, ...]")

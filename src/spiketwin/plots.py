@@ -66,7 +66,7 @@ def firing_rates(report, path: str | Path, title: str = "Firing rate of each lay
     for layer in report.layers:
         for suffix, rate in (("", layer.rate), (" (b)", layer.rate_b)):
             if rate is not None:
-                names.append(layer.name + (suffix if layer.rate_b is not None else ""))
+                names.append(layer.name + suffix)
                 rates.append(rate)
                 colours.append("tab:orange" if layer.coding == "analog" else "tab:blue")
     fig = _figure(max(6.0, 0.35 * len(names) + 2), 4.0)

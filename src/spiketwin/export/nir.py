@@ -32,6 +32,7 @@ import torch
 from torch import fx, nn
 
 from ..base import StatefulModule, reset, set_step_mode
+from ..checkpoint import atomic_write
 from ..convert.spikeconverter import PeriodBias, SpikeMaxPool2d
 from ..extras import require
 from ..neurons import ILIF, LIF, STBIF
@@ -108,15 +109,13 @@ def _module_path(node: fx.Node) -> str:
 
 def _fold(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.modules.batchnorm._BatchNorm):
     """Fold an eval-mode BatchNorm that follows a layer into the layer's weight and bias."""
-    mean = bn.running_mean if bn.track_running_stats and bn.running_mean is not None else None
-    var = bn.running_var if mean is not None else None
-    if mean is None:
+    if not bn.track_running_stats or bn.running_mean is None:
         raise NIRExportError("a BatchNorm without running statistics cannot be folded; train it with "
                              "track_running_stats=True")
-    scale = torch.rsqrt(var + bn.eps)
+    scale = torch.rsqrt(bn.running_var + bn.eps)
     if bn.affine:
         scale = scale * bn.weight
-    shift = -mean * scale + (bn.bias if bn.affine else 0)
+    shift = -bn.running_mean * scale + (bn.bias if bn.affine else 0)
     weight = weight * scale.view(-1, *([1] * (weight.dim() - 1)))
     bias = shift if bias is None else bias * scale + shift
     return weight, bias
@@ -237,7 +236,7 @@ def to_nir(snn: nn.Module, example_input: torch.Tensor, path: str | Path | None 
     reset(model)
     nir_graph = _build(nir, gm, dt, snn, submodule)
     if path is not None:
-        _write(nir, nir_graph, Path(path))
+        atomic_write(path, lambda tmp: nir.write(tmp, nir_graph))
     return nir_graph
 
 
@@ -269,7 +268,7 @@ def _build(nir, gm: fx.GraphModule, dt: float, snn: nn.Module, submodule: str | 
         sources[current] = [src for inp in current.all_input_nodes for src in sources.get(inp, [])]
 
     for current in gm.graph.nodes:
-        ins = [a for a in current.all_input_nodes]
+        ins = list(current.all_input_nodes)
         if current.op == "placeholder":
             if nodes:
                 refuse(current.name, "a second input: NIR graphs here take one input")
@@ -340,12 +339,6 @@ def _flatten(nir, node: fx.Node, start: int, end: int):
     if start == 0:
         raise NIRExportError(f"to_nir: {node.name} flattens the batch dimension; NIR graphs are per sample")
     return nir.Flatten(input_type={"input": np.array(in_shape[1:])}, start_dim=start - 1, end_dim=end - 1)
-
-
-def _write(nir, graph, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    nir.write(tmp, graph)
-    tmp.replace(path)
 
 
 class _NIRNeuron(nn.Module):
