@@ -12,10 +12,12 @@ input (its shape, dtype and device) and cleared by :func:`spiketwin.reset`.
 
 from __future__ import annotations
 
+import ctypes
 from typing import NamedTuple
 
 import torch
 
+from . import native
 from .base import StatefulModule
 from .ops import changed_samples, running_sum_into, scatter_samples, sparse_index
 from .surrogate import Sigmoid, Surrogate
@@ -330,12 +332,35 @@ class STBIF(StatefulModule):
         """The step rule over ``[T, B, ...]``, bit-identical to calling :meth:`single_step` T times: the
         running totals and their rounded targets are computed for all steps first; only the one-spike-per-step
         walk of the count towards its target is scanned. Samples that can only output zeros are skipped."""
+        x_seq = x_seq.contiguous()
+        state = [] if self.total is None else [self.total, self.count]
+        if self.threshold.numel() == 1 and native.takes(x_seq, *state):
+            kernel = native.function("stbif", f"stbif_steps_{native.SUFFIX[x_seq.dtype]}", *[ctypes.c_void_p] * 6,
+                                     *[ctypes.c_int64] * 3, *[native.REAL[x_seq.dtype]] * 3)
+            if kernel is not None:
+                return self._native_steps(kernel, x_seq)
         if self.sparse and self.pending is not None:
             index = sparse_index(changed_samples(x_seq) | self.pending[:, -1])
             if index is not None:
                 return self._sample_steps(x_seq, index)
         spikes, self.total, self.count, self.pending = self._steps(x_seq, self.total, self.count)
         self.spikes = spikes[-1]
+        return spikes
+
+    def _native_steps(self, kernel, x_seq: torch.Tensor) -> torch.Tensor:
+        """:meth:`multi_step` by the native kernel (``native/stbif.c``): one pass, the same arithmetic; with
+        ``sparse``, every sample without input or pending neuron is skipped."""
+        steps, batch = x_seq.shape[:2]
+        if self.total is None:
+            self.total, self.count = torch.zeros_like(x_seq[0]), torch.zeros_like(x_seq[0])
+        spikes = torch.empty_like(x_seq)
+        pending = torch.empty((batch, steps), dtype=torch.bool)
+        skip = self.sparse and self.pending is not None
+        was_pending = self.pending[:, -1].contiguous() if skip else None
+        kernel(native.pointer(x_seq), native.pointer(self.total), native.pointer(self.count), native.pointer(spikes),
+               native.pointer(pending), native.pointer(was_pending) if skip else None, steps, batch,
+               x_seq[0, 0].numel(), self.threshold.item(), self.n_min, self.n_max)
+        self.pending, self.spikes = pending, spikes[-1]
         return spikes
 
     def _steps(self, x_seq: torch.Tensor, total: torch.Tensor | None, count: torch.Tensor | None):

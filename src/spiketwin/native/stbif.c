@@ -1,0 +1,61 @@
+/* The ST-BIF neuron's sequence call (spiketwin.neurons.STBIF.multi_step) in one pass over its input.
+
+   x[T][B][N] enters from the state total[B][N], count[B][N] (updated in place). Per step and neuron:
+   total += x; target = clamp(floor(total / theta + 1/2), n_min, n_max); delta = target - count;
+   the step is "far" for the sample if some |delta| > 1; delta = clamp(delta, -1, 1); count += delta;
+   spikes = delta * theta. pending[B][T] records the far flags. Every operation is the one the torch path
+   runs, in the same order and precision, so the results are bit-identical.
+
+   was_pending (NULL: compute every sample) holds per sample whether a neuron was pending before the call:
+   a sample without one whose input is all zero can only output zeros and keep its state, so it is skipped. */
+#include "kernel.h"
+#include <math.h>
+#include <string.h>
+
+#define DEFINE_STBIF_STEPS(NAME, REAL, FLOOR)                                                                   \
+    KERNEL void NAME(const REAL *restrict x, REAL *restrict total, REAL *restrict count, REAL *restrict spikes, \
+                     uint8_t *restrict pending, const uint8_t *restrict was_pending, int64_t T, int64_t B,     \
+                     int64_t N, REAL theta, REAL n_min, REAL n_max)                                            \
+    {                                                                                                          \
+        for (int64_t b = 0; b < B; b++) {                                                                      \
+            REAL *restrict tot = total + b * N;                                                                \
+            REAL *restrict cnt = count + b * N;                                                                \
+            if (was_pending && !was_pending[b]) {                                                              \
+                int input = 0;                                                                                 \
+                for (int64_t t = 0; t < T && !input; t++) {                                                    \
+                    const REAL *restrict xt = x + (t * B + b) * N;                                             \
+                    for (int64_t i = 0; i < N; i++)                                                            \
+                        input |= xt[i] != 0;                                                                   \
+                }                                                                                              \
+                if (!input) {                                                                                  \
+                    for (int64_t t = 0; t < T; t++) {                                                          \
+                        memset(spikes + (t * B + b) * N, 0, (size_t)N * sizeof(REAL));                         \
+                        pending[b * T + t] = 0;                                                                \
+                    }                                                                                          \
+                    continue;                                                                                  \
+                }                                                                                              \
+            }                                                                                                  \
+            for (int64_t t = 0; t < T; t++) {                                                                  \
+                const REAL *restrict xt = x + (t * B + b) * N;                                                 \
+                REAL *restrict out = spikes + (t * B + b) * N;                                                 \
+                int far = 0;                                                                                   \
+                for (int64_t i = 0; i < N; i++) {                                                              \
+                    REAL v = tot[i] + xt[i];                                                                   \
+                    tot[i] = v;                                                                                \
+                    REAL target = FLOOR(v / theta + (REAL)0.5);                                                \
+                    target = target < n_min ? n_min : target;                                                  \
+                    target = target > n_max ? n_max : target;                                                  \
+                    REAL delta = target - cnt[i];                                                              \
+                    far |= (delta > 1) | (delta < -1);                                                         \
+                    delta = delta < -1 ? -1 : delta;                                                           \
+                    delta = delta > 1 ? 1 : delta;                                                             \
+                    cnt[i] += delta;                                                                           \
+                    out[i] = delta * theta;                                                                    \
+                }                                                                                              \
+                pending[b * T + t] = (uint8_t)far;                                                             \
+            }                                                                                                  \
+        }                                                                                                      \
+    }
+
+DEFINE_STBIF_STEPS(stbif_steps_f32, float, floorf)
+DEFINE_STBIF_STEPS(stbif_steps_f64, double, floor)
