@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from bench.common import median_seconds, print_table, save_weights
+from spiketwin import native
 from spiketwin.base import reset, set_step_mode
 from spiketwin.convert import to_qann, to_snn, verify
 from spiketwin.data import mnist_split
@@ -60,6 +61,12 @@ def snn_predictions(snn, x: torch.Tensor, batch: int):
         outs.append(r.output)
         settles.append(r.settle_step)
     return torch.cat(outs), torch.cat(settles)
+
+
+def torch_path(run):
+    """``run()`` with the native kernels off (every operator on its torch path)."""
+    with native.disabled():
+        return run()
 
 
 def reference_loop(snn, x: torch.Tensor, steps: int = 64) -> torch.Tensor:
@@ -109,12 +116,13 @@ def run_level(levels: int, ann, ann_acc: float, data, timed: torch.Tensor, args)
     with torch.no_grad():
         result = simulate(snn, timed)
         timed_settle, same = result.settle_step, torch.equal(reference_loop(snn, timed), result.output)
-        t_qann, t_snn, t_ref = round_robin_medians(
-            [lambda: qann(timed), lambda: simulate(snn, timed, max_steps=512), lambda: reference_loop(snn, timed)],
-            args.repeats)
+        t_qann, t_snn, t_ref, t_torch = round_robin_medians(
+            [lambda: qann(timed), lambda: simulate(snn, timed, max_steps=512), lambda: reference_loop(snn, timed),
+             lambda: torch_path(lambda: simulate(snn, timed, max_steps=512))], args.repeats)
     t_settle, steps = int(timed_settle.max()), timed_settle.double().mean().item()
     time_row = [levels, t_settle, steps, 1e3 * t_qann, 1e3 * t_settle * t_qann, 1e3 * t_snn, 1e3 * t_ref,
-                t_snn / (t_settle * t_qann), t_ref / t_snn, 64 / steps, "yes" if same else "NO"]
+                t_snn / (t_settle * t_qann), t_ref / t_snn, 64 / steps, "yes" if same else "NO", 1e3 * t_torch,
+                t_torch / t_snn]
     return acc_row, time_row
 
 
@@ -158,7 +166,9 @@ def main(argv: list[str] | None = None) -> None:
     print_table(f"Time to the exact answer, one batch of {len(timed)} images, {device}, {args.threads} thread(s), "
                 f"median of {args.repeats}",
                 ["levels", "T_settle", "steps", "QANN fwd ms", "(a) T_settle x QANN ms", "SNN ms", "(b) T=64 loop ms",
-                 "SNN / (a)", "(b) / SNN", "64 / steps", "(b) = SNN output"], time_rows)
+                 "SNN / (a)", "(b) / SNN", "64 / steps", "(b) = SNN output", "SNN torch-path ms", "torch-path / SNN"],
+                time_rows)
+    print(f"Native kernels: {native.status('stbif')}. 'SNN torch-path' is the same simulation with them off.")
 
 
 if __name__ == "__main__":

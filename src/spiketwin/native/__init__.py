@@ -12,6 +12,7 @@ autograd). Both paths give bit-identical results (tests compare them); :func:`st
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -34,9 +35,23 @@ _loaded: dict[str, ctypes.CDLL | None] = {}
 _errors: dict[str, str] = {}
 
 
+_disabled = 0  # depth of nested ``disabled()`` blocks
+
+
 def enabled() -> bool:
-    """False when the environment variable ``SPIKETWIN_NATIVE`` is ``0`` (the torch paths everywhere)."""
-    return os.environ.get("SPIKETWIN_NATIVE", "1") != "0"
+    """False inside :func:`disabled` or when the environment variable ``SPIKETWIN_NATIVE`` is ``0``."""
+    return _disabled == 0 and os.environ.get("SPIKETWIN_NATIVE", "1") != "0"
+
+
+@contextlib.contextmanager
+def disabled():
+    """Within the block every caller takes its torch path (to compare both paths in one process)."""
+    global _disabled
+    _disabled += 1
+    try:
+        yield
+    finally:
+        _disabled -= 1
 
 
 def cache_dir() -> Path:

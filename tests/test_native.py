@@ -1,0 +1,101 @@
+"""Native kernels: built from source on first use, bit-identical to the torch paths, and optional (the torch
+path runs when they are off or cannot be built)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import spiketwin
+from spiketwin import native
+from spiketwin.neurons import STBIF
+
+needs_native = pytest.mark.skipif(native.library("stbif") is None, reason=native.status("stbif"))
+
+
+def stbif_calls(neuron, chunks):
+    """Run ``neuron`` over successive sequence chunks from a reset; everything it outputs and keeps."""
+    spiketwin.reset(neuron)
+    record = []
+    for chunk in chunks:
+        spikes = neuron(chunk)
+        record.append((spikes, neuron.total.clone(), neuron.count.clone(), neuron.pending.clone(),
+                       neuron.spikes.clone()))
+    return record
+
+
+def sparse_chunks(seed, dtype, shape=(6, 5, 3)):
+    """Chunks of 1..5 steps in which some samples get no input at all (and some neurons keep walking)."""
+    g = torch.Generator().manual_seed(seed)
+    chunks = []
+    for length in (1, 3, 1, 2, 5, 1, 4):
+        x = torch.randn(length, *shape, generator=g, dtype=dtype) * 1.5
+        x[:, torch.rand(shape[0], generator=g) < 0.5] = 0
+        chunks.append(x)
+    for length in (1, 2, 8):  # no input: the counts walk to their targets, then every sample is skipped
+        chunks.append(torch.zeros(length, *shape, dtype=dtype))
+    return chunks
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("sparse", [True, False])
+def test_stbif_native_equals_torch_path_bit_for_bit(dtype, seed, sparse):
+    theta = [0.37, 0.05, 1.3, 0.2][seed]
+    n_min, n_max = [(-8, 7), (0, 15), (-2, 1), (-16, 15)][seed]
+    chunks = sparse_chunks(seed, dtype)
+    fast = stbif_calls(STBIF(theta, n_min, n_max, sparse=sparse), chunks)
+    with native.disabled():
+        reference = stbif_calls(STBIF(theta, n_min, n_max, sparse=sparse), chunks)
+    for got, want in zip(fast, reference):
+        for a, b in zip(got, want):
+            assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+@needs_native
+def test_stbif_native_takes_non_contiguous_input_and_leaves_it_intact():
+    x = torch.randn(3, 8, 4, dtype=torch.float64).transpose(1, 2)  # [T, B=4, 8], not contiguous
+    before = x.clone()
+    fast = stbif_calls(STBIF(0.3, -4, 3), [x])
+    with native.disabled():
+        reference = stbif_calls(STBIF(0.3, -4, 3), [x])
+    assert torch.equal(fast[0][0], reference[0][0]) and torch.equal(x, before)
+
+
+def test_status_says_which_path_runs(monkeypatch):
+    monkeypatch.setenv("SPIKETWIN_NATIVE", "0")
+    assert native.library("stbif") is None and "SPIKETWIN_NATIVE=0" in native.status("stbif")
+    with native.disabled():
+        assert not native.enabled()
+
+
+def test_without_a_compiler_the_torch_path_runs(tmp_path):
+    """A fresh process with no usable compiler and an empty cache: STBIF still runs, on its torch path, and
+    the status names the missing compiler."""
+    code = ("import torch, spiketwin\nfrom spiketwin import native\nfrom spiketwin.neurons import STBIF\n"
+            "x = torch.ones(2, 3, 4)\nout = STBIF(0.5, -4, 3)(x)\n"
+            "print(native.status('stbif')); print(out.sum().item())")
+    env = {**os.environ, "CC": "no-such-compiler-xyz", "SPIKETWIN_CACHE": str(tmp_path)}
+    env.pop("SPIKETWIN_NATIVE", None)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    status, total = done.stdout.strip().splitlines()
+    assert "torch path" in status and "no-such-compiler-xyz" in status
+    assert float(total) == 3 * 4 * 2 * 0.5  # 12 neurons, one spike of 0.5 per step (targets 2, 4 run ahead)
+
+
+@needs_native
+def test_build_is_cached_per_source(tmp_path):
+    """The library is compiled into the cache directory once; another process loads it without compiling."""
+    code = "from spiketwin import native\nprint(native.status('stbif'))"
+    env = {**os.environ, "SPIKETWIN_CACHE": str(tmp_path)}
+    env.pop("SPIKETWIN_NATIVE", None)
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True)
+    built = sorted((tmp_path / "native").glob("stbif-*.so"))
+    assert len(built) == 1
+    stamp = built[0].stat().st_mtime_ns
+    done = subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True, text=True)
+    assert "native C kernel" in done.stdout and built[0].stat().st_mtime_ns == stamp
+    assert sorted((tmp_path / "native").iterdir()) == built  # no temporary files left behind
