@@ -93,6 +93,7 @@ def test_failures_exit_1_with_one_line(tmp_path, capsys):
     for argv, needle in ((["energy", "--checkpoint", str(tmp_path / "none.safetensors")], "not found"),
                          (["energy", "--checkpoint", str(not_a_checkpoint)], "not a safetensors file"),
                          (["energy", "--model", "no_such_model"], "unknown model"),
+                         (["energy", "--model", "vgg_small", "--samples", "2"], "vgg_small (ann) is not spiking"),
                          (["train", "--data", "mnist", "--data-root", str(tmp_path), "--model", "scnn"], "MNIST")):
         code, _, err = run(capsys, *argv)
         assert code == 1 and needle in err and len(err.strip().splitlines()) == 1, (argv, err)

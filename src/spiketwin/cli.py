@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint
-from .energy import PRESETS, simulation_run
+from .energy import PRESETS, NotSpikingError, simulation_run
 
 COMMANDS = ("demo", "train", "qat", "convert", "simulate", "verify", "energy", "export-nir", "bench")
 
@@ -526,11 +526,9 @@ def cmd_energy(args) -> None:
     run = simulation_run(args.max_steps) if hasattr(model, "simulate") else None
     try:
         result = report(model, x, preset=args.preset, e_mac=args.e_mac, e_ac=args.e_ac, run=run)
-    except RuntimeError as e:
-        if "no spiking module" in str(e):
-            raise ValueError(f"energy: {info['model']} ({info['stage']}) is not spiking; give a directly trained "
-                             "SNN or an SNN checkpoint (spiketwin convert)") from e
-        raise
+    except NotSpikingError as e:
+        raise ValueError(f"energy: {info['model']} ({info['stage']}) is not spiking; give a directly trained "
+                         "SNN or an SNN checkpoint (spiketwin convert)") from e
     print(result.table())
     if args.json:
         result.to_json(args.json)
