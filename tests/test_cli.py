@@ -282,3 +282,21 @@ def test_threads_option_sets_torch_threads(capsys, monkeypatch):
     assert code == 2 and "--threads must be at least 1" in err and calls == [1]
     code, _, err = run(capsys, "demo", "--threads", "1")  # the demo's own option goes after --
     assert code == 2 and "unrecognized arguments: --threads" in err
+
+
+def test_model_class_names_what_create_builds_without_building_it(monkeypatch):
+    # fresh --model: _data_defaults reads the constructor's parameters from model_class, which builds nothing
+    import spiketwin.models as models
+
+    for name in models.available():
+        with torch.device("meta"):  # no memory for the ImageNet-sized configurations
+            built = models.create(name)
+        assert models.model_class(name) is type(built), name
+
+    def unannotated(**overrides):
+        return torch.nn.Linear(2, 2)
+    monkeypatch.setitem(models._REGISTRY, "no_annotation", unannotated)
+    with pytest.raises(TypeError, match="factory of 'no_annotation'.*return annotation"):
+        models.model_class("no_annotation")
+    with pytest.raises(KeyError, match="unknown model"):
+        models.model_class("no_such_model")

@@ -328,15 +328,14 @@ def _data_defaults(name: str, overrides: dict, data) -> dict:
     ``in_chans``, ``num_classes``), for those the user did not set."""
     import inspect
 
-    from .models import create
+    from .models import model_class
 
     sample = data[0][0]
     values = {"img_size": sample.shape[-1], "image_size": sample.shape[-1], "in_channels": sample.shape[-3],
               "in_chans": sample.shape[-3], "num_classes": len(data.classes)}
     if sample.dim() < 3 or sample.shape[-1] != sample.shape[-2]:
         values = {"num_classes": values["num_classes"]}  # not square images: only the classes are implied
-    with torch.random.fork_rng(devices=[]):  # the probe leaves the RNG, hence the real model's weights, alone
-        accepted = inspect.signature(type(create(name, **overrides))).parameters
+    accepted = inspect.signature(model_class(name)).parameters
     return {k: int(v) for k, v in values.items() if k in accepted and k not in overrides}
 
 
