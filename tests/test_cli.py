@@ -300,3 +300,17 @@ def test_model_class_names_what_create_builds_without_building_it(monkeypatch):
         models.model_class("no_annotation")
     with pytest.raises(KeyError, match="unknown model"):
         models.model_class("no_such_model")
+
+
+def test_train_into_a_run_dir_another_run_holds_fails_without_touching_it(tmp_path, capsys):
+    fcntl = pytest.importorskip("fcntl", reason="run directories are locked with fcntl.flock (POSIX only)")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    with open(busy / "run.lock", "w") as held:  # stands for another run: its own open file, its own flock
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242\n")
+        held.flush()
+        code, _, err = run(capsys, *TRAIN, "--run-dir", str(busy))
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert f"run directory {busy.resolve()} is in use by another run (pid 4242" in err
+    assert sorted(p.name for p in busy.iterdir()) == ["run.lock"]  # no run.json, metrics or checkpoint
