@@ -1,10 +1,11 @@
-"""Timing helpers shared by the benchmarks: medians of repeated runs, a plain-text table."""
+"""Timing helpers shared by the benchmarks: medians of repeated runs taken in turns, a plain-text table."""
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -12,20 +13,42 @@ import torch
 from spiketwin.checkpoint import atomic_write
 
 
+@dataclass(frozen=True)
+class Timing:
+    """Median seconds of one call: wall clock, and CPU time of this process (all its threads)."""
+
+    seconds: float
+    cpu_seconds: float
+
+
+def _wait_for_gpu() -> None:
+    """Let queued CUDA work finish, so that it counts for the call that queued it (nothing without CUDA in use)."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def round_robin(fns: Sequence[Callable[[], object]], repeats: int, warmup: int = 1) -> list[Timing]:
+    """Time every function of ``fns`` in turns (fn 1, fn 2, ..., then fn 1 again), so that a change in machine
+    load hits them alike: ``warmup`` untimed turns, then ``repeats`` timed ones. Returns, per function, the
+    median (``statistics.median``: the mean of the middle two for an even count) of its calls' wall and CPU
+    seconds."""
+    wall: list[list[float]] = [[] for _ in fns]
+    cpu: list[list[float]] = [[] for _ in fns]
+    for turn in range(warmup + repeats):
+        for fn, w, c in zip(fns, wall, cpu):
+            _wait_for_gpu()
+            wall_start, cpu_start = time.perf_counter(), time.process_time()
+            fn()
+            _wait_for_gpu()
+            if turn >= warmup:
+                w.append(time.perf_counter() - wall_start)
+                c.append(time.process_time() - cpu_start)
+    return [Timing(statistics.median(w), statistics.median(c)) for w, c in zip(wall, cpu)]
+
+
 def median_seconds(fn: Callable[[], object], repeats: int = 7, warmup: int = 2) -> float:
     """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs (CUDA synchronised)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return round_robin([fn], repeats, warmup)[0].seconds
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import median_seconds, print_table, save_weights
+from bench.common import print_table, round_robin, save_weights
 from spiketwin import native
 from spiketwin.base import reset, set_step_mode
 from spiketwin.convert import to_qann, to_snn, verify
@@ -80,17 +80,6 @@ def reference_loop(snn, x: torch.Tensor, steps: int = 64) -> torch.Tensor:
     return total
 
 
-def round_robin_medians(fns: list, repeats: int, warmup: int = 1) -> list[float]:
-    """Median wall seconds of each function, timed in turns (fn 1, fn 2, ..., fn 1, ...) after ``warmup`` turns."""
-    times: list[list[float]] = [[] for _ in fns]
-    for r in range(warmup + repeats):
-        for fn, ts in zip(fns, times):
-            seconds = median_seconds(fn, repeats=1, warmup=0)
-            if r >= warmup:
-                ts.append(seconds)
-    return [sorted(ts)[len(ts) // 2] for ts in times]
-
-
 def run_level(levels: int, ann, ann_acc: float, data, timed: torch.Tensor, args) -> tuple[list, list]:
     """QAT (or the cached QANN) at ``levels`` levels, then its accuracy row and its timing row."""
     x_train, y_train, x_test, y_test = data
@@ -116,9 +105,9 @@ def run_level(levels: int, ann, ann_acc: float, data, timed: torch.Tensor, args)
     with torch.no_grad():
         result = simulate(snn, timed)
         timed_settle, same = result.settle_step, torch.equal(reference_loop(snn, timed), result.output)
-        t_qann, t_snn, t_ref, t_torch = round_robin_medians(
+        t_qann, t_snn, t_ref, t_torch = (t.seconds for t in round_robin(
             [lambda: qann(timed), lambda: simulate(snn, timed, max_steps=512), lambda: reference_loop(snn, timed),
-             lambda: torch_path(lambda: simulate(snn, timed, max_steps=512))], args.repeats)
+             lambda: torch_path(lambda: simulate(snn, timed, max_steps=512))], args.repeats))
     t_settle, steps = int(timed_settle.max()), timed_settle.double().mean().item()
     time_row = [levels, t_settle, steps, 1e3 * t_qann, 1e3 * t_settle * t_qann, 1e3 * t_snn, 1e3 * t_ref,
                 t_snn / (t_settle * t_qann), t_ref / t_snn, 64 / steps, "yes" if same else "NO", 1e3 * t_torch,

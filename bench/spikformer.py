@@ -40,9 +40,8 @@ import torch
 from torch import nn
 
 import statistics
-import time
 
-from bench.common import print_table
+from bench.common import print_table, round_robin
 
 SIDES = ("spiketwin", "sj-official", "sj-builtin")
 
@@ -182,18 +181,8 @@ def measure_memory(side: str, batch: int, T: int, repeats: int) -> dict:
 def measure_time(sides: list[str], batch: int, T: int, steps: int) -> dict:
     """Median wall and CPU seconds per training step of every side, in one process, one step of each in turn."""
     runs = {side: training_step(side, batch, T)[1] for side in sides}
-    for step in runs.values():  # warm-up
-        step(), step()
-    wall: dict[str, list[float]] = {side: [] for side in sides}
-    cpu: dict[str, list[float]] = {side: [] for side in sides}
-    for _ in range(steps):
-        for side, step in runs.items():
-            w, c = time.perf_counter(), time.process_time()
-            step()
-            wall[side].append(time.perf_counter() - w)
-            cpu[side].append(time.process_time() - c)
-    return {side: {"seconds": statistics.median(wall[side]), "cpu_seconds": statistics.median(cpu[side])}
-            for side in sides}
+    timings = round_robin(list(runs.values()), steps, warmup=2)
+    return {side: {"seconds": t.seconds, "cpu_seconds": t.cpu_seconds} for side, t in zip(runs, timings)}
 
 
 def saved_breakdown(side: str, batch: int, T: int) -> dict[tuple[str, str], int]:

@@ -93,6 +93,7 @@ def test_failures_exit_1_with_one_line(tmp_path, capsys):
     for argv, needle in ((["energy", "--checkpoint", str(tmp_path / "none.safetensors")], "not found"),
                          (["energy", "--checkpoint", str(not_a_checkpoint)], "not a safetensors file"),
                          (["energy", "--model", "no_such_model"], "unknown model"),
+                         (["energy", "--model", "vgg_small", "--samples", "2"], "vgg_small (ann) is not spiking"),
                          (["train", "--data", "mnist", "--data-root", str(tmp_path), "--model", "scnn"], "MNIST")):
         code, _, err = run(capsys, *argv)
         assert code == 1 and needle in err and len(err.strip().splitlines()) == 1, (argv, err)
@@ -281,3 +282,35 @@ def test_threads_option_sets_torch_threads(capsys, monkeypatch):
     assert code == 2 and "--threads must be at least 1" in err and calls == [1]
     code, _, err = run(capsys, "demo", "--threads", "1")  # the demo's own option goes after --
     assert code == 2 and "unrecognized arguments: --threads" in err
+
+
+def test_model_class_names_what_create_builds_without_building_it(monkeypatch):
+    # fresh --model: _data_defaults reads the constructor's parameters from model_class, which builds nothing
+    import spiketwin.models as models
+
+    for name in models.available():
+        with torch.device("meta"):  # no memory for the ImageNet-sized configurations
+            built = models.create(name)
+        assert models.model_class(name) is type(built), name
+
+    def unannotated(**overrides):
+        return torch.nn.Linear(2, 2)
+    monkeypatch.setitem(models._REGISTRY, "no_annotation", unannotated)
+    with pytest.raises(TypeError, match="factory of 'no_annotation'.*return annotation"):
+        models.model_class("no_annotation")
+    with pytest.raises(KeyError, match="unknown model"):
+        models.model_class("no_such_model")
+
+
+def test_train_into_a_run_dir_another_run_holds_fails_without_touching_it(tmp_path, capsys):
+    fcntl = pytest.importorskip("fcntl", reason="run directories are locked with fcntl.flock (POSIX only)")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    with open(busy / "run.lock", "w") as held:  # stands for another run: its own open file, its own flock
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242\n")
+        held.flush()
+        code, _, err = run(capsys, *TRAIN, "--run-dir", str(busy))
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert f"run directory {busy.resolve()} is in use by another run (pid 4242" in err
+    assert sorted(p.name for p in busy.iterdir()) == ["run.lock"]  # no run.json, metrics or checkpoint

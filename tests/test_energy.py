@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spiketwin import StatefulModule, TimeFold, reset, set_step_mode
-from spiketwin.energy import HOROWITZ_45NM, PRESETS, register_product, report
+from spiketwin.energy import HOROWITZ_45NM, PRESETS, NotSpikingError, register_product, report
 from spiketwin.neurons import IF, LIF, STBIF
 from spiketwin.ops import MatMul
 
@@ -135,6 +135,13 @@ def test_presets_and_overrides():
         report(Tiny(), tiny_input(), preset="fp64")
     with pytest.raises(ValueError, match="not module paths"):
         report(Tiny(), tiny_input(), analog=["fc9"])
+
+
+def test_a_model_without_spiking_modules_raises_not_spiking_error():
+    ann = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    with pytest.raises(NotSpikingError, match="no spiking module of Sequential ran") as caught:
+        report(ann, torch.rand(2, 3, 4))
+    assert isinstance(caught.value, RuntimeError)  # callers catching RuntimeError still catch it
 
 
 class OwnWeight(nn.Module):

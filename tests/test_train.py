@@ -2,6 +2,9 @@
 checkpoints are safetensors written atomically, mixup and the per-process shuffle behave as documented."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,8 +13,8 @@ from torch import nn
 from spiketwin.base import TimeFold
 from spiketwin.models import create
 from spiketwin.neurons import LIF
-from spiketwin.train import (CHECKPOINT, METRICS, TrainConfig, collate, epoch_indices, evaluate, fit,
-                             load_training_state, main, mixup, save_training_state)
+from spiketwin.train import (CHECKPOINT, LOCK, METRICS, RunDirLocked, TrainConfig, collate, epoch_indices, evaluate,
+                             fit, load_training_state, main, mixup, run_dir_lock, save_training_state)
 
 
 class SpikingMLP(nn.Module):
@@ -81,7 +84,8 @@ def test_checkpoint_is_safetensors_atomic_and_checked(tmp_path):
     x, y = toy_data(32)
     fit(model, x, y, TrainConfig(epochs=1, batch_size=16, progress=False, out_dir=str(tmp_path)))
     path = tmp_path / CHECKPOINT
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([CHECKPOINT, METRICS])  # no temporary left
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([CHECKPOINT, LOCK, METRICS])  # no temporary left
+    assert (tmp_path / LOCK).read_text() == ""  # the lock file stays (removing it would race), free and empty
     with safe_open(str(path), framework="pt") as f:
         keys = set(f.keys())
         meta = json.loads(f.metadata()["spiketwin.train"])
@@ -217,3 +221,51 @@ def test_fit_keeps_the_simple_api_without_output_dir():
     x, y = toy_data(64)
     history = fit(SpikingMLP(), x, y, TrainConfig(epochs=2, batch_size=32, progress=False), eval_data=(x, y))
     assert [r["epoch"] for r in history] == [1, 2] and {"loss", "lr", "seconds", "accuracy"} <= set(history[0])
+
+
+HOLD_LOCK = """
+import sys
+from spiketwin.train import run_dir_lock
+with run_dir_lock(sys.argv[1]):
+    print("locked", flush=True)
+    sys.stdin.readline()  # hold the lock until the parent writes a line (or kills this process)
+"""
+
+
+def _lock_holder(directory) -> subprocess.Popen:
+    """Another process that holds ``directory``'s lock once it has printed 'locked'."""
+    child = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(directory)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "locked"
+    return child
+
+
+def test_run_dir_lock_refuses_a_second_process_until_the_first_releases_or_dies(tmp_path):
+    pytest.importorskip("fcntl", reason="run directories are locked with fcntl.flock (POSIX only)")
+    run = tmp_path / "run"
+    x, y = toy_data(32)
+    cfg = TrainConfig(epochs=1, batch_size=32, progress=False, out_dir=str(run))
+    child = _lock_holder(run)
+    try:
+        assert (run / LOCK).read_text().strip() == str(child.pid)
+        with pytest.raises(RunDirLocked, match=rf"run directory {run.resolve()} is in use .*pid {child.pid}"):
+            with run_dir_lock(run):
+                pass
+        with pytest.raises(RunDirLocked, match=f"pid {child.pid}"):  # fit takes the lock before touching files
+            fit(SpikingMLP(), x, y, cfg)
+        assert not (run / CHECKPOINT).exists() and not (run / METRICS).exists()
+        child.communicate("release\n", timeout=60)  # released at the end of the child's with block
+    finally:
+        child.kill()
+        child.wait()
+    with run_dir_lock(run):
+        assert (run / LOCK).read_text().strip() == str(os.getpid())
+        with run_dir_lock(run):  # nested in the process that holds it: allowed (the CLI locks around fit)
+            pass
+        assert fit(SpikingMLP(), x, y, cfg)[-1]["epoch"] == 1 and (run / CHECKPOINT).is_file()
+    assert (run / LOCK).read_text() == ""  # released
+    child = _lock_holder(run)  # a holder killed by SIGKILL leaves no stale lock: the kernel drops it
+    child.kill()
+    child.wait()
+    with run_dir_lock(run):
+        pass

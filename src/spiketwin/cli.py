@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint
-from .energy import PRESETS, simulation_run
+from .energy import PRESETS, NotSpikingError, simulation_run
 
 COMMANDS = ("demo", "train", "qat", "convert", "simulate", "verify", "energy", "export-nir", "bench")
 
@@ -328,15 +328,14 @@ def _data_defaults(name: str, overrides: dict, data) -> dict:
     ``in_chans``, ``num_classes``), for those the user did not set."""
     import inspect
 
-    from .models import create
+    from .models import model_class
 
     sample = data[0][0]
     values = {"img_size": sample.shape[-1], "image_size": sample.shape[-1], "in_channels": sample.shape[-3],
               "in_chans": sample.shape[-3], "num_classes": len(data.classes)}
     if sample.dim() < 3 or sample.shape[-1] != sample.shape[-2]:
         values = {"num_classes": values["num_classes"]}  # not square images: only the classes are implied
-    with torch.random.fork_rng(devices=[]):  # the probe leaves the RNG, hence the real model's weights, alone
-        accepted = inspect.signature(type(create(name, **overrides))).parameters
+    accepted = inspect.signature(model_class(name)).parameters
     return {k: int(v) for k, v in values.items() if k in accepted and k not in overrides}
 
 
@@ -372,12 +371,14 @@ def _rank() -> int:
 
 def _fit(model, data, args, info: dict) -> float:
     """Train ``model`` on ``data`` (``(train, test)`` from :func:`load_data`) with the training options; with
-    ``--run-dir`` also write ``run.json`` (the model's ``info`` and the options) there. Returns test accuracy."""
+    ``--run-dir`` also write ``run.json`` (the model's ``info`` and the options) there, under the run directory's
+    lock (:func:`spiketwin.train.run_dir_lock`) like the training itself. Returns test accuracy."""
     import json
     import math
+    from contextlib import nullcontext
 
     from .data import TensorData
-    from .train import TrainConfig, fit
+    from .train import TrainConfig, fit, run_dir_lock
 
     if args.resume and not args.run_dir:
         raise UsageError("--resume needs --run-dir DIR (the folder of the checkpoint to continue from)")
@@ -387,10 +388,6 @@ def _fit(model, data, args, info: dict) -> float:
     if args.label_smoothing >= 1:
         raise UsageError(f"--label-smoothing must be < 1, got {args.label_smoothing}")
     train, test = data
-    if args.run_dir and _rank() == 0:
-        Path(args.run_dir).mkdir(parents=True, exist_ok=True)
-        options = {k: v for k, v in vars(args).items() if k not in ("config", "debug", "quiet")}
-        (Path(args.run_dir) / "run.json").write_text(json.dumps({"info": info, "args": options}, indent=1))
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size,
                       warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, seed=args.seed,
                       progress=not args.quiet, mixup_alpha=args.mixup, mixup_off_epoch=args.mixup_off_epoch,
@@ -398,7 +395,12 @@ def _fit(model, data, args, info: dict) -> float:
     def pair(data):  # in-memory sets as tensors (fast slicing); file-streamed ones as the Dataset
         return data.tensors if isinstance(data, TensorData) else (data, None)
 
-    history = fit(model, *pair(train), cfg, eval_data=pair(test) if isinstance(test, TensorData) else test)
+    writes = bool(args.run_dir) and _rank() == 0
+    with run_dir_lock(args.run_dir) if writes else nullcontext():  # fit's lock, taken before run.json is written
+        if writes:
+            options = {k: v for k, v in vars(args).items() if k not in ("config", "debug", "quiet")}
+            (Path(args.run_dir) / "run.json").write_text(json.dumps({"info": info, "args": options}, indent=1))
+        history = fit(model, *pair(train), cfg, eval_data=pair(test) if isinstance(test, TensorData) else test)
     accuracy = history[-1]["accuracy"]
     if _rank() == 0:
         print(f"{args.command}: {len(history)} epochs, final loss {history[-1]['loss']:.4f}, "
@@ -526,11 +528,9 @@ def cmd_energy(args) -> None:
     run = simulation_run(args.max_steps) if hasattr(model, "simulate") else None
     try:
         result = report(model, x, preset=args.preset, e_mac=args.e_mac, e_ac=args.e_ac, run=run)
-    except RuntimeError as e:
-        if "no spiking module" in str(e):
-            raise ValueError(f"energy: {info['model']} ({info['stage']}) is not spiking; give a directly trained "
-                             "SNN or an SNN checkpoint (spiketwin convert)") from e
-        raise
+    except NotSpikingError as e:
+        raise ValueError(f"energy: {info['model']} ({info['stage']}) is not spiking; give a directly trained "
+                         "SNN or an SNN checkpoint (spiketwin convert)") from e
     print(result.table())
     if args.json:
         result.to_json(args.json)

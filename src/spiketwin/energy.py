@@ -27,6 +27,8 @@ Definitions (SPEC "Energy"), per sample:
 
 A layer that runs once per sequence rather than once per step (e.g. a classifier on time-averaged
 features) counts with ``T = 1``.
+
+A model in which no spiking module ran (an ANN) raises :class:`NotSpikingError`, a ``RuntimeError``.
 """
 
 from __future__ import annotations
@@ -64,6 +66,11 @@ PRESETS: dict[str, tuple[float, float]] = {
 
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _PRODUCTS: list[type] = [MatMul, SESA]
+
+
+class NotSpikingError(RuntimeError):
+    """:func:`report` ran the model but no spiking module (:class:`~spiketwin.base.StatefulModule`) did, so
+    there are no time steps or firing rates to count: the model is an ANN (or its neurons were bypassed)."""
 
 
 def register_product(cls: type) -> type:
@@ -441,6 +448,11 @@ def report(
 
     The model runs in eval mode without gradients; its spiking state is reset before and after, and its
     step modes restored. Returns an :class:`EnergyReport` (counts and energies per sample).
+
+    Raises:
+        NotSpikingError: no spiking module ran (``model`` is not an SNN).
+        ValueError: a bad ``preset``, ``analog`` or ``step_mode`` input, or a model with no layer to count.
+        RuntimeError: a counted layer's input whose time steps cannot be told from its shape.
     """
     if preset not in PRESETS:
         raise ValueError(f"energy.report: preset must be one of {sorted(PRESETS)}, got {preset!r}")
@@ -466,8 +478,8 @@ def report(
                 for x_t in x:
                     model(x_t)
             if hooks.batch is None:
-                raise RuntimeError(f"energy.report: no spiking module of {type(model).__name__} ran, so the time "
-                                   "steps are unknown")
+                raise NotSpikingError(f"energy.report: no spiking module of {type(model).__name__} ran, so the "
+                                      "time steps are unknown")
             hooks.flush()
         layers = [_summarise(c, hooks.batch, e_mac, e_ac) for c in hooks.counters.values()]
         T = max((layer.steps for layer in layers), default=0)

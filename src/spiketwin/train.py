@@ -6,7 +6,8 @@ every batch. Data is a pair of tensors ``(x, y)`` (``x`` may be a dict of tensor
 With ``TrainConfig.out_dir`` it writes a metrics log
 (``metrics.jsonl``, one JSON object per epoch) and a checkpoint (``checkpoint.safetensors``: model, optimizer,
 scheduler, RNG state, epoch and history; written atomically, loaded without running code) after every epoch;
-``resume=True`` continues from it exactly where it stopped.
+``resume=True`` continues from it exactly where it stopped. The run holds an exclusive lock on ``out_dir``
+(:func:`run_dir_lock`), so a second run into the same directory fails at once instead of mixing files.
 
 Launched by ``torchrun`` (``WORLD_SIZE`` > 1), ``fit`` initialises ``torch.distributed`` (NCCL on CUDA, Gloo on CPU),
 wraps the model in ``DistributedDataParallel`` and gives each process its share of every epoch, like
@@ -20,6 +21,7 @@ The command line is ``spiketwin train`` (``python -m spiketwin.train`` is the sa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -39,6 +41,7 @@ from .checkpoint import atomic_write, load_state_dict_checked, read_metadata, sa
 
 CHECKPOINT = "checkpoint.safetensors"
 METRICS = "metrics.jsonl"
+LOCK = "run.lock"
 
 
 @dataclass
@@ -250,6 +253,55 @@ def load_training_state(path: str | Path, model: nn.Module, optimizer: torch.opt
     return int(meta["epoch"]), list(meta["history"])
 
 
+# ---------------------------------------------------------------- the run directory's lock
+
+class RunDirLocked(RuntimeError):
+    """Another process holds the lock of the run directory (:func:`run_dir_lock`)."""
+
+
+_locked_here: set[Path] = set()  # run directories this process holds
+
+
+@contextlib.contextmanager
+def run_dir_lock(path: str | Path):
+    """Hold an exclusive lock on the run directory ``path`` (created if missing) for the ``with`` block.
+
+    The lock is ``fcntl.flock`` on ``path/run.lock``, which holds the owner's pid while locked (the file stays,
+    empty, when free: removing it could let two runs lock two different files of that name). A second process
+    gets :class:`RunDirLocked` naming the directory and that pid. The operating system drops the lock when its
+    process dies (even by SIGKILL), so a crashed run never leaves a stale lock. Nested use in the process that
+    holds it is a no-op (the command line locks around ``fit``, which locks too). Where ``fcntl`` is missing
+    (Windows) nothing is locked.
+    """
+    directory = Path(path).resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    if fcntl is None or directory in _locked_here:
+        yield directory
+        return
+    with open(directory / LOCK, "a+") as f:  # "a+": opening must not erase the holder's pid
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise RunDirLocked(f"run directory {directory} is in use by another run (pid {holder} holds "
+                               f"{directory / LOCK}); wait for it, stop it, or choose another directory") from None
+        f.truncate(0)
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        _locked_here.add(directory)
+        try:
+            yield directory
+        finally:
+            _locked_here.discard(directory)
+            f.truncate(0)
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 # ---------------------------------------------------------------- the loop
 
 def fit(model: nn.Module, x: Inputs | Dataset, y: torch.Tensor | None, config: TrainConfig | None = None,
@@ -264,58 +316,60 @@ def fit(model: nn.Module, x: Inputs | Dataset, y: torch.Tensor | None, config: T
     n = _size(x, y, "fit")
     device = next(model.parameters()).device
     rank, world = _distributed(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(math.ceil(n / world) / cfg.batch_size)
-    total, warmup = cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_with_warmup(s, total, warmup))
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     out = Path(cfg.out_dir) if cfg.out_dir else None
-    history: list[dict] = []
-    start = 0
-    if cfg.resume and out is not None and (out / CHECKPOINT).is_file():
-        start, history = load_training_state(out / CHECKPOINT, model, optimizer, scheduler)
-        if rank == 0:  # the log says what the checkpoint holds, nothing after it
-            (out / METRICS).write_text("".join(json.dumps(r) + "\n" for r in history))
-    net = model
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    for epoch in range(start, cfg.epochs):
-        model.train()
-        began = time.perf_counter()
-        use_mixup = cfg.mixup_alpha > 0 and (cfg.mixup_off_epoch is None or epoch < cfg.mixup_off_epoch)
-        lams = np.random.default_rng([cfg.seed, epoch, rank])  # mixup's λ, reproducible per epoch and process
-        sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss * samples, samples
-        indices = epoch_indices(n, cfg.seed, epoch, rank, world).split(cfg.batch_size)
-        for xb, yb in _progress(_batches_of(x, y, indices, cfg.workers), steps_per_epoch,
-                                f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and rank == 0):
-            xb, yb = _to(xb, device), yb.to(device)
-            if use_mixup:
-                if isinstance(xb, dict):
-                    raise ValueError("mixup mixes input tensors; it does not apply to dict (token) inputs")
-                lam = float(lams.beta(cfg.mixup_alpha, cfg.mixup_alpha))
-                logits = net(mixup(xb, lam, batch_dim=1 if y is None and xb.dim() == 5 else 0))
-                loss = lam * loss_fn(logits, yb) + (1 - lam) * loss_fn(logits, yb.flip(0))
-            else:
-                loss = loss_fn(_call(net, xb), yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            reset(model)
-            sums[0] += loss.detach().double() * len(yb)
-            sums[1] += len(yb)
-        sums = _all_sum(sums, world).cpu()
-        record = {"epoch": epoch + 1, "loss": float(sums[0] / sums[1]), "lr": scheduler.get_last_lr()[0],
-                  "seconds": time.perf_counter() - began}
-        if eval_data is not None:
-            record["accuracy"] = evaluate(model, *((eval_data, None) if isinstance(eval_data, Dataset) else eval_data),
-                                          batch_size=cfg.batch_size)
-        history.append(record)
-        if out is not None and rank == 0:
-            save_training_state(out / CHECKPOINT, model, optimizer, scheduler, epoch + 1, history, cfg)
-            with open(out / METRICS, "a") as f:
-                f.write(json.dumps(record) + "\n")
-    return history
+    with run_dir_lock(out) if out is not None and rank == 0 else contextlib.nullcontext():  # rank 0 writes there
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        steps_per_epoch = math.ceil(math.ceil(n / world) / cfg.batch_size)
+        total, warmup = cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_with_warmup(s, total, warmup))
+        loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        history: list[dict] = []
+        start = 0
+        if cfg.resume and out is not None and (out / CHECKPOINT).is_file():
+            start, history = load_training_state(out / CHECKPOINT, model, optimizer, scheduler)
+            if rank == 0:  # the log says what the checkpoint holds, nothing after it
+                (out / METRICS).write_text("".join(json.dumps(r) + "\n" for r in history))
+        net = model
+        if world > 1:
+            net = nn.parallel.DistributedDataParallel(model,
+                                                      device_ids=[device.index] if device.type == "cuda" else None)
+        for epoch in range(start, cfg.epochs):
+            model.train()
+            began = time.perf_counter()
+            use_mixup = cfg.mixup_alpha > 0 and (cfg.mixup_off_epoch is None or epoch < cfg.mixup_off_epoch)
+            lams = np.random.default_rng([cfg.seed, epoch, rank])  # mixup's λ, reproducible per epoch and process
+            sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss * samples, samples
+            indices = epoch_indices(n, cfg.seed, epoch, rank, world).split(cfg.batch_size)
+            for xb, yb in _progress(_batches_of(x, y, indices, cfg.workers), steps_per_epoch,
+                                    f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and rank == 0):
+                xb, yb = _to(xb, device), yb.to(device)
+                if use_mixup:
+                    if isinstance(xb, dict):
+                        raise ValueError("mixup mixes input tensors; it does not apply to dict (token) inputs")
+                    lam = float(lams.beta(cfg.mixup_alpha, cfg.mixup_alpha))
+                    logits = net(mixup(xb, lam, batch_dim=1 if y is None and xb.dim() == 5 else 0))
+                    loss = lam * loss_fn(logits, yb) + (1 - lam) * loss_fn(logits, yb.flip(0))
+                else:
+                    loss = loss_fn(_call(net, xb), yb)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                reset(model)
+                sums[0] += loss.detach().double() * len(yb)
+                sums[1] += len(yb)
+            sums = _all_sum(sums, world).cpu()
+            record = {"epoch": epoch + 1, "loss": float(sums[0] / sums[1]), "lr": scheduler.get_last_lr()[0],
+                      "seconds": time.perf_counter() - began}
+            if eval_data is not None:
+                test = (eval_data, None) if isinstance(eval_data, Dataset) else eval_data
+                record["accuracy"] = evaluate(model, *test, batch_size=cfg.batch_size)
+            history.append(record)
+            if out is not None and rank == 0:
+                save_training_state(out / CHECKPOINT, model, optimizer, scheduler, epoch + 1, history, cfg)
+                with open(out / METRICS, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+        return history
 
 
 @torch.no_grad()

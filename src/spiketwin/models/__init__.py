@@ -24,12 +24,28 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create(name: str, **overrides) -> nn.Module:
-    """Build the named configuration, with keyword ``overrides`` (e.g. ``num_classes=10``)."""
+def _factory(name: str) -> Callable[..., nn.Module]:
     _load_all()
     if name not in _REGISTRY:
         raise KeyError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](**overrides)
+    return _REGISTRY[name]
+
+
+def create(name: str, **overrides) -> nn.Module:
+    """Build the named configuration, with keyword ``overrides`` (e.g. ``num_classes=10``)."""
+    return _factory(name)(**overrides)
+
+
+def model_class(name: str) -> type[nn.Module]:
+    """The class that ``create(name)`` builds, read from its factory's return annotation (nothing is built)."""
+    import typing
+
+    factory = _factory(name)
+    cls = typing.get_type_hints(factory).get("return")
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise TypeError(f"models.model_class: the factory of {name!r} ({factory.__module__}.{factory.__qualname__}) "
+                        f"needs a return annotation naming the nn.Module class it builds, got {cls!r}")
+    return cls
 
 
 def _load_all() -> None:
@@ -44,4 +60,5 @@ def _load_all() -> None:
 from .vit import ViT, load_timm_safetensors  # noqa: E402  (after register: vit.py registers its configs)
 from .roberta import Roberta, RobertaConfig  # noqa: E402
 
-__all__ = ["Roberta", "RobertaConfig", "ViT", "available", "create", "load_timm_safetensors", "register"]
+__all__ = ["Roberta", "RobertaConfig", "ViT", "available", "create", "load_timm_safetensors", "model_class",
+           "register"]
