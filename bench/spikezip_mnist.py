@@ -10,7 +10,11 @@ a few images, the median / max settle step, and on one batch the time to the exa
 - (a) ``T_settle`` x one QANN forward, with ``T_settle`` the batch's largest settle step;
 - (b) the reference way: one full forward of the SNN per step in a plain Python loop, for a fixed T = 64.
 
-The three are timed round-robin (one run of each per repeat, medians over repeats), so load changes on a
+and, for the record of what the native kernels give (``spiketwin.native``), the SNN again with them off
+(``SNN torch-path``: every operator on its torch path; same results). (b) runs the step path, whose operators
+are all torch code: the dense per-step forward of the reference design.
+
+The four are timed round-robin (one run of each per repeat, medians over repeats), so load changes on a
 shared machine hit them alike. ``64 / steps`` is ``(b) / SNN`` if an SNN step cost as much as a step of (b):
 ``steps`` is the mean settle step: the steps a sample must be simulated (one per call while many run).
 
@@ -121,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--qat-epochs", type=int, default=3)
     parser.add_argument("--batch", type=int, default=256, help="images in the timed batch")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
