@@ -326,6 +326,8 @@ def main(argv: list[str] | None = None) -> None:
                                                      "spiketwin peak RSS saving", "(above start)"], rows)
     for side, note in notes.items():
         print(f"  {side}: not measured ({note})")
+    from spiketwin import native
+    print(f"  spiketwin neurons: {native.status('lif')}")
 
 
 if __name__ == "__main__":

@@ -99,7 +99,8 @@ def test_sigmoid_surrogate_at_extreme_potentials(dtype):
 
 @pytest.mark.parametrize("cfg", [dict(), dict(tau=3.0, v_reset=None, detach_reset=False), dict(tau=None)])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_lif_module_native_and_torch_paths_agree(cfg, dtype, monkeypatch):
+@pytest.mark.parametrize("loss_on", ["both", "spikes", "v"])  # an output the loss does not use gets no gradient
+def test_lif_module_native_and_torch_paths_agree(cfg, dtype, loss_on, monkeypatch):
     g = torch.Generator().manual_seed(4)
     x = (torch.randn(4, 6, 300, generator=g, dtype=torch.float64) + 0.5).to(dtype)
     weights = torch.randn(x.shape, generator=g, dtype=torch.float64).to(dtype)
@@ -110,7 +111,8 @@ def test_lif_module_native_and_torch_paths_agree(cfg, dtype, monkeypatch):
         neuron = LIF(**cfg)
         first = neuron(xi[:2])  # two calls: the state carries over, with its gradient
         s = torch.cat([first, neuron(xi[2:])])
-        (s * weights).sum().add(neuron.v.sum() * 0.3).backward()
+        loss = (s * weights).sum() if loss_on != "v" else 0
+        (loss + neuron.v.sum() * 0.3 if loss_on != "spikes" else loss).backward()
         results.append((s.detach(), neuron.v.detach(), xi.grad))
     assert "off" in native.status("lif")
     (s1, v1, g1), (s2, v2, g2) = results

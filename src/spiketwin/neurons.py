@@ -229,11 +229,14 @@ class _LIFScan(torch.autograd.Function):
         if keep_h:
             ctx.save_for_backward(h_seq)
             ctx.p, ctx.surrogate = p, surrogate
+            ctx.set_materialize_grads(False)  # an unused final V (the usual case) gets None, not a tensor of zeros
         return spikes, v_final
 
     @staticmethod
     def backward(ctx, grad_spikes: torch.Tensor, grad_v: torch.Tensor | None):
         h_seq = ctx.saved_tensors[0]  # no other reference kept: a recomputed H is freed on return
+        if grad_spikes is None:  # only the final V is used
+            grad_spikes = torch.zeros_like(h_seq)
         grads = _native_backward(h_seq, grad_spikes, grad_v, ctx.p, ctx.surrogate)
         if grads is None:
             grads = lif_backward(lif_u(h_seq, ctx.p), grad_spikes, grad_v, ctx.p, ctx.surrogate)
