@@ -9,7 +9,7 @@ import torch
 
 from spiketwin import native
 from spiketwin.neurons import (LIF, LIFParams, _native_backward, _native_scan, _scan_generic, _scan_negated,
-                               lif_backward, lif_negated, lif_scan, lif_spikes, lif_u)
+                               lif_backward, lif_negated, lif_scan, lif_spikes, lif_u, native_affine_scan)
 from spiketwin.surrogate import ATan, Sigmoid
 
 PARAMS = [LIFParams(), LIFParams(2.0, 0.5, 0.0), LIFParams(3.0, 1.0, 0.0), LIFParams(3.0, 1.0, None, True, False),
@@ -133,3 +133,33 @@ def test_kernels_decline_what_they_do_not_take(monkeypatch):
         assert _native_scan(x, v0, p, None, torch.empty_like(x)) is None
         assert _native_backward(x, grad_s, None, p, Sigmoid()) is None
     assert _native_scan(x, v0, p, None, torch.empty_like(x)) is None  # autograd on: the torch path
+
+
+@pytest.mark.parametrize("layout", ["conv", "tokens"])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T", STEPS)
+def test_batch_norm_fused_into_the_scan_is_bit_identical(layout, affine, dtype, T):
+    g = torch.Generator().manual_seed(T)
+    B, C = 3, 5
+    z = torch.randn((T * B, C, 6, 7) if layout == "conv" else (T * B * 11, C), generator=g, dtype=torch.float64)
+    z = (z * 2 + 0.5).to(dtype)
+    bn = (torch.nn.BatchNorm2d if layout == "conv" else torch.nn.BatchNorm1d)(C, affine=affine).to(dtype)
+    if affine:
+        with torch.no_grad():
+            bn.weight.uniform_(0.5, 2.0, generator=g)
+            bn.bias.uniform_(-0.5, 1.0, generator=g)
+    normed = bn(z.requires_grad_())
+    mean, invstd = normed.grad_fn._saved_result1, normed.grad_fn._saved_result2
+    p = LIFParams()
+    with torch.no_grad():
+        shape = (T, B, C, 6, 7) if layout == "conv" else (T, B, 11, C)
+        v0 = torch.rand(shape[1:], generator=g, dtype=torch.float64).to(dtype) * 0.5
+        expected = normed.detach().clone().view(shape)
+        lif_scan(expected, v0, p, out=expected)
+        scale = invstd * bn.weight if affine else invstd
+        shift = torch.addcmul(bn.bias if affine else torch.zeros_like(mean), mean, scale, value=-1)
+        out = torch.empty(shape, dtype=dtype)
+        assert native_affine_scan(z.detach(), scale, shift, v0, p, out)
+        assert torch.equal(out, expected)
+        assert not native_affine_scan(z.detach(), scale[:-1], shift[:-1], v0, p, out)  # wrong channel count

@@ -191,6 +191,31 @@ def _native_scan(x_seq: torch.Tensor, v: torch.Tensor, p: LIFParams, h_out: torc
     return v_final
 
 
+def native_affine_scan(z: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, v: torch.Tensor, p: LIFParams,
+                       out: torch.Tensor) -> bool:
+    """:func:`lif_scan` of a BatchNorm's output computed on the fly, in one native pass: ``z`` ``[M, C, ...]``
+    (``M = T R``, the T steps first) becomes ``z * scale[c] + shift[c]`` rounded once, as torch's ``batch_norm``
+    computes its output from its per-channel terms; ``H`` goes into ``out`` (``z``'s layout, ``T`` leading; not
+    ``z``) from state ``v`` (one step's elements); the final ``V`` is not kept. Returns False (nothing written)
+    when the kernel cannot run."""
+    steps, channels = out.shape[0], z.shape[1] if z.dim() > 1 else 0
+    if (z.dim() < 2 or z.shape[0] % steps or out.numel() != z.numel() or v.numel() * steps != z.numel()
+            or scale.shape != (channels,) or shift.shape != (channels,)
+            or out.untyped_storage().data_ptr() == z.untyped_storage().data_ptr()
+            or not native.takes(z, scale, shift, v, out)):
+        return False
+    real = native.REAL[z.dtype]
+    kernel = native.function("lif", f"lif_affine_forward_{native.SUFFIX[z.dtype]}", *[ctypes.c_void_p] * 6,
+                             *[ctypes.c_int64] * 4, ctypes.c_int32, real, real, real)
+    if kernel is None:
+        return False
+    state = torch.empty_like(v)
+    kernel(native.pointer(z), native.pointer(scale), native.pointer(shift), native.pointer(out), native.pointer(v),
+           native.pointer(state), steps, z.shape[0] // steps, channels, z[0, 0].numel(), _native_mode(p),
+           1.0 if p.tau is None else p.tau, p.v_threshold, p.v_reset or 0.0)
+    return True
+
+
 def _native_backward(h_seq: torch.Tensor, grad_spikes: torch.Tensor, grad_v: torch.Tensor | None, p: LIFParams,
                      surrogate: Surrogate) -> tuple[torch.Tensor, torch.Tensor] | None:
     """:func:`lif_u` and :func:`lif_backward` by the native kernel, one pass reading the scan's ``H`` buffer;

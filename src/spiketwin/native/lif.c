@@ -158,6 +158,51 @@ DEFINE_CHARGE_AND_RESET(lif_charge_f64, double)
 DEFINE_LIF_FORWARD(lif_forward_f32, lif_forward_body_f32, float, lif_charge_f32)
 DEFINE_LIF_FORWARD(lif_forward_f64, lif_forward_body_f64, double, lif_charge_f64)
 
+/* The forward scan of a BatchNorm's output, the normalisation fused in (spiketwin.memory's BN -> LIF recompute):
+   z[T][R][C][L] (R rows of C channels of L elements per step) becomes x = fma(z, scale[c], shift[c]), as torch's
+   batch_norm computes its output from the per-channel terms (one rounding), then the scan as lif_forward, H into
+   h (not z); the state v[R][C][L] is scratch. Each row of C L elements runs its T steps before the next. */
+#define DEFINE_LIF_AFFINE_FORWARD(NAME, BODY, REAL, CHARGE, FMA)                                             \
+    INLINE void BODY(const REAL *z, const REAL *restrict scale, const REAL *restrict shift, REAL *h,          \
+                     const REAL *restrict v0, REAL *restrict v, int64_t T, int64_t R, int64_t C, int64_t L,   \
+                     int mode, REAL tau, REAL vth, REAL vreset)                                               \
+    {                                                                                                         \
+        REAL sign = (mode & NEGATED) ? -1 : 1;                                                                \
+        int64_t row = C * L, N = R * row;                                                                     \
+        for (int64_t r = 0; r < R; r++) {                                                                     \
+            REAL *restrict state = v + r * row;                                                               \
+            for (int64_t i = 0; i < row; i++)                                                                 \
+                state[i] = sign * v0[r * row + i];                                                            \
+            for (int64_t t = 0; t < T; t++) {                                                                 \
+                int64_t at = t * N + r * row;                                                                 \
+                if (L == 1) { /* channels innermost (tokens): the terms vary along the loop */                \
+                    const REAL *restrict src = z + at;                                                        \
+                    REAL *restrict dst = h + at;                                                              \
+                    for (int64_t c = 0; c < C; c++)                                                           \
+                        dst[c] = CHARGE(FMA(src[c], scale[c], shift[c]), &state[c], mode, tau, vth, vreset);  \
+                    continue;                                                                                 \
+                }                                                                                             \
+                for (int64_t c = 0; c < C; c++) {                                                             \
+                    const REAL *restrict src = z + at + c * L;                                                \
+                    REAL *restrict dst = h + at + c * L, *restrict st = state + c * L, a = scale[c], b = shift[c]; \
+                    for (int64_t i = 0; i < L; i++)                                                           \
+                        dst[i] = CHARGE(FMA(src[i], a, b), &st[i], mode, tau, vth, vreset);                   \
+                }                                                                                             \
+            }                                                                                                 \
+        }                                                                                                     \
+    }                                                                                                         \
+    KERNEL void NAME(const REAL *z, const REAL *scale, const REAL *shift, REAL *h, const REAL *v0, REAL *v,    \
+                     int64_t T, int64_t R, int64_t C, int64_t L, int32_t mode, REAL tau, REAL vth, REAL vreset) \
+    {                                                                                                         \
+        if ((mode & ~DETACH) == (LEAK_DECAY_INPUT | NEGATED))                                                 \
+            BODY(z, scale, shift, h, v0, v, T, R, C, L, LEAK_DECAY_INPUT | NEGATED, tau, vth, vreset);        \
+        else                                                                                                  \
+            BODY(z, scale, shift, h, v0, v, T, R, C, L, mode & ~DETACH, tau, vth, vreset);                    \
+    }
+
+DEFINE_LIF_AFFINE_FORWARD(lif_affine_forward_f32, lif_affine_forward_body_f32, float, lif_charge_f32, fmaf)
+DEFINE_LIF_AFFINE_FORWARD(lif_affine_forward_f64, lif_affine_forward_body_f64, double, lif_charge_f64, fma)
+
 /* The surrogate derivative at u = H - V_th (spiketwin.surrogate: Sigmoid.grad, ATan.grad, same operations). */
 #define DEFINE_SURROGATE(NAME, REAL, EXP)                                                                      \
     INLINE REAL NAME(REAL u, int kind, REAL alpha, REAL atan_scale)                                            \
