@@ -11,7 +11,8 @@
 - **BatchNorm -> LIF recomputed**: :func:`batch_norm_lif` runs ``lif(bn(z))`` with both modules called as usual
   (their hooks, running statistics and gradients unchanged), but the LIF's membrane potentials ``H``, a float
   tensor as large as its input, are not kept: BatchNorm keeps its input ``z`` anyway, and backward recomputes
-  ``H`` from it (the same BatchNorm and LIF forward, bit for bit).
+  ``H`` from it (the same BatchNorm and LIF forward, bit for bit; on CPU one native pass over ``z`` that applies
+  the BatchNorm's saved batch statistics inside the LIF scan).
 - **Max pooling** (:class:`CompactMaxPool2d`) keeps its argmax indices as ``int16`` (2 bytes per output, not 8).
 
 :func:`float_saves` turns all of this off (to compare memory, or to check that gradients are identical).
@@ -164,7 +165,8 @@ def batch_norm_lif(z: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, lif: LI
     """``lif(bn(z).view(shape))``: BatchNorm, then a LIF in sequence mode (``shape`` = ``[T, ...]``).
 
     In training with gradients the LIF does not keep its potentials ``H`` (as large as ``z``, float): BatchNorm
-    keeps ``z``, and backward computes ``H`` again from it (one BatchNorm and one LIF forward pass more).
+    keeps ``z``, and backward computes ``H`` again from it (one BatchNorm and one LIF forward pass more, fused
+    into one native pass where it can run).
     Otherwise, and for a step-mode LIF or a LIF subclass, it is exactly ``lif(bn(z).view(shape))``.
     """
     normed = bn(z)

@@ -221,8 +221,10 @@ def _native_backward(h_seq: torch.Tensor, grad_spikes: torch.Tensor, grad_v: tor
     """:func:`lif_u` and :func:`lif_backward` by the native kernel, one pass reading the scan's ``H`` buffer;
     ``None`` when the kernel cannot run (then nothing is computed)."""
     kind = _NATIVE_SURROGATES.get(type(surrogate))
+    if kind is None or not native.takes(h_seq):
+        return None
     grads = [grad_spikes.contiguous()] + ([] if grad_v is None else [grad_v.contiguous()])
-    if kind is None or not native.takes(h_seq, *grads) or grads[0].shape != h_seq.shape:
+    if not native.takes(h_seq, *grads) or grads[0].shape != h_seq.shape:
         return None
     real = native.REAL[h_seq.dtype]
     kernel = native.function("lif", f"lif_backward_{native.SUFFIX[h_seq.dtype]}", *[ctypes.c_void_p] * 5,
@@ -264,7 +266,9 @@ class _LIFScan(torch.autograd.Function):
             grad_spikes = torch.zeros_like(h_seq)
         grads = _native_backward(h_seq, grad_spikes, grad_v, ctx.p, ctx.surrogate)
         if grads is None:
-            grads = lif_backward(lif_u(h_seq, ctx.p), grad_spikes, grad_v, ctx.p, ctx.surrogate)
+            u = lif_u(h_seq, ctx.p)
+            del h_seq  # a recomputed H is freed before the torch backward's temporaries exist
+            grads = lif_backward(u, grad_spikes, grad_v, ctx.p, ctx.surrogate)
         return *grads, None, None
 
 
