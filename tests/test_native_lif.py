@@ -163,31 +163,3 @@ def test_batch_norm_fused_into_the_scan_is_bit_identical(layout, affine, dtype, 
         assert native_affine_scan(z.detach(), scale, shift, v0, p, out)
         assert torch.equal(out, expected)
         assert not native_affine_scan(z.detach(), scale[:-1], shift[:-1], v0, p, out)  # wrong channel count
-
-
-def test_threads_split_the_work_without_changing_a_bit():
-    g = torch.Generator().manual_seed(11)
-    T, N = 4, 200_003  # several parts of GRAIN elements (lif.c), and a ragged end
-    x = torch.randn(T, N, generator=g) + 0.6
-    v0, grad_s = torch.rand(N, generator=g) * 0.5, torch.randn(T, N, generator=g)
-    z = torch.randn(T * 16, 8, 32, 32, generator=g)  # the fused BN recompute: 16 rows of 8 channels per step
-    scale, shift = torch.rand(8, generator=g) + 0.5, torch.randn(8, generator=g)
-    v_rows = torch.zeros(16, 8, 32, 32)
-    p, results = LIFParams(), []
-    before = torch.get_num_threads()
-    try:
-        for threads in (1, 4):
-            torch.set_num_threads(threads)
-            with torch.no_grad():
-                h, s = torch.empty_like(x), torch.empty_like(x)
-                v = _native_scan(x, v0, p, h, s)
-                grads = _native_backward(h, grad_s, v0, p, Sigmoid(4.0))
-                out = torch.empty(T, 16, 8, 32, 32)
-                assert native_affine_scan(z, scale, shift, v_rows, p, out)
-            results.append((h, s, v, *grads, out))
-    finally:
-        torch.set_num_threads(before)
-    for a, b in zip(*results):
-        assert torch.equal(a, b)
-    h_ref, s_ref, v_ref = _torch_scan(x, v0, p)
-    assert torch.equal(results[0][0], h_ref) and torch.equal(results[0][1], s_ref) and torch.equal(results[0][2], v_ref)

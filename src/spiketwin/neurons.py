@@ -172,23 +172,22 @@ def _native_mode(p: LIFParams) -> int:
 
 def _native_scan(x_seq: torch.Tensor, v: torch.Tensor, p: LIFParams, h_out: torch.Tensor | None,
                  spikes_out: torch.Tensor | None) -> torch.Tensor | None:
-    """The scan by the native kernel, one pass (its elements split over torch's intra-op threads): ``H`` (as
-    :func:`lif_scan`) into ``h_out`` (``None``: not kept; may be ``x_seq``), spikes (as :func:`lif_spikes`) into
-    ``spikes_out`` (``None``: not wanted). Returns the final ``V``, or ``None`` (nothing written) when the kernel
-    cannot run: see :func:`spiketwin.native.takes`."""
+    """The scan by the native kernel, one pass: ``H`` (as :func:`lif_scan`) into ``h_out`` (``None``: not kept;
+    may be ``x_seq``), spikes (as :func:`lif_spikes`) into ``spikes_out`` (``None``: not wanted). Returns the
+    final ``V``, or ``None`` (nothing written) when the kernel cannot run: see :func:`spiketwin.native.takes`."""
     outs = [t for t in (h_out, spikes_out) if t is not None]
     if not native.takes(x_seq, v, *outs) or v.shape != x_seq.shape[1:] or any(t.shape != x_seq.shape for t in outs):
         return None
     real = native.REAL[x_seq.dtype]
     kernel = native.function("lif", f"lif_forward_{native.SUFFIX[x_seq.dtype]}", *[ctypes.c_void_p] * 5,
-                             ctypes.c_int64, ctypes.c_int64, ctypes.c_int32, real, real, real, ctypes.c_int32)
+                             ctypes.c_int64, ctypes.c_int64, ctypes.c_int32, real, real, real)
     if kernel is None:
         return None
     v_final = torch.empty_like(v)
     kernel(native.pointer(x_seq), None if h_out is None else native.pointer(h_out),
            None if spikes_out is None else native.pointer(spikes_out), native.pointer(v), native.pointer(v_final),
            x_seq.shape[0], v.numel(), _native_mode(p), 1.0 if p.tau is None else p.tau, p.v_threshold,
-           p.v_reset or 0.0, torch.get_num_threads())
+           p.v_reset or 0.0)
     return v_final
 
 
@@ -207,13 +206,13 @@ def native_affine_scan(z: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor
         return False
     real = native.REAL[z.dtype]
     kernel = native.function("lif", f"lif_affine_forward_{native.SUFFIX[z.dtype]}", *[ctypes.c_void_p] * 6,
-                             *[ctypes.c_int64] * 4, ctypes.c_int32, real, real, real, ctypes.c_int32)
+                             *[ctypes.c_int64] * 4, ctypes.c_int32, real, real, real)
     if kernel is None:
         return False
     state = torch.empty_like(v)
     kernel(native.pointer(z), native.pointer(scale), native.pointer(shift), native.pointer(out), native.pointer(v),
            native.pointer(state), steps, z.shape[0] // steps, channels, z[0, 0].numel(), _native_mode(p),
-           1.0 if p.tau is None else p.tau, p.v_threshold, p.v_reset or 0.0, torch.get_num_threads())
+           1.0 if p.tau is None else p.tau, p.v_threshold, p.v_reset or 0.0)
     return True
 
 
@@ -229,16 +228,14 @@ def _native_backward(h_seq: torch.Tensor, grad_spikes: torch.Tensor, grad_v: tor
         return None
     real = native.REAL[h_seq.dtype]
     kernel = native.function("lif", f"lif_backward_{native.SUFFIX[h_seq.dtype]}", *[ctypes.c_void_p] * 5,
-                             ctypes.c_int64, ctypes.c_int64, ctypes.c_int32, ctypes.c_int32, *[real] * 6,
-                             ctypes.c_int32)
+                             ctypes.c_int64, ctypes.c_int64, ctypes.c_int32, ctypes.c_int32, *[real] * 6)
     if kernel is None:
         return None
     dh_dv, dh_dx = _charge_grads(p)
     grad_x, grad_v0 = torch.empty_like(h_seq), torch.empty_like(h_seq[0])
     kernel(native.pointer(h_seq), native.pointer(grads[0]), native.pointer(grads[1]) if grad_v is not None else None,
            native.pointer(grad_x), native.pointer(grad_v0), h_seq.shape[0], grad_v0.numel(), _native_mode(p), kind,
-           p.v_threshold, p.v_reset or 0.0, dh_dv, dh_dx, surrogate.alpha, math.pi / 2 * surrogate.alpha,
-           torch.get_num_threads())
+           p.v_threshold, p.v_reset or 0.0, dh_dv, dh_dx, surrogate.alpha, math.pi / 2 * surrogate.alpha)
     return grad_x, grad_v0
 
 

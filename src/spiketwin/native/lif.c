@@ -14,50 +14,9 @@
    holds -H, and the state is W = -V), DETACH (detach_reset: the reset gets no gradient). */
 #include "kernel.h"
 #include <math.h>
-#include <pthread.h>
 #include <string.h>
 
 #define BLOCK 512
-#define GRAIN 131072  /* elements (all steps) below which a part is not worth a thread of its own */
-#define MAX_THREADS 64
-
-/* Runs fn over units [0, units) in up to `threads` contiguous parts of at least `grain` units each, the first
-   on the calling thread, the others on threads started for the call (a part whose thread cannot start runs on
-   the calling thread). The parts write disjoint elements, so the results do not depend on the split. */
-typedef void (*range_fn)(const void *args, int64_t first, int64_t last);
-typedef struct { range_fn fn; const void *args; int64_t first, last; } part;
-
-static void *run_part(void *p)
-{
-    const part *q = p;
-    q->fn(q->args, q->first, q->last);
-    return NULL;
-}
-
-static void run_parallel(range_fn fn, const void *args, int64_t units, int64_t grain, int32_t threads)
-{
-    int64_t parts = units / (grain > 0 ? grain : 1);
-    parts = parts < threads ? parts : threads;
-    parts = parts < MAX_THREADS ? parts : MAX_THREADS;
-    if (parts < 2) {
-        fn(args, 0, units);
-        return;
-    }
-    part work[MAX_THREADS];
-    pthread_t ids[MAX_THREADS];
-    int started[MAX_THREADS] = {0};
-    for (int64_t k = 0; k < parts; k++)
-        work[k] = (part){fn, args, units * k / parts, units * (k + 1) / parts};
-    for (int64_t k = 1; k < parts; k++) {
-        started[k] = pthread_create(&ids[k], NULL, run_part, &work[k]) == 0;
-        if (!started[k])
-            run_part(&work[k]);
-    }
-    run_part(&work[0]);
-    for (int64_t k = 1; k < parts; k++)
-        if (started[k])
-            pthread_join(ids[k], NULL);
-}
 
 enum { LEAK_NONE = 0, LEAK_DECAY_INPUT = 1, LEAK_PLAIN = 2, LEAK_MASK = 3,
        SOFT = 4, SHIFT = 8, NEGATED = 16, DETACH = 32 };
@@ -140,15 +99,14 @@ DEFINE_CHARGE_AND_RESET(lif_charge_f32, float)
 DEFINE_CHARGE_AND_RESET(lif_charge_f64, double)
 
 /* Forward over x[T][N] from v0[N]: H (or -H) of every step into h (NULL: not kept; h == x: over the input),
-   spikes into spikes (NULL: not wanted), the final V into v. Elements [first, last) of each step. */
+   spikes into spikes (NULL: not wanted), the final V into v. */
 #define DEFINE_LIF_FORWARD(NAME, BODY, REAL, CHARGE)                                                           \
     INLINE void BODY(const REAL *x, REAL *h, REAL *restrict spikes, const REAL *restrict v0, REAL *restrict v, \
-                     int64_t T, int64_t N, int64_t first, int64_t last, int mode, REAL tau, REAL vth,          \
-                     REAL vreset)                                                                              \
+                     int64_t T, int64_t N, int mode, REAL tau, REAL vth, REAL vreset)                          \
     {                                                                                                          \
         REAL sign = (mode & NEGATED) ? -1 : 1, level = sign * vth;                                             \
-        for (int64_t start = first; start < last; start += BLOCK) {                                            \
-            int64_t n = last - start < BLOCK ? last - start : BLOCK;                                           \
+        for (int64_t start = 0; start < N; start += BLOCK) {                                                   \
+            int64_t n = N - start < BLOCK ? N - start : BLOCK;                                                 \
             REAL *restrict state = v + start;                                                                  \
             for (int64_t i = 0; i < n; i++)                                                                    \
                 state[i] = sign * v0[start + i];                                                               \
@@ -184,32 +142,17 @@ DEFINE_CHARGE_AND_RESET(lif_charge_f64, double)
                 state[i] = sign * state[i];                                                                    \
         }                                                                                                      \
     }                                                                                                          \
-    typedef struct {                                                                                           \
-        const REAL *x; REAL *h, *spikes; const REAL *v0; REAL *v; int64_t T, N; int32_t mode; REAL tau, vth, vreset; \
-    } NAME##_args;                                                                                             \
-    /* blocks [first, last) of BLOCK elements; one specialised copy per mode the neurons use */                \
-    KERNEL void NAME##_blocks(const void *args, int64_t first, int64_t last)                                   \
+    /* one specialised copy per mode the neurons use (the mode is a constant inside each) */                   \
+    KERNEL void NAME(const REAL *x, REAL *h, REAL *spikes, const REAL *v0, REAL *v, int64_t T, int64_t N,      \
+                     int32_t mode, REAL tau, REAL vth, REAL vreset)                                            \
     {                                                                                                          \
-        const NAME##_args *a = args;                                                                           \
-        int64_t begin = first * BLOCK, end = last * BLOCK < a->N ? last * BLOCK : a->N;                        \
-        int mode = a->mode & ~DETACH;                                                                          \
-        if (mode == (LEAK_DECAY_INPUT | NEGATED))                                                              \
-            BODY(a->x, a->h, a->spikes, a->v0, a->v, a->T, a->N, begin, end, LEAK_DECAY_INPUT | NEGATED,        \
-                 a->tau, a->vth, a->vreset);                                                                   \
-        else if (mode == LEAK_NONE)                                                                            \
-            BODY(a->x, a->h, a->spikes, a->v0, a->v, a->T, a->N, begin, end, LEAK_NONE, a->tau, a->vth,         \
-                 a->vreset);                                                                                   \
-        else if (mode == (LEAK_DECAY_INPUT | SOFT))                                                            \
-            BODY(a->x, a->h, a->spikes, a->v0, a->v, a->T, a->N, begin, end, LEAK_DECAY_INPUT | SOFT, a->tau,   \
-                 a->vth, a->vreset);                                                                           \
-        else                                                                                                   \
-            BODY(a->x, a->h, a->spikes, a->v0, a->v, a->T, a->N, begin, end, mode, a->tau, a->vth, a->vreset); \
-    }                                                                                                          \
-    void NAME(const REAL *x, REAL *h, REAL *spikes, const REAL *v0, REAL *v, int64_t T, int64_t N, int32_t mode, \
-              REAL tau, REAL vth, REAL vreset, int32_t threads)                                                \
-    {                                                                                                          \
-        NAME##_args a = {x, h, spikes, v0, v, T, N, mode, tau, vth, vreset};                                   \
-        run_parallel(NAME##_blocks, &a, (N + BLOCK - 1) / BLOCK, GRAIN / (T * BLOCK), threads);                \
+        switch (mode & ~DETACH) {                                                                              \
+        case LEAK_DECAY_INPUT | NEGATED: BODY(x, h, spikes, v0, v, T, N, LEAK_DECAY_INPUT | NEGATED, tau, vth, vreset); break; \
+        case LEAK_NONE: BODY(x, h, spikes, v0, v, T, N, LEAK_NONE, tau, vth, vreset); break;                   \
+        case LEAK_NONE | SOFT: BODY(x, h, spikes, v0, v, T, N, LEAK_NONE | SOFT, tau, vth, vreset); break;     \
+        case LEAK_DECAY_INPUT | SOFT: BODY(x, h, spikes, v0, v, T, N, LEAK_DECAY_INPUT | SOFT, tau, vth, vreset); break; \
+        default: BODY(x, h, spikes, v0, v, T, N, mode & ~DETACH, tau, vth, vreset); break;                     \
+        }                                                                                                      \
     }
 
 DEFINE_LIF_FORWARD(lif_forward_f32, lif_forward_body_f32, float, lif_charge_f32)
@@ -222,11 +165,11 @@ DEFINE_LIF_FORWARD(lif_forward_f64, lif_forward_body_f64, double, lif_charge_f64
 #define DEFINE_LIF_AFFINE_FORWARD(NAME, BODY, REAL, CHARGE, FMA)                                             \
     INLINE void BODY(const REAL *z, const REAL *restrict scale, const REAL *restrict shift, REAL *h,          \
                      const REAL *restrict v0, REAL *restrict v, int64_t T, int64_t R, int64_t C, int64_t L,   \
-                     int64_t first, int64_t last, int mode, REAL tau, REAL vth, REAL vreset)                  \
+                     int mode, REAL tau, REAL vth, REAL vreset)                                               \
     {                                                                                                         \
         REAL sign = (mode & NEGATED) ? -1 : 1;                                                                \
         int64_t row = C * L, N = R * row;                                                                     \
-        for (int64_t r = first; r < last; r++) {                                                                     \
+        for (int64_t r = 0; r < R; r++) {                                                                     \
             REAL *restrict state = v + r * row;                                                               \
             for (int64_t i = 0; i < row; i++)                                                                 \
                 state[i] = sign * v0[r * row + i];                                                            \
@@ -248,25 +191,13 @@ DEFINE_LIF_FORWARD(lif_forward_f64, lif_forward_body_f64, double, lif_charge_f64
             }                                                                                                 \
         }                                                                                                     \
     }                                                                                                         \
-    typedef struct {                                                                                          \
-        const REAL *z, *scale, *shift; REAL *h; const REAL *v0; REAL *v; int64_t T, R, C, L; int32_t mode;    \
-        REAL tau, vth, vreset;                                                                                \
-    } NAME##_args;                                                                                            \
-    KERNEL void NAME##_rows(const void *args, int64_t first, int64_t last)                                    \
+    KERNEL void NAME(const REAL *z, const REAL *scale, const REAL *shift, REAL *h, const REAL *v0, REAL *v,    \
+                     int64_t T, int64_t R, int64_t C, int64_t L, int32_t mode, REAL tau, REAL vth, REAL vreset) \
     {                                                                                                         \
-        const NAME##_args *a = args;                                                                          \
-        if ((a->mode & ~DETACH) == (LEAK_DECAY_INPUT | NEGATED))                                              \
-            BODY(a->z, a->scale, a->shift, a->h, a->v0, a->v, a->T, a->R, a->C, a->L, first, last,            \
-                 LEAK_DECAY_INPUT | NEGATED, a->tau, a->vth, a->vreset);                                      \
+        if ((mode & ~DETACH) == (LEAK_DECAY_INPUT | NEGATED))                                                 \
+            BODY(z, scale, shift, h, v0, v, T, R, C, L, LEAK_DECAY_INPUT | NEGATED, tau, vth, vreset);        \
         else                                                                                                  \
-            BODY(a->z, a->scale, a->shift, a->h, a->v0, a->v, a->T, a->R, a->C, a->L, first, last,            \
-                 a->mode & ~DETACH, a->tau, a->vth, a->vreset);                                               \
-    }                                                                                                         \
-    void NAME(const REAL *z, const REAL *scale, const REAL *shift, REAL *h, const REAL *v0, REAL *v, int64_t T, \
-              int64_t R, int64_t C, int64_t L, int32_t mode, REAL tau, REAL vth, REAL vreset, int32_t threads) \
-    {                                                                                                         \
-        NAME##_args a = {z, scale, shift, h, v0, v, T, R, C, L, mode, tau, vth, vreset};                      \
-        run_parallel(NAME##_rows, &a, R, GRAIN / (T * C * L > 0 ? T * C * L : 1), threads);                   \
+            BODY(z, scale, shift, h, v0, v, T, R, C, L, mode & ~DETACH, tau, vth, vreset);                    \
     }
 
 DEFINE_LIF_AFFINE_FORWARD(lif_affine_forward_f32, lif_affine_forward_body_f32, float, lif_charge_f32, fmaf)
@@ -316,11 +247,11 @@ DEFINE_SURROGATE(lif_surrogate_f64, double, lif_exp_f64)
         }                                                                                                      \
     }                                                                                                          \
     INLINE void BODY(const REAL *h, const REAL *gs, const REAL *gv, REAL *gx, REAL *gv0, int64_t T, int64_t N, \
-                     int64_t first, int64_t last, int mode, int kind, REAL vth, REAL vreset, REAL dh_dv,        \
-                     REAL dh_dx, REAL alpha, REAL atan_scale)                                                  \
+                     int mode, int kind, REAL vth, REAL vreset, REAL dh_dv, REAL dh_dx, REAL alpha,            \
+                     REAL atan_scale)                                                                          \
     {                                                                                                          \
-        for (int64_t start = first; start < last; start += BLOCK) {                                            \
-            int64_t n = last - start < BLOCK ? last - start : BLOCK;                                           \
+        for (int64_t start = 0; start < N; start += BLOCK) {                                                   \
+            int64_t n = N - start < BLOCK ? N - start : BLOCK;                                                 \
             REAL *restrict g = gv0 + start; /* dL/dH of the later step, then dL/dV_0 */                       \
             for (int64_t t = T - 1; t >= 0; t--) {                                                             \
                 int64_t at = t * N + start;                                                                    \
@@ -338,28 +269,16 @@ DEFINE_SURROGATE(lif_surrogate_f64, double, lif_exp_f64)
                 g[i] = g[i] * dh_dv;                                                                           \
         }                                                                                                      \
     }                                                                                                          \
-    typedef struct {                                                                                           \
-        const REAL *h, *gs, *gv; REAL *gx, *gv0; int64_t T, N; int32_t mode, kind;                             \
-        REAL vth, vreset, dh_dv, dh_dx, alpha, atan_scale;                                                     \
-    } NAME##_args;                                                                                             \
-    /* blocks [first, last); a specialised copy for the default neuron with the sigmoid surrogate */           \
-    KERNEL void NAME##_blocks(const void *args, int64_t first, int64_t last)                                   \
+    /* a specialised copy for the default neuron with the sigmoid surrogate (mode and kind constant there) */  \
+    KERNEL void NAME(const REAL *h, const REAL *gs, const REAL *gv, REAL *gx, REAL *gv0, int64_t T, int64_t N, \
+                     int32_t mode, int32_t kind, REAL vth, REAL vreset, REAL dh_dv, REAL dh_dx, REAL alpha,    \
+                     REAL atan_scale)                                                                          \
     {                                                                                                          \
-        const NAME##_args *a = args;                                                                           \
-        int64_t begin = first * BLOCK, end = last * BLOCK < a->N ? last * BLOCK : a->N;                        \
-        if (a->mode == (LEAK_DECAY_INPUT | NEGATED | DETACH) && a->kind == SURROGATE_SIGMOID)                  \
-            BODY(a->h, a->gs, a->gv, a->gx, a->gv0, a->T, a->N, begin, end, LEAK_DECAY_INPUT | NEGATED | DETACH, \
-                 SURROGATE_SIGMOID, a->vth, a->vreset, a->dh_dv, a->dh_dx, a->alpha, a->atan_scale);           \
+        if (mode == (LEAK_DECAY_INPUT | NEGATED | DETACH) && kind == SURROGATE_SIGMOID)                        \
+            BODY(h, gs, gv, gx, gv0, T, N, LEAK_DECAY_INPUT | NEGATED | DETACH, SURROGATE_SIGMOID, vth, vreset, \
+                 dh_dv, dh_dx, alpha, atan_scale);                                                             \
         else                                                                                                   \
-            BODY(a->h, a->gs, a->gv, a->gx, a->gv0, a->T, a->N, begin, end, a->mode, a->kind, a->vth, a->vreset, \
-                 a->dh_dv, a->dh_dx, a->alpha, a->atan_scale);                                                 \
-    }                                                                                                          \
-    void NAME(const REAL *h, const REAL *gs, const REAL *gv, REAL *gx, REAL *gv0, int64_t T, int64_t N,        \
-              int32_t mode, int32_t kind, REAL vth, REAL vreset, REAL dh_dv, REAL dh_dx, REAL alpha,           \
-              REAL atan_scale, int32_t threads)                                                                \
-    {                                                                                                          \
-        NAME##_args a = {h, gs, gv, gx, gv0, T, N, mode, kind, vth, vreset, dh_dv, dh_dx, alpha, atan_scale};  \
-        run_parallel(NAME##_blocks, &a, (N + BLOCK - 1) / BLOCK, GRAIN / (T * BLOCK), threads);                \
+            BODY(h, gs, gv, gx, gv0, T, N, mode, kind, vth, vreset, dh_dv, dh_dx, alpha, atan_scale);          \
     }
 
 DEFINE_LIF_BACKWARD(lif_backward_f32, lif_backward_step_f32, lif_backward_body_f32, float, lif_surrogate_f32, fmaf)
