@@ -1,11 +1,12 @@
-/* The LIF/IF neuron's time scan (spiketwin.neurons.lif_scan, lif_spikes) and its backward (lif_u, lif_backward),
-   each in one pass over its [T][N] tensors.
+/* The LIF/IF neuron's time scan (spiketwin.neurons.lif_scan, lif_spikes), the same scan of a BatchNorm output
+   computed on the fly (spiketwin.memory's recompute) and the scan's backward (lif_u, lif_backward), each in one
+   pass over its [T][N] tensors, on one thread.
 
    Elements are taken in blocks of BLOCK; each block runs all its T steps before the next block starts, so the
    membrane state (forward) and the running gradient (backward) stay in the L1 cache, and each input/output
    element is read or written once. Every operation is the one the torch path runs, in the same order and
-   precision (FMA exactly where torch's addcmul_ has one), so the forward results are bit-identical, and so is
-   the backward with the ATan surrogate.
+   precision (a fused multiply-add exactly where torch's addcmul_ and batch_norm kernels round once), so the
+   forward results are bit-identical, and so is the backward with the ATan surrogate.
    The sigmoid surrogate needs exp: lif_exp below is a vectorisable exp accurate to about 1 ulp, like torch's
    (SLEEF) exp, but not bitwise equal to it, so sigmoid gradients agree to a few ulp only.
 
@@ -25,8 +26,8 @@ enum { SURROGATE_SIGMOID = 0, SURROGATE_ATAN = 1 };
 #define INLINE static inline __attribute__((always_inline))
 
 /* exp(z) by Cody-Waite reduction z = k ln2 + r (|r| <= ln2/2), a Taylor polynomial in r and a scale 2^k built
-   from the exponent bits; arguments are clamped to where 2^k is a normal number (beyond, the sigmoid is 0 or 1
-   to the last bit anyway), except that above the range it returns +inf, as exp does. */
+   from the exponent bits; arguments are clamped to where 2^k is a normal number, and above that range it returns
+   +inf (there the sigmoid differs from 0 or 1 by less than the smallest normal number). */
 #define DEFINE_EXP(NAME, REAL, UINT, MAGIC, BIAS, MANT, LO, HI, LN2_HI, LN2_LO, POLY)                              \
     INLINE REAL NAME(REAL z)                                                                                   \
     {                                                                                                          \
