@@ -223,13 +223,13 @@ def _native_backward(h_seq: torch.Tensor, grad_spikes: torch.Tensor, grad_v: tor
     kind = _NATIVE_SURROGATES.get(type(surrogate))
     if kind is None or not native.takes(h_seq):
         return None
-    grads = [grad_spikes.contiguous()] + ([] if grad_v is None else [grad_v.contiguous()])
-    if not native.takes(h_seq, *grads) or grads[0].shape != h_seq.shape:
-        return None
     real = native.REAL[h_seq.dtype]
     kernel = native.function("lif", f"lif_backward_{native.SUFFIX[h_seq.dtype]}", *[ctypes.c_void_p] * 5,
                              ctypes.c_int64, ctypes.c_int64, ctypes.c_int32, ctypes.c_int32, *[real] * 6)
     if kernel is None:
+        return None
+    grads = [grad_spikes.contiguous()] + ([] if grad_v is None else [grad_v.contiguous()])
+    if not native.takes(h_seq, *grads) or grads[0].shape != h_seq.shape:
         return None
     dh_dv, dh_dx = _charge_grads(p)
     grad_x, grad_v0 = torch.empty_like(h_seq), torch.empty_like(h_seq[0])
