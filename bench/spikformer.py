@@ -1,6 +1,6 @@
 """Spikformer-4-384 (CIFAR-10) training step: spiketwin versus SpikingJelly, time and peak memory.
 
-    python -m bench.spikformer [--batch 8] [--T 4] [--repeats 5] [--rounds 3] [--threads N] [--saved]
+    python -m bench.spikformer [--batch 8] [--T 4] [--repeats 5] [--rounds 3] [--threads N] [--saved] [--torch-path]
 
 One training step = forward on ``[B, 3, 32, 32]`` images repeated T times, cross-entropy, backward, AdamW step.
 
@@ -12,6 +12,8 @@ One training step = forward on ``[B, 3, 32, 32]`` images repeated T times, cross
   after two warm-up steps each; the table shows the median wall and CPU (process) time per step. Taking turns
   step by step makes a change in machine load hit every side alike.
 - ``--saved``: what each side keeps for backward after one forward, by module kind and dtype (no timing).
+- ``--torch-path``: one more side, ``spiketwin-torch``: the same model with ``SPIKETWIN_NATIVE=0`` during its steps
+  (the torch paths instead of the native kernels of ``spiketwin.native``).
 
 Sides:
 
@@ -43,7 +45,7 @@ import statistics
 
 from bench.common import print_table, round_robin
 
-SIDES = ("spiketwin", "sj-official", "sj-builtin")
+SIDES = ("spiketwin", "spiketwin-torch", "sj-official", "sj-builtin")
 
 
 def official_with_spikingjelly(T: int, num_classes: int = 10) -> nn.Module:
@@ -125,7 +127,7 @@ def official_with_spikingjelly(T: int, num_classes: int = 10) -> nn.Module:
 
 def build(side: str, T: int) -> tuple[nn.Module, callable]:
     """The model of ``side`` and its state-reset function."""
-    if side == "spiketwin":
+    if side in ("spiketwin", "spiketwin-torch"):
         from spiketwin import reset
         from spiketwin.models import create
         return create("spikformer_cifar10", T=T), reset
@@ -164,7 +166,18 @@ def training_step(side: str, batch: int, T: int) -> tuple[nn.Module, callable]:
         loss.backward()
         optimizer.step()
         reset(model)
-    return model, step
+
+    def torch_path_step() -> None:  # the native kernels read SPIKETWIN_NATIVE at every call
+        before = os.environ.get("SPIKETWIN_NATIVE")
+        os.environ["SPIKETWIN_NATIVE"] = "0"
+        try:
+            step()
+        finally:
+            if before is None:
+                del os.environ["SPIKETWIN_NATIVE"]
+            else:
+                os.environ["SPIKETWIN_NATIVE"] = before
+    return model, torch_path_step if side == "spiketwin-torch" else step
 
 
 def measure_memory(side: str, batch: int, T: int, repeats: int) -> dict:
@@ -267,6 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="turns of all sides, each in a fresh process")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--saved", action="store_true", help="print what each side keeps for backward, and exit")
+    parser.add_argument("--torch-path", action="store_true", help="also time spiketwin with SPIKETWIN_NATIVE=0")
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--timing", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -278,12 +292,14 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(measure_time(args.timing.split(","), args.batch, args.T, args.repeats * args.rounds)))
         return
     if args.saved:
-        print_saved(args, [side for side in SIDES if side == "spiketwin" or importlib.util.find_spec("spikingjelly")])
+        print_saved(args, [side for side in ("spiketwin", "sj-official", "sj-builtin")
+                           if side == "spiketwin" or importlib.util.find_spec("spikingjelly")])
         return
-    runs: dict[str, list[dict]] = {side: [] for side in SIDES}
+    sides = [side for side in SIDES if args.torch_path or side != "spiketwin-torch"]
+    runs: dict[str, list[dict]] = {side: [] for side in sides}
     notes = {}
     for _ in range(args.rounds):
-        for side in SIDES:
+        for side in sides:
             if side in notes:
                 continue
             r = subprocess_json(args, "--side", side)
@@ -293,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
                 runs[side].append(r)
     if not runs["spiketwin"]:
         raise SystemExit(f"spiketwin side failed: {notes.get('spiketwin')}")
-    timed = [side for side in SIDES if runs[side]]
+    timed = [side for side in sides if runs[side]]
     times = subprocess_json(args, "--rounds", str(args.rounds), "--timing", ",".join(timed))
     if isinstance(times, str):
         raise SystemExit(f"timing run failed: {times}")
@@ -315,6 +331,8 @@ def main(argv: list[str] | None = None) -> None:
                                                      "spiketwin peak RSS saving", "(above start)"], rows)
     for side, note in notes.items():
         print(f"  {side}: not measured ({note})")
+    from spiketwin import native
+    print(f"  spiketwin neurons: {native.status('lif')}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@
 - **BatchNorm -> LIF recomputed**: :func:`batch_norm_lif` runs ``lif(bn(z))`` with both modules called as usual
   (their hooks, running statistics and gradients unchanged), but the LIF's membrane potentials ``H``, a float
   tensor as large as its input, are not kept: BatchNorm keeps its input ``z`` anyway, and backward recomputes
-  ``H`` from it (the same BatchNorm and LIF forward, bit for bit).
+  ``H`` from it (the same BatchNorm and LIF forward, bit for bit; on CPU one native pass over ``z`` that applies
+  the BatchNorm's saved batch statistics inside the LIF scan).
 - **Max pooling** (:class:`CompactMaxPool2d`) keeps its argmax indices as ``int16`` (2 bytes per output, not 8).
 
 :func:`float_saves` turns all of this off (to compare memory, or to check that gradients are identical).
@@ -26,7 +27,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from .neurons import LIF, lif_scan
+from .neurons import LIF, lif_scan, native_affine_scan
 
 _state = threading.local()
 
@@ -107,41 +108,72 @@ def counts_saved_as_uint8(*counts: torch.Tensor, step: float = 1.0) -> contextli
 class _Recompute:
     """What :func:`batch_norm_lif` keeps instead of the LIF's potentials: how to compute them again."""
 
-    def __init__(self, z: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, lif: LIF, shape: torch.Size) -> None:
+    def __init__(self, z: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, lif: LIF, normed: torch.Tensor,
+                 shape: torch.Size) -> None:
         self.z, self.shape, self.params = z, shape, lif.params
         self.v0 = None if lif.v is None else lif.v.detach()
         self.weight, self.bias, self.eps = bn.weight, bn.bias, bn.eps
         self.stats = (bn.running_mean, bn.running_var) if bn.track_running_stats else (None, None)
         self.versions = self._versions()
+        self.batch_stats = _batch_stats(normed)
 
     def _versions(self) -> list[int]:
         """In-place write counters of what the recomputation reads."""
         return [t._version for t in (self.z, self.weight, self.bias) if t is not None]
 
+    def _fused(self, v0: torch.Tensor) -> torch.Tensor | None:
+        """The potentials by one native pass over ``z`` (:func:`~spiketwin.neurons.native_affine_scan`) from
+        the batch statistics the forward's BatchNorm kept, or None when it cannot run."""
+        if self.batch_stats is None:
+            return None
+        mean, invstd = self.batch_stats
+        # torch's per-channel terms, computed as its batch_norm kernel does: scale = invstd * weight,
+        # shift = bias - mean * scale (rounded once); then output = z * scale + shift (rounded once)
+        scale = invstd if self.weight is None else invstd * self.weight
+        shift = torch.addcmul(torch.zeros_like(mean) if self.bias is None else self.bias, mean, scale, value=-1)
+        out = torch.empty(self.shape, dtype=self.z.dtype)
+        return out if native_affine_scan(self.z, scale, shift, v0, self.params, out) else None
+
     def potentials(self) -> torch.Tensor:
         if self._versions() != self.versions:
             raise RuntimeError("batch_norm_lif: the BatchNorm input or parameters were modified in place between "
                                "forward and backward; the LIF potentials cannot be recomputed")
-        with torch.no_grad():  # the training-mode call of the forward (statistics of the batch), bit for bit
+        with torch.no_grad():
+            v0 = torch.full(self.shape[1:], self.params.v_reset or 0.0, dtype=self.z.dtype, device=self.z.device) \
+                if self.v0 is None else self.v0
+            fused = self._fused(v0)
+            if fused is not None:
+                return fused
+            # the training-mode call of the forward (statistics of the batch), bit for bit
             stats = [None if s is None else s.clone() for s in self.stats]  # updated here, then dropped
             y = nn.functional.batch_norm(self.z, *stats, self.weight, self.bias, True, 0.0, self.eps)
             y = y.view(self.shape)
-            v0 = torch.full_like(y[0], self.params.v_reset or 0.0) if self.v0 is None else self.v0
             lif_scan(y, v0, self.params, out=y)
         return y
+
+
+def _batch_stats(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The batch mean and inverse standard deviation torch's CPU BatchNorm kept for backward with its output
+    ``y``, or None (another implementation, or ``y`` is not a BatchNorm output)."""
+    node = y.grad_fn
+    if type(node).__name__ != "NativeBatchNormBackward0" or y.device.type != "cpu":
+        return None
+    return node._saved_result1, node._saved_result2
 
 
 def batch_norm_lif(z: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, lif: LIF, shape) -> torch.Tensor:
     """``lif(bn(z).view(shape))``: BatchNorm, then a LIF in sequence mode (``shape`` = ``[T, ...]``).
 
     In training with gradients the LIF does not keep its potentials ``H`` (as large as ``z``, float): BatchNorm
-    keeps ``z``, and backward computes ``H`` again from it (one BatchNorm and one LIF forward pass more).
+    keeps ``z``, and backward computes ``H`` again from it (one BatchNorm and one LIF forward pass more, fused
+    into one native pass where it can run).
     Otherwise, and for a step-mode LIF or a LIF subclass, it is exactly ``lif(bn(z).view(shape))``.
     """
-    y = bn(z).view(shape)
+    normed = bn(z)
+    y = normed.view(shape)
     if not (_active() and bn.training and type(lif) is LIF and lif.step_mode == "m" and y.requires_grad):
         return lif(y)
-    recipe = _Recompute(z, bn, lif, y.shape)
+    recipe = _Recompute(z, bn, lif, normed, y.shape)
 
     def pack(t: torch.Tensor):  # the only tensor the LIF saves: its potentials
         return recipe if t.shape == recipe.shape and t.is_floating_point() else t

@@ -13,6 +13,7 @@ input (its shape, dtype and device) and cleared by :func:`spiketwin.reset`.
 from __future__ import annotations
 
 import ctypes
+import math
 from typing import NamedTuple
 
 import torch
@@ -20,7 +21,7 @@ import torch
 from . import native
 from .base import StatefulModule
 from .ops import changed_samples, running_sum_into, scatter_samples, sparse_index
-from .surrogate import Sigmoid, Surrogate
+from .surrogate import ATan, Sigmoid, Surrogate
 
 
 class LIFParams(NamedTuple):
@@ -107,7 +108,10 @@ def _scan_generic(x_seq: torch.Tensor, v: torch.Tensor, p: LIFParams, out: torch
 def lif_scan(x_seq: torch.Tensor, v: torch.Tensor, p: LIFParams, out: torch.Tensor) -> torch.Tensor:
     """Forward scan over ``[T, ...]``: writes ``H`` of every step into ``out`` (``-H`` for the default neuron,
     see :func:`lif_negated`); returns the final ``V``. ``out`` may be ``x_seq`` itself (each step reads its input
-    before writing)."""
+    before writing). Runs the native kernel when it can (same results), else the torch scans above."""
+    v_final = _native_scan(x_seq, v, p, out, None)
+    if v_final is not None:
+        return v_final
     return (_scan_negated if lif_negated(p) else _scan_generic)(x_seq, v, p, out)
 
 
@@ -152,26 +156,120 @@ def lif_u(h_seq: torch.Tensor, p: LIFParams) -> torch.Tensor:
     return torch.sub(h_seq, p.v_threshold)
 
 
+# ---------------------------------------------------------------- the native kernels (native/lif.c)
+
+_NATIVE_SURROGATES = {Sigmoid: 0, ATan: 1}
+"""The surrogates the native backward computes (its ``kind`` code), by exact type; others take the torch path."""
+
+
+def _native_mode(p: LIFParams) -> int:
+    """The mode bits of ``native/lif.c`` for ``p``: leak (0 none, 1 decay_input, 2 plain), 4 soft reset,
+    8 a non-zero ``v_reset``, 16 the negated form (:func:`lif_negated`), 32 ``detach_reset``."""
+    leak = 0 if p.tau is None else 1 if p.decay_input else 2
+    return (leak | (4 if p.v_reset is None else 0) | (8 if p.v_reset else 0) | (16 if lif_negated(p) else 0)
+            | (32 if p.detach_reset else 0))
+
+
+def _native_scan(x_seq: torch.Tensor, v: torch.Tensor, p: LIFParams, h_out: torch.Tensor | None,
+                 spikes_out: torch.Tensor | None) -> torch.Tensor | None:
+    """The scan by the native kernel, one pass: ``H`` (as :func:`lif_scan`) into ``h_out`` (``None``: not kept;
+    may be ``x_seq``), spikes (as :func:`lif_spikes`) into ``spikes_out`` (``None``: not wanted). Returns the
+    final ``V``, or ``None`` (nothing written) when the kernel cannot run: see :func:`spiketwin.native.takes`."""
+    outs = [t for t in (h_out, spikes_out) if t is not None]
+    if not native.takes(x_seq, v, *outs) or v.shape != x_seq.shape[1:] or any(t.shape != x_seq.shape for t in outs):
+        return None
+    real = native.REAL[x_seq.dtype]
+    kernel = native.function("lif", f"lif_forward_{native.SUFFIX[x_seq.dtype]}", *[ctypes.c_void_p] * 5,
+                             ctypes.c_int64, ctypes.c_int64, ctypes.c_int32, real, real, real)
+    if kernel is None:
+        return None
+    v_final = torch.empty_like(v)
+    kernel(native.pointer(x_seq), None if h_out is None else native.pointer(h_out),
+           None if spikes_out is None else native.pointer(spikes_out), native.pointer(v), native.pointer(v_final),
+           x_seq.shape[0], v.numel(), _native_mode(p), 1.0 if p.tau is None else p.tau, p.v_threshold,
+           p.v_reset or 0.0)
+    return v_final
+
+
+def native_affine_scan(z: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, v: torch.Tensor, p: LIFParams,
+                       out: torch.Tensor) -> bool:
+    """:func:`lif_scan` of a BatchNorm's output computed on the fly, in one native pass: ``z`` ``[M, C, ...]``
+    (``M = T R``, the T steps first) becomes ``z * scale[c] + shift[c]`` rounded once, as torch's ``batch_norm``
+    computes its output from its per-channel terms; ``H`` goes into ``out`` (``z``'s layout, ``T`` leading; not
+    ``z``) from state ``v`` (one step's elements); the final ``V`` is not kept. Returns False (nothing written)
+    when the kernel cannot run."""
+    steps, channels = out.shape[0], z.shape[1] if z.dim() > 1 else 0
+    if (z.dim() < 2 or z.shape[0] % steps or out.numel() != z.numel() or v.numel() * steps != z.numel()
+            or scale.shape != (channels,) or shift.shape != (channels,)
+            or out.untyped_storage().data_ptr() == z.untyped_storage().data_ptr()
+            or not native.takes(z, scale, shift, v, out)):
+        return False
+    real = native.REAL[z.dtype]
+    kernel = native.function("lif", f"lif_affine_forward_{native.SUFFIX[z.dtype]}", *[ctypes.c_void_p] * 6,
+                             *[ctypes.c_int64] * 4, ctypes.c_int32, real, real, real)
+    if kernel is None:
+        return False
+    state = torch.empty_like(v)
+    kernel(native.pointer(z), native.pointer(scale), native.pointer(shift), native.pointer(out), native.pointer(v),
+           native.pointer(state), steps, z.shape[0] // steps, channels, z[0, 0].numel(), _native_mode(p),
+           1.0 if p.tau is None else p.tau, p.v_threshold, p.v_reset or 0.0)
+    return True
+
+
+def _native_backward(h_seq: torch.Tensor, grad_spikes: torch.Tensor, grad_v: torch.Tensor | None, p: LIFParams,
+                     surrogate: Surrogate) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """:func:`lif_u` and :func:`lif_backward` by the native kernel, one pass reading the scan's ``H`` buffer;
+    ``None`` when the kernel cannot run (then nothing is computed)."""
+    kind = _NATIVE_SURROGATES.get(type(surrogate))
+    if kind is None or not native.takes(h_seq):
+        return None
+    real = native.REAL[h_seq.dtype]
+    kernel = native.function("lif", f"lif_backward_{native.SUFFIX[h_seq.dtype]}", *[ctypes.c_void_p] * 5,
+                             ctypes.c_int64, ctypes.c_int64, ctypes.c_int32, ctypes.c_int32, *[real] * 6)
+    if kernel is None:
+        return None
+    grads = [grad_spikes.contiguous()] + ([] if grad_v is None else [grad_v.contiguous()])
+    if not native.takes(h_seq, *grads) or grads[0].shape != h_seq.shape:
+        return None
+    dh_dv, dh_dx = _charge_grads(p)
+    grad_x, grad_v0 = torch.empty_like(h_seq), torch.empty_like(h_seq[0])
+    kernel(native.pointer(h_seq), native.pointer(grads[0]), native.pointer(grads[1]) if grad_v is not None else None,
+           native.pointer(grad_x), native.pointer(grad_v0), h_seq.shape[0], grad_v0.numel(), _native_mode(p), kind,
+           p.v_threshold, p.v_reset or 0.0, dh_dv, dh_dx, surrogate.alpha, math.pi / 2 * surrogate.alpha)
+    return grad_x, grad_v0
+
+
 class _LIFScan(torch.autograd.Function):
     """Fused LIF/IF time scan. Forward keeps only ``H`` per step (``-H`` on the fast path); spikes come from
-    ``H`` in one pass over all steps. Backward: :func:`lif_backward`."""
+    ``H`` in one pass over all steps. Backward: :func:`lif_backward`. Both run as one native pass when they can."""
 
     @staticmethod
     def forward(ctx, x_seq: torch.Tensor, v: torch.Tensor, p: LIFParams, surrogate: Surrogate):
-        h_seq = torch.empty_like(x_seq)
-        v = lif_scan(x_seq, v, p, h_seq)
-        if not any(ctx.needs_input_grad[:2]):  # H is not needed afterwards: turn it into the spikes in place
-            return lif_spikes(h_seq, p, out=h_seq), v
-        spikes = lif_spikes(h_seq, p, out=torch.empty_like(h_seq))
-        ctx.save_for_backward(h_seq)
-        ctx.p, ctx.surrogate = p, surrogate
-        return spikes, v
+        keep_h = any(ctx.needs_input_grad[:2])
+        x_seq = x_seq.contiguous()
+        h_seq, spikes = torch.empty_like(x_seq) if keep_h else None, torch.empty_like(x_seq)
+        v_final = _native_scan(x_seq, v, p, h_seq, spikes)
+        if v_final is None:  # torch path; H not kept: it goes into the spikes buffer, then turns into the spikes
+            h = spikes if h_seq is None else h_seq
+            v_final = lif_scan(x_seq, v, p, h)
+            lif_spikes(h, p, out=spikes)
+        if keep_h:
+            ctx.save_for_backward(h_seq)
+            ctx.p, ctx.surrogate = p, surrogate
+            ctx.set_materialize_grads(False)  # an unused final V (the usual case) gets None, not a tensor of zeros
+        return spikes, v_final
 
     @staticmethod
     def backward(ctx, grad_spikes: torch.Tensor, grad_v: torch.Tensor | None):
-        u = lif_u(ctx.saved_tensors[0], ctx.p)  # no reference kept: a recomputed H is freed here
-        grad_x, grad_v0 = lif_backward(u, grad_spikes, grad_v, ctx.p, ctx.surrogate)
-        return grad_x, grad_v0, None, None
+        h_seq = ctx.saved_tensors[0]  # no other reference kept: a recomputed H is freed on return
+        if grad_spikes is None:  # only the final V is used
+            grad_spikes = torch.zeros_like(h_seq)
+        grads = _native_backward(h_seq, grad_spikes, grad_v, ctx.p, ctx.surrogate)
+        if grads is None:
+            u = lif_u(h_seq, ctx.p)
+            del h_seq  # a recomputed H is freed before the torch backward's temporaries exist
+            grads = lif_backward(u, grad_spikes, grad_v, ctx.p, ctx.surrogate)
+        return *grads, None, None
 
 
 class LIF(StatefulModule):
