@@ -158,7 +158,8 @@ def _batch_stats(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     node = y.grad_fn
     if type(node).__name__ != "NativeBatchNormBackward0" or y.device.type != "cpu":
         return None
-    return node._saved_result1, node._saved_result2
+    mean, invstd = getattr(node, "_saved_result1", None), getattr(node, "_saved_result2", None)
+    return None if mean is None or invstd is None else (mean, invstd)
 
 
 def batch_norm_lif(z: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, lif: LIF, shape) -> torch.Tensor:
