@@ -56,25 +56,6 @@ def test_stbif_native_equals_torch_path_bit_for_bit(dtype, seed, sparse):
 
 
 @needs_native
-@pytest.mark.parametrize("threads", [1, 2, 3])
-def test_stbif_native_split_among_threads_equals_torch_path(threads):
-    """A batch large enough to be split among threads (native.PARALLEL_MIN_ELEMENTS) gives the same bits."""
-    chunks = sparse_chunks(7, torch.float32, shape=(37, 40, 50))
-    assert chunks[0].numel() >= native.PARALLEL_MIN_ELEMENTS
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        fast = stbif_calls(STBIF(0.11, -8, 7), chunks)
-    finally:
-        torch.set_num_threads(previous)
-    with native.disabled():
-        reference = stbif_calls(STBIF(0.11, -8, 7), chunks)
-    for got, want in zip(fast, reference):
-        for a, b in zip(got, want):
-            assert torch.equal(a, b)
-
-
-@needs_native
 def test_stbif_native_takes_non_contiguous_input_and_leaves_it_intact():
     x = torch.randn(3, 8, 4, dtype=torch.float64).transpose(1, 2)  # [T, B=4, 8], not contiguous
     before = x.clone()

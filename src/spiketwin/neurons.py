@@ -434,7 +434,7 @@ class STBIF(StatefulModule):
         state = [] if self.total is None else [self.total, self.count]
         if self.threshold.numel() == 1 and native.takes(x_seq, *state):
             kernel = native.function("stbif", f"stbif_steps_{native.SUFFIX[x_seq.dtype]}", *[ctypes.c_void_p] * 6,
-                                     *[ctypes.c_int64] * 3, *[native.REAL[x_seq.dtype]] * 3, *[ctypes.c_int64] * 2)
+                                     *[ctypes.c_int64] * 3, *[native.REAL[x_seq.dtype]] * 3)
             if kernel is not None:
                 return self._native_steps(kernel, x_seq)
         if self.sparse and self.pending is not None:
@@ -455,10 +455,9 @@ class STBIF(StatefulModule):
         pending = torch.empty((batch, steps), dtype=torch.bool)
         skip = self.sparse and self.pending is not None
         was_pending = self.pending[:, -1].contiguous() if skip else None
-        native.over_samples(kernel, batch, x_seq.numel(), native.pointer(x_seq), native.pointer(self.total),
-                            native.pointer(self.count), native.pointer(spikes), native.pointer(pending),
-                            native.pointer(was_pending) if skip else None, steps, batch, x_seq[0, 0].numel(),
-                            self.threshold.item(), self.n_min, self.n_max)
+        kernel(native.pointer(x_seq), native.pointer(self.total), native.pointer(self.count), native.pointer(spikes),
+               native.pointer(pending), native.pointer(was_pending) if skip else None, steps, batch,
+               x_seq[0, 0].numel(), self.threshold.item(), self.n_min, self.n_max)
         self.pending, self.spikes = pending, spikes[-1]
         return spikes
 

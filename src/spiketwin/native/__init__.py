@@ -8,13 +8,10 @@ called through :mod:`ctypes` on contiguous CPU tensors. The call releases the GI
 Callers keep their torch path and take it whenever :func:`library` returns ``None``: no compiler, a failed
 build, ``SPIKETWIN_NATIVE=0`` in the environment, or tensors a kernel does not take (CUDA, other dtypes,
 autograd). Both paths give bit-identical results (tests compare them); :func:`status` says which runs.
-Kernels that work sample by sample split a large batch among ``torch.get_num_threads()`` threads
-(:func:`over_samples`).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import ctypes
 import functools
@@ -140,30 +137,6 @@ def status(name: str) -> str:
 def pointer(tensor: torch.Tensor) -> ctypes.c_void_p:
     """The data address of a contiguous CPU tensor, for a kernel argument."""
     return ctypes.c_void_p(tensor.data_ptr())
-
-
-PARALLEL_MIN_ELEMENTS = 1 << 16
-"""A call over fewer elements runs on one thread: handing work to threads costs more than it saves."""
-_pool: concurrent.futures.ThreadPoolExecutor | None = None
-_pool_threads = 0
-
-
-def over_samples(kernel: Callable, batch: int, elements: int, *args) -> None:
-    """Run ``kernel(*args, first, stop)`` over the samples ``0 <= b < batch``: on as many threads as torch
-    uses (``torch.get_num_threads()``), each on a contiguous range of samples, when the call covers at least
-    :data:`PARALLEL_MIN_ELEMENTS` elements; otherwise in one call. Results do not depend on the split (each
-    sample is computed alone); a ctypes call releases the GIL, so the threads run in parallel."""
-    global _pool, _pool_threads
-    threads = min(torch.get_num_threads(), batch)
-    if threads <= 1 or elements < PARALLEL_MIN_ELEMENTS:
-        kernel(*args, 0, batch)
-        return
-    if _pool_threads < threads:
-        _pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="spiketwin-native")
-        _pool_threads = threads
-    bounds = [batch * i // threads for i in range(threads + 1)]
-    for done in [_pool.submit(kernel, *args, first, stop) for first, stop in zip(bounds, bounds[1:])]:
-        done.result()
 
 
 def takes(*tensors: torch.Tensor) -> bool:

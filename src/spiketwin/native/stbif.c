@@ -6,8 +6,6 @@
    spikes = delta * theta. pending[B][T] records the far flags. Every operation is the one the torch path
    runs, in the same order and precision, so the results are bit-identical.
 
-   Only the samples first <= b < stop are computed (callers split a batch among threads).
-
    was_pending (NULL: compute every sample) holds per sample whether a neuron was pending before the call:
    a sample without one whose input is all zero can only output zeros and keep its state, so it is skipped. */
 #include "kernel.h"
@@ -17,9 +15,9 @@
 #define DEFINE_STBIF_STEPS(NAME, REAL, FLOOR)                                                                   \
     KERNEL void NAME(const REAL *restrict x, REAL *restrict total, REAL *restrict count, REAL *restrict spikes, \
                      uint8_t *restrict pending, const uint8_t *restrict was_pending, int64_t T, int64_t B,     \
-                     int64_t N, REAL theta, REAL n_min, REAL n_max, int64_t first, int64_t stop)               \
+                     int64_t N, REAL theta, REAL n_min, REAL n_max)                                            \
     {                                                                                                          \
-        for (int64_t b = first; b < stop; b++) {                                                               \
+        for (int64_t b = 0; b < B; b++) {                                                                      \
             REAL *restrict tot = total + b * N;                                                                \
             REAL *restrict cnt = count + b * N;                                                                \
             if (was_pending && !was_pending[b]) {                                                              \
