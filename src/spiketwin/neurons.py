@@ -178,9 +178,8 @@ def _native_scan(x_seq: torch.Tensor, v: torch.Tensor, p: LIFParams, h_out: torc
     outs = [t for t in (h_out, spikes_out) if t is not None]
     if not native.takes(x_seq, v, *outs) or v.shape != x_seq.shape[1:] or any(t.shape != x_seq.shape for t in outs):
         return None
-    real = native.REAL[x_seq.dtype]
-    kernel = native.function("lif", f"lif_forward_{native.SUFFIX[x_seq.dtype]}", *[ctypes.c_void_p] * 5,
-                             ctypes.c_int64, ctypes.c_int64, ctypes.c_int32, real, real, real)
+    kernel = native.function("lif", "lif_forward", x_seq.dtype, *[ctypes.c_void_p] * 5, ctypes.c_int64,
+                             ctypes.c_int64, ctypes.c_int32, *[native.REAL] * 3)
     if kernel is None:
         return None
     v_final = torch.empty_like(v)
@@ -204,9 +203,8 @@ def native_affine_scan(z: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor
             or out.untyped_storage().data_ptr() == z.untyped_storage().data_ptr()
             or not native.takes(z, scale, shift, v, out)):
         return False
-    real = native.REAL[z.dtype]
-    kernel = native.function("lif", f"lif_affine_forward_{native.SUFFIX[z.dtype]}", *[ctypes.c_void_p] * 6,
-                             *[ctypes.c_int64] * 4, ctypes.c_int32, real, real, real)
+    kernel = native.function("lif", "lif_affine_forward", z.dtype, *[ctypes.c_void_p] * 6, *[ctypes.c_int64] * 4,
+                             ctypes.c_int32, *[native.REAL] * 3)
     if kernel is None:
         return False
     state = torch.empty_like(v)
@@ -221,15 +219,12 @@ def _native_backward(h_seq: torch.Tensor, grad_spikes: torch.Tensor, grad_v: tor
     """:func:`lif_u` and :func:`lif_backward` by the native kernel, one pass reading the scan's ``H`` buffer;
     ``None`` when the kernel cannot run (then nothing is computed)."""
     kind = _NATIVE_SURROGATES.get(type(surrogate))
-    if kind is None or not native.takes(h_seq):
-        return None
-    real = native.REAL[h_seq.dtype]
-    kernel = native.function("lif", f"lif_backward_{native.SUFFIX[h_seq.dtype]}", *[ctypes.c_void_p] * 5,
-                             ctypes.c_int64, ctypes.c_int64, ctypes.c_int32, ctypes.c_int32, *[real] * 6)
-    if kernel is None:
-        return None
     grads = [grad_spikes.contiguous()] + ([] if grad_v is None else [grad_v.contiguous()])
-    if not native.takes(h_seq, *grads) or grads[0].shape != h_seq.shape:
+    if kind is None or grads[0].shape != h_seq.shape or not native.takes(h_seq, *grads):
+        return None
+    kernel = native.function("lif", "lif_backward", h_seq.dtype, *[ctypes.c_void_p] * 5, ctypes.c_int64,
+                             ctypes.c_int64, ctypes.c_int32, ctypes.c_int32, *[native.REAL] * 6)
+    if kernel is None:
         return None
     dh_dv, dh_dx = _charge_grads(p)
     grad_x, grad_v0 = torch.empty_like(h_seq), torch.empty_like(h_seq[0])
@@ -430,13 +425,13 @@ class STBIF(StatefulModule):
         """The step rule over ``[T, B, ...]``, bit-identical to calling :meth:`single_step` T times: the
         running totals and their rounded targets are computed for all steps first; only the one-spike-per-step
         walk of the count towards its target is scanned. Samples that can only output zeros are skipped."""
-        x_seq = x_seq.contiguous()
-        state = [] if self.total is None else [self.total, self.count]
-        if self.threshold.numel() == 1 and native.takes(x_seq, *state):
-            kernel = native.function("stbif", f"stbif_steps_{native.SUFFIX[x_seq.dtype]}", *[ctypes.c_void_p] * 6,
-                                     *[ctypes.c_int64] * 3, *[native.REAL[x_seq.dtype]] * 3)
-            if kernel is not None:
-                return self._native_steps(kernel, x_seq)
+        if self.threshold.numel() == 1 and x_seq.device.type == "cpu":
+            kernel = native.function("stbif", "stbif_steps", x_seq.dtype, *[ctypes.c_void_p] * 6,
+                                     *[ctypes.c_int64] * 3, *[native.REAL] * 3)
+            dense = x_seq.contiguous()  # the kernel's layout; a copy only of a strided view, only for the kernel
+            state = [] if self.total is None else [self.total, self.count]
+            if kernel is not None and native.takes(dense, *state):
+                return self._native_steps(kernel, dense)
         if self.sparse and self.pending is not None:
             index = sparse_index(changed_samples(x_seq) | self.pending[:, -1])
             if index is not None:

@@ -103,10 +103,19 @@ def library(name: str) -> ctypes.CDLL | None:
     return _loaded[name]
 
 
-def function(name: str, symbol: str, *argtypes) -> Callable | None:
-    """Function ``symbol`` of kernel library ``name`` with its ctypes argument types, or ``None`` (see
-    :func:`library`). Pointers are passed as ``ctypes.c_void_p`` (:func:`pointer`)."""
-    return _function(name, symbol, *argtypes) if enabled() else None
+REAL = float
+"""Marks, in :func:`function`'s argument types, a scalar of the tensors' dtype (``float`` or ``double`` in C)."""
+_C_REAL = {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double}
+_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+
+
+def function(name: str, symbol: str, dtype: torch.dtype, *argtypes) -> Callable | None:
+    """The ``dtype`` variant (``symbol_f32`` / ``symbol_f64``) of function ``symbol`` of kernel library ``name``,
+    with its ctypes argument types (:data:`REAL` for a scalar of ``dtype``), or ``None`` (see :func:`library`;
+    also for a dtype without a variant). Pointers are passed as ``ctypes.c_void_p`` (:func:`pointer`)."""
+    if not enabled() or dtype not in _SUFFIX:
+        return None
+    return _function(name, f"{symbol}_{_SUFFIX[dtype]}", *(_C_REAL[dtype] if t is REAL else t for t in argtypes))
 
 
 @functools.cache
@@ -117,12 +126,6 @@ def _function(name: str, symbol: str, *argtypes) -> Callable | None:
     fn = getattr(lib, symbol)
     fn.argtypes, fn.restype = list(argtypes), None
     return fn
-
-
-REAL = {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double}
-"""The ctypes scalar type of a kernel argument of each tensor dtype kernels take."""
-SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
-"""The suffix of each dtype's variant of a kernel (``stbif_steps_f32``)."""
 
 
 def status(name: str) -> str:
@@ -142,6 +145,6 @@ def pointer(tensor: torch.Tensor) -> ctypes.c_void_p:
 def takes(*tensors: torch.Tensor) -> bool:
     """Whether kernels can run on these tensors: CPU, float32 or float64 (all alike), contiguous, no autograd."""
     first = tensors[0]
-    return (first.device.type == "cpu" and first.dtype in REAL
+    return (first.device.type == "cpu" and first.dtype in _C_REAL
             and not torch.is_grad_enabled()
             and all(t.device == first.device and t.dtype == first.dtype and t.is_contiguous() for t in tensors))
