@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from spiketwin import native
-from spiketwin.neurons import (LIF, LIFParams, _native_backward, _native_scan, _scan_generic, _scan_negated,
-                               lif_backward, lif_negated, lif_scan, lif_spikes, lif_u, native_affine_scan)
+from spiketwin.neurons.lif import (LIF, LIFParams, _native_backward, _native_scan, _scan_generic, _scan_negated,
+                                   lif_backward, lif_negated, lif_scan, lif_spikes, lif_u, native_affine_scan)
 from spiketwin.surrogate import ATan, Sigmoid
 
 PARAMS = [LIFParams(), LIFParams(2.0, 0.5, 0.0), LIFParams(3.0, 1.0, 0.0), LIFParams(3.0, 1.0, None, True, False),

@@ -160,7 +160,7 @@ def sparse_vs_dense(make, *inputs, static=(), monkeypatch):
     """Run fresh ``make()`` modules on ``inputs`` in uneven sequence chunks, event-driven (compaction forced at
     any density) and dense, and step by step: outputs and final states must be identical, bit for bit.
     Returns how many calls took the event-driven path."""
-    import spiketwin.neurons
+    import spiketwin.neurons.stbif
     import spiketwin.ops
 
     calls = []
@@ -171,7 +171,7 @@ def sparse_vs_dense(make, *inputs, static=(), monkeypatch):
         return original(*args)
 
     monkeypatch.setattr(spiketwin.ops, "scatter_samples", spy)
-    monkeypatch.setattr(spiketwin.neurons, "scatter_samples", spy)
+    monkeypatch.setattr(spiketwin.neurons.stbif, "scatter_samples", spy)
     monkeypatch.setattr(spiketwin.ops, "SPARSE_MAX_FRACTION", 1.0)
     chunks = (1, 2, 1, 1, 3, 1, 1)
     results = []

@@ -10,7 +10,7 @@
    The sigmoid surrogate needs exp: lif_exp below is a vectorisable exp accurate to about 1 ulp, like torch's
    (SLEEF) exp, but not bitwise equal to it, so sigmoid gradients agree to a few ulp only.
 
-   mode (bits, see spiketwin.neurons._native_mode): LEAK_* (charge), SOFT (soft reset, else hard to v_reset),
+   mode (bits, see spiketwin.neurons.lif._native_mode): LEAK_* (charge), SOFT (soft reset, else hard to v_reset),
    SHIFT (v_reset != 0: the leak pulls towards v_reset), NEGATED (the default neuron's negated form: the H buffer
    holds -H, and the state is W = -V), DETACH (detach_reset: the reset gets no gradient). */
 #include "kernel.h"
@@ -75,7 +75,7 @@ DEFINE_EXP(lif_exp_f32, float, uint32_t, 12582912.0f, 127, 23, -87.0f, 88.0f, 0.
 DEFINE_EXP(lif_exp_f64, double, uint64_t, 6755399441055744.0, 1023, 52, -708.0, 709.0, 6.93147180369123816490e-01,
            1.90821492927058770002e-10, lif_poly_f64(r))
 
-/* One element of the scan: charge H from state v and input x (spiketwin.neurons._charge), or its negation in
+/* One element of the scan: charge H from state v and input x (spiketwin.neurons.lif._charge), or its negation in
    negated mode (_scan_negated); fire; reset. Returns the value the H buffer stores; *v becomes the new state. */
 #define DEFINE_CHARGE_AND_RESET(NAME, REAL)                                                                    \
     INLINE REAL NAME(REAL x, REAL *v, int mode, REAL tau, REAL vth, REAL vreset)                               \

@@ -1,0 +1,160 @@
+"""The ST-BIF neuron of SpikeZIP-TF: bipolar, bounded, the exact twin of a quantizer."""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from .. import native
+from ..base import StatefulModule
+from ..ops import changed_samples, running_sum_into, scatter_samples, sparse_index
+from .common import as_threshold
+
+
+def _far(diff: torch.Tensor) -> torch.Tensor:
+    """``[B]`` bool: samples in which some entry of ``diff`` (``[B, ...]``, target - count) is beyond +-1."""
+    if diff.dim() == 1:
+        return diff.abs() > 1
+    flat = diff.flatten(1)  # amax / amin: the fastest reductions here
+    return flat.amax(1).gt(1) | flat.amin(1).lt(-1)
+
+
+class STBIF(StatefulModule):
+    """Spike-threshold bipolar integrate-and-fire neuron (SpikeZIP-TF), threshold ``θ``.
+
+    With ``V`` starting at ``θ/2`` and spike tracer ``S`` at 0, each step ``V += x``; then it emits ``+θ``
+    (``V -= θ``, ``S += 1``) if ``V >= θ`` and ``S < n_max``, ``-θ`` (``V += θ``, ``S -= 1``) if ``V < 0`` and
+    ``S > n_min``, else 0. Once the summed input ``X`` stops changing, ``S`` walks one step at a time to
+    ``clamp(floor(X/θ + 1/2), n_min, n_max)``, so the summed output equals ``Quantizer(X)``.
+
+    The state is kept as the summed input ``.total`` and the spike count ``.count`` (``V = θ/2 + total - θ·count``,
+    readable as ``.v``): the same rule, written so that the comparison is the quantizer's own expression.
+    ``.spikes`` is the last step's output; ``.fired`` the ``[B]`` mask of samples in which any neuron spiked then.
+    ``.pending`` (``[B, T]`` bool, for the T steps of the last call; not state) marks the samples in which,
+    after that step, some neuron's count still differs from its target (it was more than one spike away): with
+    no further input such a neuron fires at the next step; a sample with no pending neuron has settled.
+
+    Event-driven sequence path (``sparse=True``, CPU): a sample with no input during a call and no pending
+    neuron before it emits zeros and keeps its state, so only the other samples are computed, with the same
+    arithmetic (see :data:`~spiketwin.ops.SPARSE_MAX_FRACTION`).
+    """
+
+    state_names = ("total", "count", "spikes")
+
+    def __init__(self, threshold: float | torch.Tensor, n_min: int, n_max: int, step_mode: str = "m",
+                 sparse: bool = True) -> None:
+        super().__init__(step_mode)
+        if not n_min <= 0 < n_max:
+            raise ValueError(f"STBIF: need n_min <= 0 < n_max, got n_min={n_min}, n_max={n_max}")
+        self.n_min, self.n_max = int(n_min), int(n_max)
+        self.sparse = sparse
+        self.register_buffer("threshold", as_threshold(threshold))
+        self.pending: torch.Tensor | None = None
+
+    def reset(self) -> None:
+        super().reset()
+        self.pending = None
+
+    def keep(self, index: torch.Tensor) -> None:
+        super().keep(index)
+        if self.pending is not None:
+            self.pending = self.pending.index_select(0, index)
+
+    @classmethod
+    def from_quantizer(cls, quantizer, step_mode: str = "m") -> STBIF:
+        """The neuron whose summed output equals ``quantizer`` applied to the summed input."""
+        if not bool(quantizer.initialized):
+            raise ValueError("STBIF.from_quantizer: the quantizer's step was never initialised (run a batch first)")
+        return cls(quantizer.step.detach(), quantizer.n_min, quantizer.n_max, step_mode)
+
+    @property
+    def v(self) -> torch.Tensor | None:
+        if self.total is None:
+            return None
+        return self.threshold / 2 + self.total - self.threshold * self.count
+
+    @property
+    def fired(self) -> torch.Tensor | None:
+        """``[B]`` bool: the samples in which any neuron spiked at the last step (``None`` before any input)."""
+        if self.spikes is None:
+            return None
+        return self.spikes.flatten(1).ne(0).any(1) if self.spikes.dim() > 1 else self.spikes.ne(0)
+
+    def single_step(self, x: torch.Tensor) -> torch.Tensor:
+        theta = self.threshold.to(x.dtype)
+        if self.total is None:
+            self.total = torch.zeros_like(x)
+            self.count = torch.zeros_like(x)
+        self.total = self.total + x
+        target = torch.floor(self.total / theta + 0.5).clamp_(self.n_min, self.n_max)
+        delta = target.sub_(self.count)
+        self.pending = _far(delta).unsqueeze(1)
+        delta.clamp_(-1, 1)
+        self.count = self.count + delta
+        self.spikes = delta * theta
+        return self.spikes
+
+    def multi_step(self, x_seq: torch.Tensor) -> torch.Tensor:
+        """The step rule over ``[T, B, ...]``, bit-identical to calling :meth:`single_step` T times: the
+        running totals and their rounded targets are computed for all steps first; only the one-spike-per-step
+        walk of the count towards its target is scanned. Samples that can only output zeros are skipped."""
+        if self.threshold.numel() == 1 and x_seq.device.type == "cpu":
+            kernel = native.function("stbif", "stbif_steps", x_seq.dtype, *[ctypes.c_void_p] * 6,
+                                     *[ctypes.c_int64] * 3, *[native.REAL] * 3)
+            dense = x_seq.contiguous()  # the kernel's layout; a copy only of a strided view, only for the kernel
+            state = [] if self.total is None else [self.total, self.count]
+            if kernel is not None and native.takes(dense, *state):
+                return self._native_steps(kernel, dense)
+        if self.sparse and self.pending is not None:
+            index = sparse_index(changed_samples(x_seq) | self.pending[:, -1])
+            if index is not None:
+                return self._sample_steps(x_seq, index)
+        spikes, self.total, self.count, self.pending = self._steps(x_seq, self.total, self.count)
+        self.spikes = spikes[-1]
+        return spikes
+
+    def _native_steps(self, kernel, x_seq: torch.Tensor) -> torch.Tensor:
+        """:meth:`multi_step` by the native kernel (``native/stbif.c``): one pass, the same arithmetic; with
+        ``sparse``, every sample without input or pending neuron is skipped."""
+        steps, batch = x_seq.shape[:2]
+        if self.total is None:
+            self.total, self.count = torch.zeros_like(x_seq[0]), torch.zeros_like(x_seq[0])
+        spikes = torch.empty_like(x_seq)
+        pending = torch.empty((batch, steps), dtype=torch.bool)
+        skip = self.sparse and self.pending is not None
+        was_pending = self.pending[:, -1].contiguous() if skip else None
+        kernel(native.pointer(x_seq), native.pointer(self.total), native.pointer(self.count), native.pointer(spikes),
+               native.pointer(pending), native.pointer(was_pending) if skip else None, steps, batch,
+               x_seq[0, 0].numel(), self.threshold.item(), self.n_min, self.n_max)
+        self.pending, self.spikes = pending, spikes[-1]
+        return spikes
+
+    def _steps(self, x_seq: torch.Tensor, total: torch.Tensor | None, count: torch.Tensor | None):
+        """The scan from state ``(total, count)``: spikes ``[T, B, ...]``, the new state and ``pending``."""
+        theta = self.threshold.to(x_seq.dtype)
+        totals = running_sum_into(x_seq, total)  # the state tensors are this neuron's own: updated in place
+        steps = torch.div(totals, theta).add_(0.5).floor_().clamp_(self.n_min, self.n_max)  # targets
+        count = torch.zeros_like(x_seq[0]) if count is None else count
+        pending = []
+        for t in range(x_seq.shape[0]):  # the target at t becomes the spike at t: clamp(target - count, -1, 1)
+            delta = steps[t].sub_(count)
+            pending.append(_far(delta))
+            count.add_(delta.clamp_(-1, 1))
+        return steps.mul_(theta), totals[-1], count, torch.stack(pending, 1)
+
+    def _sample_steps(self, x_seq: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """:meth:`multi_step` for the samples ``index`` only; the others output zeros and keep their state."""
+        spikes, total, count, pending = self._steps(x_seq.index_select(1, index), self.total.index_select(0, index),
+                                                    self.count.index_select(0, index))
+        self.total.index_copy_(0, index, total)  # the state tensors are this neuron's own
+        self.count.index_copy_(0, index, count)
+        self.pending = pending.new_zeros((x_seq.shape[1], x_seq.shape[0])).index_copy_(0, index, pending)
+        out = scatter_samples(index, spikes, x_seq.shape[1])
+        self.spikes = out[-1]
+        return out
+
+    def extra_repr(self) -> str:
+        theta = self.threshold.flatten()[:4].tolist()
+        return f"threshold={theta if self.threshold.numel() > 1 else theta[0]}, n_min={self.n_min}, " \
+               f"n_max={self.n_max}, {super().extra_repr()}"
