@@ -120,6 +120,18 @@ def scatter_samples(index: torch.Tensor, values: torch.Tensor, batch: int) -> to
     return out.index_copy_(1, index, values)
 
 
+def _linear_rows(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``rows @ weight.T`` (``rows`` ``[M, in]``), each row rounded alike whatever ``M``: BLAS may compute the last
+    rows of a matrix whose height is below 4 or not a multiple of 4 by a kernel that rounds differently, so such
+    a matrix gets zero rows up to a multiple of 8 (the step path, the sequence path and the event-driven path
+    then agree bit for bit whatever number of samples and steps each call holds)."""
+    n = len(rows)
+    pad = (-n % 8 or 8) if n % 4 or n == 0 else 0
+    if not pad:
+        return F.linear(rows, weight)
+    return F.linear(torch.cat([rows, rows.new_zeros((pad, rows.shape[1]))]), weight)[:n]
+
+
 class BiasOnce(StatefulModule):
     """A ``nn.Linear`` or ``nn.Conv1d/2d/3d`` whose weight acts on every step and whose bias enters once.
 
@@ -139,7 +151,7 @@ class BiasOnce(StatefulModule):
     def _weight_only(self, x: torch.Tensor) -> torch.Tensor:
         layer = self.layer
         if isinstance(layer, nn.Linear):
-            return F.linear(x, layer.weight)
+            return _linear_rows(x.reshape(-1, x.shape[-1]), layer.weight).view(*x.shape[:-1], layer.out_features)
         spatial = layer.weight.dim() - 2  # a ConvNd input is [batch, C, *spatial]
         folded = x.flatten(0, x.dim() - spatial - 2)
         return layer._conv_forward(folded, layer.weight, None).unflatten(0, x.shape[:x.dim() - spatial - 1])
@@ -168,13 +180,8 @@ class BiasOnce(StatefulModule):
                 return scatter_samples(index, self._weight_only(picked), x_seq.shape[1])
             probe = self._weight_only(x_seq[:1, :1])  # the output's shape, from one sample
             return probe.new_zeros((*x_seq.shape[:2], *probe.shape[2:]))
-        rows = picked.reshape(-1, x_seq.shape[-1])
-        # BLAS may compute the last rows of a matrix whose height is below 4 or not a multiple of 4 by a kernel
-        # that rounds differently: pad with zero rows so that every row gets the kernel of the dense path
-        pad = -len(rows) % 8 or (8 if len(rows) == 0 else 0)
-        y = F.linear(torch.cat([rows, rows.new_zeros((pad, rows.shape[1]))]) if pad else rows, self.layer.weight)
-        y = y[: len(rows)].view(*picked.shape[:-1], self.layer.out_features)
-        return scatter_samples(index, y, x_seq.shape[1])
+        y = _linear_rows(picked.reshape(-1, x_seq.shape[-1]), self.layer.weight)
+        return scatter_samples(index, y.view(*picked.shape[:-1], self.layer.out_features), x_seq.shape[1])
 
     def multi_step(self, x_seq: torch.Tensor) -> torch.Tensor:
         y = self._weight_only_changed(x_seq) if self.sparse and self.started else self._weight_only(x_seq)

@@ -35,12 +35,20 @@ def to_qann(model: nn.Module, levels: int = 16, neuron: str = "stbif", **kwargs)
     raise TypeError(f"to_qann: no {neuron!r} conversion for {type(model).__name__} yet")
 
 
-def to_snn(qann: nn.Module) -> nn.Module:
-    """The SNN equivalent to ``qann`` (a model returned by :func:`to_qann`)."""
+def to_snn(qann: nn.Module, spikes_per_step: int = 1) -> nn.Module:
+    """The SNN equivalent to ``qann`` (a model returned by :func:`to_qann`). ``spikes_per_step`` (ST-BIF
+    conversions only): up to that many spikes per neuron and step, so the SNN settles in fewer steps."""
     build = getattr(qann, "to_snn", None)
     if build is None:
         raise TypeError(f"to_snn: {type(qann).__name__} is not a QANN made by spiketwin.convert.to_qann")
-    return build()
+    if spikes_per_step == 1:
+        return build()
+    from .spikezip import SpikeZIPQANN
+
+    if not isinstance(qann, SpikeZIPQANN):
+        raise ValueError(f"to_snn: spikes_per_step={spikes_per_step} needs an ST-BIF QANN (to_qann(..., "
+                         f"neuron='stbif')); {type(qann).__name__} converts to neurons with one kind of spike")
+    return build(spikes_per_step=spikes_per_step)
 
 
 def verify(qann: nn.Module, snn: nn.Module, x, **kwargs):

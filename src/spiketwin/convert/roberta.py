@@ -29,7 +29,7 @@ from ..models import roberta as R
 from ..ops import Accumulate, MatMul
 from ..quant import Quantizer
 from ..simulate import SimResult
-from .spikezip import EquivalenceReport, SpikeZIPQANN, SpikeZIPSNN, _check_supported, spiking_swap
+from .spikezip import EquivalenceReport, SpikeZIPQANN, SpikeZIPSNN, _check_supported, neuron_swap, spiking_swap
 
 SUPPORTED = (R.Roberta, R.Backbone, R.Embeddings, R.Encoder, R.Layer, R.Attention, R.SelfAttention, R.AddNorm,
              R.Intermediate, R.ClassificationHead, R.MaskedSoftmax, nn.ModuleList, nn.Embedding, nn.Linear,
@@ -99,9 +99,10 @@ class RobertaQANN(SpikeZIPQANN):
     the equivalent :class:`RobertaSNN`.
     """
 
-    def to_snn(self) -> RobertaSNN:
+    def to_snn(self, spikes_per_step: int = 1) -> RobertaSNN:
         self.check_initialized()
-        return RobertaSNN(spiking_swap(FromEmbeddings(copy.deepcopy(self.model).eval()), ROBERTA_SWAPS))
+        return RobertaSNN(spiking_swap(FromEmbeddings(copy.deepcopy(self.model).eval()),
+                                       {**ROBERTA_SWAPS, **neuron_swap(spikes_per_step)}))
 
 
 def model_inputs(x, kwargs: dict) -> dict[str, torch.Tensor]:

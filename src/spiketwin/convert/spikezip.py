@@ -98,10 +98,11 @@ class SpikeZIPQANN(nn.Module):
             raise ValueError(f"to_snn: quantizers {', '.join(fresh)} were never initialised; run the QANN on a "
                              "batch (calibration or QAT) first")
 
-    def to_snn(self) -> SpikeZIPSNN:
-        """The SNN whose summed output equals this QANN's output (eval mode, every quantizer initialised)."""
+    def to_snn(self, spikes_per_step: int = 1) -> SpikeZIPSNN:
+        """The SNN whose summed output equals this QANN's output (eval mode, every quantizer initialised); its
+        neurons emit up to ``spikes_per_step`` spikes per step (:class:`~spiketwin.neurons.STBIF`)."""
         self.check_initialized()
-        return SpikeZIPSNN(spiking_swap(copy.deepcopy(self.model).eval()))
+        return SpikeZIPSNN(spiking_swap(copy.deepcopy(self.model).eval(), neuron_swap(spikes_per_step)))
 
 
 # --------------------------------------------------------------------------- QANN -> SNN
@@ -132,6 +133,13 @@ SWAPS: dict[type, Callable[[nn.Module], nn.Module]] = {
 }
 """Leaf module type -> its spiking twin. Containers (modules with children) are kept and searched;
 their own ``forward`` must be linear glue (reshapes, residual additions, constant scaling)."""
+
+
+def neuron_swap(spikes_per_step: int) -> dict[type, Callable[[nn.Module], nn.Module]]:
+    """The swap of a :class:`~spiketwin.quant.Quantizer` for an ST-BIF neuron of ``spikes_per_step`` spikes per
+    step (for ``spiking_swap``'s ``extra``)."""
+    STBIF(1.0, -1, 1, spikes_per_step=spikes_per_step)  # a bad value fails here, before any swap
+    return {Quantizer: lambda q: STBIF.from_quantizer(q, spikes_per_step=spikes_per_step)}
 
 
 def spiking_swap(model: nn.Module, extra: dict[type, Callable[[nn.Module], nn.Module]] | None = None) -> nn.Module:

@@ -2,9 +2,9 @@
 
    x[T][B][N] enters from the state total[B][N], count[B][N] (updated in place). Per step and neuron:
    total += x; target = clamp(floor(total / theta + 1/2), n_min, n_max); delta = target - count;
-   the step is "far" for the sample if some |delta| > 1; delta = clamp(delta, -1, 1); count += delta;
-   spikes = delta * theta. pending[B][T] records the far flags. Every operation is the one the torch path
-   runs, in the same order and precision, so the results are bit-identical.
+   the step is "far" for the sample if some |delta| > m; delta = clamp(delta, -m, m) (m: spikes per step);
+   count += delta; spikes = delta * theta. pending[B][T] records the far flags. Every operation is the one the
+   torch path runs, in the same order and precision, so the results are bit-identical.
 
    was_pending (NULL: compute every sample) holds per sample whether a neuron was pending before the call:
    a sample without one whose input is all zero can only output zeros and keep its state, so it is skipped. */
@@ -15,7 +15,7 @@
 #define DEFINE_STBIF_STEPS(NAME, REAL, FLOOR)                                                                   \
     KERNEL void NAME(const REAL *restrict x, REAL *restrict total, REAL *restrict count, REAL *restrict spikes, \
                      uint8_t *restrict pending, const uint8_t *restrict was_pending, int64_t T, int64_t B,     \
-                     int64_t N, REAL theta, REAL n_min, REAL n_max)                                            \
+                     int64_t N, REAL theta, REAL n_min, REAL n_max, REAL m)                                    \
     {                                                                                                          \
         for (int64_t b = 0; b < B; b++) {                                                                      \
             REAL *restrict tot = total + b * N;                                                                \
@@ -46,9 +46,9 @@
                     target = target < n_min ? n_min : target;                                                  \
                     target = target > n_max ? n_max : target;                                                  \
                     REAL delta = target - cnt[i];                                                              \
-                    far |= (delta > 1) | (delta < -1);                                                         \
-                    delta = delta < -1 ? -1 : delta;                                                           \
-                    delta = delta > 1 ? 1 : delta;                                                             \
+                    far |= (delta > m) | (delta < -m);                                                         \
+                    delta = delta < -m ? -m : delta;                                                           \
+                    delta = delta > m ? m : delta;                                                             \
                     cnt[i] += delta;                                                                           \
                     out[i] = delta * theta;                                                                    \
                 }                                                                                              \

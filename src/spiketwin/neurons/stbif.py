@@ -12,12 +12,28 @@ from ..ops import changed_samples, running_sum_into, scatter_samples, sparse_ind
 from .common import as_threshold
 
 
-def _far(diff: torch.Tensor) -> torch.Tensor:
-    """``[B]`` bool: samples in which some entry of ``diff`` (``[B, ...]``, target - count) is beyond +-1."""
-    if diff.dim() == 1:
-        return diff.abs() > 1
-    flat = diff.flatten(1)  # amax / amin: the fastest reductions here
-    return flat.amax(1).gt(1) | flat.amin(1).lt(-1)
+def stbif_target(total: torch.Tensor, theta: torch.Tensor | float, n_min: int, n_max: int) -> torch.Tensor:
+    """The count an ST-BIF neuron heads for: ``clamp(floor(total/θ + 1/2), n_min, n_max)`` (a new tensor),
+    the quantizer's level of the summed input ``total``."""
+    return torch.div(total, theta).add_(0.5).floor_().clamp_(n_min, n_max)
+
+
+def stbif_move(count: torch.Tensor, target: torch.Tensor, m: int = 1,
+               out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of an ST-BIF neuron with at most ``m`` spikes per step, as a pure function of its count.
+
+    Returns ``(k, far)``: ``k = clamp(target - count, -m, m)`` (the neuron emits ``k·θ`` and its count becomes
+    ``count + k``), into ``out`` when given (it may be ``target``); ``far`` (``[B]`` bool, ``count`` is
+    ``[B, ...]``) marks the samples in which some neuron is still short of its target after the move (it was
+    more than ``m`` spikes away): with no further input such a neuron fires again at the next step.
+    """
+    delta = torch.sub(target, count, out=out)
+    if delta.dim() == 1:
+        far = delta.abs() > m
+    else:
+        flat = delta.flatten(1)  # amax / amin: the fastest reductions here
+        far = flat.amax(1).gt(m) | flat.amin(1).lt(-m)
+    return delta.clamp_(-m, m), far
 
 
 class STBIF(StatefulModule):
@@ -28,11 +44,17 @@ class STBIF(StatefulModule):
     ``S > n_min``, else 0. Once the summed input ``X`` stops changing, ``S`` walks one step at a time to
     ``clamp(floor(X/θ + 1/2), n_min, n_max)``, so the summed output equals ``Quantizer(X)``.
 
+    Multi-spike (``spikes_per_step=m``): each step the neuron emits ``k`` spikes of ``±θ`` at once (a graded
+    spike ``k·θ``), ``k = clamp(target - S, -m, m)`` with ``target = clamp(floor(X/θ + 1/2), n_min, n_max)``
+    (:func:`stbif_target`, :func:`stbif_move`): ``S`` walks up to ``m`` levels per step and never leaves
+    ``[n_min, n_max]``; ``m = 1`` is the neuron above, bit for bit; with ``m >= n_max - n_min`` an analog input
+    is answered in one step.
+
     The state is kept as the summed input ``.total`` and the spike count ``.count`` (``V = θ/2 + total - θ·count``,
     readable as ``.v``): the same rule, written so that the comparison is the quantizer's own expression.
     ``.spikes`` is the last step's output; ``.fired`` the ``[B]`` mask of samples in which any neuron spiked then.
     ``.pending`` (``[B, T]`` bool, for the T steps of the last call; not state) marks the samples in which,
-    after that step, some neuron's count still differs from its target (it was more than one spike away): with
+    after that step, some neuron's count still differs from its target (it was more than ``m`` spikes away): with
     no further input such a neuron fires at the next step; a sample with no pending neuron has settled.
 
     Event-driven sequence path (``sparse=True``, CPU): a sample with no input during a call and no pending
@@ -43,11 +65,15 @@ class STBIF(StatefulModule):
     state_names = ("total", "count", "spikes")
 
     def __init__(self, threshold: float | torch.Tensor, n_min: int, n_max: int, step_mode: str = "m",
-                 sparse: bool = True) -> None:
+                 sparse: bool = True, spikes_per_step: int = 1) -> None:
         super().__init__(step_mode)
         if not n_min <= 0 < n_max:
             raise ValueError(f"STBIF: need n_min <= 0 < n_max, got n_min={n_min}, n_max={n_max}")
+        if isinstance(spikes_per_step, bool) or not isinstance(spikes_per_step, int) or spikes_per_step < 1:
+            raise ValueError(f"STBIF: spikes_per_step must be an integer >= 1 (1: SpikeZIP-TF's neuron; n_max - "
+                             f"n_min or more: any level in one step), got {spikes_per_step!r}")
         self.n_min, self.n_max = int(n_min), int(n_max)
+        self.spikes_per_step = spikes_per_step
         self.sparse = sparse
         self.register_buffer("threshold", as_threshold(threshold))
         self.pending: torch.Tensor | None = None
@@ -62,11 +88,12 @@ class STBIF(StatefulModule):
             self.pending = self.pending.index_select(0, index)
 
     @classmethod
-    def from_quantizer(cls, quantizer, step_mode: str = "m") -> STBIF:
+    def from_quantizer(cls, quantizer, step_mode: str = "m", spikes_per_step: int = 1) -> STBIF:
         """The neuron whose summed output equals ``quantizer`` applied to the summed input."""
         if not bool(quantizer.initialized):
             raise ValueError("STBIF.from_quantizer: the quantizer's step was never initialised (run a batch first)")
-        return cls(quantizer.step.detach(), quantizer.n_min, quantizer.n_max, step_mode)
+        return cls(quantizer.step.detach(), quantizer.n_min, quantizer.n_max, step_mode,
+                   spikes_per_step=spikes_per_step)
 
     @property
     def v(self) -> torch.Tensor | None:
@@ -87,21 +114,21 @@ class STBIF(StatefulModule):
             self.total = torch.zeros_like(x)
             self.count = torch.zeros_like(x)
         self.total = self.total + x
-        target = torch.floor(self.total / theta + 0.5).clamp_(self.n_min, self.n_max)
-        delta = target.sub_(self.count)
-        self.pending = _far(delta).unsqueeze(1)
-        delta.clamp_(-1, 1)
-        self.count = self.count + delta
-        self.spikes = delta * theta
+        target = stbif_target(self.total, theta, self.n_min, self.n_max)
+        move, far = stbif_move(self.count, target, self.spikes_per_step, out=target)
+        self.pending = far.unsqueeze(1)
+        self.count = self.count + move
+        self.spikes = move * theta
         return self.spikes
 
     def multi_step(self, x_seq: torch.Tensor) -> torch.Tensor:
         """The step rule over ``[T, B, ...]``, bit-identical to calling :meth:`single_step` T times: the
-        running totals and their rounded targets are computed for all steps first; only the one-spike-per-step
-        walk of the count towards its target is scanned. Samples that can only output zeros are skipped."""
+        running totals and their rounded targets are computed for all steps first; only the walk of the count
+        towards its target (at most ``m`` levels per step) is scanned. Samples that can only output zeros are
+        skipped."""
         if self.threshold.numel() == 1 and x_seq.device.type == "cpu":
             kernel = native.function("stbif", "stbif_steps", x_seq.dtype, *[ctypes.c_void_p] * 6,
-                                     *[ctypes.c_int64] * 3, *[native.REAL] * 3)
+                                     *[ctypes.c_int64] * 3, *[native.REAL] * 4)
             dense = x_seq.contiguous()  # the kernel's layout; a copy only of a strided view, only for the kernel
             state = [] if self.total is None else [self.total, self.count]
             if kernel is not None and native.takes(dense, *state):
@@ -126,7 +153,7 @@ class STBIF(StatefulModule):
         was_pending = self.pending[:, -1].contiguous() if skip else None
         kernel(native.pointer(x_seq), native.pointer(self.total), native.pointer(self.count), native.pointer(spikes),
                native.pointer(pending), native.pointer(was_pending) if skip else None, steps, batch,
-               x_seq[0, 0].numel(), self.threshold.item(), self.n_min, self.n_max)
+               x_seq[0, 0].numel(), self.threshold.item(), self.n_min, self.n_max, self.spikes_per_step)
         self.pending, self.spikes = pending, spikes[-1]
         return spikes
 
@@ -134,13 +161,13 @@ class STBIF(StatefulModule):
         """The scan from state ``(total, count)``: spikes ``[T, B, ...]``, the new state and ``pending``."""
         theta = self.threshold.to(x_seq.dtype)
         totals = running_sum_into(x_seq, total)  # the state tensors are this neuron's own: updated in place
-        steps = torch.div(totals, theta).add_(0.5).floor_().clamp_(self.n_min, self.n_max)  # targets
+        steps = stbif_target(totals, theta, self.n_min, self.n_max)
         count = torch.zeros_like(x_seq[0]) if count is None else count
         pending = []
-        for t in range(x_seq.shape[0]):  # the target at t becomes the spike at t: clamp(target - count, -1, 1)
-            delta = steps[t].sub_(count)
-            pending.append(_far(delta))
-            count.add_(delta.clamp_(-1, 1))
+        for t in range(x_seq.shape[0]):  # the target at t becomes the move at t, in place
+            move, far = stbif_move(count, steps[t], self.spikes_per_step, out=steps[t])
+            pending.append(far)
+            count.add_(move)
         return steps.mul_(theta), totals[-1], count, torch.stack(pending, 1)
 
     def _sample_steps(self, x_seq: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -156,5 +183,6 @@ class STBIF(StatefulModule):
 
     def extra_repr(self) -> str:
         theta = self.threshold.flatten()[:4].tolist()
+        m = f"spikes_per_step={self.spikes_per_step}, " if self.spikes_per_step != 1 else ""
         return f"threshold={theta if self.threshold.numel() > 1 else theta[0]}, n_min={self.n_min}, " \
-               f"n_max={self.n_max}, {super().extra_repr()}"
+               f"n_max={self.n_max}, {m}{super().extra_repr()}"
