@@ -1,4 +1,5 @@
-"""``python -m bench [NAME ...]`` (``make bench``): run the named benchmarks, all of them when none is named.
+"""``python -m bench [NAME ...]`` (``make bench``): run the named benchmarks, all of them when none is named;
+``python -m bench --list`` prints their names (what ``spiketwin bench`` offers).
 
 Each benchmark is a module of this folder with a ``main(argv)`` that prints its own table; run one alone
 with ``python -m bench.NAME --help`` to see its options.
@@ -21,6 +22,9 @@ def names() -> list[str]:
 
 
 def main(argv: list[str]) -> None:
+    if argv == ["--list"]:
+        print("\n".join(names()))
+        return
     chosen = argv or names()
     unknown = [n for n in chosen if n not in names()]
     if unknown:

@@ -19,7 +19,7 @@ from bench.common import print_table
 from spiketwin import reset
 from spiketwin.models import create
 from spiketwin.neurons import LIF
-from spiketwin.cli import first_samples, load_data
+from spiketwin.cli.data import first_samples, load_data
 from spiketwin.train import CHECKPOINT
 
 

@@ -104,6 +104,12 @@ def test_bench_lists_and_runs(capsys):
     assert code == 0 and "lif" in out
 
 
+def test_bench_runs_the_benchmark_as_a_child_process_and_returns_its_exit_code(capfd):
+    assert main(["bench", "lif", "--", "--help"]) == 0
+    assert "usage:" in capfd.readouterr().out  # the benchmark's own help, printed by the child
+    assert main(["bench", "lif", "--", "--no-such-flag"]) == 2  # argparse's exit code in the benchmark
+
+
 @pytest.mark.slow
 def test_demo_runs(tmp_path, capsys):
     code, out, err = run(capsys, "demo", "--", "--epochs", "1", "--qat-epochs", "1", "--energy-samples", "4",

@@ -25,7 +25,6 @@ import contextlib
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -36,8 +35,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .base import reset
-from .checkpoint import atomic_write, load_state_dict_checked, read_metadata, safetensors_torch
+from ..base import reset
+from ..checkpoint import atomic_write, load_state_dict_checked, read_metadata, safetensors_torch
 
 CHECKPOINT = "checkpoint.safetensors"
 METRICS = "metrics.jsonl"
@@ -383,17 +382,3 @@ def evaluate(model: nn.Module, x: Inputs | Dataset, y: torch.Tensor | None = Non
         correct += (_call(model, _to(xb, device)).argmax(-1).cpu() == yb).sum().item()
         reset(model)
     return correct / n
-
-
-# ---------------------------------------------------------------- command line
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m spiketwin.train ARGS`` is ``spiketwin train ARGS`` (one parser: :mod:`spiketwin.cli`);
-    returns the exit code."""
-    from .cli import main as cli_main
-
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,94 @@
+"""``spiketwin energy`` and ``spiketwin export-nir``: what a spiking model costs, and the model as an NIR file."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..energy import PRESETS, NotSpikingError, simulation_run
+from .data import add_data_options, first_samples, load_data
+from .model import add_model_options, load_model
+from .raster import add_raster_options, write_raster
+from .usage import Command, require
+
+
+def _energy_options(p: argparse.ArgumentParser) -> None:
+    add_model_options(p, "the SNN (a directly trained model, or an SNN checkpoint)")
+    add_data_options(p)
+    p.add_argument("--samples", type=int, default=64, help="test samples to average over (default: 64)")
+    p.add_argument("--max-steps", type=int, default=64, help="time steps for a converted SNN (default: 64)")
+    p.add_argument("--preset", default="fp32", choices=sorted(PRESETS),
+                   help="45 nm energy per op (Horowitz 2014; default fp32: MAC 4.6 pJ, AC 0.9 pJ)")
+    p.add_argument("--e-mac", type=float, help="energy per MAC in pJ (overrides --preset)")
+    p.add_argument("--e-ac", type=float, help="energy per accumulate in pJ (overrides --preset)")
+    p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    p.add_argument("--csv", metavar="FILE", help="also write the report as CSV")
+    p.add_argument("--plot", metavar="PNG", help="write the firing rate per layer here")
+    add_raster_options(p)
+
+
+def cmd_energy(args) -> None:
+    from ..energy import report
+
+    model, info = load_model(args, stages=("ann", "snn"))
+    x = first_samples(load_data(args)[1], args.samples)[0].to(args.device)
+    run = simulation_run(args.max_steps) if hasattr(model, "simulate") else None
+    try:
+        result = report(model, x, preset=args.preset, e_mac=args.e_mac, e_ac=args.e_ac, run=run)
+    except NotSpikingError as e:
+        raise ValueError(f"energy: {info['model']} ({info['stage']}) is not spiking; give a directly trained "
+                         "SNN or an SNN checkpoint (spiketwin convert)") from e
+    print(result.table())
+    if args.json:
+        result.to_json(args.json)
+        print(f"energy: wrote {args.json}")
+    if args.csv:
+        result.to_csv(args.csv)
+        print(f"energy: wrote {args.csv}")
+    if args.plot:
+        from ..plots import firing_rates
+
+        print(f"energy: wrote {firing_rates(result, args.plot)}")
+    write_raster(model, x, args, run)
+
+
+def _export_nir_options(p: argparse.ArgumentParser) -> None:
+    add_model_options(p, "the SNN")
+    add_data_options(p)
+    p.add_argument("--out", metavar="FILE", help="the NIR file to write (required)")
+    p.add_argument("--submodule", metavar="PATH", help="export only this part (default: the model's "
+                                                        "step_network when it has one, else the whole model; "
+                                                        "'' for the whole model)")
+    p.add_argument("--dt", type=float, default=1.0, help="time per step for NIR's continuous neurons (default 1)")
+    p.add_argument("--samples", type=int, default=8, help="test samples for the shapes and the read-back check")
+
+
+def cmd_export_nir(args) -> None:
+    from ..export import check, to_nir
+
+    require(args, "out")
+    model, info = load_model(args, stages=("ann", "snn"))
+    submodule = args.submodule if args.submodule is not None else (
+        "step_network" if hasattr(model, "step_network") else "")
+    submodule = submodule or None  # "" exports the whole model
+    x = first_samples(load_data(args)[1], args.samples)[0].to(args.device)
+    graph = to_nir(model.eval(), x, args.out, submodule=submodule, dt=args.dt)
+    print(f"export-nir: wrote {args.out} ({len(graph.nodes)} nodes, {len(graph.edges)} edges"
+          f"{f', sub-module {submodule}' if submodule else ''}; one time step, dt={args.dt})")
+    try:
+        import nirtorch  # noqa: F401
+    except ImportError:
+        print("export-nir: nirtorch is not installed, so the file was not read back (pip install 'spiketwin[nir]')")
+        return
+    diff = check(model, args.out, x, submodule=submodule)
+    print(f"export-nir: read back with nirtorch and run on {len(x)} test samples: max |output difference| = "
+          f"{diff:.3g}")
+    if diff > 1e-4:
+        raise RuntimeError(f"the NIR file does not reproduce the model (max difference {diff:.3g})")
+
+
+COMMANDS = {
+    "energy": Command("operation counts, firing rates and energy of an SNN beside its ANN", _energy_options,
+                      cmd_energy),
+    "export-nir": Command("write the SNN as an NIR graph (what NIR can express; the rest is listed)",
+                          _export_nir_options, cmd_export_nir),
+}
