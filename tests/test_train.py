@@ -14,7 +14,8 @@ from spiketwin.base import TimeFold
 from spiketwin.models import create
 from spiketwin.neurons import LIF
 from spiketwin.train import (CHECKPOINT, LOCK, METRICS, RunDirLocked, TrainConfig, collate, epoch_indices, evaluate,
-                             fit, load_training_state, main, mixup, run_dir_lock, save_training_state)
+                             fit, load_training_state, mixup, run_dir_lock, save_training_state)
+from spiketwin.train.__main__ import main
 
 
 class SpikingMLP(nn.Module):
