@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from spiketwin.checkpoint import atomic_write
+from spiketwin.utils import atomic_write
 
 
 @dataclass(frozen=True)

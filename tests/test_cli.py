@@ -293,6 +293,7 @@ def test_threads_option_sets_torch_threads(capsys, monkeypatch):
 def test_model_class_names_what_create_builds_without_building_it(monkeypatch):
     # fresh --model: _data_defaults reads the constructor's parameters from model_class, which builds nothing
     import spiketwin.models as models
+    from spiketwin.models import registry
 
     for name in models.available():
         with torch.device("meta"):  # no memory for the ImageNet-sized configurations
@@ -301,7 +302,7 @@ def test_model_class_names_what_create_builds_without_building_it(monkeypatch):
 
     def unannotated(**overrides):
         return torch.nn.Linear(2, 2)
-    monkeypatch.setitem(models._REGISTRY, "no_annotation", unannotated)
+    monkeypatch.setitem(registry._REGISTRY, "no_annotation", unannotated)
     with pytest.raises(TypeError, match="factory of 'no_annotation'.*return annotation"):
         models.model_class("no_annotation")
     with pytest.raises(KeyError, match="unknown model"):

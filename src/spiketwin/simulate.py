@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .utils import progress_bar
+
 
 @dataclass
 class SimResult:
@@ -72,14 +74,12 @@ def evaluate_per_step(snn: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_si
     ``progress``) and score the running prediction after every step against the labels ``y``. Only counts
     are kept per batch, so memory does not grow with the number of classes. ``steps`` pads the curve to at
     least that length (e.g. ``max_steps``, to report accuracy at fixed T)."""
-    from .train import _progress
-
     if len(x) != len(y) or len(y) == 0:
         raise ValueError(f"evaluate_per_step: x has {len(x)} samples, y {len(y)}; need as many, at least one")
     device = next(snn.parameters()).device
     correct, settle, prediction = [], [], []
     chunks = range(0, len(y), batch_size)
-    for i in _progress(chunks, len(chunks), "SNN", progress):
+    for i in progress_bar(chunks, len(chunks), "SNN", progress):
         result = simulate(snn, x[i:i + batch_size].to(device), max_steps=max_steps, step_mode=step_mode)
         correct.append((result.per_step.argmax(-1).cpu() == y[i:i + batch_size]).sum(-1))
         settle.append(result.settle_step.cpu())

@@ -58,9 +58,10 @@ def load_model(args, stages: Sequence[str] = checkpoint.STAGES, snn: bool = True
     """``(model, info)`` from ``--checkpoint`` (an SNN checkpoint gives the QANN when ``snn=False``), or a
     fresh ``--model`` (stage 'ann'; shaped for the training set ``data`` when given, see :func:`_data_defaults`)."""
     from ..models import create
+    from ..rebuild import from_checkpoint
 
     if args.checkpoint:
-        model, info = checkpoint.load(args.checkpoint, snn=snn)
+        model, info = from_checkpoint(args.checkpoint, snn=snn)
         if info["stage"] not in stages:
             raise ValueError(f"{args.checkpoint} holds a {info['stage']} model; this command needs "
                              f"{' or '.join(stages)}")

@@ -26,7 +26,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import math
-import os
 import struct
 import zipfile
 from collections.abc import Callable
@@ -37,7 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..checkpoint import atomic_write
+from ..utils import atomic_write, cache_dir
 
 DVS128_SIZE = (128, 128)  # (H, W) of the DVS128 sensor used by both data sets
 GESTURE_CLASSES = ("hand_clapping", "right_hand_wave", "left_hand_wave", "right_arm_clockwise",
@@ -193,11 +192,6 @@ def read_gesture_labels(path: str | Path) -> np.ndarray:
     return np.array(rows, dtype=np.int64).reshape(-1, 3)
 
 
-def default_cache_dir() -> Path:
-    """``$SPIKETWIN_CACHE/frames`` if set, else ``~/.cache/spiketwin/frames``."""
-    return Path(os.environ.get("SPIKETWIN_CACHE", Path.home() / ".cache" / "spiketwin")).expanduser() / "frames"
-
-
 class FrameCache:
     """Integrated frames stored as compressed ``.npz`` files, keyed by the source file and the settings.
 
@@ -206,7 +200,7 @@ class FrameCache:
     """
 
     def __init__(self, directory: str | Path | None = None):
-        self.directory = Path(directory) if directory is not None else default_cache_dir()
+        self.directory = Path(directory) if directory is not None else cache_dir("frames")
 
     def path(self, source: Path, tag: str) -> Path:
         stat = source.stat()

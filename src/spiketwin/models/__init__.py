@@ -1,64 +1,8 @@
 """Model definitions and the registry of named configurations: ``create(name, **overrides)``."""
 
-from __future__ import annotations
-
-from collections.abc import Callable
-
-from torch import nn
-
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register(name: str):
-    """Decorator: register a factory ``fn(**overrides) -> nn.Module`` under ``name``."""
-    def wrap(fn):
-        if name in _REGISTRY:
-            raise ValueError(f"model name {name!r} is registered twice")
-        _REGISTRY[name] = fn
-        return fn
-    return wrap
-
-
-def available() -> list[str]:
-    _load_all()
-    return sorted(_REGISTRY)
-
-
-def _factory(name: str) -> Callable[..., nn.Module]:
-    _load_all()
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
-
-
-def create(name: str, **overrides) -> nn.Module:
-    """Build the named configuration, with keyword ``overrides`` (e.g. ``num_classes=10``)."""
-    return _factory(name)(**overrides)
-
-
-def model_class(name: str) -> type[nn.Module]:
-    """The class that ``create(name)`` builds, read from its factory's return annotation (nothing is built)."""
-    import typing
-
-    factory = _factory(name)
-    cls = typing.get_type_hints(factory).get("return")
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise TypeError(f"models.model_class: the factory of {name!r} ({factory.__module__}.{factory.__qualname__}) "
-                        f"needs a return annotation naming the nn.Module class it builds, got {cls!r}")
-    return cls
-
-
-def _load_all() -> None:
-    """Import the model modules so that their ``@register`` calls run."""
-    import importlib
-    import pkgutil
-
-    for info in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{info.name}")
-
-
-from .vit import ViT, load_timm_safetensors  # noqa: E402  (after register: vit.py registers its configs)
-from .roberta import Roberta, RobertaConfig  # noqa: E402
+from .registry import available, create, model_class, register
+from .roberta import Roberta, RobertaConfig
+from .vit import ViT, load_timm_safetensors
 
 __all__ = ["Roberta", "RobertaConfig", "ViT", "available", "create", "load_timm_safetensors", "model_class",
            "register"]

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from . import register
+from .registry import register
 
 POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
 

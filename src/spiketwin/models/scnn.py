@@ -12,7 +12,7 @@ from torch import nn
 
 from ..base import TimeFold
 from ..neurons import LIF
-from . import register
+from .registry import register
 
 
 class SpikingCNN(nn.Module):

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from ..utils import cache_dir
+
 SOURCE_DIR = Path(__file__).resolve().parent
 FLAGS = ("-O3", "-shared", "-fPIC", "-std=c11", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math")
 """``-ffp-contract=off``: no fused multiply-add, so every operation rounds as torch's does (bit-identical
@@ -54,10 +56,6 @@ def disabled():
         _disabled -= 1
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("SPIKETWIN_CACHE") or Path.home() / ".cache" / "spiketwin") / "native"
-
-
 def _compiler() -> str | None:
     return shutil.which(os.environ.get("CC", "cc"))
 
@@ -69,7 +67,7 @@ def _build(name: str, compiler: str) -> Path:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
     key = hashlib.sha256("\0".join([*(s.read_text() for s in sources), compiler, version, *FLAGS,
                                     sys.platform]).encode()).hexdigest()[:16]
-    target = cache_dir() / f"{name}-{key}.so"
+    target = cache_dir("native") / f"{name}-{key}.so"
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..base import reset
-from ..checkpoint import atomic_write, load_state_dict_checked, read_metadata, safetensors_torch
+from ..utils import atomic_write, load_state_dict_checked, progress_bar, read_metadata, safetensors_torch
 
 CHECKPOINT = "checkpoint.safetensors"
 METRICS = "metrics.jsonl"
@@ -148,16 +148,6 @@ def mixup(x: torch.Tensor, lam: float, batch_dim: int = 0) -> torch.Tensor:
     is dimension ``batch_dim``: 1 for time-first sequences). The matching loss is
     ``λ·CE(out, y) + (1-λ)·CE(out, flip(y))``."""
     return x.mul(lam).add_(x.flip(batch_dim), alpha=1.0 - lam)
-
-
-def _progress(iterable, total: int, desc: str, enabled: bool):
-    if not enabled:
-        return iterable
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return iterable
-    return tqdm(iterable, total=total, desc=desc, leave=False)
 
 
 def _distributed(device: torch.device) -> tuple[int, int]:
@@ -339,7 +329,7 @@ def fit(model: nn.Module, x: Inputs | Dataset, y: torch.Tensor | None, config: T
             lams = np.random.default_rng([cfg.seed, epoch, rank])  # mixup's λ, reproducible per epoch and process
             sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss * samples, samples
             indices = epoch_indices(n, cfg.seed, epoch, rank, world).split(cfg.batch_size)
-            for xb, yb in _progress(_batches_of(x, y, indices, cfg.workers), steps_per_epoch,
+            for xb, yb in progress_bar(_batches_of(x, y, indices, cfg.workers), steps_per_epoch,
                                     f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and rank == 0):
                 xb, yb = _to(xb, device), yb.to(device)
                 if use_mixup:

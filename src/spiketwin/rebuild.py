@@ -1,0 +1,45 @@
+"""A model rebuilt from a checkpoint at its stage: the ANN, the QANN or the SNN (:mod:`spiketwin.checkpoint`).
+
+The model is built with :func:`spiketwin.models.create`, converted as the checkpoint says (``to_qann``; ``to_snn``
+for the ``snn`` stage, whose tensors are the QANN's: the SNN is derived from them exactly), then the tensors are
+loaded. A SpikeConverter QANN is rebuilt with a zero calibration batch of ``input_shape`` (its structure does not
+depend on the values; the quantizer steps are then read from the file). Loading never runs code from the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import read_info
+from .convert import to_qann, to_snn
+from .models import create
+from .utils import safetensors_torch
+
+
+def from_checkpoint(path: str | Path, calibration: torch.Tensor | None = None,
+                    snn: bool = True) -> tuple[nn.Module, dict]:
+    """Rebuild the model stored at ``path`` and load its tensors. Returns ``(model, info)``: the ANN, the
+    QANN, or the SNN (``info["stage"]``; with ``snn=False`` an SNN checkpoint gives the QANN it comes from).
+    ``calibration`` is passed to ``to_qann`` when its method needs one (the calibrated values are then
+    replaced by the stored ones)."""
+    info = read_info(path)
+    model = create(info["model"], **info.get("overrides", {}))
+    if info["stage"] != "ann":
+        kwargs = dict(info.get("qann", {}))
+        if calibration is None and kwargs.get("neuron") == "ilif":
+            if "input_shape" not in info:
+                raise ValueError(f"checkpoint {path}: an iLIF QANN needs 'input_shape' in its metadata to be rebuilt")
+            calibration = torch.zeros(1, *info["input_shape"])  # shapes only: the steps come from the file
+        if calibration is not None:
+            kwargs["calibration"] = calibration
+        model = to_qann(model, **kwargs)
+    missing, unexpected = safetensors_torch().load_model(model, str(path), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {path} does not fit model {info['model']!r} ({info['stage']}): "
+                         f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+    if info["stage"] == "snn" and snn:
+        model = to_snn(model)
+    return model, info
