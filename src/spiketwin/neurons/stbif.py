@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import ctypes
-
 import torch
 
-from .. import native
 from ..base import StatefulModule
+from ..kernels.stbif import fused, stbif_steps
 from ..ops import changed_samples, running_sum_into, scatter_samples, sparse_index
 from .common import as_threshold
 
@@ -34,6 +32,23 @@ def stbif_move(count: torch.Tensor, target: torch.Tensor, m: int = 1,
         flat = delta.flatten(1)  # amax / amin: the fastest reductions here
         far = flat.amax(1).gt(m) | flat.amin(1).lt(-m)
     return delta.clamp_(-m, m), far
+
+
+def stbif_scan(x_seq: torch.Tensor, total: torch.Tensor | None, count: torch.Tensor | None, theta: torch.Tensor,
+               n_min: int, n_max: int, m: int = 1):
+    """The neuron's sequence rule by torch operations, from state ``(total, count)`` (``None``: zeros; both are
+    updated in place where that saves a copy, so pass the neuron's own): returns the spikes ``[T, B, ...]``,
+    the new ``total`` and ``count``, and the far flags ``[B, T]`` (see :func:`stbif_move`). The running totals
+    and their targets are computed for all steps first; only the walk of the count is scanned."""
+    totals = running_sum_into(x_seq, total)
+    steps = stbif_target(totals, theta, n_min, n_max)
+    count = torch.zeros_like(x_seq[0]) if count is None else count
+    far = []
+    for t in range(x_seq.shape[0]):  # the target at t becomes the move at t, in place
+        move, far_t = stbif_move(count, steps[t], m, out=steps[t])
+        far.append(far_t)
+        count.add_(move)
+    return steps.mul_(theta), totals[-1], count, torch.stack(far, 1)
 
 
 class STBIF(StatefulModule):
@@ -126,13 +141,10 @@ class STBIF(StatefulModule):
         running totals and their rounded targets are computed for all steps first; only the walk of the count
         towards its target (at most ``m`` levels per step) is scanned. Samples that can only output zeros are
         skipped."""
-        if self.threshold.numel() == 1 and x_seq.device.type == "cpu":
-            kernel = native.function("stbif", "stbif_steps", x_seq.dtype, *[ctypes.c_void_p] * 6,
-                                     *[ctypes.c_int64] * 3, *[native.REAL] * 4)
-            dense = x_seq.contiguous()  # the kernel's layout; a copy only of a strided view, only for the kernel
-            state = [] if self.total is None else [self.total, self.count]
-            if kernel is not None and native.takes(dense, *state):
-                return self._native_steps(kernel, dense)
+        if self.threshold.numel() == 1:
+            dense = x_seq.contiguous()  # the kernels' layout; a copy only of a strided view, only for a kernel
+            if fused(dense, *([] if self.total is None else [self.total, self.count])):
+                return self._fused_steps(dense)
         if self.sparse and self.pending is not None:
             index = sparse_index(changed_samples(x_seq) | self.pending[:, -1])
             if index is not None:
@@ -141,34 +153,22 @@ class STBIF(StatefulModule):
         self.spikes = spikes[-1]
         return spikes
 
-    def _native_steps(self, kernel, x_seq: torch.Tensor) -> torch.Tensor:
-        """:meth:`multi_step` by the native kernel (``native/stbif.c``): one pass, the same arithmetic; with
-        ``sparse``, every sample without input or pending neuron is skipped."""
-        steps, batch = x_seq.shape[:2]
+    def _fused_steps(self, x_seq: torch.Tensor) -> torch.Tensor:
+        """:meth:`multi_step` by the fused operator ``spiketwin::stbif_steps`` (:mod:`spiketwin.kernels.stbif`:
+        the native kernel on the CPU, Triton on CUDA): one pass, the same arithmetic; with ``sparse``, every
+        sample without input or pending neuron is skipped."""
         if self.total is None:
             self.total, self.count = torch.zeros_like(x_seq[0]), torch.zeros_like(x_seq[0])
-        spikes = torch.empty_like(x_seq)
-        pending = torch.empty((batch, steps), dtype=torch.bool)
         skip = self.sparse and self.pending is not None
-        was_pending = self.pending[:, -1].contiguous() if skip else None
-        kernel(native.pointer(x_seq), native.pointer(self.total), native.pointer(self.count), native.pointer(spikes),
-               native.pointer(pending), native.pointer(was_pending) if skip else None, steps, batch,
-               x_seq[0, 0].numel(), self.threshold.item(), self.n_min, self.n_max, self.spikes_per_step)
-        self.pending, self.spikes = pending, spikes[-1]
+        spikes, self.pending = stbif_steps(x_seq, self.total, self.count, self.pending[:, -1] if skip else None,
+                                           self.threshold, self.n_min, self.n_max, self.spikes_per_step)
+        self.spikes = spikes[-1]
         return spikes
 
     def _steps(self, x_seq: torch.Tensor, total: torch.Tensor | None, count: torch.Tensor | None):
         """The scan from state ``(total, count)``: spikes ``[T, B, ...]``, the new state and ``pending``."""
-        theta = self.threshold.to(x_seq.dtype)
-        totals = running_sum_into(x_seq, total)  # the state tensors are this neuron's own: updated in place
-        steps = stbif_target(totals, theta, self.n_min, self.n_max)
-        count = torch.zeros_like(x_seq[0]) if count is None else count
-        pending = []
-        for t in range(x_seq.shape[0]):  # the target at t becomes the move at t, in place
-            move, far = stbif_move(count, steps[t], self.spikes_per_step, out=steps[t])
-            pending.append(far)
-            count.add_(move)
-        return steps.mul_(theta), totals[-1], count, torch.stack(pending, 1)
+        return stbif_scan(x_seq, total, count, self.threshold.to(x_seq.dtype), self.n_min, self.n_max,
+                          self.spikes_per_step)
 
     def _sample_steps(self, x_seq: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """:meth:`multi_step` for the samples ``index`` only; the others output zeros and keep their state."""

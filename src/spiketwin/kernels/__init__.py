@@ -1,0 +1,39 @@
+"""Fused kernels as torch custom operators (``torch.library``), so that ``torch.compile`` and ``torch.export``
+see one operator where the torch path runs many: each has a CPU implementation (the native C kernel of
+:mod:`spiketwin.native`, else the torch path) and a CUDA implementation written in Triton (the optional
+``triton`` package; ``TRITON_INTERPRET=1`` runs it on CPU tensors, which is how the tests check it).
+
+- :mod:`.stbif`: ``spiketwin::stbif_steps``, the ST-BIF neuron's sequence call (multi-spike, per-sample skip).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import torch
+
+TRITON_DTYPES = (torch.float32, torch.float64)
+"""The dtypes the Triton kernels compute in (others take the torch path)."""
+
+
+def triton_enabled() -> bool:
+    """Whether the Triton kernels may run: the ``triton`` package is installed and ``SPIKETWIN_TRITON`` is not
+    ``0`` (set it to compare against the torch path on a GPU)."""
+    return os.environ.get("SPIKETWIN_TRITON", "1") != "0" and _triton_installed()
+
+
+@functools.cache
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def triton_takes(*tensors: torch.Tensor) -> bool:
+    """Whether a Triton kernel runs on these tensors: CUDA, one dtype of :data:`TRITON_DTYPES`, contiguous, no
+    autograd."""
+    first = tensors[0]
+    return (first.device.type == "cuda" and first.dtype in TRITON_DTYPES
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+            and all(t.device == first.device and t.dtype == first.dtype and t.is_contiguous() for t in tensors)
+            and triton_enabled())

@@ -1,0 +1,77 @@
+"""The ST-BIF sequence call in Triton (the CUDA implementation of ``spiketwin::stbif_steps``).
+
+One program per sample and block of neurons scans the T steps with the arithmetic of the torch path
+(:func:`spiketwin.neurons.stbif.stbif_scan`) and of ``native/stbif.c``, in the same order and precision:
+IEEE division (``ieee_rounding``: Triton's default float32 division is approximate), no fused multiply-add.
+A block whose sample had no pending neuron before the call and whose inputs are all zero writes zero spikes
+and leaves its state alone (the per-sample skip of the C kernel, per block); the far flags of a step are
+or-ed over a sample's blocks with an atomic max. No host synchronisation.
+
+Importing this module needs the ``triton`` package. ``TRITON_INTERPRET=1`` runs the kernel on CPU tensors; Triton
+reads it when it is first imported (its own library functions are compiled or interpreted from then on), so
+it must be set before that (the tests' ``conftest.py`` does on a machine without CUDA).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK = 1024
+"""Neurons per program (fewer when a sample has fewer)."""
+
+
+@triton.jit(do_not_specialize=["T", "B", "N", "n_min", "n_max", "m"])  # else a 1 becomes a constant (no .to)
+def _stbif_steps(x_ptr, total_ptr, count_ptr, spikes_ptr, far_ptr, was_pending_ptr, theta_ptr, T, B, N,
+                 n_min, n_max, m, SKIP: tl.constexpr, BLOCK: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    theta = tl.load(theta_ptr)
+    lo = n_min.to(theta.dtype)
+    hi = n_max.to(theta.dtype)
+    most = m.to(theta.dtype)
+    quiet = tl.program_id(0) < 0  # False, as a scalar the branches below may replace
+    if SKIP:
+        if tl.load(was_pending_ptr + b) == 0:
+            nonzero = tl.zeros([BLOCK], dtype=tl.int32)
+            for t in range(T):
+                xt = tl.load(x_ptr + (t * B + b) * N + offs, mask=mask, other=0.0)
+                nonzero = tl.maximum(nonzero, (xt != 0).to(tl.int32))
+            quiet = tl.max(nonzero, axis=0) == 0
+    if quiet:
+        for t in range(T):
+            tl.store(spikes_ptr + (t * B + b) * N + offs, tl.zeros([BLOCK], dtype=theta.dtype), mask=mask)
+    else:
+        total = tl.load(total_ptr + b * N + offs, mask=mask, other=0.0)
+        count = tl.load(count_ptr + b * N + offs, mask=mask, other=0.0)
+        for t in range(T):
+            total = total + tl.load(x_ptr + (t * B + b) * N + offs, mask=mask, other=0.0)
+            target = tl.floor(tl.fdiv(total, theta, ieee_rounding=True) + 0.5)
+            target = tl.minimum(tl.maximum(target, lo), hi)
+            delta = target - count
+            far = ((delta > most) | (delta < -most)) & mask
+            tl.atomic_max(far_ptr + b * T + t, tl.max(far.to(tl.int32), axis=0))
+            delta = tl.minimum(tl.maximum(delta, -most), most)
+            count = count + delta
+            tl.store(spikes_ptr + (t * B + b) * N + offs, delta * theta, mask=mask)
+        tl.store(total_ptr + b * N + offs, total, mask=mask)
+        tl.store(count_ptr + b * N + offs, count, mask=mask)
+
+
+def stbif_steps(x: torch.Tensor, total: torch.Tensor, count: torch.Tensor, was_pending: torch.Tensor | None,
+                theta: torch.Tensor, n_min: int, n_max: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``spiketwin::stbif_steps`` by the Triton kernel: contiguous ``x`` ``[T, B, ...]`` from the state
+    ``total``, ``count`` (``[B, ...]``, updated in place); ``theta`` a one-element tensor of ``x``'s dtype.
+    Returns the spikes ``[T, B, ...]`` and the far flags ``[B, T]`` (bool)."""
+    steps, batch = x.shape[:2]
+    n = x[0, 0].numel() if batch else 0
+    spikes = torch.empty_like(x)
+    far = torch.zeros((batch, steps), dtype=torch.int32, device=x.device)
+    if spikes.numel():
+        block = min(BLOCK, triton.next_power_of_2(n))
+        skip = far if was_pending is None else was_pending.contiguous()  # any pointer when there is no skip
+        _stbif_steps[(batch, triton.cdiv(n, block))](x, total, count, spikes, far, skip, theta, steps, batch, n,
+                                                     n_min, n_max, m, SKIP=was_pending is not None, BLOCK=block)
+    return spikes, far.bool()

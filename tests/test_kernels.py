@@ -1,0 +1,106 @@
+"""Fused kernels as torch operators: ``spiketwin::stbif_steps`` on the CPU (native kernel, torch fallback) and
+its Triton kernel, run by Triton's interpreter on CPU tensors (``TRITON_INTERPRET=1``), all bit for bit equal
+to the neuron's torch path; the operator passes torch's own registration checks (``opcheck``)."""
+
+import importlib
+import os
+
+import pytest
+import torch
+
+from spiketwin import native
+from spiketwin.neurons.stbif import stbif_scan, stbif_target
+
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def triton_module(name: str):
+    """``spiketwin.kernels.<name>``, on CUDA or (no CUDA) in Triton's interpreter; a skip without Triton."""
+    pytest.importorskip("triton", reason="the triton package is not installed")
+    if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("no CUDA, and TRITON_INTERPRET was not 1 when Triton was imported (tests/conftest.py sets it)")
+    return importlib.import_module(f"spiketwin.kernels.{name}")
+
+
+def case(seed: int, dtype: torch.dtype, steps: int = 4, batch: int = 5, shape=(3, 7)):
+    """Input ``[T, B, ...]`` in which samples 1 and 3 get no input, and a consistent state: samples 0 and 1 start
+    with neurons short of their targets (pending), the others settled (count = target of the total)."""
+    g = torch.Generator().manual_seed(seed)
+    theta = torch.tensor([0.37, 0.05, 1.3][seed % 3], dtype=dtype)
+    x = torch.randn(steps, batch, *shape, generator=g, dtype=dtype) * 1.5
+    x[:, [1, 3]] = 0
+    total = torch.randn(batch, *shape, generator=g, dtype=dtype) * 2
+    count = stbif_target(total, theta, -8, 7)
+    count[:2] = 0
+    was_pending = torch.tensor([True, True, False, False, False])
+    return x, total, count, was_pending, theta.reshape(1)
+
+
+def reference(x, total, count, theta, m):
+    spikes, total, count, far = stbif_scan(x, total.clone(), count.clone(), theta[0], -8, 7, m)
+    return spikes, total, count, far
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("m", [1, 3])
+@pytest.mark.parametrize("skip", [True, False])
+@pytest.mark.parametrize("steps", [1, 4])
+def test_triton_kernel_equals_the_torch_path_bit_for_bit(dtype, m, skip, steps, monkeypatch):
+    stbif_triton = triton_module("stbif_triton")
+    monkeypatch.setattr(stbif_triton, "BLOCK", 16)  # several blocks per sample, the last one partly masked
+    x, total, count, was_pending, theta = case(m + steps, dtype, steps)
+    want = reference(x, total, count, theta, m)
+    x, total, count, was_pending, theta = (t.to(DEVICE) for t in (x, total, count, was_pending, theta))
+    spikes, far = stbif_triton.stbif_steps(x, total, count, was_pending if skip else None, theta, -8, 7, m)
+    for got, expected in zip((spikes, total, count, far), want):
+        assert got.dtype == expected.dtype and torch.equal(got.cpu(), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("m", [1, 2, 16])
+def test_operator_on_the_cpu_equals_the_torch_path_native_or_not(dtype, m):
+    x, total, count, was_pending, theta = case(m, dtype)
+    want = reference(x, total, count, theta, m)
+    for off in (False, True):
+        state = total.clone(), count.clone()
+        if off:
+            with native.disabled():
+                spikes, far = torch.ops.spiketwin.stbif_steps(x, *state, was_pending, theta, -8, 7, m)
+        else:
+            spikes, far = torch.ops.spiketwin.stbif_steps(x, *state, was_pending, theta, -8, 7, m)
+        for got, expected in zip((spikes, *state, far), want):
+            assert got.dtype == expected.dtype and torch.equal(got, expected)
+
+
+def test_operator_passes_torch_registration_checks():
+    x, total, count, was_pending, theta = case(0, torch.float64)
+    for pending in (was_pending, None):
+        torch.library.opcheck(torch.ops.spiketwin.stbif_steps.default,
+                              (x, total.clone(), count.clone(), pending, theta, -8, 7, 2))
+
+
+@pytest.mark.parametrize("m", [1, 4])
+def test_the_neuron_on_this_machines_device_equals_its_cpu_torch_path(m):
+    """On CUDA the neuron's sequence call runs the Triton kernel, on the CPU the native one: chunked calls with
+    the per-sample skip give the torch path's bits."""
+    from spiketwin.neurons import STBIF
+
+    g = torch.Generator().manual_seed(m)
+    x = torch.randn(12, 6, 4, 5, generator=g) * 2
+    x[:, torch.rand(6, generator=g) < 0.5] = 0
+    x[5:] = 0
+
+    def chunked(neuron, device):
+        neuron.to(device)
+        outs, pending = [], []
+        with torch.no_grad():
+            for a, b in ((0, 1), (1, 4), (4, 6), (6, 12)):
+                outs.append(neuron(x[a:b].to(device)).cpu())
+                pending.append(neuron.pending.cpu())
+        return torch.cat(outs), torch.cat(pending, 1), neuron.count.cpu()
+
+    fast = chunked(STBIF(0.37, -8, 7, spikes_per_step=m), DEVICE)
+    with native.disabled():
+        slow = chunked(STBIF(0.37, -8, 7, spikes_per_step=m), "cpu")
+    assert all(torch.equal(a, b) for a, b in zip(fast, slow))
