@@ -8,8 +8,8 @@ one-element tensor of ``x``'s dtype (a float64 threshold keeps its precision); `
 without, and without input, outputs zeros and keeps its state (the result is the same bits either way, the
 skip only saves work). ``far`` is ``[B, T]`` bool: after step t some neuron of the sample is still short.
 
-CPU: the native kernel (``native/stbif.c``), else :func:`~spiketwin.neurons.stbif.stbif_scan`. CUDA: the Triton
-kernel (:mod:`.stbif_triton`). All three give the same bits.
+CPU: the native kernel (``native/stbif.c``), else :func:`~spiketwin.neurons.stbif_rule.stbif_scan`. CUDA: the
+Triton kernel (:mod:`.stbif_triton`). All three give the same bits.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import ctypes
 import torch
 
 from .. import native
+from ..neurons.stbif_rule import stbif_scan
 from . import triton_takes
 
 
@@ -69,8 +70,6 @@ def _stbif_steps_cpu(x, total, count, was_pending, theta, n_min, n_max, m):
     with torch.no_grad():
         if _native_kernel(x.dtype) is not None and native.takes(x, total, count):
             return _native_steps(x, total, count, was_pending, theta.item(), n_min, n_max, m)
-        from ..neurons.stbif import stbif_scan  # the neuron module imports this one: imported when used
-
         spikes, new_total, _, far = stbif_scan(x, total, count, theta, n_min, n_max, m)
         total.copy_(new_total)
         return spikes, far

@@ -1,7 +1,7 @@
 """The ST-BIF sequence call in Triton (the CUDA implementation of ``spiketwin::stbif_steps``).
 
 One program per sample and block of neurons scans the T steps with the arithmetic of the torch path
-(:func:`spiketwin.neurons.stbif.stbif_scan`) and of ``native/stbif.c``, in the same order and precision:
+(:func:`spiketwin.neurons.stbif_rule.stbif_scan`) and of ``native/stbif.c``, in the same order and precision:
 IEEE division (``ieee_rounding``: Triton's default float32 division is approximate), no fused multiply-add.
 A block whose sample had no pending neuron before the call and whose inputs are all zero writes zero spikes
 and leaves its state alone (the per-sample skip of the C kernel, per block); the far flags of a step are
