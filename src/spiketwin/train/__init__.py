@@ -35,7 +35,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..amp import MixedPrecision
 from ..base import reset
+from ..distributed import all_sum, process_group
 from ..utils import atomic_write, load_state_dict_checked, progress_bar, read_metadata, safetensors_torch
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -63,6 +65,9 @@ class TrainConfig:
     """Continue from ``out_dir``'s checkpoint when there is one."""
     workers: int = 0
     """Processes that read a ``Dataset``'s items (``DataLoader``'s ``num_workers``); 0 reads them in this one."""
+    amp: str | None = None
+    """Mixed precision: ``"bf16"`` or ``"fp16"`` autocast (fp16 with loss scaling), None for full precision
+    (:mod:`spiketwin.amp`)."""
 
 
 Inputs = torch.Tensor | dict[str, torch.Tensor]
@@ -150,37 +155,18 @@ def mixup(x: torch.Tensor, lam: float, batch_dim: int = 0) -> torch.Tensor:
     return x.mul(lam).add_(x.flip(batch_dim), alpha=1.0 - lam)
 
 
-def _distributed(device: torch.device) -> tuple[int, int]:
-    """``(rank, world_size)``; initialises the default process group when ``torchrun`` asked for several."""
-    import torch.distributed as dist
-
-    if not dist.is_available():
-        return 0, 1
-    if not dist.is_initialized():
-        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-            return 0, 1
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
-def _all_sum(values: torch.Tensor, world_size: int) -> torch.Tensor:
-    if world_size > 1:
-        import torch.distributed as dist
-        dist.all_reduce(values)
-    return values
-
 
 # ---------------------------------------------------------------- checkpoints
 
 def save_training_state(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                         scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int, history: list[dict],
-                        config: TrainConfig | None = None) -> Path:
+                        config: TrainConfig | None = None, precision: MixedPrecision | None = None) -> Path:
     """Write everything needed to continue training after ``epoch`` epochs to ``path`` (safetensors).
 
     Tensors: ``model.*`` (state dict), ``optim.<param index>.<name>`` (optimizer state), ``rng.torch`` and
     ``rng.cuda.<i>``. The metadata entry ``spiketwin.train`` holds JSON: epoch, history, the optimizer's
-    param groups, the scheduler state and the config. Written to a temporary file, synced, then renamed over
-    ``path``, so a crash never leaves a half-written checkpoint.
+    param groups, the scheduler state, the config and the float16 loss scaler's state (``precision``). Written to
+    a temporary file, synced, then renamed over ``path``, so a crash never leaves a half-written checkpoint.
     """
     st = safetensors_torch()
     tensors: dict[str, torch.Tensor] = {}
@@ -207,14 +193,17 @@ def save_training_state(path: str | Path, model: nn.Module, optimizer: torch.opt
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             put(f"rng.cuda.{i}", s)
     meta = {"epoch": epoch, "history": history, "param_groups": opt["param_groups"],
-            "scheduler": scheduler.state_dict(), "config": asdict(config) if config else None}
+            "scheduler": scheduler.state_dict(), "config": asdict(config) if config else None,
+            "amp": precision.state_dict() if precision else None}
     data = st.save(tensors, metadata={"spiketwin.train": json.dumps(meta)})
     return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def load_training_state(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                        scheduler: torch.optim.lr_scheduler.LRScheduler) -> tuple[int, list[dict]]:
-    """Restore a :func:`save_training_state` checkpoint into ``model``, ``optimizer``, ``scheduler`` and the RNG.
+                        scheduler: torch.optim.lr_scheduler.LRScheduler,
+                        precision: MixedPrecision | None = None) -> tuple[int, list[dict]]:
+    """Restore a :func:`save_training_state` checkpoint into ``model``, ``optimizer``, ``scheduler``, the RNG and
+    ``precision``'s loss scaler.
     Returns ``(epochs done, history)``. Errors name the file and what does not fit."""
     meta = read_metadata(path, "training checkpoint").get("spiketwin.train")
     if meta is None:
@@ -235,6 +224,8 @@ def load_training_state(path: str | Path, model: nn.Module, optimizer: torch.opt
     except ValueError as e:
         raise ValueError(f"{path}: the optimizer state does not fit this model's parameters: {e}") from e
     scheduler.load_state_dict(meta["scheduler"])
+    if precision is not None:
+        precision.load_state_dict(meta.get("amp"))
     torch.set_rng_state(tensors["rng.torch"])
     cuda_states = [tensors[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count()) if f"rng.cuda.{i}" in tensors]
     if cuda_states and device.type == "cuda":
@@ -304,7 +295,7 @@ def fit(model: nn.Module, x: Inputs | Dataset, y: torch.Tensor | None, config: T
     cfg = config or TrainConfig()
     n = _size(x, y, "fit")
     device = next(model.parameters()).device
-    rank, world = _distributed(device)
+    rank, world = process_group(device)
     out = Path(cfg.out_dir) if cfg.out_dir else None
     with run_dir_lock(out) if out is not None and rank == 0 else contextlib.nullcontext():  # rank 0 writes there
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -312,10 +303,11 @@ def fit(model: nn.Module, x: Inputs | Dataset, y: torch.Tensor | None, config: T
         total, warmup = cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_with_warmup(s, total, warmup))
         loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        precision = MixedPrecision(cfg.amp, device)
         history: list[dict] = []
         start = 0
         if cfg.resume and out is not None and (out / CHECKPOINT).is_file():
-            start, history = load_training_state(out / CHECKPOINT, model, optimizer, scheduler)
+            start, history = load_training_state(out / CHECKPOINT, model, optimizer, scheduler, precision)
             if rank == 0:  # the log says what the checkpoint holds, nothing after it
                 (out / METRICS).write_text("".join(json.dumps(r) + "\n" for r in history))
         net = model
@@ -332,22 +324,22 @@ def fit(model: nn.Module, x: Inputs | Dataset, y: torch.Tensor | None, config: T
             for xb, yb in progress_bar(_batches_of(x, y, indices, cfg.workers), steps_per_epoch,
                                     f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and rank == 0):
                 xb, yb = _to(xb, device), yb.to(device)
-                if use_mixup:
-                    if isinstance(xb, dict):
-                        raise ValueError("mixup mixes input tensors; it does not apply to dict (token) inputs")
-                    lam = float(lams.beta(cfg.mixup_alpha, cfg.mixup_alpha))
-                    logits = net(mixup(xb, lam, batch_dim=1 if y is None and xb.dim() == 5 else 0))
-                    loss = lam * loss_fn(logits, yb) + (1 - lam) * loss_fn(logits, yb.flip(0))
-                else:
-                    loss = loss_fn(_call(net, xb), yb)
+                with precision.autocast():
+                    if use_mixup:
+                        if isinstance(xb, dict):
+                            raise ValueError("mixup mixes input tensors; it does not apply to dict (token) inputs")
+                        lam = float(lams.beta(cfg.mixup_alpha, cfg.mixup_alpha))
+                        logits = net(mixup(xb, lam, batch_dim=1 if y is None and xb.dim() == 5 else 0))
+                        loss = lam * loss_fn(logits, yb) + (1 - lam) * loss_fn(logits, yb.flip(0))
+                    else:
+                        loss = loss_fn(_call(net, xb), yb)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                precision.step(loss, optimizer)
                 scheduler.step()
                 reset(model)
                 sums[0] += loss.detach().double() * len(yb)
                 sums[1] += len(yb)
-            sums = _all_sum(sums, world).cpu()
+            sums = all_sum(sums, world).cpu()
             record = {"epoch": epoch + 1, "loss": float(sums[0] / sums[1]), "lr": scheduler.get_last_lr()[0],
                       "seconds": time.perf_counter() - began}
             if eval_data is not None:
@@ -355,7 +347,7 @@ def fit(model: nn.Module, x: Inputs | Dataset, y: torch.Tensor | None, config: T
                 record["accuracy"] = evaluate(model, *test, batch_size=cfg.batch_size)
             history.append(record)
             if out is not None and rank == 0:
-                save_training_state(out / CHECKPOINT, model, optimizer, scheduler, epoch + 1, history, cfg)
+                save_training_state(out / CHECKPOINT, model, optimizer, scheduler, epoch + 1, history, cfg, precision)
                 with open(out / METRICS, "a") as f:
                     f.write(json.dumps(record) + "\n")
         return history
