@@ -101,15 +101,18 @@ def changed_samples(x_seq: torch.Tensor) -> torch.Tensor:
     return (x_seq.amax(dims) != 0) | (x_seq.amin(dims) != 0)
 
 
-def sparse_index(active: torch.Tensor) -> torch.Tensor | None:
-    """The indices of the ``active`` samples (``[B]`` bool) when computing only those pays, else ``None`` (dense).
+def event_driven(x: torch.Tensor) -> bool:
+    """Whether the event-driven path may run on ``x``: on the CPU without autograd. Counting the samples with
+    work reads the count on the host: on a CPU that is free, on CUDA it would stall the device at every
+    operator, so there the operators run dense and skip even the reductions that find those samples. With
+    autograd on the event-driven path cannot run either (it updates state in place)."""
+    return x.device.type == "cpu" and not torch.is_grad_enabled()
 
-    Counting them reads the count on the host: on a CPU that is free, on CUDA it would stall the device at
-    every operator, so there the answer is always ``None`` (the dense path, no synchronisation). With autograd
-    on it is ``None`` as well (the event-driven path updates state in place).
-    """
-    if (active.device.type != "cpu" or torch.is_grad_enabled()
-            or int(active.sum()) > SPARSE_MAX_FRACTION * active.numel()):
+
+def sparse_index(active: torch.Tensor) -> torch.Tensor | None:
+    """The indices of the ``active`` samples (``[B]`` bool) when computing only those pays, else ``None`` (dense;
+    always where :func:`event_driven` says no)."""
+    if not event_driven(active) or int(active.sum()) > SPARSE_MAX_FRACTION * active.numel():
         return None
     return active.nonzero().squeeze(1)
 
@@ -184,7 +187,8 @@ class BiasOnce(StatefulModule):
         return scatter_samples(index, y.view(*picked.shape[:-1], self.layer.out_features), x_seq.shape[1])
 
     def multi_step(self, x_seq: torch.Tensor) -> torch.Tensor:
-        y = self._weight_only_changed(x_seq) if self.sparse and self.started else self._weight_only(x_seq)
+        sparse = self.sparse and self.started and event_driven(x_seq)
+        y = self._weight_only_changed(x_seq) if sparse else self._weight_only(x_seq)
         if self.layer.bias is not None and self.started is None:
             y[0] = self._bias(y[0])
         self.started = True
@@ -240,7 +244,7 @@ class SESA(StatefulModule):
             self.product = product
             self.own_state = False
             return out
-        if self.sparse and self.own_state and self.product is not None:
+        if self.sparse and self.own_state and self.product is not None and event_driven(a):
             index = sparse_index(changed_samples(a) | changed_samples(b))
             if index is not None:
                 return self._changed_products(a, b, index)
@@ -291,7 +295,7 @@ class Accumulate(StatefulModule):
             self.last = y
             self.own_state = False
             return out
-        if self.sparse and self.own_state and self.last is not None:
+        if self.sparse and self.own_state and self.last is not None and event_driven(x):
             index = sparse_index(changed_samples(x))
             if index is not None:
                 return self._changed_samples(x, args, index)

@@ -51,9 +51,13 @@ def to_snn(qann: nn.Module, spikes_per_step: int = 1) -> nn.Module:
     return build(spikes_per_step=spikes_per_step)
 
 
-def verify(qann: nn.Module, snn: nn.Module, x, **kwargs):
-    """Compare ``snn``'s summed values with ``qann``'s, per sample and per layer (see each SNN's ``verify``)."""
+def verify(qann: nn.Module, snn: nn.Module, x, allow_tf32: bool = False, **kwargs):
+    """Compare ``snn``'s summed values with ``qann``'s, per sample and per layer (see each SNN's ``verify``); TF32
+    is off meanwhile unless ``allow_tf32`` (:func:`spiketwin.simulate.full_float32`)."""
+    from ..simulate import full_float32
+
     check = getattr(snn, "verify", None)
     if check is None:
         raise TypeError(f"verify: {type(snn).__name__} is not a converted SNN (it has no .verify)")
-    return check(qann, x, **kwargs)
+    with full_float32(allow_tf32):
+        return check(qann, x, **kwargs)
