@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench lint clean
+.PHONY: install test demo bench bench-gpu lint clean
 
 $(STAMP): pyproject.toml requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench $(BENCH)
+
+bench-gpu: $(STAMP)
+	$(PY) -m bench.gpu
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

@@ -14,7 +14,7 @@ import time
 
 import bench
 
-HELPERS = ("common", "__main__")
+HELPERS = ("common", "__main__", "sj_sides")
 
 
 def names() -> list[str]:

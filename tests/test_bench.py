@@ -21,3 +21,21 @@ def test_median_seconds_is_one_function_timed_alone():
     calls = []
     assert median_seconds(lambda: calls.append(1), repeats=4, warmup=1) >= 0
     assert len(calls) == 5
+
+
+def test_bench_gpu_runs_its_quick_cpu_sizes_and_writes_every_figure(tmp_path, capsys):
+    import json
+
+    from bench import gpu
+
+    out = tmp_path / "gpu.json"
+    gpu.main(["--device", "cpu", "--quick", "--repeats", "1", "--json", str(out)])
+    results = json.loads(out.read_text())
+    assert [r["check"] for r in results["exactness"]][-1] == "Spikformer step cpu vs cpu"
+    assert len(results["exactness"]) == 5 and all(r["ok"] and r["max_rel"] <= 1e-9 for r in results["exactness"])
+    (vit,) = results["vit"]
+    assert vit["settled"] and vit["agreement"] == 1.0 and vit["float64_max_rel"] <= 1e-9
+    assert vit["snn_images_s"] > 0 and vit["qann_images_s"] > 0
+    assert [r["model"] for r in results["spikformer"]] == ["spikformer_cifar10", "spikformer_8_384"]
+    assert all(r["samples_s"] > 0 for r in results["spikformer"])
+    assert results["env"]["quick"] and "bench.gpu on cpu" in capsys.readouterr().out

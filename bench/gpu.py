@@ -1,0 +1,341 @@
+"""One command for a GPU machine: exactness on the device, ViT-S SNN throughput, Spikformer training speed and memory.
+
+    python -m bench.gpu [--device cuda] [--json out/bench_gpu.json]     # make bench-gpu; about 5 minutes on an H200
+    python -m bench.gpu --device cpu --quick                             # tiny sizes: keeps the command working in CI
+
+1. Exactness on the device, float64: random ViT, RoBERTa and iLIF CNN configurations converted by
+   ``spiketwin.convert.to_qann / to_snn``: ``verify`` must report the SNN equal to the QANN per layer (1e-9); and one
+   Spikformer training step (loss and every gradient) on the device equal to the same step on the CPU to float64
+   round-off (1e-9 relative; with ``--device cpu`` the reference is the same step with the native kernels off).
+2. ViT-S/16-224 SNN (random weights, quantizers calibrated on random images; 16 and 32 levels): images/s of
+   ``spiketwin.simulate`` to the exact answer (every sample runs until it has settled) beside the QANN's forward, and
+   beside SpikingJelly 2.0's SpikeZIP-TF recipe at its T = 64 (same ANN weights, its own QANN calibrated the same
+   way; ``--sj-batch`` images per call, as its whole T-step sequence is one call) when ``spikingjelly`` imports.
+   Float32 agreement of predictions with each side's own QANN; spiketwin's SNN also checked in float64 on 2 images.
+3. Spikformer training (``spikformer_cifar10`` B = 64 at 32 px, ``spikformer_8_384`` B = 16 at 224 px, T = 4): one
+   AdamW step on random images: samples/s and peak device memory, beside SpikingJelly 2.0 (the official CIFAR model
+   on its neurons, ``bench.spikformer``; its built-in Spikformer for 224 px) with its automatic (fastest available)
+   neuron backend, when it imports.
+
+Only the public API is used (``spiketwin.convert``, ``spiketwin.simulate``, ``spiketwin.models.create``). TF32 stays
+off everywhere (spiketwin's simulator turns it off; this script also keeps it off for every side's matrix products).
+Prints one table; writes every figure as JSON (``--json``). Timings: medians of ``--repeats`` runs taken in turns
+after a warm-up run, CUDA synchronised (``bench.common.round_robin``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bench.common import print_table, round_robin
+from spiketwin import simulate
+from spiketwin.base import reset
+from spiketwin.convert import to_qann, to_snn, verify
+from spiketwin.models import create
+from spiketwin.simulate import full_float32
+
+ROOT = Path(__file__).resolve().parents[1]
+HAVE_SJ = importlib.util.find_spec("spikingjelly") is not None
+
+
+def _random_params(model: nn.Module, std: float) -> nn.Module:
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, std)
+    return model
+
+
+def _calibrated(model: nn.Module, levels: int, x) -> nn.Module:
+    qann = to_qann(model, levels=levels)
+    with torch.no_grad():
+        qann(**x) if isinstance(x, dict) else qann(x)  # each quantizer's step is set by the first batch it sees
+    return qann.eval()
+
+
+# ---------------------------------------------------------------- 1. exactness on the device
+
+def exactness(device: torch.device, quick: bool) -> list[dict]:
+    f64 = dict(device=device, dtype=torch.float64)
+    rows = []
+    vits = [dict(depth=1, embed_dim=8, num_heads=1, img_size=8, patch_size=4, in_chans=1, levels=4, act="relu"),
+            dict(depth=2, embed_dim=16, num_heads=2, img_size=8, patch_size=2, in_chans=1, levels=16, act="gelu"),
+            dict(depth=3, embed_dim=24, num_heads=3, img_size=12, patch_size=4, in_chans=3, levels=32, act="relu")]
+    for i, cfg in enumerate(vits[:2] if quick else vits):
+        torch.manual_seed(i)
+        levels, chans, img = cfg.pop("levels"), cfg["in_chans"], cfg["img_size"]
+        model = _random_params(create("vit_digits", num_classes=7, mlp_ratio=2.0, **cfg), 0.4).to(**f64)
+        qann = _calibrated(model, levels, torch.rand(8, chans, img, img, **f64))
+        report = verify(qann, to_snn(qann), torch.rand(4, chans, img, img, **f64))
+        rows.append(dict(check=f"ViT d{cfg['depth']} w{cfg['embed_dim']} L{levels}", ok=report.ok,
+                         max_rel=report.max_rel))
+    torch.manual_seed(10)
+    roberta = _random_params(create("roberta_sst2_small", vocab_size=50, hidden_size=16, num_hidden_layers=2,
+                                    num_attention_heads=2, intermediate_size=32), 0.4).to(**f64)
+    ids = torch.randint(3, 50, (4, 9), device=device)
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    tokens = {"input_ids": ids, "attention_mask": mask}
+    qann = _calibrated(roberta, 16, tokens)
+    report = verify(qann, to_snn(qann), tokens)
+    rows.append(dict(check="RoBERTa 2 layers w16 L16", ok=report.ok, max_rel=report.max_rel))
+    torch.manual_seed(11)
+    cnn = _random_params(create("vgg_small"), 0.3).to(**f64)
+    images = torch.rand(16, 1, 8, 8, **f64)
+    qann = to_qann(cnn, levels=2 ** 4, neuron="ilif", calibration=images)
+    report = verify(qann, to_snn(qann), images[:4])
+    rows.append(dict(check="iLIF VGG T=4", ok=report.ok, max_rel=report.max_rel))
+    rows.append(spikformer_step_matches_cpu(device))
+    return rows
+
+
+def _one_training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+    model.train()
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    reset(model)
+    return [loss.detach()] + [p.grad if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+
+
+def spikformer_step_matches_cpu(device: torch.device) -> dict:
+    """Loss and gradients of one float64 Spikformer step on ``device`` against the same step on the CPU."""
+    torch.manual_seed(12)
+    model = create("spikformer_cifar10", img_size=16, dim=32, depth=1, num_heads=2, T=2).double()
+    x, y = torch.rand(4, 3, 16, 16, dtype=torch.float64), torch.randint(0, 10, (4,))
+    reference_model = copy.deepcopy(model)
+    got = _one_training_step(model.to(device), x.to(device), y.to(device))
+    if device.type == "cpu":
+        from spiketwin import native  # on the CPU the reference is the torch path (the native kernels off)
+
+        with native.disabled():
+            want = _one_training_step(reference_model, x, y)
+    else:
+        want = _one_training_step(reference_model, x, y)
+    # each gradient's difference relative to the largest gradient entry: the gradients of biases that a BatchNorm
+    # follows are zero in exact arithmetic, and their float64 round-off (~1e-18) differs between paths
+    scale = max(float(w.abs().max()) for w in want[1:])
+    rel = max([float((got[0].cpu() - want[0]).abs() / want[0].abs())]
+              + [float((g.cpu() - w).abs().max()) / scale for g, w in zip(got[1:], want[1:])])
+    return dict(check=f"Spikformer step {device.type} vs cpu", ok=rel <= 1e-9, max_rel=rel)
+
+
+# ---------------------------------------------------------------- 2. ViT-S SNN throughput
+
+def _agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.argmax(-1) == b.argmax(-1)).double().mean())
+
+
+def vit_snn(device: torch.device, quick: bool, levels: list[int], batch: int, sj_batch: int,
+            repeats: int) -> list[dict]:
+    sizes = dict(img_size=32, depth=2, embed_dim=48, num_heads=2) if quick else {}
+    heads, img = sizes.get("num_heads", 6), sizes.get("img_size", 224)
+    torch.manual_seed(20)
+    ann = create("vit_small_patch16_224", **sizes).to(device).eval()
+    calibration = torch.rand(min(batch, 32), 3, img, img, device=device)
+    x = torch.rand(batch, 3, img, img, device=device)
+    rows = []
+    for L in levels:
+        rows.append(_vit_level(ann, L, calibration, x, repeats))
+        if HAVE_SJ:
+            rows[-1].update(_sj_vit(ann, heads, L, calibration, x[:sj_batch], repeats))
+    return rows
+
+
+def _vit_level(ann: nn.Module, L: int, calibration: torch.Tensor, x: torch.Tensor, repeats: int) -> dict:
+    qann = _calibrated(ann, L, calibration)
+    snn = to_snn(qann)
+
+    def qann_forward():
+        with torch.no_grad(), full_float32():
+            return qann(x)
+    expected = qann_forward()
+    result = simulate(snn, x, max_steps=1024)
+    settle = result.settle_step.double()
+    row = dict(model="ViT-S/16", levels=L, batch=len(x), settled=bool((settle > 0).all()),
+               settle_median=float(settle.median()), settle_max=int(settle.max()),
+               agreement=_agreement(result.output, expected),
+               max_rel_logits=float((result.output - expected).abs().max() / expected.abs().max()))
+    q64 = copy.deepcopy(qann).double()
+    row["float64_max_rel"] = verify(q64, to_snn(q64), x[:2].double()).max_rel
+    del q64
+    timings = round_robin([lambda: simulate(snn, x, max_steps=1024), qann_forward], repeats)
+    row["snn_images_s"], row["qann_images_s"] = len(x) / timings[0].seconds, len(x) / timings[1].seconds
+    return row
+
+
+def _sj_vit(ann: nn.Module, heads: int, L: int, calibration: torch.Tensor, x: torch.Tensor, repeats: int) -> dict:
+    from bench.sj_sides import run_sj_snn, sj_spikezip_vit
+
+    T = 64
+    while True:
+        try:
+            with full_float32():
+                qann, snn = sj_spikezip_vit(ann, heads, L, calibration, T)
+                with torch.no_grad():
+                    expected = qann(x)
+                out = run_sj_snn(snn, x, T)
+                seconds = round_robin([lambda snn=snn, x=x: run_sj_snn(snn, x, T)], repeats)[0].seconds
+            return dict(sj_T=T, sj_batch=len(x), sj_images_s=len(x) / seconds,
+                        sj_agreement=_agreement(out, expected),
+                        sj_max_rel_logits=float((out - expected).abs().max() / expected.abs().max()))
+        except torch.cuda.OutOfMemoryError:
+            if len(x) == 1:
+                return dict(sj_error="out of memory at batch 1")
+            x = x[: len(x) // 2]
+            torch.cuda.empty_cache()
+        except Exception as e:  # a failure of the other library is a result to report, not a crash of the bench
+            return dict(sj_error=f"{type(e).__name__}: {str(e)[:200]}")
+
+
+# ---------------------------------------------------------------- 3. Spikformer training
+
+def _train_steps(model: nn.Module, reset_fn, x: torch.Tensor, y: torch.Tensor, repeats: int) -> dict:
+    device = x.device
+    model.to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step():
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        reset_fn(model)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+    with full_float32():
+        seconds = round_robin([step], repeats)[0].seconds
+    peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else None
+    return dict(samples_s=len(x) / seconds, peak_mb=peak)
+
+
+def spikformer_training(device: torch.device, quick: bool, repeats: int) -> list[dict]:
+    configs = [("spikformer_cifar10", 64, 10, dict(img_size=32, T=4)),
+               ("spikformer_8_384", 16, 1000, dict(img_size=224, T=4))]
+    if quick:
+        small = dict(dim=32, depth=1, num_heads=2, T=2)
+        configs = [("spikformer_cifar10", 4, 10, dict(img_size=16, **small)),
+                   ("spikformer_8_384", 2, 1000, dict(img_size=32, **small))]
+    rows = []
+    for name, batch, classes, overrides in configs:
+        torch.manual_seed(30)
+        model = create(name, **overrides)
+        T, img = overrides["T"], overrides["img_size"]
+        x, y = torch.rand(batch, 3, img, img, device=device), torch.randint(0, classes, (batch,), device=device)
+        row = dict(model=name, batch=batch, T=T, img=img, **_train_steps(model, reset, x, y, repeats))
+        del model
+        if HAVE_SJ:
+            row.update(_sj_training(name, overrides, T, img, classes, x, y, repeats))
+        rows.append(row)
+    return rows
+
+
+def _sj_training(name, overrides, T, img, classes, x, y, repeats) -> dict:
+    from bench import sj_sides
+
+    try:
+        if name == "spikformer_cifar10" and "dim" not in overrides:
+            from bench.spikformer import official_with_spikingjelly
+
+            model, side = official_with_spikingjelly(T), "sj-official"
+        else:
+            dim, depth, heads = (overrides.get("dim", 384), overrides.get("depth", 8), overrides.get("num_heads", 12))
+            model, side = sj_sides.sj_spikformer(T, img, dim, depth, heads, classes), "sj-builtin"
+        if x.device.type == "cuda":
+            torch.cuda.empty_cache()
+        result = _train_steps(model, sj_sides.reset_net, x, y, repeats)
+        return dict(sj_side=side, sj_samples_s=result["samples_s"], sj_peak_mb=result["peak_mb"])
+    except Exception as e:  # report, do not crash
+        return dict(sj_error=f"{type(e).__name__}: {str(e)[:200]}")
+
+
+# ---------------------------------------------------------------- the table
+
+def _ratio(a, b) -> str:
+    return f"{a / b:.2f}x" if a and b else "-"
+
+
+def table(results: dict) -> None:
+    rows = [[f"exact: {r['check']}", "OK" if r["ok"] else "FAILED", f"max rel {r['max_rel']:.1e}", "", ""]
+            for r in results["exactness"]]
+    for r in results["vit"]:
+        what = f"{r['model']} L{r['levels']} B{r['batch']} images/s"
+        detail = (f"settle med {r['settle_median']:g} max {r['settle_max']}; agree {100 * r['agreement']:.2f}%; "
+                  f"f64 {r['float64_max_rel']:.0e}")
+        rows.append([what + " vs QANN", f"{r['snn_images_s']:.1f}", f"{r['qann_images_s']:.1f}",
+                     _ratio(r["snn_images_s"], r["qann_images_s"]), detail])
+        if "sj_images_s" in r:
+            rows.append([f"  vs SpikingJelly T={r['sj_T']} B{r['sj_batch']}", f"{r['snn_images_s']:.1f}",
+                         f"{r['sj_images_s']:.1f}", _ratio(r["snn_images_s"], r["sj_images_s"]),
+                         f"SJ agree {100 * r['sj_agreement']:.2f}% with its QANN"])
+        elif "sj_error" in r:
+            rows.append(["  vs SpikingJelly", "", "error", "", r["sj_error"][:60]])
+    for r in results["spikformer"]:
+        mem = f"peak {r['peak_mb']:.0f} MB" if r["peak_mb"] is not None else ""
+        rows.append([f"{r['model']} B{r['batch']} {r['img']}px T{r['T']} train samples/s", f"{r['samples_s']:.1f}",
+                     "", "", mem])
+        if "sj_samples_s" in r:
+            sj_mem = f"; SJ peak {r['sj_peak_mb']:.0f} MB" if r["sj_peak_mb"] is not None else ""
+            rows.append([f"  vs {r['sj_side']}", f"{r['samples_s']:.1f}", f"{r['sj_samples_s']:.1f}",
+                         _ratio(r["samples_s"], r["sj_samples_s"]), mem + sj_mem])
+        elif "sj_error" in r:
+            rows.append(["  vs SpikingJelly", "", "error", "", r["sj_error"][:60]])
+    env = results["env"]
+    print_table(f"bench.gpu on {env['device_name']} (torch {env['torch']}; SpikingJelly "
+                f"{'present' if HAVE_SJ else 'absent'}; {env['seconds']:.0f} s)",
+                ["item", "spiketwin", "beside", "ratio", "detail"], rows)
+
+
+def main(argv: list[str]) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="auto", help="cuda, cpu or auto (cuda when available; else cpu and --quick)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes (for the CPU and CI)")
+    p.add_argument("--levels", type=int, nargs="+", default=[16, 32])
+    p.add_argument("--batch", type=int, default=64, help="ViT-S images per simulate call")
+    p.add_argument("--sj-batch", type=int, default=16, help="ViT-S images per SpikingJelly call (T = 64 in one)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--parts", nargs="+", default=["exact", "vit", "spikformer"],
+                   choices=["exact", "vit", "spikformer"])
+    p.add_argument("--json", default=str(ROOT / "out" / "bench_gpu.json"))
+    args = p.parse_args(argv)
+    device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("bench.gpu: --device cuda but torch sees no CUDA device; use --device cpu --quick")
+    quick = args.quick or device.type == "cpu"
+    if quick and not args.quick:
+        print("bench.gpu: no CUDA device: running the quick CPU sizes (--device cpu --quick)")
+    batch, sj_batch = (4, 2) if quick else (args.batch, args.sj_batch)
+    began = time.perf_counter()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    results = dict(env=dict(device=str(device), device_name=name, torch=torch.__version__, quick=quick,
+                            spikingjelly=HAVE_SJ, seconds=0.0, argv=list(argv)), exactness=[], vit=[], spikformer=[])
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    parts = {"exact": ("exactness", lambda: exactness(device, quick)),
+             "vit": ("vit", lambda: vit_snn(device, quick, args.levels[:1] if quick else args.levels, batch, sj_batch,
+                                            args.repeats)),
+             "spikformer": ("spikformer", lambda: spikformer_training(device, quick, args.repeats))}
+    for part in [p for p in parts if p in args.parts]:
+        key, run = parts[part]
+        results[key] = run()
+        results["env"]["seconds"] = time.perf_counter() - began
+        out.write_text(json.dumps(results, indent=1) + "\n")  # after every part: a run cut short keeps what it did
+        print(f"bench.gpu: {part} done at {results['env']['seconds']:.0f} s", flush=True)
+    table(results)
+    print(f"bench.gpu: wrote {out}")
+    failed = [r["check"] for r in results["exactness"] if not r["ok"]]
+    if failed:
+        sys.exit(f"bench.gpu: exactness FAILED on {device}: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
