@@ -9,7 +9,7 @@ from ..energy import simulation_run
 from .data import add_data_options, first_samples, load_data
 from .model import add_model_options, load_model
 from .raster import add_raster_options, write_raster
-from .usage import Command, require
+from .usage import Command, rank, require
 
 
 def _verify(qann, args) -> None:
@@ -39,7 +39,8 @@ def cmd_convert(args) -> None:
 def _simulate_options(p: argparse.ArgumentParser) -> None:
     add_model_options(p, "the SNN (or QANN, converted on the fly) (required)")
     add_data_options(p)
-    p.add_argument("--max-steps", type=int, default=64, help="time-step cap (default: 64)")
+    p.add_argument("--max-steps", type=int, default=64,
+                   help="time-step cap (default: 64). Under torchrun the test set is shared among the processes")
     p.add_argument("--step-mode", default="m", choices=("m", "s"), help="m: sequence (fast), s: step by step")
     p.add_argument("--plot", metavar="PNG", help="write the accuracy-vs-time-step curve here")
     p.add_argument("--settle-plot", metavar="PNG", help="write the settle-step histogram here")
@@ -54,8 +55,11 @@ def cmd_simulate(args) -> None:
     qann, _ = load_model(args, stages=("qann", "snn"), snn=False)
     snn = to_snn(qann)
     x_test, y_test = first_samples(load_data(args)[1])
+    # under torchrun every process simulates its share of the batches; all of them get the whole result
     result = evaluate_per_step(snn, x_test, y_test, args.batch_size, args.max_steps, args.step_mode,
                                progress=not args.quiet, steps=args.max_steps)
+    if rank() != 0:  # rank 0 reports and writes
+        return
     accuracy, settle_all = result.accuracy, result.settle_step
     done = settle_all[settle_all >= 0]
     marks = [t for t in (1, 2, 4, 8, 16, 32, 64, 128, 256) if t < args.max_steps] + [args.max_steps]

@@ -33,6 +33,8 @@ def add_training_options(p: argparse.ArgumentParser, epochs: int, lr: float) -> 
     p.add_argument("--resume", action="store_true",
                    help="continue exactly where the checkpoint in --run-dir stopped (same flags; fresh start if none)")
     p.add_argument("--out", metavar="FILE", help="write the trained model here (safetensors, for the other commands)")
+    p.add_argument("--amp", choices=("bf16", "fp16"),
+                   help="mixed precision: bf16 or fp16 autocast (fp16 with loss scaling) (default: off, float32)")
 
 
 def fit(model, data, args, info: dict) -> float:
@@ -57,7 +59,7 @@ def fit(model, data, args, info: dict) -> float:
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size,
                       warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, seed=args.seed,
                       progress=not args.quiet, mixup_alpha=args.mixup, mixup_off_epoch=args.mixup_off_epoch,
-                      out_dir=args.run_dir, resume=args.resume, workers=args.workers)
+                      out_dir=args.run_dir, resume=args.resume, workers=args.workers, amp=args.amp)
     def pair(data):  # in-memory sets as tensors (fast slicing); file-streamed ones as the Dataset
         return data.tensors if isinstance(data, TensorData) else (data, None)
 
