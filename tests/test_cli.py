@@ -48,8 +48,18 @@ def test_train_energy_export_journey(tmp_path, capsys):
     assert "ANN/SNN" in out and "step_network.0.layer.0" in out
     data = json.loads((tmp_path / "e.json").read_text())
     assert data["batch"] == 16 and data["T"] == 2 and data["layers"][0]["coding"] == "analog"
-    assert (tmp_path / "e.csv").read_text().startswith("name,kind,coding")
+    assert (tmp_path / "e.csv").read_text().startswith("convention,name,kind,coding")
+    assert data["convention"] == "spiketwin" and "convention spiketwin" in out
     assert (tmp_path / "raster.png").stat().st_size > 1000
+
+    code, out, err = run(capsys, "energy", "--checkpoint", str(ckpt), "--config", str(config), "--quiet",
+                         "--convention", "syops,spiketwin", "--json", str(tmp_path / "c.json"),
+                         "--csv", str(tmp_path / "c.csv"))
+    assert code == 0, err
+    assert "convention syops" in out and "the same run under 2 conventions" in out
+    both = json.loads((tmp_path / "c.json").read_text())["conventions"]
+    assert list(both) == ["syops", "spiketwin"] and both["spiketwin"]["totals"] == data["totals"]
+    assert {row.split(",")[0] for row in (tmp_path / "c.csv").read_text().splitlines()[1:]} == {"syops", "spiketwin"}
 
     code, out, err = run(capsys, "export-nir", "--checkpoint", str(ckpt), "--out", str(nir_file), "--quiet")
     assert code == 0, err
@@ -94,6 +104,7 @@ def test_failures_exit_1_with_one_line(tmp_path, capsys):
                          (["energy", "--checkpoint", str(not_a_checkpoint)], "not a safetensors file"),
                          (["energy", "--model", "no_such_model"], "unknown model"),
                          (["energy", "--model", "vgg_small", "--samples", "2"], "vgg_small (ann) is not spiking"),
+                         (["energy", "--model", "scnn", "--convention", "syops,loihi"], "unknown ['loihi']"),
                          (["train", "--data", "mnist", "--data-root", str(tmp_path), "--model", "scnn"], "MNIST")):
         code, _, err = run(capsys, *argv)
         assert code == 1 and needle in err and len(err.strip().splitlines()) == 1, (argv, err)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..energy import PRESETS, NotSpikingError, simulation_run
+from ..energy import CONVENTIONS, PRESETS, NotSpikingError, simulation_run
 from .data import add_data_options, first_samples, load_data
 from .model import add_model_options, load_model
 from .raster import add_raster_options, write_raster
@@ -20,29 +20,54 @@ def _energy_options(p: argparse.ArgumentParser) -> None:
                    help="45 nm energy per op (Horowitz 2014; default fp32: MAC 4.6 pJ, AC 0.9 pJ)")
     p.add_argument("--e-mac", type=float, help="energy per MAC in pJ (overrides --preset)")
     p.add_argument("--e-ac", type=float, help="energy per accumulate in pJ (overrides --preset)")
-    p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
-    p.add_argument("--csv", metavar="FILE", help="also write the report as CSV")
+    p.add_argument("--convention", default="spiketwin", metavar="NAME[,NAME...]",
+                   help=f"what is counted: one or more of {', '.join(CONVENTIONS)} (comma-separated), or 'all'; "
+                        "several are compared from one run (default: spiketwin; docs/energy.md)")
+    p.add_argument("--json", metavar="FILE", help="also write the report as JSON (several conventions: "
+                                                  "{'conventions': {name: report}})")
+    p.add_argument("--csv", metavar="FILE", help="also write the report as CSV (a convention column)")
     p.add_argument("--plot", metavar="PNG", help="write the firing rate per layer here")
     add_raster_options(p)
 
 
-def cmd_energy(args) -> None:
-    from ..energy import report
+def _conventions(value: str) -> list[str]:
+    names = list(CONVENTIONS) if value.strip() == "all" else [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [n for n in names if n not in CONVENTIONS]
+    if unknown or not names:
+        raise ValueError(f"energy: --convention {value!r}: unknown {unknown or 'empty'}; give one or more of "
+                         f"{', '.join(CONVENTIONS)} (comma-separated) or 'all'")
+    return names
 
+
+def cmd_energy(args) -> None:
+    import json
+
+    from ..energy import compare, comparison_table, csv_text
+    from ..energy.result import write_text
+
+    names = _conventions(args.convention)
     model, info = load_model(args, stages=("ann", "snn"))
     x = first_samples(load_data(args)[1], args.samples)[0].to(args.device)
     run = simulation_run(args.max_steps) if hasattr(model, "simulate") else None
     try:
-        result = report(model, x, preset=args.preset, e_mac=args.e_mac, e_ac=args.e_ac, run=run)
+        reports = compare(model, x, names, preset=args.preset, e_mac=args.e_mac, e_ac=args.e_ac, run=run)
     except NotSpikingError as e:
         raise ValueError(f"energy: {info['model']} ({info['stage']}) is not spiking; give a directly trained "
                          "SNN or an SNN checkpoint (spiketwin convert)") from e
+    result = reports[names[0]]
     print(result.table())
+    if len(names) > 1:
+        print(f"\nthe same run under {len(names)} conventions (per sample; the table above: {names[0]}):")
+        print(comparison_table(reports))
     if args.json:
-        result.to_json(args.json)
+        if len(names) == 1:
+            result.to_json(args.json)
+        else:
+            write_text(args.json, json.dumps({"conventions": {n: r.to_dict() for n, r in reports.items()}},
+                                             indent=2) + "\n")
         print(f"energy: wrote {args.json}")
     if args.csv:
-        result.to_csv(args.csv)
+        write_text(args.csv, csv_text(list(reports.values())))
         print(f"energy: wrote {args.csv}")
     if args.plot:
         from ..plots import firing_rates

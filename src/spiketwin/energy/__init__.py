@@ -121,26 +121,22 @@ def report(
         ValueError: a bad ``preset``, ``analog``, ``convention`` or ``step_mode``, or a model with no layer to count.
         RuntimeError: a counted layer's input whose time steps cannot be told from its shape.
     """
-    name = convention.name if isinstance(convention, Convention) else convention
-    return compare(model, x, [convention], step_mode, analog, e_mac, e_ac, preset, run)[name]
+    return _measure(model, x, [get_convention(convention)], step_mode, analog, e_mac, e_ac, preset, run)[0]
 
 
-def compare(
-    model: nn.Module,
-    x: torch.Tensor,
-    conventions: Iterable[str | Convention] = tuple(CONVENTIONS),
-    step_mode: str = "m",
-    analog: str | Iterable[str] = "first",
-    e_mac: float | None = None,
-    e_ac: float | None = None,
-    preset: str = "fp32",
-    run: Callable[[nn.Module, torch.Tensor], object] | None = None,
-) -> dict[str, EnergyReport]:
+def compare(model: nn.Module, x: torch.Tensor, conventions: Iterable[str | Convention] = tuple(CONVENTIONS),
+            **options) -> dict[str, EnergyReport]:
     """:func:`report` under several conventions from one run: ``{name: EnergyReport}`` in the order given
-    (default: every preset). The statistics are collected once; :func:`comparison_table` prints one line each."""
+    (default: every preset); ``options`` are :func:`report`'s (``step_mode``, ``analog``, ``e_mac``, ``e_ac``,
+    ``preset``, ``run``). The statistics are collected once; :func:`comparison_table` prints one line each."""
     chosen = [get_convention(c) for c in conventions]
     if not chosen:
         raise ValueError("energy.compare: give at least one convention")
+    return {r.convention: r for r in _measure(model, x, chosen, **options)}
+
+
+def _measure(model, x, chosen, step_mode="m", analog="first", e_mac=None, e_ac=None, preset="fp32", run=None):
+    """One instrumented run of ``model`` on ``x``; one :class:`EnergyReport` per convention in ``chosen``."""
     e_mac, e_ac = energy_per_op(preset, e_mac, e_ac)
     check_step_mode(step_mode)
     if step_mode == "s" and run is None and x.dim() < 2:
@@ -181,5 +177,5 @@ def compare(
         raise ValueError(f"energy.report: {type(model).__name__} has no Linear/Conv layer or activation product "
                          "to count")
     T = max(s.steps for s in stats)
-    return {c.name: EnergyReport(layer_rows(stats, c, hooks.batch, e_mac, e_ac), T, hooks.batch, e_mac, e_ac, c.name)
-            for c in chosen}
+    return [EnergyReport(layer_rows(stats, c, hooks.batch, e_mac, e_ac), T, hooks.batch, e_mac, e_ac, c.name)
+            for c in chosen]

@@ -9,7 +9,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..checkpoint import atomic_write
+from ..utils import atomic_write
 
 
 @dataclass
