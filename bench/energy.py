@@ -1,9 +1,11 @@
-"""Cost of an energy report: ``energy.report(model, x)`` versus the plain forward it instruments.
+"""Cost of an energy report: ``energy.report(model, x)`` and ``energy.compare`` under every convention versus the
+plain forward they instrument.
 
     python -m bench.energy [--device cuda] [--batch 64] [--repeats 5]
 
 The report adds forward hooks that count non-zero inputs per step on the device (one host transfer at
-the end) and, for activation products, one extra matmul of the operands' non-zero masks.
+the end) and, for activation products, one extra matmul of the operands' non-zero masks. ``compare`` collects
+once for all six presets: value tests (extremes, integers, sums), exact convolution uses and the extra layers.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 
 from bench.common import median_seconds, print_table
 from spiketwin import reset
-from spiketwin.energy import report
+from spiketwin.energy import compare, report
 from spiketwin.models import create
 
 MODELS = {
@@ -43,9 +45,12 @@ def main(argv: list[str] | None = None) -> None:
 
         t_forward = median_seconds(forward, args.repeats, warmup=1)
         t_report = median_seconds(lambda model=model, x=x: report(model, x), args.repeats, warmup=1)
-        rows.append([label, t_forward * 1e3, t_report * 1e3, t_report / t_forward])
-    print_table(f"energy.report vs forward, batch {args.batch}, {args.device}, median of {args.repeats}",
-                ["model", "forward ms", "report ms", "report / forward"], rows)
+        t_all = median_seconds(lambda model=model, x=x: compare(model, x), args.repeats, warmup=1)
+        rows.append([label, t_forward * 1e3, t_report * 1e3, t_all * 1e3, t_report / t_forward,
+                     t_all / t_forward])
+    print_table(f"energy.report / compare (6 conventions) vs forward, batch {args.batch}, {args.device}, "
+                f"median of {args.repeats}",
+                ["model", "forward ms", "report ms", "compare ms", "report / forward", "compare / forward"], rows)
 
 
 if __name__ == "__main__":

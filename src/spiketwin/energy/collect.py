@@ -240,16 +240,17 @@ class Run:
         rows = self._rows(s, x, n)
         if not rows.is_floating_point():
             rows = rows.float()
-        nonzero = rows.ne(0).sum(1)
+        nonzero = torch.count_nonzero(rows, dim=1)
         unit = self._unit(x)
         spikes = nonzero if unit is None else (x.abs() / unit).reshape(rows.shape[0], -1).sum(1, dtype=torch.float64)
         op = Operand(rows.shape[1], nonzero, spikes, tuple(x.shape))
         if self.needs.values:
             a = rows.abs()
             op.abs_sum = a.sum(1, dtype=torch.float64)
-            op.vmin, op.vmax, op.amax = rows.amin(1), rows.amax(1), a.amax(1)
-            op.amin_nonzero = torch.where(rows != 0, a, torch.full_like(a, torch.inf)).amin(1)
-            op.integer = rows.eq(rows.round()).all(1)
+            op.vmin, op.vmax = torch.aminmax(rows, dim=1)
+            op.amax = torch.maximum(op.vmax, -op.vmin)
+            op.amin_nonzero = a.masked_fill_(a == 0, torch.inf).amin(1)
+            op.integer = torch.count_nonzero(rows.frac(), dim=1) == 0
         return op
 
     def _weight_hook(self, name: str, layer: nn.Module):

@@ -93,8 +93,8 @@ class EnergyReport:
                     [_si(t["macs"]), _joules(t["energy_pj"]), _joules(t["ann_energy_pj"])])
         lines = _align([header] + rows, left=3)
         lines.insert(-1, lines[1])
-        lines.append(f"per sample, convention {self.convention}, T={self.T}, E_MAC={self.e_mac} pJ, "
-                     f"E_AC={self.e_ac} pJ: SNN {_joules(t['energy_pj'])}, ANN {_joules(t['ann_energy_pj'])}, "
+        lines.append(f"per sample, T={self.T}, E_MAC={self.e_mac} pJ, E_AC={self.e_ac} pJ, convention "
+                     f"{self.convention}: SNN {_joules(t['energy_pj'])}, ANN {_joules(t['ann_energy_pj'])}, "
                      f"ANN/SNN = {t['ratio_ann_over_snn']:.2f}x")
         return "\n".join(lines)
 
