@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -157,3 +160,43 @@ def test_functional_ops_are_refused_with_their_module():
         to_nir(net, torch.rand(3, 2, 4))
     with pytest.raises(NIRExportError, match=r"0: Linear on a per-sample input of shape \[3, 4\]"):
         to_nir(nn.Sequential(nn.Linear(4, 4), LIF()), torch.rand(5, 2, 3, 4))
+
+
+def snntorch_style_graph(net: nn.Module, beta: float = 0.5) -> object:
+    """The graph snnTorch 1.0's exporter writes for ``net`` (Conv2d, Leaky, AvgPool2d(2), Flatten, Linear): tau
+    for dt = 1e-4 with r = tau / dt, pooling sizes as single numbers, Flatten dims without the batch, no dt."""
+    conv, fc = net[0].layer, net[3].layer[1]
+    tau = np.full((4, 6, 6), 1e-4 / (1 - beta))
+    nodes = {"input": nir.Input(input_type=np.array([1, 6, 6])),
+             "conv": nir.Conv2d(input_shape=None, weight=conv.weight.detach().numpy(), stride=1, padding=1,
+                                dilation=1, groups=1, bias=conv.bias.detach().numpy()),
+             "lif": nir.LIF(tau=tau, r=tau / 1e-4, v_leak=np.zeros_like(tau), v_threshold=np.ones_like(tau),
+                            v_reset=np.zeros_like(tau)),
+             "pool": nir.AvgPool2d(kernel_size=np.int64(2), stride=np.int64(2), padding=(0, 0)),
+             "flat": nir.Flatten(input_type=None, start_dim=0, end_dim=-1),
+             "fc": nir.Affine(weight=fc.weight.detach().numpy(), bias=fc.bias.detach().numpy()),
+             "output": nir.Output(output_type=np.array([3]))}
+    edges = [("input", "conv"), ("conv", "lif"), ("lif", "pool"), ("pool", "flat"), ("flat", "fc"), ("fc", "output")]
+    return nir.NIRGraph(nodes=nodes, edges=edges)
+
+
+def test_from_nir_reads_other_producers_files(tmp_path):
+    torch.manual_seed(0)  # ours with decay_input=False is snnTorch's U <- beta U + I with beta = 1 - 1/tau
+    net = nn.Sequential(TimeFold(nn.Conv2d(1, 4, 3, padding=1)), LIF(tau=2.0, decay_input=False),
+                        TimeFold(nn.AvgPool2d(2)), TimeFold(nn.Sequential(nn.Flatten(), nn.Linear(36, 3))))
+    with torch.no_grad():
+        net[0].layer.weight.mul_(3)
+    x = torch.rand(6, 4, 1, 6, 6)
+    nir.write(tmp_path / "snn.nir", snntorch_style_graph(net))
+    with pytest.warns(UserWarning) as caught:
+        from_nir(tmp_path / "snn.nir")
+    messages = [str(w.message) for w in caught]
+    assert any("stores no dt" in m and "snn.nir" in m and "dt = 1e-4" in m for m in messages), messages
+    assert any("dt / tau = 5000 > 1" in m and "'lif'" in m for m in messages), messages
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the right dt: no warning
+        module = from_nir(tmp_path / "snn.nir", dt=1e-4)
+    with torch.no_grad():
+        ours = net(x)
+    assert 0.02 < record(net, x, "1").mean() < 0.98
+    torch.testing.assert_close(run_nir(module, x), ours, rtol=0, atol=1e-5)
