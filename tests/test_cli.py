@@ -169,6 +169,8 @@ def test_entry_point_exit_code():
     done = subprocess.run([sys.executable, "-m", "spiketwin.cli", "energy", "--bogus"], capture_output=True,
                           text=True)
     assert done.returncode == 2 and done.stderr.count("\n") == 1
+    done = subprocess.run([sys.executable, "-m", "spiketwin", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("usage: spiketwin") and "export-nir" in done.stdout
 
 
 @pytest.mark.slow

@@ -163,6 +163,43 @@ def test_frame_cache_is_keyed_by_file_and_frames(tmp_path):
     assert cache.load(target) is None  # unreadable cache -> recomputed by the caller
 
 
+def test_gesture_cache_follows_the_labels_file(tmp_path):
+    rng = np.random.default_rng(6)
+    folder, recordings = make_gesture(tmp_path, rng)
+    ev, _ = recordings["user01_fluorescent"]
+    cache = tmp_path / "cache"
+    before = DVSGesture(folder, "train", frames=2, cache_dir=cache)[0][0]
+    np.testing.assert_array_equal(before.numpy(), naive_frames(ev.select((ev.t >= 100) & (ev.t < 5000)), 2))
+    # the user fixes the first row's time window: the same recording, another sample
+    labels = "class,startTime_usec,endTime_usec\n1,100,1200\n11,6000,9000\n"
+    (folder / "user01_fluorescent_labels.csv").write_text(labels)
+    after = DVSGesture(folder, "train", frames=2, cache_dir=cache)
+    np.testing.assert_array_equal(after[0][0].numpy(), naive_frames(ev.select((ev.t >= 100) & (ev.t < 1200)), 2))
+    assert after[0][0].sum() < before.sum()
+
+
+def test_aedat20_refuses_empty_and_foreign_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPIKETWIN_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(7)
+    make_cifar10_dvs(tmp_path / "c10", rng, per_class=1)
+    path = tmp_path / "c10" / "cat" / "cifar10_cat_0.aedat"
+    header = path.read_bytes()[:path.read_bytes().index(b"# AEChip")]
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"cifar10_cat_0\.aedat holds no events \(empty\)"):
+        read_aedat20_dvs128(path)
+    path.write_bytes(header + b"# AEChip: Tmpdiff128\r\n")
+    with pytest.raises(ValueError, match=r"cifar10_cat_0\.aedat holds no events \(a header alone\)"):
+        read_aedat20_dvs128(path)
+    davis = (np.arange(20, dtype=np.int64) << 12) | (5 << 22)  # DAVIS240C polarity events: x at bit 12, y at 22
+    path.write_bytes(header + b"# AEChip: eu.seebetter.ini.chips.davis.DAVIS240C\r\n"
+                     + np.stack([davis, np.arange(20)], 1).astype(">u4").tobytes())
+    data = CIFAR10DVS(tmp_path / "c10", "all", frames=2)
+    with pytest.raises(ValueError, match=r"cifar10_cat_0\.aedat was recorded with eu\.seebetter.*DAVIS240C, not a DVS"):
+        data[3]
+    assert not list((tmp_path / "cache").rglob("cifar10_cat_0*"))  # nothing cached for the refused file
+    assert data[4][0].sum() > 0  # the others still read
+
+
 def make_cifar10_dvs(root, rng, per_class=3):
     written = {}
     for name in CIFAR10DVS.classes:

@@ -58,3 +58,22 @@ def test_file_data_sets_by_name(tmp_path):
     assert get_dataset("imagefolder", tmp_path / "imgs", "val", size=8)[0][0].shape == (3, 8, 8)
     with pytest.raises(FileNotFoundError, match=r"no folder .*imgs/train"):
         get_dataset("imagefolder", tmp_path / "imgs", "train")
+
+
+def test_limit_takes_a_seeded_class_balanced_subset(tmp_path, monkeypatch):
+    from spiketwin.data import train_test
+    from spiketwin.data.registry import balanced_subset
+
+    labels = [0] * 50 + [1] * 30 + [2] * 3  # sorted by class, one class small
+    picked = balanced_subset(labels, 20)
+    counts = np.bincount(np.asarray(labels)[picked], minlength=3)
+    assert len(set(picked)) == 20 and counts[2] == 3 and abs(int(counts[0]) - int(counts[1])) <= 1
+    assert balanced_subset(labels, 20) == picked and balanced_subset(labels, 20, seed=1) != picked
+    assert balanced_subset(labels, 7) != list(range(7))  # not the first samples
+    monkeypatch.setenv("SPIKETWIN_CACHE", str(tmp_path / "cache"))
+    make_cifar10_dvs(tmp_path / "c10dvs", np.random.default_rng(0), per_class=4)  # files sorted by class
+    train, test = train_test("cifar10_dvs", tmp_path / "c10dvs", limit=20, frames=2)
+    assert len(train) == 20 and np.bincount(train.targets, minlength=10).tolist() == [2] * 10
+    assert [train[i][1] for i in range(3)] == train.targets[:3]
+    train, _ = train_test("digits", limit=30)
+    assert np.bincount(train.tensors[1].numpy(), minlength=10).tolist() == [3] * 10

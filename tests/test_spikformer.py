@@ -51,17 +51,24 @@ def test_parameter_counts_match_the_official_code():
         assert abs(n / 1e6 - paper_m) < 0.03, (name, n)
 
 
-def test_unused_official_parameters_are_frozen_and_can_be_dropped():
+def test_unused_official_parameters_count_as_trainable_get_no_gradient_and_can_be_dropped():
+    # the official train.py prints sum(p.numel() for p in model.parameters() if p.requires_grad): 9,330,874
+    with torch.device("meta"):
+        full = create("spikformer_cifar10")
+    assert sum(p.numel() for p in full.parameters() if p.requires_grad) == 9_330_874
     model = create("spikformer_dvs", img_size=32, dim=32, num_heads=4)
-    frozen = sorted(n for n, p in model.named_parameters() if not p.requires_grad)
-    assert frozen == ["block.0.norm1.bias", "block.0.norm1.weight", "block.0.norm2.bias", "block.0.norm2.weight",
-                      "block.1.norm1.bias", "block.1.norm1.weight", "block.1.norm2.bias", "block.1.norm2.weight",
-                      "norm.bias", "norm.weight", "pos_embed"]
+    unused = model.unused_parameter_names()
+    assert sorted(unused) == ["block.0.norm1.bias", "block.0.norm1.weight", "block.0.norm2.bias",
+                              "block.0.norm2.weight", "block.1.norm1.bias", "block.1.norm1.weight",
+                              "block.1.norm2.bias", "block.1.norm2.weight", "norm.bias", "norm.weight", "pos_embed"]
+    assert all(p.requires_grad for p in model.parameters())
     model(torch.rand(2, 2, 2, 32, 32)).sum().backward()
-    assert all(p.grad is None for n, p in model.named_parameters() if n in frozen)
-    assert all(p.grad is not None for n, p in model.named_parameters() if n not in frozen)
+    assert all(p.grad is None for n, p in model.named_parameters() if n in unused)
+    assert all(p.grad is not None for n, p in model.named_parameters() if n not in unused)
     lean = create("spikformer_dvs", img_size=32, dim=32, num_heads=4, unused=())
-    assert sum(p.numel() for p in lean.parameters()) == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert lean.unused_parameter_names() == []
+    used = sum(p.numel() for n, p in model.named_parameters() if n not in unused)
+    assert sum(p.numel() for p in lean.parameters()) == used
 
 
 @pytest.mark.parametrize("name,shape,tokens", [

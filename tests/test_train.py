@@ -140,6 +140,10 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
         fit(model, x, y, TrainConfig(epochs=1, batch_size=8, warmup_epochs=0, lr=0.05, progress=False))
         if rank == 0:
             torch.save(model.state_dict(), out_file)
+        # a model with trainable parameters that never get a gradient (the official Spikformer's LayerNorms):
+        # DDP must be told, or its second step fails ("Expected to have finished reduction ...")
+        fit(tiny_spikformer(), torch.rand(16, 1, 8, 8), torch.arange(16) % 10,
+            TrainConfig(epochs=1, batch_size=4, warmup_epochs=0, progress=False))
         dist.barrier()  # neither rank tears gloo down while the other may still use it (seen: SIGABRT, 1 in ~10)
     finally:
         dist.destroy_process_group()

@@ -46,7 +46,8 @@ CIFAR10_DVS_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "
                        "truck")
 _PACKET_HEADER = struct.Struct("<hhiiiiii")
 _POLARITY_EVENT = 1
-_CACHE_VERSION = 1  # bump when the frame layout changes, so that old cache files are not reused
+_CACHE_VERSION = 2  # bump when the frame layout or the checks change, so that old cache files are not reused
+_DVS128_CHIPS = (b"dvs128", b"tmpdiff128")  # jAER's class names of the DVS128 sensor (AEDAT 2.0 "# AEChip:")
 
 
 class Events(NamedTuple):
@@ -131,18 +132,36 @@ def read_aedat31(path: str | Path, valid_only: bool = False) -> Events:
     return events.select((info & 1).astype(bool)) if valid_only else events
 
 
+def _check_chip(header: bytes, path: Path) -> None:
+    """Refuse an AEDAT 2.0 file whose ``# AEChip:`` header line names another sensor than the DVS128: its
+    addresses have another layout (a DAVIS240C's decode to x = 0 everywhere)."""
+    for line in header.splitlines():
+        key, _, chip = line.lstrip(b"# ").partition(b":")
+        if key.strip().lower() == b"aechip":
+            if not any(name in chip.lower() for name in _DVS128_CHIPS):
+                raise ValueError(f"event file {path} was recorded with {chip.strip().decode(errors='replace')}, "
+                                 "not a DVS128: its addresses have another layout (this reader decodes jAER's "
+                                 "DVS128 format, as in CIFAR10-DVS)")
+            return
+
+
 def read_aedat20_dvs128(path: str | Path, pixel_only: bool = False) -> Events:
     """Events of an AEDAT 2.0 file written by jAER's DVS128 class (CIFAR10-DVS), in file order; with
     ``pixel_only`` without the external events (address bit 15).
 
-    Coordinates are the sensor's own: (0, 0) at the bottom left.
+    Coordinates are the sensor's own: (0, 0) at the bottom left. A file without events (empty, or a header
+    alone) and one whose ``# AEChip:`` header line names another sensor are refused.
     """
     path = Path(path)
     data = _read(path)
     pos = _skip_header(data, path, b"2.0")
+    _check_chip(data[:pos], path)
     body = len(data) - pos
     if body % 8:
         raise ValueError(f"event file {path} is truncated: {body} bytes of events is not a multiple of 8")
+    if body == 0:
+        raise ValueError(f"event file {path} holds no events ({'empty' if pos == 0 else 'a header alone'}); "
+                         "a CIFAR10-DVS recording has tens of thousands")
     raw = np.frombuffer(data, dtype=">u4", offset=pos).astype(np.int64)
     address, t = raw[0::2], raw[1::2]
     events = Events(t, (address >> 1) & 0x7F, (address >> 8) & 0x7F, address & 1)
@@ -195,8 +214,9 @@ def read_gesture_labels(path: str | Path) -> np.ndarray:
 class FrameCache:
     """Integrated frames stored as compressed ``.npz`` files, keyed by the source file and the settings.
 
-    The key hashes the source's absolute path, size and modification time with ``tag`` (frames, sample,
-    orientation), so an edited or replaced file is read again. Files are written atomically.
+    The key hashes the source's absolute path, size and modification time with ``tag``, which holds every
+    other input of the frames (their number, the sample's row and time window from the labels file, the
+    orientation), so an edited or replaced file or label is read again. Files are written atomically.
     """
 
     def __init__(self, directory: str | Path | None = None):
@@ -288,12 +308,14 @@ class DVSGesture(_FrameDataset):
                 self.samples.append((recording, row, start, end))
                 self.targets.append(label - 1)
 
-    def _tag(self, row: int) -> str:
-        return f"{row}-T{self.frames}"
+    def _tag(self, index: int) -> str:
+        """The cache tag of sample ``index``: its row and time window (the labels file's content) and T."""
+        _, row, start, end = self.samples[index]
+        return f"{row}-{start}-{end}-T{self.frames}"
 
     def _frames(self, index: int) -> np.ndarray:
-        recording, row, _, _ = self.samples[index]
-        cached = self.cache.load(self.cache.path(recording, self._tag(row)))
+        recording = self.samples[index][0]
+        cached = self.cache.load(self.cache.path(recording, self._tag(index)))
         if cached is not None:
             return cached
         events = read_aedat31(recording)
@@ -303,7 +325,7 @@ class DVSGesture(_FrameDataset):
                 continue
             sample = events.select((events.t >= start) & (events.t < end))
             frames = events_to_frames(sample, self.frames, DVS128_SIZE, f"{recording} (row {r})")
-            self.cache.save(self.cache.path(recording, self._tag(r)), frames)
+            self.cache.save(self.cache.path(recording, self._tag(other)), frames)
             if other == index:
                 result = frames
         return result

@@ -132,25 +132,49 @@ def get_dataset(name: str, root: str | Path | None = None, split: str | None = "
 _TRAIN_TEST = {"mnist": ("t10k-train", "t10k-test"), "imagefolder": ("train", "val")}
 
 
-def train_test(name: str, root: str | Path | None = None, limit: int | None = None, **kw) -> tuple[Dataset, Dataset]:
+def balanced_subset(labels: torch.Tensor | list[int], n: int, seed: int = 0) -> list[int]:
+    """Indices of ``n`` samples spread evenly over the classes in ``labels``: each class's samples in a seeded
+    random order, taken one class at a time in turn (a class with fewer samples gives what it has); sorted.
+    The same ``labels``, ``n`` and ``seed`` always give the same subset."""
+    labels = torch.as_tensor(labels)
+    g = torch.Generator().manual_seed(seed)
+    pools = [torch.nonzero(labels == c).flatten() for c in torch.unique(labels)]
+    pools = [p[torch.randperm(len(p), generator=g)].tolist() for p in pools]
+    order = torch.randperm(len(pools), generator=g).tolist()  # which classes get the remainder
+    chosen: list[int] = []
+    for rank in range(max(len(p) for p in pools)):
+        if len(chosen) >= n:
+            break
+        for c in order:
+            if len(chosen) < n and rank < len(pools[c]):
+                chosen.append(pools[c][rank])
+    return sorted(chosen)
+
+
+def train_test(name: str, root: str | Path | None = None, limit: int | None = None, seed: int = 0,
+               **kw) -> tuple[Dataset, Dataset]:
     """The training and test split of data set ``name`` (:func:`get_dataset` with the splits of
-    ``_TRAIN_TEST``, else ``train`` / ``test``), each cut to its first ``limit`` samples when given. This is the
-    pair the command line trains and evaluates on."""
+    ``_TRAIN_TEST``, else ``train`` / ``test``). This is the pair the command line trains and evaluates on.
+
+    ``limit``: keep ``limit`` samples of each split, a seeded class-balanced subset (:func:`balanced_subset`):
+    the files of most data sets are sorted by class, so their first samples would be one or two classes."""
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
     pair = []
     for split in _TRAIN_TEST.get(name, ("train", "test")):
         data = get_dataset(name, root, split, **kw)
         if limit is not None and limit < len(data):
-            data = TensorData(*(t[:limit] for t in data.tensors), data.classes) if isinstance(data, TensorData) \
-                else _First(data, limit)
+            tensor = isinstance(data, TensorData)
+            index = balanced_subset(data.tensors[1] if tensor else data.targets, limit, seed)
+            data = TensorData(*(t[index] for t in data.tensors), data.classes) if tensor else _Part(data, index)
         pair.append(data)
     return pair[0], pair[1]
 
 
-class _First(Subset):
-    """The first ``n`` samples of a file-streamed data set, keeping its ``classes``."""
+class _Part(Subset):
+    """Some samples of a file-streamed data set, keeping its ``classes`` and ``targets``."""
 
-    def __init__(self, data: Dataset, n: int) -> None:
-        super().__init__(data, range(n))
+    def __init__(self, data: Dataset, index: list[int]) -> None:
+        super().__init__(data, index)
         self.classes = data.classes
+        self.targets = [data.targets[i] for i in index]

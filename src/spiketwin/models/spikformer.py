@@ -169,8 +169,8 @@ class Block(nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, scale: float, qkv_bias: bool,
                  unused_norms: bool, counts_input: bool = False) -> None:
         super().__init__()
-        if unused_norms:  # frozen: never in the graph, so DDP and optimizers skip them
-            self.norm1, self.norm2 = nn.LayerNorm(dim).requires_grad_(False), nn.LayerNorm(dim).requires_grad_(False)
+        if unused_norms:  # trainable as in the official code, never in the graph: they get no gradient
+            self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.attn = SSA(dim, num_heads, scale, qkv_bias, counts_input)
         self.mlp = MLP(dim, int(dim * mlp_ratio), counts_input)
 
@@ -195,7 +195,8 @@ class Spikformer(nn.Module):
             ``"default"`` (PyTorch's, which the ImageNet / DVS 1x1 convolutions keep) for token-wise layers.
         unused: which of the official code's unused parameter groups to build (:data:`UNUSED_GROUPS`):
             ``"block_norms"`` (two LayerNorms per block), ``"pos_embed"`` (``[1, N, D]``) and ``"final_norm"``.
-            They are frozen (``requires_grad=False``): they never receive a gradient in the official code either.
+            They are trainable, as in the official code (so its trainable-parameter count, 9,330,874 for CIFAR-10,
+            is ours), and never receive a gradient, there as here (:meth:`unused_parameter_names`).
     """
 
     def __init__(
@@ -225,20 +226,26 @@ class Spikformer(nn.Module):
         self.num_tokens = (img_size // 2 ** len(pool_after)) ** 2
         self.patch_embed = SPS(in_channels, dim, pool_after)
         if "pos_embed" in unused:
-            self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, dim), requires_grad=False)
+            self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, dim))
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
         # the residual stream sums spikes: 0..2 after SPS, at most 2 more per block (uint8 saves while <= 255)
         counts = 2 + 2 * depth <= 255
         self.block = nn.ModuleList(Block(dim, num_heads, mlp_ratio, attn_scale, qkv_bias, "block_norms" in unused,
                                          counts) for _ in range(depth))
         if "final_norm" in unused:
-            self.norm = nn.LayerNorm(dim).requires_grad_(False)
+            self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Linear) and (token_init == "trunc_normal" or m is self.head):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+
+    def unused_parameter_names(self) -> list[str]:
+        """Names of the official code's parameters that the forward never uses (see ``unused``): trainable, so
+        they count as in the official code, but they never get a gradient (``fit`` tells DDP so)."""
+        return [n for n, _ in self.named_parameters() if n == "pos_embed" or n.startswith("norm.")
+                or ".norm1." in n or ".norm2." in n]
 
     def _as_sequence(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 4:

@@ -312,8 +312,10 @@ def fit(model: nn.Module, x: Inputs | Dataset, y: torch.Tensor | None, config: T
                 (out / METRICS).write_text("".join(json.dumps(r) + "\n" for r in history))
         net = model
         if world > 1:
+            unused = getattr(model, "unused_parameter_names", list)()  # e.g. the official Spikformer's LayerNorms
             net = nn.parallel.DistributedDataParallel(model,
-                                                      device_ids=[device.index] if device.type == "cuda" else None)
+                                                      device_ids=[device.index] if device.type == "cuda" else None,
+                                                      find_unused_parameters=bool(unused))
         for epoch in range(start, cfg.epochs):
             model.train()
             began = time.perf_counter()
