@@ -65,6 +65,14 @@ def test_train_energy_export_journey(tmp_path, capsys):
     assert code == 0, err
     assert "sub-module step_network" in out and nir_file.stat().st_size > 0
     assert "max |output difference| = 0" in out
+    for target in ("snntorch", "norse"):  # read back by our reader and, where installed, by the library itself
+        code, out, err = run(capsys, "export-nir", "--checkpoint", str(ckpt), "--out", str(nir_file), "--quiet",
+                             "--target", target)
+        assert code == 0, err
+        installed = __import__("importlib").util.find_spec(target) is not None
+        assert f"for {target})" in out and "read back with nirtorch" in out
+        assert (f"read back with {target} and run on 8 test samples: max |output difference| = 0\n" in out
+                if installed else f"not read back with {target}" in out), out
 
 
 def test_yaml_config(tmp_path, capsys):

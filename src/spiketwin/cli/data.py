@@ -19,7 +19,9 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
                         "batches), imagefolder (root/train/<class>/<image>, root/val/...), dvs_gesture (AEDAT 3.1 + "
                         "labels CSV), cifar10_dvs (AEDAT 2.0); one of: " + ", ".join(available_datasets()))
     p.add_argument("--data-root", metavar="DIR", help="folder of the data files (every data set but digits)")
-    p.add_argument("--limit", type=int, metavar="N", help="use only the first N samples of each split")
+    p.add_argument("--limit", type=int, metavar="N",
+                   help="use N samples of each split: a seeded, class-balanced subset (the classes in turn, each in a "
+                        "fixed random order), not the first N")
     p.add_argument("--batch-size", type=int, default=64, help="batch size (per process under torchrun; default: 64)")
     p.add_argument("--n-train", type=int, default=8000, metavar="N",
                    help="mnist: the first N images of the t10k file train, the rest test (default: 8000)")

@@ -83,7 +83,12 @@ def _export_nir_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--submodule", metavar="PATH", help="export only this part (default: the model's "
                                                         "step_network when it has one, else the whole model; "
                                                         "'' for the whole model)")
-    p.add_argument("--dt", type=float, default=1.0, help="time per step for NIR's continuous neurons (default 1)")
+    p.add_argument("--target", choices=("nir", "snntorch", "norse"), default="nir",
+                   help="who reads the file: 'nir' (NIR as specified), 'snntorch' (snntorch.import_nir."
+                        "import_from_nir) or 'norse' (norse.torch.from_nir); each gets the dt, Flatten dims, "
+                        "pooling and thresholds its importer reproduces our spikes from (default nir)")
+    p.add_argument("--dt", type=float, help="time per step for NIR's continuous neurons (default: 1 for nir, "
+                                            "1e-3 for norse (give Norse the same dt); snnTorch's is fixed at 1e-4)")
     p.add_argument("--samples", type=int, default=8, help="test samples for the shapes and the read-back check")
 
 
@@ -96,19 +101,21 @@ def cmd_export_nir(args) -> None:
         "step_network" if hasattr(model, "step_network") else "")
     submodule = submodule or None  # "" exports the whole model
     x = first_samples(load_data(args)[1], args.samples)[0].to(args.device)
-    graph = to_nir(model.eval(), x, args.out, submodule=submodule, dt=args.dt)
+    graph = to_nir(model.eval(), x, args.out, submodule=submodule, dt=args.dt, target=args.target)
     print(f"export-nir: wrote {args.out} ({len(graph.nodes)} nodes, {len(graph.edges)} edges"
-          f"{f', sub-module {submodule}' if submodule else ''}; one time step, dt={args.dt})")
-    try:
-        import nirtorch  # noqa: F401
-    except ImportError:
-        print("export-nir: nirtorch is not installed, so the file was not read back (pip install 'spiketwin[nir]')")
-        return
-    diff = check(model, args.out, x, submodule=submodule)
-    print(f"export-nir: read back with nirtorch and run on {len(x)} test samples: max |output difference| = "
-          f"{diff:.3g}")
-    if diff > 1e-4:
-        raise RuntimeError(f"the NIR file does not reproduce the model (max difference {diff:.3g})")
+          f"{f', sub-module {submodule}' if submodule else ''}; one time step, dt={float(graph.metadata['dt']):g}, "
+          f"for {args.target})")
+    for reader in ("spiketwin", args.target) if args.target != "nir" else ("spiketwin",):
+        try:
+            diff = check(model, args.out, x, submodule=submodule, reader=reader)
+        except ImportError as e:
+            print(f"export-nir: not read back with {reader}: {e}")
+            continue
+        print(f"export-nir: read back with {'nirtorch' if reader == 'spiketwin' else reader} and run on {len(x)} test "
+              f"samples: max |output difference| = {diff:.3g}")
+        if diff > 1e-4:
+            raise RuntimeError(f"the NIR file read with {reader} does not reproduce the model (max difference "
+                               f"{diff:.3g})")
 
 
 COMMANDS = {

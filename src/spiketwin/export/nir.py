@@ -43,7 +43,7 @@ from ..ops import SESA, Accumulate, BiasOnce, MatMul, OffsetOnce
 from ..quant import Quantizer
 from . import nir_targets
 from .nir_graph import PASS_THROUGH, NIRExportError, build
-from .nir_read import from_nir
+from .nir_read import consumer, from_nir
 
 _LEAVES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.AvgPool2d, nn.Flatten, LIF, nn.BatchNorm1d, nn.BatchNorm2d,
            *PASS_THROUGH)
@@ -136,19 +136,27 @@ def _part_io(model: nn.Module, part: nn.Module, example_input: torch.Tensor, sub
     return seen["x"], seen["y"], in_sequence, ran
 
 
-def check(snn: nn.Module, graph, example_input: torch.Tensor, submodule: str | None = None) -> float:
+def check(snn: nn.Module, graph, example_input: torch.Tensor, submodule: str | None = None,
+          reader: str = "spiketwin") -> float:
     """Largest absolute difference, over every step of ``example_input`` (see :func:`to_nir`), between the
-    output of the exported part of ``snn`` and the NIR ``graph`` (a path or an ``NIRGraph``) read back with
-    :func:`from_nir` and run step by step. 0 means the file reproduces the network exactly."""
+    output of the exported part of ``snn`` and the NIR ``graph`` (a path or an ``NIRGraph``) read back and run
+    step by step. 0 means the file reproduces the network exactly.
+
+    ``reader``: ``"spiketwin"`` (:func:`from_nir`, in the input's dtype), or the real consumer a file of that
+    target is for, ``"snntorch"`` or ``"norse"`` (their importers, float32; the package must be installed)."""
     model, part = _part(snn, submodule)
     x, y, in_sequence, _ = _part_io(model, part, example_input, submodule)
     steps, expected = (x, y) if in_sequence else (x.unsqueeze(0), y.unsqueeze(0))
-    module = from_nir(graph, dtype=x.dtype).to(x.device)
+    if reader == "spiketwin":
+        step = from_nir(graph, dtype=x.dtype).to(x.device)
+    else:
+        step = consumer(graph, reader)
+        steps = steps.float().cpu()
     state, outputs = None, []
     with torch.no_grad():
         for x_t in steps:
-            out, state = module(x_t, state)
-            outputs.append(out)
+            out, state = step(x_t, state)
+            outputs.append(out.to(expected))
     return float((torch.stack(outputs) - expected).abs().max())
 
 

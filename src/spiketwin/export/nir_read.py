@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import importlib
 import warnings
 from pathlib import Path
 
@@ -115,3 +117,28 @@ def from_nir(source, dt: float | None = None, dtype: torch.dtype = torch.float32
                 nir.LIF: lambda n: _NIRNeuron(n, dt), nir.IF: lambda n: _NIRNeuron(n, dt),
                 nir.Scale: lambda n: _Scale(torch.as_tensor(np.asarray(n.scale)))}
     return nirtorch.nir_to_torch(graph, node_map, dtype=dtype)
+
+
+def consumer(source, reader: str):
+    """One step of the NIR graph ``source`` (a path or a ``nir.NIRGraph``) as the consumer library ``reader``
+    runs it: ``step(x, state) -> (y, state)``. ``"snntorch"``: ``snntorch.import_nir.import_from_nir`` (its
+    neurons keep their potentials inside; a fresh import starts at rest); ``"norse"``: ``norse.torch.from_nir``."""
+    nir = require("nir", "nir", "NIR export")
+    if reader not in _CONSUMERS:
+        raise ValueError(f"unknown NIR reader {reader!r}; choose 'spiketwin', {', '.join(map(repr, _CONSUMERS))}")
+    module_name, install = _CONSUMERS[reader]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ImportError(f"reading NIR with {reader} needs it installed: {install}") from e
+    graph = nir.read(str(source)) if isinstance(source, (str, Path)) else copy.deepcopy(source)  # both edit it
+    if reader == "snntorch":
+        net = module.import_from_nir(graph)
+        return lambda x, state: (net(x)[0], None)
+    return module.from_nir(graph)
+
+
+# The importer of each consumer, and how to install it beside an existing torch (what the tests were run with)
+_CONSUMERS = {"snntorch": ("snntorch.import_nir", "pip install snntorch==1.0.0"),
+              "norse": ("norse.torch", "pip install --no-deps norse==1.1.0 (its torchvision requirement would "
+                                       "pull another torch)")}
