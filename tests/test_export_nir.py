@@ -200,3 +200,25 @@ def test_from_nir_reads_other_producers_files(tmp_path):
         ours = net(x)
     assert 0.02 < record(net, x, "1").mean() < 0.98
     torch.testing.assert_close(run_nir(module, x), ours, rtol=0, atol=1e-5)
+
+
+def test_modules_carry_their_own_refusal():
+    from spiketwin.base import StatefulModule
+    from spiketwin.convert.spikeconverter import PeriodBias
+    from spiketwin.export import unsupported
+
+    class Custom(StatefulModule):
+        nir_refusal = "a custom operator: no NIR node for it"
+
+    class Plain(StatefulModule):
+        pass
+
+    net = nn.Sequential(Custom(), Plain(), LIF(), LIF(v_reset=None),
+                        TimeFold(nn.AvgPool2d(3, padding=1, count_include_pad=False)))
+    assert unsupported(net) == [("0", "Custom: a custom operator: no NIR node for it"),
+                                ("1", "Plain: a stateful spiking operator with no NIR node"),
+                                ("3", "LIF: soft reset (v -= threshold): NIR's LIF / IF reset the potential to "
+                                      "v_reset"),
+                                ("4.layer", "AvgPool2d: AvgPool2d with count_include_pad=False and padding: NIR's "
+                                            "AvgPool2d divides by the whole window")]
+    assert "once per period" in PeriodBias.nir_refusal

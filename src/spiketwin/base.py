@@ -31,6 +31,8 @@ class StatefulModule(nn.Module):
     """
 
     state_names: tuple[str, ...] = ()
+    #: Why NIR (``spiketwin.export.to_nir``) cannot express this module, or None when it can.
+    nir_refusal: str | None = "a stateful spiking operator with no NIR node"
 
     def __init__(self, step_mode: str = "m") -> None:
         super().__init__()

@@ -30,6 +30,8 @@ from .base import StatefulModule
 class MatMul(nn.Module):
     """``a @ b`` (batched over leading dimensions) as a module."""
 
+    nir_refusal = "activation x activation product: NIR has no product of two signals"
+
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return a @ b
 
@@ -142,6 +144,8 @@ class BiasOnce(StatefulModule):
     ``[B, ...]`` (step) or ``[T, B, ...]`` (sequence); convolutions fold ``T`` into the batch.
     """
 
+    nir_refusal = "bias added at the first step only: NIR's Affine / Conv add their bias at every step"
+
     state_names = ("started",)
 
     def __init__(self, layer: nn.Module, step_mode: str = "m", sparse: bool = True) -> None:
@@ -199,6 +203,8 @@ class OffsetOnce(StatefulModule):
     """``fn(x, *offsets)`` where the ``offsets`` (tensors that add to the signal, such as a class token and
     a position embedding) are used at the first step and replaced by zeros at every later step."""
 
+    nir_refusal = "offsets (class token, position embedding) added at the first step only: NIR has no such node"
+
     state_names = ("started",)
 
     def __init__(self, fn: nn.Module, step_mode: str = "m") -> None:
@@ -227,6 +233,8 @@ class SESA(StatefulModule):
     batched matmul over all steps, and a difference. Event-driven (``sparse=True``): a product whose two
     operands got no input during a call outputs zeros, so only the others are computed.
     """
+
+    nir_refusal = MatMul.nir_refusal
 
     state_names = ("a_sum", "b_sum", "product")
 
@@ -278,6 +286,8 @@ class Accumulate(StatefulModule):
     sequence path calls it once on ``[T, B, ...]``): softmax over a negative ``dim``, LayerNorm and
     elementwise functions do; extra arguments must broadcast against ``[T, B, ...]`` (e.g. ``[B, 1, 1, N]``).
     """
+
+    nir_refusal = "accumulate-apply-difference of a non-linear function (softmax, LayerNorm, ...): NIR has none"
 
     state_names = ("total", "last")
 

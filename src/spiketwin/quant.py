@@ -43,6 +43,8 @@ class Quantizer(nn.Module):
     ``1/sqrt(numel * n_max)``.
     """
 
+    nir_refusal = "quantizer: this is a QANN; convert it to an SNN first"
+
     def __init__(self, levels: int = 16, signed: bool = False) -> None:
         super().__init__()
         self.levels, self.signed = int(levels), bool(signed)

@@ -342,6 +342,8 @@ class PeriodBias(PhasedModule):
     """A Conv/Linear applied to every step without its bias; the bias enters once per period of ``T`` steps,
     at the last step (the one the next neuron does not amplify). ``[T', B, ...] -> [T', B, ...]``."""
 
+    nir_refusal = "bias added once per period of T steps: NIR's Affine / Conv add their bias at every step"
+
     def __init__(self, layer: nn.Module, phase_steps: int, step_mode: str = "m") -> None:
         super().__init__(phase_steps, step_mode)
         self.layer = copy.deepcopy(layer)
@@ -395,6 +397,8 @@ class SpikeMaxPool2d(PhasedModule):
     the output train is the train of the window's maximum, so the decoded output is the max of the decoded
     inputs exactly. Zero padding is exact because trains are non-negative. ``[B, C, H, W]`` per step.
     """
+
+    nir_refusal = "max pooling of binary-coded spike trains: NIR 1.0 has only AvgPool2d and SumPool2d"
 
     state_names = ("tied",)
 

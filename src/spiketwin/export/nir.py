@@ -36,27 +36,16 @@ from torch import fx, nn
 
 from ..base import StatefulModule, reset, set_step_mode
 from ..checkpoint import atomic_write
-from ..convert.spikeconverter import PeriodBias, SpikeMaxPool2d
 from ..extras import require
-from ..neurons import ILIF, LIF, STBIF
-from ..ops import SESA, Accumulate, BiasOnce, MatMul, OffsetOnce
-from ..quant import Quantizer
+from ..neurons import LIF
 from . import nir_targets
 from .nir_graph import PASS_THROUGH, NIRExportError, build
 from .nir_read import consumer, from_nir
 
 _LEAVES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.AvgPool2d, nn.Flatten, LIF, nn.BatchNorm1d, nn.BatchNorm2d,
            *PASS_THROUGH)
-_REASONS: tuple[tuple[type, str], ...] = (
-    ((MatMul, SESA), "activation x activation product: NIR has no product of two signals"),
-    (Accumulate, "accumulate-apply-difference of a non-linear function (softmax, LayerNorm, ...): NIR has none"),
-    (BiasOnce, "bias added at the first step only: NIR's Affine / Conv add their bias at every step"),
-    (OffsetOnce, "offsets (class token, position embedding) added at the first step only: NIR has no such node"),
-    (STBIF, "ST-BIF neuron: bipolar spikes bounded by a spike count [n_min, n_max] have no NIR neuron"),
-    (ILIF, "iLIF neuron: amplification and temporal separation (accumulate, then fire) have no NIR neuron"),
-    (PeriodBias, "bias added once per period of T steps: NIR's Affine / Conv add their bias at every step"),
-    (SpikeMaxPool2d, "max pooling of binary-coded spike trains: NIR 1.0 has only AvgPool2d and SumPool2d"),
-    (Quantizer, "quantizer: this is a QANN; convert it to an SNN first"),
+# torch's own modules that NIR cannot express; spiketwin's say it themselves (their ``nir_refusal``)
+_TORCH_REASONS: tuple[tuple[type | tuple[type, ...], str], ...] = (
     (nn.Softmax, "softmax: NIR has no normalisation across neurons"),
     (nn.LayerNorm, "LayerNorm: NIR has no normalisation across neurons"),
     ((nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d), "max pooling: NIR 1.0 has only AvgPool2d and SumPool2d"),
@@ -69,18 +58,19 @@ def _import_nir():
 
 
 def _reason(module: nn.Module) -> str | None:
-    """Why ``module`` cannot be exported, or None when it can (or is a container traced through)."""
-    if isinstance(module, LIF):
-        if module.params.v_reset is None:
-            return "soft reset (v -= threshold): NIR's LIF / IF reset the potential to v_reset"
-        return None
-    for types, why in _REASONS:
+    """Why ``module`` cannot be exported, or None when it can (or is a container traced through). Every
+    stateful module, and spiketwin's operators, carry their own reason (``nir_refusal``; None for a LIF / IF
+    with hard reset)."""
+    why = getattr(module, "nir_refusal", None)
+    if why is not None:
+        return why
+    for types, why in _TORCH_REASONS:
         if isinstance(module, types):
             return why
     if isinstance(module, nn.AvgPool2d) and (module.ceil_mode or module.divisor_override is not None):
         return "AvgPool2d with ceil_mode or divisor_override: NIR's AvgPool2d has neither"
-    if isinstance(module, StatefulModule):
-        return "a stateful spiking operator with no NIR node"
+    if isinstance(module, nn.AvgPool2d) and not module.count_include_pad and module.padding not in (0, (0, 0)):
+        return "AvgPool2d with count_include_pad=False and padding: NIR's AvgPool2d divides by the whole window"
     return None
 
 

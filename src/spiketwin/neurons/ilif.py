@@ -24,6 +24,8 @@ class ILIF(StatefulModule):
     quantized to ``2^T`` levels. Output of the first period is zero (nothing accumulated yet).
     """
 
+    nir_refusal = "iLIF neuron: amplification and temporal separation (accumulate, then fire) have no NIR neuron"
+
     state_names = ("v", "v_acc")
 
     def __init__(

@@ -285,6 +285,13 @@ class LIF(StatefulModule):
                                 decay_input, detach_reset)
         self.surrogate = surrogate if surrogate is not None else Sigmoid(4.0)
 
+    @property
+    def nir_refusal(self) -> str | None:
+        """NIR's LIF / IF have a hard reset only."""
+        if self.params.v_reset is None:
+            return "soft reset (v -= threshold): NIR's LIF / IF reset the potential to v_reset"
+        return None
+
     def _initial_v(self, like: torch.Tensor) -> torch.Tensor:
         if self.v is not None:
             return self.v

@@ -37,6 +37,8 @@ class STBIF(StatefulModule):
     arithmetic (see :data:`~spiketwin.ops.SPARSE_MAX_FRACTION`).
     """
 
+    nir_refusal = "ST-BIF neuron: bipolar spikes bounded by a spike count [n_min, n_max] have no NIR neuron"
+
     state_names = ("total", "count", "spikes")
 
     def __init__(self, threshold: float | torch.Tensor, n_min: int, n_max: int, step_mode: str = "m",
