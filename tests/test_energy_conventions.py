@@ -68,17 +68,21 @@ def test_graded_spikes_count_every_spike_and_report_events():
             return k * self.threshold.to(k.dtype)
 
     class Net(nn.Module):
-        def __init__(self, through_view: bool):
+        def __init__(self, path: str):
             super().__init__()
-            self.neuron, self.fc, self.view = Burst(0.5, -8, 8), nn.Linear(4, 3, bias=False), through_view
+            self.neuron, self.fc, self.path = Burst(0.5, -8, 8), nn.Linear(4, 3, bias=False), path
 
         def forward(self, k):  # [T, B, 4] or [T, B, 2, 2] spike counts
             s = self.neuron(k)
-            return self.fc(s.flatten(2) if self.view else s)
+            if self.path == "view":
+                s = s.flatten(2)
+            elif self.path == "copy":  # a reshape after a transpose copies: the same spikes in a new tensor
+                s = s.transpose(-1, -2).reshape(*s.shape[:2], 4)
+            return self.fc(s)
 
     k = torch.tensor([[[3.0, 0, -2, 1]], [[0, 0, 1, 0]]])  # T = 2, B = 1: spikes 6 + 1 = 7, non-zero 3 + 1 = 4
-    for view, counts in ((False, k), (True, k.reshape(2, 1, 2, 2))):
-        r = report(Net(view), counts, analog="none")
+    for path, counts in (("direct", k), ("view", k.reshape(2, 1, 2, 2)), ("copy", k.reshape(2, 1, 2, 2))):
+        r = report(Net(path), counts, analog="none")
         fc = r.layers[0]
         assert (fc.sops, fc.sop_events, fc.rate) == (7 * 3, 4 * 3, 0.5)  # fan-out 3
         assert r.totals["energy_pj"] == pytest.approx(0.9 * 21) and r.totals["sop_events"] == 12
@@ -192,3 +196,38 @@ def test_a_lif_network_in_step_mode_gives_the_same_counts_under_every_convention
         a, b = report(net, x, convention=name), report(net, x, step_mode="s", convention=name)
         assert [v for x in a.layers for v in (x.macs, x.sops)] == \
             pytest.approx([v for x in b.layers for v in (x.macs, x.sops)], rel=1e-12)
+
+
+def test_multi_spike_vit_snn_counts_every_spike_of_every_linear():
+    """A SpikeZIP-TF ViT converted with 4 spikes per step: each Linear's SOPs are its fan-out times the spikes
+    it received (|x| / θ, θ its smallest non-zero input over the run), its SOP events the non-zero inputs."""
+    from spiketwin.convert import to_qann, to_snn
+    from spiketwin.models import create
+
+    torch.manual_seed(0)
+    qann = to_qann(create("vit_digits", embed_dim=16, depth=1, num_heads=2), levels=8).eval()
+    x = torch.rand(6, 1, 8, 8)
+    qann(x)  # initialises the quantizer steps
+    snn = to_snn(qann, spikes_per_step=4)
+    run = lambda m, x: m.simulate(x, max_steps=8, early_exit=False)  # noqa: E731
+    r = report(snn, x, run=run)
+    modules = dict(snn.named_modules())
+    linears = [layer.name for layer in r.layers if layer.kind == "linear"]  # a Linear, or a bias-once wrapper
+    inputs: dict[str, list[torch.Tensor]] = {}
+    for name in linears:
+        modules[name].register_forward_pre_hook(
+            lambda m, a, name=name: inputs.setdefault(name, []).append(a[0].detach().clone()))
+    with torch.no_grad():
+        run(snn, x)
+    reset(snn)
+    checked = 0
+    for layer in r.layers:
+        if layer.name not in linears[1:]:  # the patch embedding's analog input aside
+            continue
+        seen = torch.cat([t.reshape(-1) for t in inputs[layer.name]]).abs()
+        theta = seen[seen > 0].min()
+        fan_out = getattr(modules[layer.name], "layer", modules[layer.name]).out_features
+        assert layer.sops == pytest.approx(float((seen / theta).sum()) * fan_out / 6, rel=1e-6), layer.name
+        assert layer.sop_events == pytest.approx(float(seen.ne(0).sum()) * fan_out / 6, rel=1e-9), layer.name
+        checked += 1
+    assert checked >= 4 and r.totals["sops"] > r.totals["sop_events"]  # some bursts of several spikes

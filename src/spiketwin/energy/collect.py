@@ -140,6 +140,7 @@ class Run:
         self.pending: list[Callable[[int], None]] = []  # counts waiting for the steps of their call
         self.running: list[int | None] = []  # steps of the spiking modules now executing (a stack)
         self.units: dict[int, tuple[weakref.ref, torch.Tensor]] = {}  # storage -> (ST-BIF output, θ)
+        self.last: tuple[torch.Tensor, torch.Tensor] | None = None  # the last ST-BIF output and its θ
         self.handles = []
         products = tuple(PRODUCTS)
         extras = {kind: EXTRA_TYPES[kind] for kind in ("batchnorm", "layernorm", "pooling", "neurons")
@@ -163,6 +164,7 @@ class Run:
                 self.handles.append(m.register_forward_hook(self._leave))
 
     def close(self) -> None:
+        self.last = None
         for h in self.handles:
             h.remove()
 
@@ -184,17 +186,29 @@ class Run:
     def _stbif_output(self, module: nn.Module, args, out) -> None:
         """Remember an ST-BIF neuron's output storage and θ: a layer reading it counts ``|x|/θ`` spikes."""
         if isinstance(out, torch.Tensor):
+            self.last = (out, module.threshold)  # held (a copy may outlive its source's last reference)
             self.units[out.untyped_storage().data_ptr()] = (weakref.ref(out), module.threshold)
 
-    def _unit(self, x: torch.Tensor) -> torch.Tensor | None:
-        """θ of the ST-BIF neuron whose output ``x`` is (or views), if it broadcasts over ``x``."""
+    def _spikes(self, x: torch.Tensor, steps: int, nonzero: torch.Tensor) -> torch.Tensor:
+        """``[steps]`` spikes in ``x``: ``Σ |x|/θ`` when ``x`` is an ST-BIF neuron's output or a view of it, or a
+        copy of the last ST-BIF output to run (same size and absolute sum; a reshape after a transpose copies),
+        else the non-zero count. No host synchronisation."""
         entry = self.units.get(x.untyped_storage().data_ptr())
-        if entry is None or entry[0]() is None:
-            return None
-        theta = entry[1].to(device=x.device, dtype=x.dtype if x.is_floating_point() else torch.float32)
+        source = theta = None
+        if entry is not None and entry[0]() is not None:
+            theta = entry[1]
+        elif self.last is not None and self.last[0].numel() == x.numel() and self.last[1].numel() == 1:
+            source, theta = self.last
+        else:
+            return nonzero
+        theta = theta.to(device=x.device, dtype=x.dtype if x.is_floating_point() else torch.float32)
         if theta.numel() > 1 and torch.broadcast_shapes(x.shape, theta.shape) != x.shape:
-            return None
-        return theta
+            return nonzero
+        spikes = (x.abs() / theta).reshape(steps, -1).sum(1, dtype=torch.float64)
+        if source is None:
+            return spikes
+        same = torch.isclose(x.abs().sum(dtype=torch.float64), source.abs().sum(dtype=torch.float64), rtol=1e-6)
+        return torch.where(same, spikes, nonzero.to(torch.float64))
 
     def flush(self) -> None:
         for count in self.pending:
@@ -241,9 +255,7 @@ class Run:
         if not rows.is_floating_point():
             rows = rows.float()
         nonzero = torch.count_nonzero(rows, dim=1)
-        unit = self._unit(x)
-        spikes = nonzero if unit is None else (x.abs() / unit).reshape(rows.shape[0], -1).sum(1, dtype=torch.float64)
-        op = Operand(rows.shape[1], nonzero, spikes, tuple(x.shape))
+        op = Operand(rows.shape[1], nonzero, self._spikes(x, rows.shape[0], nonzero), tuple(x.shape))
         if self.needs.values:
             a = rows.abs()
             op.abs_sum = a.sum(1, dtype=torch.float64)
