@@ -150,6 +150,21 @@ def vit_snn(device: torch.device, quick: bool, levels: list[int], batch: int, sj
     return rows
 
 
+def _host_syncs(fn) -> int:
+    """The device-to-host synchronisations that ``fn()`` makes, counted by CUDA's sync debug mode (warnings)."""
+    import warnings
+
+    previous = torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
 def _vit_level(ann: nn.Module, L: int, calibration: torch.Tensor, x: torch.Tensor, repeats: int) -> dict:
     qann = _calibrated(ann, L, calibration)
     snn = to_snn(qann)
@@ -164,6 +179,9 @@ def _vit_level(ann: nn.Module, L: int, calibration: torch.Tensor, x: torch.Tenso
                settle_median=float(settle.median()), settle_max=int(settle.max()),
                agreement=_agreement(result.output, expected),
                max_rel_logits=float((result.output - expected).abs().max() / expected.abs().max()))
+    row["steps"] = len(result.per_step)
+    if x.is_cuda:  # the rule: at most one read per chunk of steps (docs/gpu.md)
+        row["host_syncs"] = _host_syncs(lambda: simulate(snn, x, max_steps=1024))
     q64 = copy.deepcopy(qann).double()
     row["float64_max_rel"] = verify(q64, to_snn(q64), x[:2].double()).max_rel
     del q64
@@ -270,7 +288,8 @@ def table(results: dict) -> None:
     for r in results["vit"]:
         what = f"{r['model']} L{r['levels']} B{r['batch']} images/s"
         detail = (f"settle med {r['settle_median']:g} max {r['settle_max']}; agree {100 * r['agreement']:.2f}%; "
-                  f"f64 {r['float64_max_rel']:.0e}")
+                  f"f64 {r['float64_max_rel']:.0e}"
+                  + (f"; {r['host_syncs']} host syncs in {r['steps']} steps" if "host_syncs" in r else ""))
         rows.append([what + " vs QANN", f"{r['snn_images_s']:.1f}", f"{r['qann_images_s']:.1f}",
                      _ratio(r["snn_images_s"], r["qann_images_s"]), detail])
         if "sj_images_s" in r:
@@ -297,7 +316,8 @@ def table(results: dict) -> None:
 
 def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__.split("\n")[0])
-    p.add_argument("--device", default="auto", help="cuda, cpu or auto (cuda when available; else cpu and --quick)")
+    p.add_argument("--device", default="auto",
+                   help="cuda, cpu or auto (default: cuda when available, else cpu with --quick)")
     p.add_argument("--quick", action="store_true", help="tiny sizes (for the CPU and CI)")
     p.add_argument("--levels", type=int, nargs="+", default=[16, 32])
     p.add_argument("--batch", type=int, default=64, help="ViT-S images per simulate call")
@@ -310,9 +330,10 @@ def main(argv: list[str]) -> None:
     device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("bench.gpu: --device cuda but torch sees no CUDA device; use --device cpu --quick")
-    quick = args.quick or device.type == "cpu"
+    quick = args.quick or (args.device == "auto" and device.type == "cpu")
     if quick and not args.quick:
-        print("bench.gpu: no CUDA device: running the quick CPU sizes (--device cpu --quick)")
+        print("bench.gpu: no CUDA device: running the quick CPU sizes (--device cpu --quick); "
+              "--device cpu alone runs the full sizes")
     batch, sj_batch = (4, 2) if quick else (args.batch, args.sj_batch)
     began = time.perf_counter()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"

@@ -6,7 +6,7 @@ import torch
 
 from ..base import StatefulModule
 from ..kernels.stbif import fused, stbif_steps
-from ..ops import changed_samples, scatter_samples, sparse_index
+from ..ops import changed_samples, event_driven, scatter_samples, sparse_index
 from .common import as_threshold
 from .stbif_rule import stbif_move, stbif_scan, stbif_target
 
@@ -107,7 +107,7 @@ class STBIF(StatefulModule):
             dense = x_seq.contiguous()  # the kernels' layout; a copy only of a strided view, only for a kernel
             if fused(dense, *([] if self.total is None else [self.total, self.count])):
                 return self._fused_steps(dense)
-        if self.sparse and self.pending is not None:
+        if self.sparse and self.pending is not None and event_driven(x_seq):
             index = sparse_index(changed_samples(x_seq) | self.pending[:, -1])
             if index is not None:
                 return self._sample_steps(x_seq, index)
