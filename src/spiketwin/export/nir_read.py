@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
+import io
 import warnings
 from pathlib import Path
 
@@ -133,7 +135,8 @@ def consumer(source, reader: str):
         raise ImportError(f"reading NIR with {reader} needs it installed: {install}") from e
     graph = nir.read(str(source)) if isinstance(source, (str, Path)) else copy.deepcopy(source)  # both edit it
     if reader == "snntorch":
-        net = module.import_from_nir(graph)
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints a progress line of its own
+            net = module.import_from_nir(graph)
         return lambda x, state: (net(x)[0], None)
     return module.from_nir(graph)
 
