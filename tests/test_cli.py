@@ -157,6 +157,10 @@ def test_spikezip_journey(tmp_path, capsys):
          "--raster", str(tmp_path / "raster.png")],
         ["verify", "--checkpoint", str(snn), "--limit", "20", "--batch-size", "2"],
         ["energy", "--checkpoint", str(snn), "--samples", "4", "--max-steps", "16"],
+        # 8 levels, up to 8 spikes per step: every neuron reaches its level in one step, the SNN in one step
+        ["simulate", "--checkpoint", str(snn), "--limit", "20", "--quiet", "--max-steps", "16",
+         "--spikes-per-step", "8"],
+        ["verify", "--checkpoint", str(snn), "--limit", "20", "--batch-size", "2", "--spikes-per-step", "3"],
     ]
     outputs = []
     for argv in steps:
@@ -167,6 +171,7 @@ def test_spikezip_journey(tmp_path, capsys):
     assert "SNN accuracy at T: 1:" in outputs[3] and "settle step: median" in outputs[3]
     assert all((tmp_path / f).stat().st_size > 1000 for f in ("acc.png", "settle.png", "raster.png"))
     assert "model.blocks.0.attn.matmul_qk  product" in outputs[5] and "model.patch_embed.proj" in outputs[5]
+    assert "settle step: median 1, max 1;" in outputs[6] and "OK: max relative difference" in outputs[7]
     code, _, err = run(capsys, "export-nir", "--checkpoint", str(snn), "--out", str(tmp_path / "v.nir"))
     assert code == 1 and "model.blocks.0.attn.matmul_qk: SESA" in err  # refused, each module named
     code, _, err = run(capsys, "qat", "--checkpoint", str(qann), "--limit", "60")  # a QANN is not an ANN

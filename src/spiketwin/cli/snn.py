@@ -18,12 +18,19 @@ def _verify(qann, args) -> None:
 
     qann = qann.double()
     x_test = first_samples(load_data(args)[1], args.batch_size)[0].to(args.device).double()
-    print(verify(qann, to_snn(qann), x_test))
+    print(verify(qann, to_snn(qann, spikes_per_step=args.spikes_per_step), x_test))
+
+
+def _add_spikes_per_step(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--spikes-per-step", type=int, default=1, metavar="M",
+                   help="ST-BIF neurons emit up to M spikes per step (default 1, SpikeZIP-TF's neuron; the level "
+                        "count: any level in one step). The SNN equals the QANN for every M; it settles sooner")
 
 
 def _convert_options(p: argparse.ArgumentParser) -> None:
     add_model_options(p, "the QANN (required)")
     add_data_options(p)
+    _add_spikes_per_step(p)
     p.add_argument("--out", metavar="FILE", help="write the SNN checkpoint here")
 
 
@@ -44,6 +51,7 @@ def _simulate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--step-mode", default="m", choices=("m", "s"), help="m: sequence (fast), s: step by step")
     p.add_argument("--plot", metavar="PNG", help="write the accuracy-vs-time-step curve here")
     p.add_argument("--settle-plot", metavar="PNG", help="write the settle-step histogram here")
+    _add_spikes_per_step(p)
     add_raster_options(p)
 
 
@@ -53,7 +61,7 @@ def cmd_simulate(args) -> None:
 
     require(args, "checkpoint")
     qann, _ = load_model(args, stages=("qann", "snn"), snn=False)
-    snn = to_snn(qann)
+    snn = to_snn(qann, spikes_per_step=args.spikes_per_step)
     x_test, y_test = first_samples(load_data(args)[1])
     # under torchrun every process simulates its share of the batches; all of them get the whole result
     result = evaluate_per_step(snn, x_test, y_test, args.batch_size, args.max_steps, args.step_mode,
@@ -87,6 +95,7 @@ def cmd_simulate(args) -> None:
 def _verify_options(p: argparse.ArgumentParser) -> None:
     add_model_options(p, "the QANN or SNN (required)")
     add_data_options(p)
+    _add_spikes_per_step(p)
 
 
 def cmd_verify(args) -> None:
