@@ -250,13 +250,16 @@ class Run:
         raise RuntimeError(f"energy.report: cannot tell the time steps of {s.name!r}'s input {tuple(x.shape)} "
                            f"(steps {n}, batch {B}): expected [n, B, ...], [n*B*k, ...] or [B*k, ...]")
 
-    def _operand(self, s: Stats, x: torch.Tensor, n: int) -> Operand:
+    def _operand(self, s: Stats, x: torch.Tensor, n: int, full: bool = True) -> Operand:
+        """``x``'s statistics per step; without ``full`` (a neuron's input: one update per element) only the
+        non-zero count."""
         rows = self._rows(s, x, n)
         if not rows.is_floating_point():
             rows = rows.float()
         nonzero = torch.count_nonzero(rows, dim=1)
-        op = Operand(rows.shape[1], nonzero, self._spikes(x, rows.shape[0], nonzero), tuple(x.shape))
-        if self.needs.values:
+        op = Operand(rows.shape[1], nonzero, self._spikes(x, rows.shape[0], nonzero) if full else nonzero,
+                     tuple(x.shape))
+        if full and self.needs.values:
             a = rows.abs()
             op.abs_sum = a.sum(1, dtype=torch.float64)
             op.vmin, op.vmax = torch.aminmax(rows, dim=1)
@@ -311,7 +314,7 @@ class Run:
         return hook
 
     def _count_extra(self, s: Stats, module: nn.Module, x: torch.Tensor, n: int) -> None:
-        op = self._operand(s, x, n)
+        op = self._operand(s, x, n, full=s.kind != "neurons")
         steps = op.nonzero.shape[0]
         affine = getattr(module, "affine", getattr(module, "elementwise_affine", False))
         channels = x.shape[1] if x.dim() > 1 else 1
