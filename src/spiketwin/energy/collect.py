@@ -102,13 +102,15 @@ def _weight_layer(module: nn.Module) -> nn.Module | None:
 
 def _exact_uses(conv: nn.Module, x: torch.Tensor, n: int) -> torch.Tensor:
     """``[n]`` weight uses of a convolution: each non-zero input times the outputs it reaches (borders included)."""
+    dims = len(conv.kernel_size)
+    x = x.reshape(-1, *x.shape[x.dim() - dims - 1:])  # a wrapper's [T, B, C, ...] folded to [T*B, C, ...]
     if conv.padding_mode != "zeros":
         x = F.pad(x, conv._reversed_padding_repeated_twice, mode=conv.padding_mode)
         padding = 0
     else:
         padding = conv.padding
     ones = torch.ones(conv.groups, conv.in_channels // conv.groups, *conv.kernel_size, device=x.device)
-    conv_fn = (F.conv1d, F.conv2d, F.conv3d)[x.dim() - 3]
+    conv_fn = (F.conv1d, F.conv2d, F.conv3d)[dims - 1]
     reach = conv_fn(x.ne(0).float(), ones, None, conv.stride, padding, conv.dilation, conv.groups)
     return reach.reshape(n, -1).sum(1, dtype=torch.float64) * (conv.out_channels // conv.groups)
 
@@ -241,12 +243,15 @@ class Run:
         return s
 
     def _rows(self, s: Stats, x: torch.Tensor, n: int) -> torch.Tensor:
-        """``x`` (``[n, B, ...]``, ``[n*B*k, ...]``, or ``[B*k, ...]`` once per sequence) as ``[steps, -1]``."""
+        """``x`` (``[n, B, ...]``, ``[n*B*k, ...]``, or ``[B*k, ...]`` once per sequence) as ``[steps, -1]``; an
+        extra layer may also get ``[n, b, ...]``, the samples an event-driven operator computes (``b < B``)."""
         B = self.batch
         if x.shape[:2] == (n, B) or x.shape[0] % (n * B) == 0:
             return x.reshape(n, -1)
         if x.shape[0] % B == 0:
             return x.reshape(1, -1)
+        if s.kind not in ("linear", "conv", "product") and x.shape[0] == n:
+            return x.reshape(n, -1)
         raise RuntimeError(f"energy.report: cannot tell the time steps of {s.name!r}'s input {tuple(x.shape)} "
                            f"(steps {n}, batch {B}): expected [n, B, ...], [n*B*k, ...] or [B*k, ...]")
 
@@ -314,6 +319,9 @@ class Run:
         return hook
 
     def _count_extra(self, s: Stats, module: nn.Module, x: torch.Tensor, n: int) -> None:
+        if x.numel() == 0:  # an event-driven operator with no sample to compute
+            s.steps += n
+            return
         op = self._operand(s, x, n, full=s.kind != "neurons")
         steps = op.nonzero.shape[0]
         affine = getattr(module, "affine", getattr(module, "elementwise_affine", False))
