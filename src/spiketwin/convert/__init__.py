@@ -12,43 +12,37 @@ from torch import nn
 NEURONS = ("stbif", "ilif")
 
 
-def to_qann(model: nn.Module, levels: int = 16, neuron: str = "stbif", **kwargs) -> nn.Module:
-    """A new model with quantizers in the places ``neuron``'s conversion needs; train it like any model."""
+def to_qann(model: nn.Module, levels: int = 16, neuron: str = "stbif", example_inputs=None, activation: str = "keep",
+            **kwargs) -> nn.Module:
+    """A new model with quantizers in the places ``neuron``'s conversion needs; train it like any model.
+
+    ``neuron="stbif"`` (SpikeZIP-TF) converts any ``nn.Module`` that ``torch.export`` can trace: ``example_inputs``
+    is a tensor, a tuple of positional tensors or a dict of keyword tensors, as the model is called (inferred for
+    models that declare their input shape); ``activation="relu"`` swaps GELU / SiLU for ReLU as the paper does.
+    The rules and the placement: :mod:`spiketwin.convert.graph`, :mod:`spiketwin.convert.qann`.
+    """
     if neuron not in NEURONS:
         raise ValueError(f"to_qann: neuron must be one of {NEURONS}, got {neuron!r}")
     if neuron == "ilif":
         from .spikeconverter import to_ilif_qann
         return to_ilif_qann(model, levels, **kwargs)
-    if neuron == "stbif":
-        from ..models.vit import ViT
+    from .qann import graph_to_qann
 
-        if isinstance(model, ViT):
-            from .spikezip import vit_to_qann
-
-            return vit_to_qann(model, levels, **kwargs)
-        from ..models.roberta import Roberta
-
-        if isinstance(model, Roberta) or type(model).__name__ == "RobertaForSequenceClassification":
-            from .roberta import roberta_to_qann
-
-            return roberta_to_qann(model, levels, **kwargs)
-    raise TypeError(f"to_qann: no {neuron!r} conversion for {type(model).__name__} yet")
+    if kwargs:
+        raise TypeError(f"to_qann: unexpected options {sorted(kwargs)} for neuron='stbif'")
+    return graph_to_qann(model, levels, example_inputs, activation)
 
 
-def to_snn(qann: nn.Module, spikes_per_step: int = 1) -> nn.Module:
-    """The SNN equivalent to ``qann`` (a model returned by :func:`to_qann`). ``spikes_per_step`` (ST-BIF
-    conversions only): up to that many spikes per neuron and step, so the SNN settles in fewer steps."""
+def to_snn(qann: nn.Module, **options) -> nn.Module:
+    """The SNN equivalent to ``qann`` (a model returned by :func:`to_qann`).
+
+    SpikeZIP-TF QANNs take ``state="exact"`` (default: bit-identical to the QANN in any dtype) or ``"events"``
+    (event-driven increments) and ``spikes_per_step`` (multi-spike ST-BIF neurons; 1 is the paper's).
+    """
     build = getattr(qann, "to_snn", None)
     if build is None:
         raise TypeError(f"to_snn: {type(qann).__name__} is not a QANN made by spiketwin.convert.to_qann")
-    if spikes_per_step == 1:
-        return build()
-    from .spikezip import SpikeZIPQANN
-
-    if not isinstance(qann, SpikeZIPQANN):
-        raise ValueError(f"to_snn: spikes_per_step={spikes_per_step} needs an ST-BIF QANN (to_qann(..., "
-                         f"neuron='stbif')); {type(qann).__name__} converts to neurons with one kind of spike")
-    return build(spikes_per_step=spikes_per_step)
+    return build(**options)
 
 
 def verify(qann: nn.Module, snn: nn.Module, x, allow_tf32: bool = False, **kwargs):

@@ -1,0 +1,304 @@
+"""The conversion engine's front end: trace any model into an ATen graph and classify every node.
+
+:func:`trace` runs ``torch.export`` on the model in eval mode (every dimension of every tensor input dynamic,
+so the graph runs for any batch size and sequence length), decomposes ``scaled_dot_product_attention`` into
+``matmul -> scale -> mask -> softmax -> matmul`` and drops shape/dtype assertion nodes.
+
+:func:`classify` says, for every node, how it depends on the input *signal* (SPEC A, "any model"):
+
+- ``CONST``: parameters, integer inputs (token ids, masks, positions) and anything computed from them only;
+- ``SOURCE``: where the signal enters: floating-point inputs and embedding lookups (their indices are constant);
+- ``WEIGHTED``: linear in the signal through a weight (linear, conv, a matmul with a constant operand);
+- ``LINEAR``: linear (affine) without a weight (add, scaling by a constant, reshapes, cat, mean, batch norm...);
+- ``BILINEAR``: a product of two signals (``q @ kᵀ``, ``attn @ v``, a gated MLP's elementwise product);
+- ``NONLINEAR``: any other function of the signal (softmax, LayerNorm, GELU, RMSNorm's rsqrt, max pooling...).
+
+Non-linear nodes are grown into *regions* (:func:`regions`): linear nodes that only read a region, and nodes that
+combine a region with the region's own inputs (RMSNorm's ``x * rsqrt(mean(x²))``), join it. A region is one
+function of its inputs: one accumulate-apply-difference operator in the SNN.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import operator
+import torch
+from torch import fx, nn
+
+aten = torch.ops.aten
+
+CONST, SOURCE, WEIGHTED, LINEAR, BILINEAR, NONLINEAR = "const", "source", "weighted", "linear", "bilinear", "nonlinear"
+QUANT, OUTPUT = "quant", "output"
+
+WEIGHT_OPS = {aten.linear, aten.conv1d, aten.conv2d, aten.conv3d, aten.convolution, aten.conv_transpose1d,
+              aten.conv_transpose2d, aten.conv_transpose3d, aten.addmm}
+PRODUCT_OPS = {aten.matmul, aten.mm, aten.bmm, aten.einsum}
+"""Products: weighted with one signal operand, bilinear with two (``aten.mul`` too, elementwise)."""
+LINEAR_OPS = {
+    aten.add, aten.sub, aten.neg, aten.mul, aten.div, aten.view, aten._unsafe_view, aten.reshape, aten.permute,
+    aten.transpose, aten.t, aten.unsqueeze, aten.squeeze, aten.flatten, aten.unflatten, aten.expand, aten.expand_as,
+    aten.repeat, aten.repeat_interleave, aten.slice, aten.select, aten.narrow, aten.cat, aten.stack, aten.split,
+    aten.split_with_sizes, aten.unbind, aten.chunk, aten.clone, aten.contiguous, aten.alias, aten._to_copy, aten.to,
+    aten.type_as, aten.dropout, aten.mean, aten.sum, aten.avg_pool1d, aten.avg_pool2d, aten.avg_pool3d,
+    aten.adaptive_avg_pool1d, aten.adaptive_avg_pool2d, aten.index_select, aten.gather, aten.index, aten.pad,
+    aten.constant_pad_nd, aten.roll, aten.flip, aten.masked_fill, aten.where, aten.batch_norm,
+    aten._native_batch_norm_legit_no_training, aten.diagonal, aten.movedim, aten.swapaxes, aten.view_as,
+    aten.reshape_as, aten.detach, aten.lift_fresh_copy,
+}
+"""Affine in the signal and without a weight: no quantizer on their input. ``mul`` / ``div`` only when one factor
+(the divisor) is constant; ``where`` / ``masked_fill`` / ``index`` only with constant conditions and indices."""
+ACTIVATIONS_TO_RELU = {aten.gelu, aten.silu, aten.hardswish, aten.mish, aten.elu}
+"""What ``activation="relu"`` replaces by a ReLU (SpikeZIP-TF's GELU -> ReLU swap)."""
+NONNEG_OPS = {aten.relu, aten.relu6, aten.softmax, aten._softmax, aten.sigmoid, aten.exp, aten.abs, aten.hardsigmoid}
+DROPPED = {aten._assert_tensor_metadata, aten._assert_scalar, aten.sym_constrain_range_for_size}
+
+
+class ConversionError(TypeError):
+    """A model, or one node of its graph, that the conversion rules do not cover (the message says which)."""
+
+
+def packet(node: fx.Node):
+    """The op overload packet of a call_function node (``aten.linear``), the target itself otherwise."""
+    return getattr(node.target, "overloadpacket", node.target)
+
+
+def where(node: fx.Node) -> str:
+    """The user's source line a node came from (the last frame of its stack trace), for error messages."""
+    trace = (node.meta.get("stack_trace") or "").strip().splitlines()
+    frames = [line.strip() for line in trace if line.strip().startswith("File ")]
+    return frames[-1] if frames else "(no source location recorded)"
+
+
+def module_path(node: fx.Node) -> str:
+    """The innermost ``nn.Module`` path a node was traced in (``blocks.0.attn``), ``""`` for the root."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return list(stack.values())[-1][0] if stack else ""
+
+
+# --------------------------------------------------------------------------- tracing
+
+
+def _sdpa_math(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    """``scaled_dot_product_attention`` as the engine classifies it: two products, a scale, a constant mask, softmax."""
+    if dropout_p:
+        raise ConversionError("scaled_dot_product_attention with dropout_p > 0: trace the model in eval mode")
+    scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else scale
+    if enable_gqa:
+        k = k.repeat_interleave(q.size(-3) // k.size(-3), -3)
+        v = v.repeat_interleave(q.size(-3) // v.size(-3), -3)
+    scores = torch.matmul(q, k.transpose(-2, -1)) * scale
+    if is_causal:
+        keep = torch.ones(q.size(-2), k.size(-2), dtype=torch.bool, device=q.device).tril()
+        scores = scores + torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill(~keep, -math.inf)
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            attn_mask = torch.zeros(attn_mask.shape, dtype=q.dtype, device=q.device).masked_fill(~attn_mask, -math.inf)
+        scores = scores + attn_mask
+    return torch.matmul(torch.softmax(scores, -1), v)
+
+
+def _dynamic(value):
+    """``torch.export`` dynamic-shape spec: every dimension of every tensor ``Dim.AUTO``, anything else static."""
+    if isinstance(value, torch.Tensor):
+        return {d: torch.export.Dim.AUTO for d in range(value.dim())}
+    return None
+
+
+def _at_least_two(value):
+    """Tensors with a batch of one are repeated to two, so that export does not specialise the batch size to 1."""
+    if isinstance(value, torch.Tensor) and value.dim() > 0 and len(value) == 1:
+        return value.expand(2, *value.shape[1:]).clone()
+    return value
+
+
+def trace(model: nn.Module, example_inputs) -> tuple[fx.GraphModule, dict]:
+    """``model`` (eval mode) as an ATen :class:`torch.fx.GraphModule` that runs for any batch size / sequence length.
+
+    ``example_inputs``: a tensor, a tuple of positional inputs, or a dict of keyword inputs. Non-tensor keyword
+    values (``use_cache=False``) are fixed into the graph and returned as the second value, to pass at every call.
+    """
+    if isinstance(example_inputs, dict):
+        args, kwargs = (), dict(example_inputs)
+    elif isinstance(example_inputs, (tuple, list)):
+        args, kwargs = tuple(example_inputs), {}
+    else:
+        args, kwargs = (example_inputs,), {}
+    args = tuple(_at_least_two(a) for a in args)
+    kwargs = {k: _at_least_two(v) for k, v in kwargs.items()}
+    fixed = {k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor)}
+    try:
+        bound = inspect.signature(model.forward).bind(*args, **kwargs).arguments
+    except TypeError as error:
+        raise ConversionError(f"to_qann: example_inputs do not match {type(model).__name__}.forward: {error}") from error
+    shapes = {name: ({k: _dynamic(v) for k, v in value.items()} if isinstance(value, dict) else _dynamic(value))
+              for name, value in bound.items()}
+    was_training = model.training
+    model.eval()
+    try:
+        program = torch.export.export(model, args, kwargs, dynamic_shapes=shapes, strict=False)
+    except Exception as error:  # torch.export raises many types; the message says what failed and where
+        raise ConversionError(
+            f"to_qann: torch.export could not trace {type(model).__name__}: {type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}. The forward must be traceable with example_inputs "
+            "(no data-dependent Python control flow on tensor values, no unsupported Python objects as inputs); "
+            "pass example_inputs exactly as you call the model, e.g. a dict of keyword tensors") from error
+    finally:
+        model.train(was_training)
+    program = program.run_decompositions({aten.scaled_dot_product_attention.default: _sdpa_math})
+    unlifted = program.module()
+    gm = fx.GraphModule(unlifted, unlifted.graph)
+    for node in list(gm.graph.nodes):
+        if node.op == "call_function" and packet(node) in DROPPED and not node.users:
+            gm.graph.erase_node(node)
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    return gm, fixed
+
+
+# --------------------------------------------------------------------------- classification
+
+
+def tensor_args(node: fx.Node) -> list[fx.Node]:
+    """The graph nodes among a node's arguments (positional and keyword, nested lists included)."""
+    found: list[fx.Node] = []
+    fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(n) or n)
+    return found
+
+
+def _is_float(node: fx.Node) -> bool:
+    val = node.meta.get("val")
+    if isinstance(val, (tuple, list)):
+        return any(isinstance(v, torch.Tensor) and v.is_floating_point() for v in val)
+    return isinstance(val, torch.Tensor) and val.is_floating_point()
+
+
+def _kind_of_call(node: fx.Node, signal: list[fx.Node]) -> str:
+    op = packet(node)
+    if op is aten.embedding:
+        if node.args[1] in signal:
+            raise ConversionError(f"node '{node.name}' ({where(node)}): an embedding indexed by the signal")
+        return SOURCE
+    if op in WEIGHT_OPS:
+        data = node.args[1] if op is aten.addmm else node.args[0]
+        if [n for n in signal if n is not data]:
+            raise ConversionError(f"node '{node.name}' ({op}, {where(node)}) has a signal weight or bias; only its input "
+                                  "may carry the signal")
+        return WEIGHTED
+    if op in PRODUCT_OPS or (op is aten.mul and len(signal) == 2):
+        return BILINEAR if len(signal) == 2 else WEIGHTED if op in PRODUCT_OPS else LINEAR
+    if op is aten.div and node.args[0] in signal and not any(a in signal for a in node.args[1:]):
+        return LINEAR
+    if op in (aten.where, aten.masked_fill, aten.index, aten.index_select, aten.gather):
+        index_args = {aten.where: node.args[:1], aten.masked_fill: node.args[1:2], aten.index: node.args[1:],
+                      aten.index_select: node.args[2:], aten.gather: node.args[2:]}[op]
+        flat: list[fx.Node] = []
+        fx.node.map_arg(index_args, lambda n: flat.append(n) or n)
+        return NONLINEAR if any(n in signal for n in flat) else LINEAR
+    if op in LINEAR_OPS and op is not aten.div and op is not aten.dropout:
+        return LINEAR
+    if op is aten.dropout:
+        if len(node.args) > 2 and node.args[2]:
+            raise ConversionError(f"node '{node.name}' ({where(node)}): dropout in training mode")
+        return LINEAR
+    name = str(op)
+    if name.endswith("_") or "rand" in name or "bernoulli" in name:
+        raise ConversionError(f"node '{node.name}' ({op}, {where(node)}) mutates or samples a signal tensor; the SNN "
+                              "needs a pure function of its inputs (write it out-of-place, no randomness in eval)")
+    return NONLINEAR
+
+
+def classify(gm: fx.GraphModule) -> dict[fx.Node, str]:
+    """The kind of every node of ``gm`` (see the module docstring); a node the rules cannot cover raises
+    :class:`ConversionError` naming it, its source line and what would work instead."""
+    kinds: dict[fx.Node, str] = {}
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            kinds[node] = SOURCE if _is_float(node) else CONST
+        elif node.op in ("get_attr", "output"):
+            kinds[node] = CONST if node.op == "get_attr" else OUTPUT
+        else:
+            signal = [n for n in tensor_args(node) if kinds.get(n, CONST) != CONST]
+            if (not node.users and node.meta.get("val") is None) or isinstance(node.meta.get("val"), (
+                    int, torch.SymInt)):  # a guard, an assertion or a shape: no signal
+                kinds[node] = CONST
+            elif node.op == "call_function" and packet(node) is aten.embedding:
+                kinds[node] = _kind_of_call(node, signal)
+            elif not signal:
+                kinds[node] = CONST
+            elif node.op == "call_module":
+                kinds[node] = QUANT if str(node.target).startswith("quantizers.") else NONLINEAR
+            elif node.target is operator.getitem:
+                kinds[node] = kinds[node.args[0]] if kinds[node.args[0]] == NONLINEAR else LINEAR
+            else:
+                kinds[node] = _kind_of_call(node, signal)
+            if kinds[node] != CONST and not _is_float(node):
+                raise ConversionError(
+                    f"node '{node.name}' ({packet(node)}, {where(node)}) turns the signal into a "
+                    f"{node.meta.get('val').dtype if isinstance(node.meta.get('val'), torch.Tensor) else 'non-tensor'} "
+                    "value; a spiking network carries real values only (compute masks and indices from the integer "
+                    "inputs instead)")
+    return kinds
+
+
+def regions(gm: fx.GraphModule, kinds: dict[fx.Node, str]) -> dict[fx.Node, int]:
+    """Group every non-linear node into a region (node -> region id).
+
+    A region starts at each non-linear node and absorbs (to a fixed point): non-linear nodes reading it, linear
+    nodes whose signal inputs all come from it, and any node whose signal inputs come from it and from its own
+    inputs, or with linear functions of them (``x * rsqrt(mean(x²) + eps)``, ``0.5 x (1 + tanh(...))``). Weighted
+    nodes never join; regions that meet merge.
+    """
+    parent: dict[fx.Node, fx.Node] = {}
+
+    def find(n: fx.Node) -> fx.Node:
+        while parent[n] is not n:
+            parent[n] = parent[parent[n]]
+            n = parent[n]
+        return n
+
+    def inputs_of(root: fx.Node) -> set[fx.Node]:
+        members = {n for n in parent if find(n) is root}
+        return {a for n in members for a in tensor_args(n) if a not in members and kinds.get(a) != CONST}
+
+    def from_inputs(node: fx.Node, inputs: set[fx.Node]) -> bool:
+        """A region input, or computed from region inputs by linear ops alone (``0.5 * x`` beside ``tanh(x)``)."""
+        return node in inputs or (kinds.get(node) == LINEAR and node not in parent and all(
+            from_inputs(a, inputs) for a in tensor_args(node) if kinds.get(a) != CONST))
+
+    def union(a: fx.Node, b: fx.Node) -> bool:
+        ra, rb = find(a), find(b)
+        if ra is rb:
+            return False
+        parent[rb] = ra
+        return True
+
+    for node in gm.graph.nodes:
+        if kinds.get(node) == NONLINEAR:
+            parent[node] = node
+    changed = True
+    while changed:
+        changed = False
+        for node in gm.graph.nodes:
+            if kinds.get(node) not in (LINEAR, BILINEAR, NONLINEAR):
+                continue
+            signal = [a for a in tensor_args(node) if kinds.get(a) != CONST]
+            roots = {find(a) for a in signal if a in parent}
+            if not roots:
+                continue
+            outside = [a for a in signal if a not in parent]
+            if node in parent or not outside or any(
+                    all(from_inputs(a, inputs_of(root)) for a in outside) for root in roots):
+                if node not in parent:
+                    parent[node] = node
+                    changed = True
+                for root in roots:
+                    changed = union(root, node) or changed
+    ids: dict[fx.Node, int] = {}
+    numbering: dict[fx.Node, int] = {}
+    for node in gm.graph.nodes:
+        if node in parent:
+            ids[node] = numbering.setdefault(find(node), len(numbering))
+    return ids
+
+

@@ -1,0 +1,227 @@
+"""ANN -> QANN for any traceable model: SpikeZIP-TF's quantizers placed by rules over the traced graph.
+
+Placement rule (:func:`placement`), on the node kinds of :mod:`spiketwin.convert.graph`:
+
+1. every signal input of a weighted op (linear, conv, a matmul with a constant operand) is quantized;
+2. every signal input of a bilinear op (``q @ kᵀ``, ``attn @ v``, a gated product) is quantized;
+3. the output of a weighted op that reaches a residual sum (an add of two signals) through linear ops is quantized;
+
+except values computed from the model's own input by linear ops alone (the input enters analog at the first
+step). A value feeding several such ops gets one quantizer, shared; a quantizer replaces every later use of its
+value outside the value's own non-linear region. Quantizers after a ReLU, softmax or sigmoid (and what merely
+reshapes, pools or selects from them) are unsigned. For a pre-norm ViT this gives SpikeZIP-TF's 10 per block
+(norm1; q, k, v; softmax; attn @ v; proj; norm2; the activation; fc2) plus one after the patch embedding and one
+after the final norm; for a post-norm BERT / RoBERTa, 10 per layer (the layer's input, which is the embedding
+LayerNorm or the previous layer's output LayerNorm; q, k, v; softmax; attn @ v; the attention output dense;
+its LayerNorm; the activation; the output dense) plus the final LayerNorm's selected token and the pooler's tanh.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import fx, nn
+
+from ..quant import Quantizer
+from . import graph as G
+
+ACTIVATION_CHOICES = ("keep", "relu")
+KEEPS_SIGN = {G.aten.view, G.aten._unsafe_view, G.aten.reshape, G.aten.permute, G.aten.transpose, G.aten.t,
+              G.aten.unsqueeze, G.aten.squeeze, G.aten.flatten, G.aten.unflatten, G.aten.expand, G.aten.slice,
+              G.aten.select, G.aten.clone, G.aten.contiguous, G.aten.alias, G.aten.dropout, G.aten._to_copy,
+              G.aten.mean, G.aten.sum, G.aten.max_pool1d, G.aten.max_pool2d, G.aten.max_pool3d,
+              G.aten.max_pool2d_with_indices, G.aten.avg_pool2d, G.aten.adaptive_avg_pool2d, G.aten.cat}
+
+
+def _nonnegative(node: fx.Node, memo: dict) -> bool:
+    if node not in memo:
+        op = G.packet(node)
+        if node.op != "call_function":
+            memo[node] = False
+        elif op in G.NONNEG_OPS:
+            memo[node] = True
+        elif op in KEEPS_SIGN or node.target.__name__ == "getitem":
+            inputs = [a for a in G.tensor_args(node) if a.op != "get_attr"]
+            memo[node] = bool(inputs) and all(_nonnegative(a, memo) for a in inputs)
+        else:
+            memo[node] = False
+    return memo[node]
+
+
+def _analog(node: fx.Node, kinds: dict, memo: dict) -> bool:
+    """Computed from the model's input (or embedding lookups) by linear ops alone: it enters the SNN analog."""
+    if node not in memo:
+        kind = kinds[node]
+        memo[node] = kind == G.SOURCE or (kind == G.LINEAR and all(
+            _analog(a, kinds, memo) for a in G.tensor_args(node) if kinds[a] != G.CONST))
+    return memo[node]
+
+
+def _feeds_residual(node: fx.Node, kinds: dict, region: dict) -> bool:
+    """Whether ``node``'s value reaches a residual sum: an add / sub of two signals not both computed from ``node``
+    (RoPE's ``q cos + rotate(q) sin`` is not one), through single-signal linear ops."""
+    frontier, derived = [node], {node}
+    while frontier:
+        for user in frontier.pop().users:
+            if user in derived or user in region or kinds.get(user) != G.LINEAR:
+                continue
+            signal = [a for a in G.tensor_args(user) if kinds[a] != G.CONST]
+            if G.packet(user) in (G.aten.add, G.aten.sub) and len(signal) >= 2 and not all(a in derived for a in signal):
+                return True
+            if all(a in derived for a in signal):
+                derived.add(user)
+                frontier.append(user)
+    return False
+
+
+def _weighted_input(node: fx.Node, kinds: dict) -> fx.Node:
+    if G.packet(node) is G.aten.addmm:
+        return node.args[1]
+    return next(a for a in G.tensor_args(node) if kinds[a] != G.CONST)
+
+
+def placement(gm: fx.GraphModule, kinds: dict, region: dict) -> list[fx.Node]:
+    """The value nodes that get a quantizer, in graph order (the rule in the module docstring)."""
+    analog: dict = {}
+    wanted: dict[fx.Node, None] = {}
+    for node in gm.graph.nodes:
+        kind = kinds.get(node)
+        if kind == G.WEIGHTED:
+            data = _weighted_input(node, kinds)
+            if not _analog(data, kinds, analog):
+                wanted[data] = None
+            if _feeds_residual(node, kinds, region):
+                wanted[node] = None
+        elif kind == G.BILINEAR and node not in region:
+            for arg in G.tensor_args(node):
+                if kinds[arg] != G.CONST and not _analog(arg, kinds, analog):
+                    wanted[arg] = None
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    return sorted(wanted, key=order.__getitem__)
+
+
+def batch_dim(node: fx.Node, batch_sizes: set[str]) -> int | None:
+    """The dimension of ``node``'s value that is the batch (its traced size is an input's first dimension)."""
+    val = node.meta.get("val")
+    if not isinstance(val, torch.Tensor):
+        return None
+    dims = [d for d, size in enumerate(val.shape) if str(size) in batch_sizes]
+    return dims[0] if len(dims) == 1 else None
+
+
+def _batch_sizes(gm: fx.GraphModule) -> set[str]:
+    sizes = set()
+    for node in gm.graph.nodes:
+        val = node.meta.get("val")
+        if node.op == "placeholder" and isinstance(val, torch.Tensor) and val.dim() and isinstance(val.shape[0],
+                                                                                                     torch.SymInt):
+            sizes.add(str(val.shape[0]))
+    return sizes
+
+
+def _swap_activations(gm: fx.GraphModule) -> None:
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and G.packet(node) in G.ACTIVATIONS_TO_RELU:
+            node.target, node.args, node.kwargs = G.aten.relu.default, node.args[:1], {}
+    gm.recompile()
+
+
+def logits_of(out, who: str = "simulate") -> torch.Tensor:
+    """The logits of a model's output: a tensor itself, ``.logits`` / ``["logits"]``, or its only tensor."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict) and "logits" in out:
+        return out["logits"]
+    tensors = [v for v in (out.values() if isinstance(out, dict) else out) if isinstance(v, torch.Tensor)]
+    if len(tensors) == 1:
+        return tensors[0]
+    raise TypeError(f"{who}: the model returns {type(out).__name__} with {len(tensors)} tensors and no 'logits'; "
+                    "return the logits tensor (or an object with .logits)")
+
+
+class GraphQANN(nn.Module):
+    """A model's traced graph with SpikeZIP-TF quantizers (made by :func:`graph_to_qann`); train it like any model.
+
+    ``.model`` is the :class:`torch.fx.GraphModule` (the original parameter names, plus ``quantizers.i``);
+    ``.labels[i]`` names quantizer ``i`` by the module and node it follows (``blocks.0.attn:softmax``). It returns
+    what the original model returns (a Hugging Face output object stays one).
+    """
+
+    def __init__(self, model: fx.GraphModule, fixed: dict, labels: list[str], batch_dims: list[int | None]) -> None:
+        super().__init__()
+        self.model, self.fixed, self.labels, self.batch_dims = model, fixed, labels, batch_dims
+
+    def forward(self, *args, **kwargs):
+        return self.model(*args, **{**self.fixed, **kwargs})
+
+    def quantizers(self) -> list[tuple[str, Quantizer]]:
+        return list(zip(self.labels, self.model.quantizers))
+
+    def check_initialized(self) -> None:
+        """Raise a ``ValueError`` naming every quantizer whose step was never set from data."""
+        fresh = [n for n, q in self.quantizers() if not bool(q.initialized)]
+        if fresh:
+            raise ValueError(f"to_snn: quantizers {', '.join(fresh[:8])}{' ...' if len(fresh) > 8 else ''} were never "
+                             "initialised; run the QANN on a batch (calibration or QAT) first")
+
+    def to_snn(self, state: str = "exact", spikes_per_step: int = 1) -> nn.Module:
+        """The SNN equivalent to this QANN (see :func:`spiketwin.convert.to_snn`)."""
+        from .snn import GraphSNN
+
+        self.check_initialized()
+        return GraphSNN.from_qann(self, state=state, spikes_per_step=spikes_per_step)
+
+
+def graph_to_qann(model: nn.Module, levels: int = 16, example_inputs=None, activation: str = "keep") -> GraphQANN:
+    """Trace ``model`` (a copy; the original is untouched) and insert quantizers where SpikeZIP-TF puts them."""
+    if activation not in ACTIVATION_CHOICES:
+        raise ValueError(f"to_qann: activation must be one of {ACTIVATION_CHOICES}, got {activation!r}")
+    if example_inputs is None:
+        example_inputs = _infer_inputs(model)
+    gm, fixed = G.trace(copy.deepcopy(model), example_inputs)
+    if activation == "relu":
+        _swap_activations(gm)
+    kinds = G.classify(gm)
+    region = G.regions(gm, kinds)
+    values = placement(gm, kinds, region)
+    if not values:
+        raise G.ConversionError(f"to_qann: {type(model).__name__} has no weighted or bilinear op on a signal, so there "
+                                "is nothing to quantize (is its input a floating tensor or an embedding lookup?)")
+    param = next(model.parameters(), torch.empty(0))
+    memo: dict = {}
+    gm.add_module("quantizers", nn.ModuleList())
+    sizes = _batch_sizes(gm)
+    labels, dims = [], []
+    for i, value in enumerate(values):
+        gm.quantizers.append(Quantizer(levels, not _nonnegative(value, memo)).to(device=param.device,
+                                                                               dtype=param.dtype))
+        with gm.graph.inserting_after(value):
+            qnode = gm.graph.call_module(f"quantizers.{i}", (value,))
+        qnode.meta = {k: v for k, v in value.meta.items() if k in ("val", "stack_trace", "nn_module_stack")}
+        home = region.get(value)
+        value.replace_all_uses_with(qnode, delete_user_cb=lambda u, q=qnode, h=home: u is not q and (
+            h is None or region.get(u) != h))
+        labels.append(f"{G.module_path(value) or '<root>'}:{value.name}")
+        dims.append(batch_dim(value, sizes))
+    gm.recompile()
+    return GraphQANN(gm, fixed, labels, dims)
+
+
+def _infer_inputs(model: nn.Module):
+    """Example inputs for models that say their input shape: spiketwin's ViT / CNNs (``img_size``, ``in_chans``),
+    Hugging Face vision models (``config.image_size``) and text models (``config.vocab_size``)."""
+    param = next(model.parameters(), torch.empty(0))
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "image_size"):
+        size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
+        return {"pixel_values": torch.randn(2, getattr(config, "num_channels", 3), size, size, dtype=param.dtype)}
+    if config is not None and hasattr(config, "vocab_size"):
+        return {"input_ids": torch.randint(0, config.vocab_size, (2, 8))}
+    size = getattr(model, "img_size", None) or getattr(getattr(model, "patch_embed", None), "img_size", None)
+    channels = getattr(model, "in_chans", None) or getattr(model, "in_channels", None) or getattr(
+        getattr(model, "patch_embed", None), "in_chans", None)
+    if size and channels:
+        return torch.randn(2, channels, size, size, dtype=param.dtype, device=param.device)
+    raise ValueError(f"to_qann: cannot infer the input of {type(model).__name__}; pass example_inputs= (a tensor, a "
+                     "tuple of positional tensors, or a dict of keyword tensors, as you call the model)")

@@ -1,0 +1,272 @@
+"""The SNN of a :class:`~spiketwin.convert.qann.GraphQANN`: simulate it, verify it against the QANN.
+
+Two ways to run the same spiking network (``to_snn(qann, state=...)``):
+
+- ``"exact"`` (default): each step computes every neuron's accumulated input from its upstream neurons' spike
+  *counts* with the QANN's own operations (one QANN forward), and every ST-BIF neuron moves its count toward the
+  quantizer of that value (at most ``spikes_per_step`` spikes). These are the spike trains of the ideal SNN (a chip
+  with exact integer accumulators); once settled, every value is computed as the QANN computes it, so the logits
+  are **bit-identical** to the QANN's in any dtype.
+- ``"events"``: the classic event-driven SNN (:mod:`spiketwin.convert.events`): linear ops act on each step's
+  spikes with constants once, bilinear ops are SESA, non-linear regions accumulate-apply-difference, neurons
+  integrate floating-point increments. Equal to the QANN in exact arithmetic; in float32 a neuron sitting on a
+  rounding boundary can settle one level away.
+
+Early exit: a sample stops when no neuron is short of its target after a step. Dropping settled samples changes
+the batch that later steps compute with, and matrix kernels may round a row differently in another batch; so when
+samples were dropped, the exact-state run ends with one confirmation forward of the whole batch from the final
+counts: if a neuron would still move there, the whole batch steps on until none does. The result is then the
+QANN's forward on that same batch, bit for bit.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from ..base import StatefulModule, reset
+from ..simulate import SimResult
+from .qann import GraphQANN, logits_of
+from .report import EquivalenceReport, compare
+
+STATES = ("exact", "events")
+
+
+class ExactSTBIF(StatefulModule):
+    """ST-BIF neuron on exact states: the count moves toward ``clamp(floor(x/θ + 1/2), n_min, n_max)`` of its current
+    accumulated input ``x`` by at most ``spikes_per_step`` per step; the output is ``count * θ`` (the value the QANN's
+    quantizer gives once settled). ``.spikes`` holds the last step's count change (the spikes emitted, ``±k``),
+    ``.pending`` ``[B]`` whether a sample's neuron is still away from its target after the step."""
+
+    state_names = ("count",)
+
+    def __init__(self, threshold: torch.Tensor, n_min: int, n_max: int, spikes_per_step: int = 1,
+                 batch_dim: int | None = 0) -> None:
+        super().__init__(step_mode="s")
+        if spikes_per_step < 1:
+            raise ValueError(f"ExactSTBIF: spikes_per_step must be >= 1, got {spikes_per_step}")
+        self.register_buffer("threshold", threshold.detach().clone())
+        self.n_min, self.n_max, self.spikes_per_step, self.batch_dim = n_min, n_max, int(spikes_per_step), batch_dim
+        self.spikes: torch.Tensor | None = None
+        self.pending: torch.Tensor | None = None
+
+    @classmethod
+    def from_quantizer(cls, quantizer: nn.Module, spikes_per_step: int = 1, batch_dim: int | None = 0) -> ExactSTBIF:
+        return cls(quantizer.step, quantizer.n_min, quantizer.n_max, spikes_per_step, batch_dim)
+
+    def reset(self) -> None:
+        super().reset()
+        self.spikes = self.pending = None
+
+    def _per_sample(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B]`` any over each sample's elements; a 0-d any over all when the batch dimension is unknown (the
+        batch was merged with another dimension, e.g. ``[B*N, D]``)."""
+        if self.batch_dim is None:
+            return x.any()
+        return x.movedim(self.batch_dim, 0).flatten(1).any(1) if x.dim() > 1 else x
+
+    def keep(self, index: torch.Tensor) -> None:
+        if self.batch_dim is None:
+            raise RuntimeError("ExactSTBIF.keep: this neuron's batch dimension is unknown; run the whole batch")
+        if self.count is not None:
+            self.count = self.count.index_select(self.batch_dim, index)
+        if self.pending is not None:
+            self.pending = self.pending.index_select(0, index)
+
+    def single_step(self, x: torch.Tensor) -> torch.Tensor:
+        theta = self.threshold.to(x.dtype)
+        target = torch.floor(x / theta + 0.5).clamp(self.n_min, self.n_max)
+        count = torch.zeros_like(target) if self.count is None else self.count
+        self.spikes = (target - count).clamp(-self.spikes_per_step, self.spikes_per_step)
+        self.count = count + self.spikes
+        self.pending = self._per_sample(self.count != target)
+        return self.count * theta
+
+    def extra_repr(self) -> str:
+        return (f"threshold={float(self.threshold):.4g}, n_min={self.n_min}, n_max={self.n_max}, "
+                f"spikes_per_step={self.spikes_per_step}")
+
+
+def _split(inputs) -> tuple[tuple, dict]:
+    if isinstance(inputs, dict):
+        return (), dict(inputs)
+    if isinstance(inputs, (tuple, list)):
+        return tuple(inputs), {}
+    return (inputs,), {}
+
+
+def _batch(args: tuple, kwargs: dict) -> int:
+    first = next((v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor) and v.dim()), None)
+    if first is None or len(first) == 0:
+        raise ValueError("simulate: inputs must hold at least one non-empty tensor [B, ...]")
+    return len(first)
+
+
+def _select(args: tuple, kwargs: dict, index: torch.Tensor, batch: int) -> tuple[tuple, dict]:
+    pick = lambda v: v.index_select(0, index) if isinstance(v, torch.Tensor) and v.dim() and len(v) == batch else v
+    return tuple(pick(a) for a in args), {k: pick(v) for k, v in kwargs.items()}
+
+
+class GraphSNN(nn.Module):
+    """The spiking twin of a :class:`GraphQANN` (build it with ``spiketwin.convert.to_snn(qann)``).
+
+    ``.model`` is the QANN's graph with every quantizer replaced by a neuron (``.neurons``, named by ``.labels``).
+    Run it with :meth:`simulate`; check it against the QANN with :meth:`verify`.
+    """
+
+    def __init__(self, model: nn.Module, fixed: dict, labels: list[str], state: str) -> None:
+        super().__init__()
+        self.model, self.fixed, self.labels, self.state = model, fixed, labels, state
+
+    @classmethod
+    def from_qann(cls, qann: GraphQANN, state: str = "exact", spikes_per_step: int = 1) -> GraphSNN:
+        if state not in STATES:
+            raise ValueError(f"to_snn: state must be one of {STATES}, got {state!r}")
+        model = copy.deepcopy(qann.model).eval()
+        if state == "events":
+            from .events import EventGraph
+
+            return cls(EventGraph(model, spikes_per_step, qann.batch_dims), qann.fixed, qann.labels, state)
+        model.quantizers = nn.ModuleList(ExactSTBIF.from_quantizer(q, spikes_per_step, d)
+                                         for q, d in zip(model.quantizers, qann.batch_dims))
+        return cls(model, qann.fixed, qann.labels, state)
+
+    @property
+    def neurons(self) -> list[nn.Module]:
+        return list(self.model.quantizers)
+
+    @property
+    def droppable(self) -> bool:
+        """Whether settled samples can leave the batch: every neuron's batch dimension is known."""
+        return all(n.batch_dim is not None for n in self.neurons)
+
+    def forward(self, *args, **kwargs):
+        """One time step of the network (exact state: one QANN forward with the neurons' counts)."""
+        return self.model(*args, **{**self.fixed, **kwargs})
+
+    @torch.no_grad()
+    def simulate(self, inputs, max_steps: int | None = None, step_mode: str = "m", chunk: int | None = None,
+                 early_exit: bool = True) -> SimResult:
+        """Run on ``inputs`` (a tensor ``[B, ...]``, a tuple, or a dict of keyword tensors, as the model is called)
+        until every sample settles or ``max_steps`` (default 512) run out.
+
+        ``chunk`` steps run between two settle checks (default 1 on the CPU, 8 on CUDA: one device-to-host read per
+        chunk); settled samples leave the batch at a check when ``early_exit``. ``step_mode`` is accepted for the
+        common SNN interface: a step is one call in both modes here.
+        """
+        args, kwargs = _split(inputs)
+        batch = _batch(args, kwargs)
+        device = next(self.parameters()).device if any(True for _ in self.parameters()) else None
+        max_steps = 512 if max_steps is None else int(max_steps)
+        if chunk is None:
+            chunk = 8 if device is not None and device.type == "cuda" else 1
+        if max_steps < 1 or chunk < 1:
+            raise ValueError(f"simulate: max_steps and chunk must be >= 1, got {max_steps} and {chunk}")
+        self.eval()
+        reset(self.model)
+        neurons = self.neurons
+        first = next(v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor))
+        settle = torch.full((batch,), -1, dtype=torch.int64, device=first.device)
+        active = torch.arange(batch, device=first.device)
+        parked: list[torch.Tensor | None] = [None] * len(neurons)
+        rows: list[torch.Tensor] = []
+        dropped = False
+        t = 0
+        while t < max_steps and len(active):
+            a_args, a_kwargs = _select(args, kwargs, active, batch) if dropped else (args, kwargs)
+            for _ in range(min(chunk, max_steps - t)):
+                out = logits_of(self(*a_args, **a_kwargs))
+                row = out.new_zeros((batch, *out.shape[1:])) if not rows else rows[-1].clone()
+                row[active] = out
+                rows.append(row)
+                t += 1
+                calm = ~self._pending(neurons, len(active), out.device)
+                settle[active] = torch.where(calm & (settle[active] < 0), t, settle[active])
+            if not early_exit or not self.droppable:
+                continue
+            stay = (settle[active] < 0).nonzero().squeeze(1)  # the one host read of the chunk
+            if len(stay) < len(active):
+                leave = (settle[active] >= 0).nonzero().squeeze(1)
+                for i, neuron in enumerate(neurons):
+                    parked[i] = self._park(neuron, parked[i], active[leave], leave, batch)
+                    neuron.keep(stay)
+                active, dropped = active[stay], True
+        if dropped:  # confirm on the whole batch: the QANN's arithmetic on the same batch composition
+            out = self._confirm(neurons, parked, active, args, kwargs, settle, rows, max_steps)
+        else:
+            out = rows[-1]
+        per_step = torch.stack(rows)
+        steps = torch.arange(1, len(rows) + 1, device=settle.device)[:, None]
+        done = (settle >= 0) & (steps >= settle)  # [T, B]: rows at or after a sample's settle step
+        per_step = torch.where(done.reshape(*done.shape, *[1] * (per_step.dim() - 2)), out.unsqueeze(0), per_step)
+        if bool((settle >= 0).all()):
+            per_step = per_step[: int(settle.max())]
+        return SimResult(output=out, per_step=per_step, settle_step=settle)
+
+    @staticmethod
+    def _pending(neurons, batch: int, device) -> torch.Tensor:
+        pending = torch.zeros(batch, dtype=torch.bool, device=device)
+        for neuron in neurons:
+            if neuron.pending is not None:
+                pending = pending | neuron.pending
+        return pending
+
+    @staticmethod
+    def _park(neuron, parked, rows, leave, batch):
+        """Keep the final counts of samples leaving the batch, scattered into a full-batch tensor."""
+        if neuron.count is None:
+            return parked
+        dim = neuron.batch_dim
+        if parked is None:
+            shape = list(neuron.count.shape)
+            shape[dim] = batch
+            parked = neuron.count.new_zeros(shape)
+        parked.index_copy_(dim, rows, neuron.count.index_select(dim, leave))
+        return parked
+
+    def _confirm(self, neurons, parked, active, args, kwargs, settle, rows, max_steps) -> torch.Tensor:
+        for neuron, full in zip(neurons, parked):
+            if full is not None:
+                if neuron.count is not None and len(active):
+                    full.index_copy_(neuron.batch_dim, active, neuron.count)
+                neuron.count = full
+        batch = len(settle)
+        out = logits_of(self(*args, **kwargs))
+        moved = self._pending(neurons, batch, out.device)
+        while bool(moved.any()) and len(rows) < max_steps:  # a boundary value rounded differently in this batch
+            settle[moved] = -1
+            out = logits_of(self(*args, **kwargs))
+            rows.append(out.clone())
+            calm = ~self._pending(neurons, batch, out.device)
+            settle.copy_(torch.where(calm & (settle < 0), len(rows), settle))
+            moved = ~calm
+        return out
+
+    @torch.no_grad()
+    def verify(self, qann: nn.Module, inputs, max_steps: int | None = None, step_mode: str = "m",
+               rtol: float | None = None) -> EquivalenceReport:
+        """Compare this SNN with ``qann`` per sample and per neuron: each neuron's summed output (``count * θ``)
+        against its quantizer's output, and the logits. ``rtol`` defaults to 1e-9 in float64 and 1e-4 otherwise
+        for the events state; the exact state is held to 0 (bit-identical)."""
+        args, kwargs = _split(inputs)
+        captured: dict[int, torch.Tensor] = {}
+        handles = [q.register_forward_hook(lambda m, i, o, k=k: captured.__setitem__(k, o))
+                   for k, q in enumerate(qann.model.quantizers)]
+        was_training = qann.training
+        try:
+            reference = logits_of(qann.eval()(*args, **kwargs), "verify")
+        finally:
+            for h in handles:
+                h.remove()
+            qann.train(was_training)
+        result = self.simulate(inputs, max_steps=max_steps, step_mode=step_mode)
+        sums = self.model.neuron_sums() if self.state == "events" else [
+            n.count * n.threshold.to(n.count.dtype) if n.count is not None else None for n in self.neurons]
+        keep = [k for k, s in enumerate(sums) if s is not None and k in captured]
+        dtype = reference.dtype
+        if rtol is None:
+            rtol = 0.0 if self.state == "exact" else 1e-9 if dtype == torch.float64 else 1e-4
+        return compare([self.labels[k] for k in keep], [(sums[k], captured[k]) for k in keep], result.output,
+                       reference, result.settle_step, rtol, dtype, [self.neurons[k].batch_dim for k in keep])
