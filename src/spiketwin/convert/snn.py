@@ -26,7 +26,7 @@ import copy
 import torch
 from torch import nn
 
-from ..base import StatefulModule, reset
+from ..base import StatefulModule, reset, stateful_modules
 from ..simulate import SimResult
 from .qann import GraphQANN, logits_of
 from .report import EquivalenceReport, compare
@@ -126,9 +126,9 @@ class GraphSNN(nn.Module):
             raise ValueError(f"to_snn: state must be one of {STATES}, got {state!r}")
         model = copy.deepcopy(qann.model).eval()
         if state == "events":
-            from .events import EventGraph
+            from .events import to_events
 
-            return cls(EventGraph(model, spikes_per_step, qann.batch_dims), qann.fixed, qann.labels, state)
+            return cls(to_events(model, spikes_per_step, qann.batch_dims), qann.fixed, qann.labels, state)
         model.quantizers = nn.ModuleList(ExactSTBIF.from_quantizer(q, spikes_per_step, d)
                                          for q, d in zip(model.quantizers, qann.batch_dims))
         return cls(model, qann.fixed, qann.labels, state)
@@ -139,8 +139,8 @@ class GraphSNN(nn.Module):
 
     @property
     def droppable(self) -> bool:
-        """Whether settled samples can leave the batch: every neuron's batch dimension is known."""
-        return all(n.batch_dim is not None for n in self.neurons)
+        """Whether settled samples can leave the batch: the batch dimension of every state is known."""
+        return all(getattr(m, "batch_dim", 0) is not None for m in stateful_modules(self.model))
 
     def forward(self, *args, **kwargs):
         """One time step of the network (exact state: one QANN forward with the neurons' counts)."""
@@ -179,7 +179,7 @@ class GraphSNN(nn.Module):
             for _ in range(min(chunk, max_steps - t)):
                 out = logits_of(self(*a_args, **a_kwargs))
                 row = out.new_zeros((batch, *out.shape[1:])) if not rows else rows[-1].clone()
-                row[active] = out
+                row[active] = out if self.state == "exact" else row[active] + out  # events: increments
                 rows.append(row)
                 t += 1
                 calm = ~self._pending(neurons, len(active), out.device)
@@ -191,12 +191,15 @@ class GraphSNN(nn.Module):
                 leave = (settle[active] >= 0).nonzero().squeeze(1)
                 for i, neuron in enumerate(neurons):
                     parked[i] = self._park(neuron, parked[i], active[leave], leave, batch)
-                    neuron.keep(stay)
+                for module in stateful_modules(self.model):
+                    module.keep(stay)
                 active, dropped = active[stay], True
-        if dropped:  # confirm on the whole batch: the QANN's arithmetic on the same batch composition
+        if dropped and self.state == "exact":  # confirm on the whole batch, with the QANN's arithmetic
             out = self._confirm(neurons, parked, active, args, kwargs, settle, rows, max_steps)
         else:
             out = rows[-1]
+            if dropped:
+                self._unpark(neurons, parked, active)
         per_step = torch.stack(rows)
         steps = torch.arange(1, len(rows) + 1, device=settle.device)[:, None]
         done = (settle >= 0) & (steps >= settle)  # [T, B]: rows at or after a sample's settle step
@@ -209,8 +212,11 @@ class GraphSNN(nn.Module):
     def _pending(neurons, batch: int, device) -> torch.Tensor:
         pending = torch.zeros(batch, dtype=torch.bool, device=device)
         for neuron in neurons:
-            if neuron.pending is not None:
-                pending = pending | neuron.pending
+            flags = neuron.pending
+            if flags is None:
+                continue
+            flags = flags[:, -1] if flags.dim() == 2 else flags  # STBIF: [B, steps of the last call]
+            pending = pending | (flags.any() if neuron.batch_dim is None else flags)
         return pending
 
     @staticmethod
@@ -226,12 +232,17 @@ class GraphSNN(nn.Module):
         parked.index_copy_(dim, rows, neuron.count.index_select(dim, leave))
         return parked
 
-    def _confirm(self, neurons, parked, active, args, kwargs, settle, rows, max_steps) -> torch.Tensor:
+    @staticmethod
+    def _unpark(neurons, parked, active) -> None:
+        """Every neuron's counts for the whole batch again: the parked ones and those of the samples still running."""
         for neuron, full in zip(neurons, parked):
             if full is not None:
                 if neuron.count is not None and len(active):
                     full.index_copy_(neuron.batch_dim, active, neuron.count)
                 neuron.count = full
+
+    def _confirm(self, neurons, parked, active, args, kwargs, settle, rows, max_steps) -> torch.Tensor:
+        self._unpark(neurons, parked, active)
         batch = len(settle)
         out = logits_of(self(*args, **kwargs))
         moved = self._pending(neurons, batch, out.device)
@@ -262,8 +273,7 @@ class GraphSNN(nn.Module):
                 h.remove()
             qann.train(was_training)
         result = self.simulate(inputs, max_steps=max_steps, step_mode=step_mode)
-        sums = self.model.neuron_sums() if self.state == "events" else [
-            n.count * n.threshold.to(n.count.dtype) if n.count is not None else None for n in self.neurons]
+        sums = [n.count * n.threshold.to(n.count.dtype) if n.count is not None else None for n in self.neurons]
         keep = [k for k, s in enumerate(sums) if s is not None and k in captured]
         dtype = reference.dtype
         if rtol is None:
