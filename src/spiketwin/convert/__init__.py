@@ -26,6 +26,14 @@ def to_qann(model: nn.Module, levels: int = 16, neuron: str = "stbif", example_i
     if neuron == "ilif":
         from .spikeconverter import to_ilif_qann
         return to_ilif_qann(model, levels, **kwargs)
+    from ..models.roberta import Roberta
+    from ..models.vit import ViT
+
+    if isinstance(model, (ViT, Roberta)) and example_inputs is None and activation == "keep":  # until migrated
+        from .roberta import roberta_to_qann
+        from .spikezip import vit_to_qann
+
+        return (vit_to_qann if isinstance(model, ViT) else roberta_to_qann)(model, levels, **kwargs)
     from .qann import graph_to_qann
 
     if kwargs:

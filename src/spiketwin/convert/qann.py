@@ -42,7 +42,8 @@ def _nonnegative(node: fx.Node, memo: dict) -> bool:
         elif op in G.NONNEG_OPS:
             memo[node] = True
         elif op in KEEPS_SIGN or node.target.__name__ == "getitem":
-            inputs = [a for a in G.tensor_args(node) if a.op != "get_attr"]
+            inputs = [a for a in G.tensor_args(node) if a.op != "get_attr" and isinstance(a.meta.get("val"),
+                                                                                             torch.Tensor)]
             memo[node] = bool(inputs) and all(_nonnegative(a, memo) for a in inputs)
         else:
             memo[node] = False

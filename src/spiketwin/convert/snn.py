@@ -37,8 +37,9 @@ STATES = ("exact", "events")
 class ExactSTBIF(StatefulModule):
     """ST-BIF neuron on exact states: the count moves toward ``clamp(floor(x/θ + 1/2), n_min, n_max)`` of its current
     accumulated input ``x`` by at most ``spikes_per_step`` per step; the output is ``count * θ`` (the value the QANN's
-    quantizer gives once settled). ``.spikes`` holds the last step's count change (the spikes emitted, ``±k``),
-    ``.pending`` ``[B]`` whether a sample's neuron is still away from its target after the step."""
+    quantizer gives once settled). ``.change`` holds the last step's count change (``±k`` spikes), ``.spikes`` the
+    spikes' value ``change * θ`` (what :class:`~spiketwin.neurons.STBIF` outputs), ``.pending`` ``[B]`` whether a
+    sample's neuron is still away from its target after the step."""
 
     state_names = ("count",)
 
@@ -49,8 +50,12 @@ class ExactSTBIF(StatefulModule):
             raise ValueError(f"ExactSTBIF: spikes_per_step must be >= 1, got {spikes_per_step}")
         self.register_buffer("threshold", threshold.detach().clone())
         self.n_min, self.n_max, self.spikes_per_step, self.batch_dim = n_min, n_max, int(spikes_per_step), batch_dim
-        self.spikes: torch.Tensor | None = None
+        self.change: torch.Tensor | None = None
         self.pending: torch.Tensor | None = None
+
+    @property
+    def spikes(self) -> torch.Tensor | None:
+        return None if self.change is None else self.change * self.threshold.to(self.change.dtype)
 
     @classmethod
     def from_quantizer(cls, quantizer: nn.Module, spikes_per_step: int = 1, batch_dim: int | None = 0) -> ExactSTBIF:
@@ -58,7 +63,7 @@ class ExactSTBIF(StatefulModule):
 
     def reset(self) -> None:
         super().reset()
-        self.spikes = self.pending = None
+        self.change = self.pending = None
 
     def _per_sample(self, x: torch.Tensor) -> torch.Tensor:
         """``[B]`` any over each sample's elements; a 0-d any over all when the batch dimension is unknown (the
@@ -79,8 +84,8 @@ class ExactSTBIF(StatefulModule):
         theta = self.threshold.to(x.dtype)
         target = torch.floor(x / theta + 0.5).clamp(self.n_min, self.n_max)
         count = torch.zeros_like(target) if self.count is None else self.count
-        self.spikes = (target - count).clamp(-self.spikes_per_step, self.spikes_per_step)
-        self.count = count + self.spikes
+        self.change = (target - count).clamp(-self.spikes_per_step, self.spikes_per_step)
+        self.count = count + self.change
         self.pending = self._per_sample(self.count != target)
         return self.count * theta
 

@@ -1,0 +1,186 @@
+"""The conversion engine on unmodified models: any traced graph -> QANN -> SNN equal to the QANN.
+
+Float64, tiny random configurations, several seeds: the exact-state SNN's logits and every neuron's summed output
+are bit-identical to the QANN's; the event-driven SNN equals it to 1e-9 relative, with the same settle steps and
+the same spike trains; text batches with padding give every real token the result it has alone.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from spiketwin import reset
+from spiketwin.convert import to_qann, to_snn, verify
+from spiketwin.convert.graph import ConversionError
+
+transformers = pytest.importorskip("transformers", reason="the nlp extra (transformers) is not installed")
+D = torch.float64
+
+
+def _text_inputs(causal: bool, seed: int, batch: int = 3, length: int = 9) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 60, (batch, length), generator=g)
+    if causal:
+        return {"input_ids": ids, "use_cache": False}
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[1, length - 3:] = 0
+    mask[2, 4:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _hf(name: str):
+    T = transformers
+    small = dict(vocab_size=64, max_position_embeddings=32)
+    return {
+        "bert": lambda: T.BertForSequenceClassification(T.BertConfig(
+            hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, **small)),
+        "roberta": lambda: T.RobertaForSequenceClassification(T.RobertaConfig(
+            hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, vocab_size=64,
+            max_position_embeddings=40)),
+        "distilbert": lambda: T.DistilBertForSequenceClassification(T.DistilBertConfig(
+            dim=16, n_layers=2, n_heads=2, hidden_dim=32, **small)),
+        "gpt2": lambda: T.GPT2LMHeadModel(T.GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=2, n_positions=32,
+                                                       bos_token_id=0, eos_token_id=0)),
+        "llama": lambda: T.LlamaForCausalLM(T.LlamaConfig(
+            hidden_size=16, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=32,
+            **small)),
+        "vit": lambda: T.ViTForImageClassification(T.ViTConfig(
+            image_size=16, patch_size=4, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=32, num_labels=5)),
+        "deit": lambda: T.DeiTForImageClassification(T.DeiTConfig(
+            image_size=16, patch_size=4, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=32, num_labels=5)),
+    }[name]()
+
+
+def _inputs(name: str, seed: int) -> dict:
+    if name in ("vit", "deit"):
+        return {"pixel_values": torch.randn(3, 3, 16, 16, dtype=D, generator=torch.Generator().manual_seed(seed))}
+    return _text_inputs(name in ("gpt2", "llama"), seed)
+
+
+def _calibrated(model: nn.Module, inputs, levels: int = 16, **options):
+    qann = to_qann(model, levels=levels, example_inputs=inputs, **options)
+    qann.train()
+    qann(**inputs) if isinstance(inputs, dict) else qann(inputs)
+    return qann.eval()
+
+
+ARCHS = ["bert", "roberta", "distilbert", "gpt2", "llama", "vit", "deit"]
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_hugging_face_models_convert_exactly(name):
+    torch.manual_seed(ARCHS.index(name))
+    model = _hf(name).to(D).eval()
+    qann = _calibrated(model, _inputs(name, 0))
+    exact, events = to_snn(qann), to_snn(qann, state="events")
+    for seed in (1, 2):  # new inputs, and another batch size / sequence length than traced
+        inputs = _inputs(name, seed)
+        if "input_ids" in inputs:
+            inputs = {k: v[:, :7].repeat(2, 1) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        report = verify(qann, exact, inputs)
+        assert report.ok and report.max_rel == 0.0, str(report)
+        report_events = verify(qann, events, inputs)
+        assert report_events.ok, str(report_events)
+        assert torch.equal(report.settle_step, report_events.settle_step)
+
+
+@pytest.mark.parametrize("name", ["bert", "vit", "roberta"])
+def test_ten_quantizers_per_block(name):
+    torch.manual_seed(0)
+    qann = to_qann(_hf(name).eval(), example_inputs={k: v.float() if v.is_floating_point() else v
+                                                      for k, v in _inputs(name, 0).items()})
+    assert len(qann.labels) == 10 * 2 + 2, qann.labels
+    unsigned = [label for label, q in qann.quantizers() if not q.signed]
+    assert len(unsigned) == 2 * (1 if name != "vit" else 1) and all("softmax" in u for u in unsigned)
+
+
+def test_padding_never_changes_a_real_token():
+    torch.manual_seed(3)
+    model = _hf("bert").to(D).eval()
+    qann = _calibrated(model, _inputs("bert", 0))
+    snn = to_snn(qann)
+    inputs = _text_inputs(False, 5)
+    alone = {"input_ids": inputs["input_ids"][2:3, :4], "attention_mask": inputs["attention_mask"][2:3, :4]}
+    padded = snn.simulate(inputs).output[2]
+    assert torch.allclose(snn.simulate(alone).output[0], padded, rtol=1e-12, atol=1e-12)
+
+
+def test_exact_and_event_spike_trains_are_identical():
+    torch.manual_seed(4)
+    model = _hf("llama").to(D).eval()
+    inputs = _inputs("llama", 0)
+    qann = _calibrated(model, inputs)
+    trains = {}
+    for state in ("exact", "events"):
+        snn = to_snn(qann, state=state)
+        reset(snn.model)
+        trains[state] = []
+        for _ in range(30):
+            snn(**inputs)
+            trains[state].append([n.spikes.clone() for n in snn.neurons])
+    assert any(bool(s.ne(0).any()) for step in trains["exact"] for s in step)
+    for exact, events in zip(trains["exact"], trains["events"]):
+        for a, b in zip(exact, events):
+            assert torch.equal(a, b)
+
+
+def test_relu_activation_swap_and_cnn_with_batch_norm_and_max_pool():
+    torch.manual_seed(5)
+    cnn = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.GELU(), nn.MaxPool2d(2),
+                        nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(6, 3)).to(D)
+    for bn in (cnn[1], cnn[5]):
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2)
+    x = torch.randn(4, 1, 8, 8, dtype=D)
+    qann = _calibrated(cnn.eval(), x, activation="relu")
+    assert all(not q.signed for _, q in qann.quantizers())  # after ReLU / max pool: unsigned
+    assert not any("gelu" in str(n.target) for n in qann.model.graph.nodes)
+    for state in ("exact", "events"):
+        report = verify(qann, to_snn(qann, state=state), torch.randn(5, 1, 8, 8, dtype=D))
+        assert report.ok, str(report)
+
+
+def test_float32_exact_state_is_bit_identical_and_multi_spike_settles_faster():
+    torch.manual_seed(6)
+    model = _hf("vit").eval()
+    x = {"pixel_values": torch.randn(6, 3, 16, 16)}
+    qann = _calibrated(model, x, levels=32)
+    one = to_snn(qann).simulate(x)
+    many = to_snn(qann, spikes_per_step=32).simulate(x)
+    reference = qann(**x).logits
+    assert torch.equal(one.output, reference) and torch.equal(many.output, reference)
+    assert int(many.settle_step.max()) < int(one.settle_step.min())
+
+
+class _Argmax(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.fc(x).argmax(-1).float()
+
+
+class _Untraceable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent Python control flow
+            return self.fc(x)
+        return -self.fc(x)
+
+
+def test_uncovered_node_and_untraceable_model_get_clear_errors():
+    with pytest.raises(ConversionError, match=r"argmax.*test_engine.py"):
+        to_qann(_Argmax(), example_inputs=torch.randn(2, 4))
+    with pytest.raises(ConversionError, match="torch.export could not trace _Untraceable.*control flow"):
+        to_qann(_Untraceable(), example_inputs=torch.randn(2, 4))
+    with pytest.raises(ValueError, match="example_inputs"):
+        to_qann(nn.Linear(3, 3))
