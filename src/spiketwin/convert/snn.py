@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..base import StatefulModule, reset, stateful_modules
+from ..neurons.stbif_rule import stbif_move, stbif_target
 from ..simulate import SimResult
 from .qann import GraphQANN, logits_of
 from .report import EquivalenceReport, compare
@@ -65,13 +66,6 @@ class ExactSTBIF(StatefulModule):
         super().reset()
         self.change = self.pending = None
 
-    def _per_sample(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B]`` any over each sample's elements; a 0-d any over all when the batch dimension is unknown (the
-        batch was merged with another dimension, e.g. ``[B*N, D]``)."""
-        if self.batch_dim is None:
-            return x.any()
-        return x.movedim(self.batch_dim, 0).flatten(1).any(1) if x.dim() > 1 else x
-
     def keep(self, index: torch.Tensor) -> None:
         if self.batch_dim is None:
             raise RuntimeError("ExactSTBIF.keep: this neuron's batch dimension is unknown; run the whole batch")
@@ -82,11 +76,14 @@ class ExactSTBIF(StatefulModule):
 
     def single_step(self, x: torch.Tensor) -> torch.Tensor:
         theta = self.threshold.to(x.dtype)
-        target = torch.floor(x / theta + 0.5).clamp(self.n_min, self.n_max)
+        target = stbif_target(x, theta, self.n_min, self.n_max)  # the QANN quantizer's level of x, bit for bit
         count = torch.zeros_like(target) if self.count is None else self.count
-        self.change = (target - count).clamp(-self.spikes_per_step, self.spikes_per_step)
+        dim = self.batch_dim
+        batch_first = (lambda t: t.reshape(1, -1)) if dim is None else (lambda t: t.movedim(dim, 0))
+        change, far = stbif_move(batch_first(count), batch_first(target), self.spikes_per_step)
+        self.change = change.reshape(count.shape) if dim is None else change.movedim(0, dim)
+        self.pending = far[0] if dim is None else far  # a 0-d flag when the batch dimension is unknown
         self.count = count + self.change
-        self.pending = self._per_sample(self.count != target)
         return self.count * theta
 
     def extra_repr(self) -> str:
@@ -147,8 +144,9 @@ class GraphSNN(nn.Module):
         """Whether settled samples can leave the batch: the batch dimension of every state is known."""
         return all(getattr(m, "batch_dim", 0) is not None for m in stateful_modules(self.model))
 
+    @torch.no_grad()
     def forward(self, *args, **kwargs):
-        """One time step of the network (exact state: one QANN forward with the neurons' counts)."""
+        """One time step of the network (exact state: one QANN forward with the neurons' counts); no gradients."""
         return self.model(*args, **{**self.fixed, **kwargs})
 
     @torch.no_grad()
