@@ -29,7 +29,8 @@ def to_qann(model: nn.Module, levels: int = 16, neuron: str = "stbif", example_i
     from ..models.roberta import Roberta
     from ..models.vit import ViT
 
-    if isinstance(model, (ViT, Roberta)) and example_inputs is None and activation == "keep":  # until migrated
+    legacy = isinstance(model, (ViT, Roberta)) or type(model).__name__ == "RobertaForSequenceClassification"
+    if legacy and example_inputs is None and activation == "keep":  # until migrated to the engine
         from .roberta import roberta_to_qann
         from .spikezip import vit_to_qann
 
@@ -47,9 +48,20 @@ def to_snn(qann: nn.Module, **options) -> nn.Module:
     SpikeZIP-TF QANNs take ``state="exact"`` (default: bit-identical to the QANN in any dtype) or ``"events"``
     (event-driven increments) and ``spikes_per_step`` (multi-spike ST-BIF neurons; 1 is the paper's).
     """
+    from .qann import GraphQANN
+    from .spikezip import SpikeZIPQANN
+
+    if isinstance(qann, GraphQANN):
+        from .snn import GraphSNN
+
+        qann.check_initialized()
+        return GraphSNN.from_qann(qann, **options)
     build = getattr(qann, "to_snn", None)
     if build is None:
         raise TypeError(f"to_snn: {type(qann).__name__} is not a QANN made by spiketwin.convert.to_qann")
+    if options and not isinstance(qann, SpikeZIPQANN):
+        raise ValueError(f"to_snn: options {sorted(options)} need an ST-BIF QANN (to_qann(..., neuron='stbif')); "
+                         f"{type(qann).__name__} converts to neurons with one kind of spike")
     return build(**options)
 
 

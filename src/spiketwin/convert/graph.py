@@ -130,7 +130,8 @@ def trace(model: nn.Module, example_inputs) -> tuple[fx.GraphModule, dict]:
     try:
         bound = inspect.signature(model.forward).bind(*args, **kwargs).arguments
     except TypeError as error:
-        raise ConversionError(f"to_qann: example_inputs do not match {type(model).__name__}.forward: {error}") from error
+        raise ConversionError(f"to_qann: example_inputs do not match {type(model).__name__}.forward: "
+                              f"{error}") from error
     shapes = {name: ({k: _dynamic(v) for k, v in value.items()} if isinstance(value, dict) else _dynamic(value))
               for name, value in bound.items()}
     was_training = model.training
@@ -182,8 +183,8 @@ def _kind_of_call(node: fx.Node, signal: list[fx.Node]) -> str:
     if op in WEIGHT_OPS:
         data = node.args[1] if op is aten.addmm else node.args[0]
         if [n for n in signal if n is not data]:
-            raise ConversionError(f"node '{node.name}' ({op}, {where(node)}) has a signal weight or bias; only its input "
-                                  "may carry the signal")
+            raise ConversionError(f"node '{node.name}' ({op}, {where(node)}) has a signal weight or bias; only its "
+                                  "input may carry the signal")
         return WEIGHTED
     if op in PRODUCT_OPS or (op is aten.mul and len(signal) == 2):
         return BILINEAR if len(signal) == 2 else WEIGHTED if op in PRODUCT_OPS else LINEAR

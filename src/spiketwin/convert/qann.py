@@ -68,7 +68,8 @@ def _feeds_residual(node: fx.Node, kinds: dict, region: dict) -> bool:
             if user in derived or user in region or kinds.get(user) != G.LINEAR:
                 continue
             signal = [a for a in G.tensor_args(user) if kinds[a] != G.CONST]
-            if G.packet(user) in (G.aten.add, G.aten.sub) and len(signal) >= 2 and not all(a in derived for a in signal):
+            mixed = not all(a in derived for a in signal)
+            if G.packet(user) in (G.aten.add, G.aten.sub) and len(signal) >= 2 and mixed:
                 return True
             if all(a in derived for a in signal):
                 derived.add(user)
@@ -165,13 +166,6 @@ class GraphQANN(nn.Module):
         if fresh:
             raise ValueError(f"to_snn: quantizers {', '.join(fresh[:8])}{' ...' if len(fresh) > 8 else ''} were never "
                              "initialised; run the QANN on a batch (calibration or QAT) first")
-
-    def to_snn(self, state: str = "exact", spikes_per_step: int = 1) -> nn.Module:
-        """The SNN equivalent to this QANN (see :func:`spiketwin.convert.to_snn`)."""
-        from .snn import GraphSNN
-
-        self.check_initialized()
-        return GraphSNN.from_qann(self, state=state, spikes_per_step=spikes_per_step)
 
 
 def graph_to_qann(model: nn.Module, levels: int = 16, example_inputs=None, activation: str = "keep") -> GraphQANN:
