@@ -35,6 +35,7 @@ def test_bench_gpu_runs_its_quick_cpu_sizes_and_writes_every_figure(tmp_path, ca
     assert len(results["exactness"]) == 5 and all(r["ok"] and r["max_rel"] <= 1e-9 for r in results["exactness"])
     (vit,) = results["vit"]
     assert vit["settled"] and vit["agreement"] == 1.0 and vit["float64_max_rel"] <= 1e-9
+    assert vit["float64_agreement"] == 1.0 and vit["snn64_images_s"] > 0
     assert vit["snn_images_s"] > 0 and vit["qann_images_s"] > 0
     assert [r["model"] for r in results["spikformer"]] == ["spikformer_cifar10", "spikformer_8_384"]
     assert all(r["samples_s"] > 0 for r in results["spikformer"])
