@@ -1,0 +1,211 @@
+"""The iLIF SNN of a SpikeConverter QANN: simulation (a batch at once or pipelined, a new sample every ``T``
+steps), decoding, and the per-layer equivalence check with its report."""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ...neurons import ILIF
+from ...quant import Quantizer
+from ...simulate import SimResult
+from .front import LINEAR_LAYERS, PERIOD_OPS, Recorder
+from .graph import TimeFoldedSNN
+from .operators import Clock, Clocked, PeriodBias, PeriodOp, SignedILIF, SpikeMaxPool2d, ilif_threshold
+
+
+
+@dataclass
+class LayerDifference:
+    """One node of the graph: the largest absolute and relative (to the sample's largest QANN value)
+    difference between the SNN's decoded value and the QANN's, over the batch."""
+
+    name: str
+    kind: str
+    period: int
+    max_abs: float
+    max_rel: float
+
+
+@dataclass
+class ConversionReport:
+    """What :meth:`ILIFSNN.verify` returns: per layer (``layers``) and per sample (``per_sample``, ``[B]``,
+    the largest relative difference over all layers) differences, computed in float64."""
+
+    layers: list[LayerDifference]
+    per_sample: torch.Tensor
+    tolerance: float
+
+    @property
+    def max_rel(self) -> float:
+        return max((layer.max_rel for layer in self.layers), default=0.0)
+
+    @property
+    def ok(self) -> bool:
+        return self.max_rel <= self.tolerance
+
+    def __str__(self) -> str:
+        width = max(len(layer.name) for layer in self.layers)
+        lines = [f"{'node':<{width}}  {'kind':<16} period  max |diff|   max rel"]
+        lines += [f"{d.name:<{width}}  {d.kind:<16} {d.period:>6}  {d.max_abs:.3e}  {d.max_rel:.3e}"
+                  for d in self.layers]
+        verdict = "OK" if self.ok else "NOT equivalent"
+        lines.append(f"{verdict}: max relative difference {self.max_rel:.3e} over {len(self.per_sample)} samples "
+                     f"(tolerance {self.tolerance:g})")
+        return "\n".join(lines)
+
+
+class ILIFSNN(TimeFoldedSNN):
+    """The iLIF SNN of a :class:`SpikeConverterQANN`: iLIF neurons (amplification ``k``), bias once per period,
+    delayed shortcuts, spike-train max pooling. See the module docstring for the schedule."""
+
+    def __init__(self, qann: nn.Module, k: float = 2.0) -> None:
+        T = qann.phase_steps
+
+        def swap(module: nn.Module, clock: Clock) -> nn.Module | None:
+            if isinstance(module, Quantizer):
+                neuron = ILIF(ilif_threshold(module.step, T, 2.0), 2.0, T)
+                offset = module.step.detach() * (module.levels // 2)
+                site = Clocked(SignedILIF(neuron, offset) if module.signed else neuron, clock)
+                site.register_buffer("step", module.step.detach().clone())
+                return site
+            if isinstance(module, PERIOD_OPS):
+                return Clocked(PeriodOp(module, T), clock)
+            if isinstance(module, LINEAR_LAYERS) and module.bias is not None:
+                return Clocked(PeriodBias(module, T), clock)
+            if isinstance(module, nn.MaxPool2d):
+                return Clocked(SpikeMaxPool2d(module, T), clock)
+            return nn.Identity() if isinstance(module, nn.Dropout) else None
+
+        super().__init__(qann, swap, align=True)
+        self.set_k(k)
+
+    def set_k(self, k: float) -> None:
+        """Set the amplification ``k`` (> 1) of every neuron, with thresholds from :func:`ilif_threshold`."""
+        k = float(k)
+        if not k > 1.0:
+            raise ValueError(f"ILIFSNN: the amplification k must be > 1, got {k}")
+        for site in self.net.modules():
+            if isinstance(site, PeriodOp):
+                site.k = k
+            if isinstance(site, Clocked) and hasattr(site, "step"):
+                neuron = site.module.neuron if isinstance(site.module, SignedILIF) else site.module
+                neuron.k = k
+                neuron.threshold = ilif_threshold(site.step, self.phase_steps, k)
+        self.k = k
+
+    @contextmanager
+    def _amplification(self, k: float | None):
+        previous = self.k
+        if k is not None:
+            self.set_k(k)
+        try:
+            yield
+        finally:
+            self.set_k(previous)
+
+    def _decode_weights(self, like: torch.Tensor) -> torch.Tensor:
+        """``[T, 1, ..., 1]`` (as many dimensions as ``like``): the weight ``k^(T-1-j)`` of phase ``j`` in a
+        period's value."""
+        T = self.phase_steps
+        weights = torch.tensor([self.k ** (T - 1 - j) for j in range(T)], dtype=like.dtype, device=like.device)
+        return weights.view(-1, *[1] * (like.dim() - 1))
+
+    def _trains(self, x: torch.Tensor, steps: int, step_mode: str, pipelined: bool,
+                record: list[str]) -> dict[str, torch.Tensor]:
+        """``[steps, B, ...]`` trains of the ``record`` nodes, each sample's window starting when it enters."""
+        T = self.phase_steps
+        if not pipelined:
+            def inputs(start: int, n: int) -> torch.Tensor:
+                seq = x.new_zeros((n, *x.shape))
+                if start <= T - 1 < start + n:
+                    seq[T - 1 - start] = x
+                return seq
+            return self._run(inputs, steps, step_mode, record)
+
+        def stream(start: int, n: int) -> torch.Tensor:  # sample i enters at step i T + T - 1, batch of one
+            seq = x.new_zeros((n, 1, *x.shape[1:]))
+            for j in range(n):
+                t = start + j
+                if t % T == T - 1 and t // T < len(x):
+                    seq[j, 0] = x[t // T]
+            return seq
+        trains = self._run(stream, (len(x) - 1) * T + steps, step_mode, record)
+        return {name: torch.stack([train[i * T:i * T + steps, 0] for i in range(len(x))], 1)
+                for name, train in trains.items()}
+
+    @torch.no_grad()
+    def simulate(self, x: torch.Tensor, max_steps: int | None = None, step_mode: str = "m",
+                 k: float | None = None, pipelined: bool = False) -> SimResult:
+        """Simulate images ``x`` ``[B, C, H, W]``; returns the decoded logits.
+
+        ``max_steps`` (default: the latency ``(depth + 1) T``) counts steps from each sample's input;
+        ``per_step[t]`` is the output decoded from what the readout received by step ``t + 1`` (zero before
+        its period, the most significant steps first during it, the final logits after it). ``k`` overrides
+        the amplification for this call. ``pipelined=True`` feeds the samples as one stream, a new sample
+        every ``T`` steps (``(B + depth) T`` steps in all, batch of one); ``False`` runs the batch at once.
+        Both give identical results. ``settle_step`` is the step after which the output no longer changes
+        (``-1`` if ``max_steps`` stops before the latency).
+        """
+        self._check_input(x)
+        steps = self._steps(max_steps)
+        run = min(steps, self.latency)
+        with self._amplification(k):
+            train = self._trains(x, run, step_mode, pipelined, [self.readout])[self.readout]
+            per_step = torch.zeros_like(train)
+            start = self.depth * self.phase_steps
+            if run > start:
+                part = train[start:run]
+                w = self._decode_weights(train)[:len(part)]
+                per_step[start:run] = (part * w).cumsum(0)
+        if steps > run:
+            per_step = torch.cat([per_step, per_step[-1:].expand(steps - run, *per_step.shape[1:])])
+        output = per_step[-1]
+        if run < self.latency:
+            settle = torch.full((len(x),), -1, dtype=torch.int64, device=x.device)
+        else:
+            changed = (per_step != output).flatten(2).any(-1)
+            index = torch.arange(1, steps + 1, device=x.device).unsqueeze(1)
+            settle = (changed * index).amax(0) + 1
+        return SimResult(output, per_step, settle)
+
+    def decoded(self, x: torch.Tensor, names: list[str], step_mode: str = "m",
+                pipelined: bool = False) -> dict[str, torch.Tensor]:
+        """Each named node's decoded value for ``x``: its train over the period in which it carries the sample."""
+        T = self.phase_steps
+        trains = self._trains(x, self.latency, step_mode, pipelined, names)
+        out = {}
+        for name in names:
+            lag = self.lags[name]
+            train = trains[name][lag * T:(lag + 1) * T]
+            out[name] = (train * self._decode_weights(train)).sum(0)
+        return out
+
+    @torch.no_grad()
+    def verify(self, qann: nn.Module, x: torch.Tensor, tolerance: float = 1e-9,
+               step_mode: str = "m", pipelined: bool = False) -> ConversionReport:
+        """Compare every node's decoded value with the QANN's, in float64, per sample and per layer."""
+        self._check_input(x)
+        q64, s64, x64 = copy.deepcopy(qann).double().eval(), copy.deepcopy(self).double(), x.double()
+        nodes = {n.name: n for n in q64.net.graph.nodes if n.op not in ("placeholder", "output", "get_attr")}
+        recorder = Recorder(q64.net, nodes)
+        recorder.run(x64)
+        expected = {name: v for name, v in recorder.values.items() if isinstance(v, torch.Tensor)}
+        got = s64.decoded(x64, list(expected), step_mode, pipelined)
+        layers, per_sample = [], torch.zeros(len(x64), dtype=torch.float64, device=x64.device)
+        for name, want in expected.items():
+            diff = (got[name] - want).abs().flatten(1).amax(1)
+            scale = want.abs().flatten(1).amax(1).clamp_min(torch.finfo(torch.float64).tiny)
+            rel = diff / scale
+            per_sample = torch.maximum(per_sample, rel)
+            node = nodes[name]
+            kind = type(q64.net.get_submodule(node.target)).__name__ if node.op == "call_module" else str(
+                getattr(node.target, "__name__", node.target))
+            layers.append(LayerDifference(name, kind, self.lags[name], float(diff.max()), float(rel.max())))
+        return ConversionReport(layers, per_sample, tolerance)
+
+
