@@ -23,6 +23,7 @@ import copy
 import torch
 from torch import fx, nn
 
+from ..inputs import describe
 from ..quant import Quantizer
 from . import graph as G
 
@@ -147,12 +148,15 @@ class GraphQANN(nn.Module):
 
     ``.model`` is the :class:`torch.fx.GraphModule` (the original parameter names, plus ``quantizers.i``);
     ``.labels[i]`` names quantizer ``i`` by the module and node it follows (``blocks.0.attn:softmax``). It returns
-    what the original model returns (a Hugging Face output object stays one).
+    what the original model returns (a Hugging Face output object stays one). ``.recipe`` holds the ``to_qann``
+    options it was made with, its example inputs as :func:`spiketwin.inputs.describe` gives them (JSON: what a
+    checkpoint keeps to make it again, :mod:`spiketwin.checkpoint`).
     """
 
     def __init__(self, model: fx.GraphModule, fixed: dict, labels: list[str], batch_dims: list[int | None]) -> None:
         super().__init__()
         self.model, self.fixed, self.labels, self.batch_dims = model, fixed, labels, batch_dims
+        self.recipe: dict = {}
 
     def forward(self, *args, **kwargs):
         return self.model(*args, **{**self.fixed, **kwargs})
@@ -200,7 +204,13 @@ def graph_to_qann(model: nn.Module, levels: int = 16, example_inputs=None, activ
         labels.append(f"{G.module_path(value) or '<root>'}:{value.name}")
         dims.append(batch_dim(value, sizes))
     gm.recompile()
-    return GraphQANN(gm, fixed, labels, dims)
+    qann = GraphQANN(gm, fixed, labels, dims)
+    qann.recipe = {"levels": levels, "neuron": "stbif", "activation": activation}
+    try:
+        qann.recipe["example_inputs"] = describe(example_inputs)
+    except TypeError:  # inputs a checkpoint cannot describe (checkpoint.save says so if asked)
+        pass
+    return qann
 
 
 def _infer_inputs(model: nn.Module):
