@@ -86,3 +86,38 @@ def test_fit_on_token_batches():
     history = fit(model, x, y, TrainConfig(epochs=15, lr=3e-3, batch_size=16, progress=False), eval_data=(x, y))
     assert history[-1]["loss"] < history[0]["loss"]
     assert evaluate(model, x, y) == 1.0
+
+
+def test_sst2_data_set_and_training_on_model_output_objects(tmp_path):
+    """get_dataset('sst2') encodes with the given tokenizer; a --limit subset is padded to its own longest sentence;
+    fit / evaluate take models that return an object holding the logits (a Hugging Face output)."""
+    pytest.importorskip("tokenizers", reason="the nlp extra is not installed")
+    from spiketwin.data import get_dataset, train_test
+    from spiketwin.data.text import TextData
+
+    rows = "".join(f"{s}\t{int('charming' in s)}\n" for s in SENTENCES)
+    for split in ("train", "dev"):
+        (tmp_path / f"{split}.tsv").write_text("sentence\tlabel\n" + rows)
+    tok = train_tokenizer(SENTENCES, vocab_size=120, min_frequency=1)
+    with pytest.raises(ValueError, match="needs tokenizer="):
+        get_dataset("sst2", tmp_path)
+    full = get_dataset("sst2", tmp_path, "test", tokenizer=tok)
+    train, test = train_test("sst2", tmp_path, limit=2, tokenizer=tok, max_length=12)
+    assert isinstance(train, TextData) and train.classes == ["negative", "positive"] and len(test) == 2
+    assert sorted(train.targets) == [0, 1] and train.tensors[0]["attention_mask"][:, -1].any()
+    assert full.tensors[0]["input_ids"].shape[1] > train.tensors[0]["input_ids"].shape[1]
+
+    class Wrapped(torch.nn.Module):  # returns {"logits": ...} as Hugging Face models do (ModelOutput is a dict)
+        def __init__(self):
+            super().__init__()
+            self.model = Roberta(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=32, hidden_act="relu", max_position_embeddings=16, num_labels=2)
+
+        def forward(self, **x):
+            return {"logits": self.model(**x), "hidden": torch.zeros(1)}
+
+    torch.manual_seed(0)
+    model = Wrapped()
+    x, y = full.tensors
+    history = fit(model, x, y, TrainConfig(epochs=10, lr=3e-3, batch_size=8, progress=False), eval_data=(x, y))
+    assert history[-1]["loss"] < history[0]["loss"] and evaluate(model, x, y) == history[-1]["accuracy"]

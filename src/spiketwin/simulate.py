@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .distributed import gather_objects, process_group
+from .inputs import Inputs, count, select, to
 from .utils import progress_bar
 
 
@@ -107,28 +108,28 @@ class StepEvaluation:
     prediction: torch.Tensor
 
 
-def evaluate_per_step(snn: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 128,
+def evaluate_per_step(snn: nn.Module, x: Inputs, y: torch.Tensor, batch_size: int = 128,
                       max_steps: int | None = None, step_mode: str = "m", progress: bool = False,
                       steps: int | None = None, allow_tf32: bool = False) -> StepEvaluation:
-    """Simulate ``snn`` on ``x`` in batches of ``batch_size`` (on the SNN's device, a progress bar when
-    ``progress``) and score the running prediction after every step against the labels ``y``. Only counts
-    are kept per batch, so memory does not grow with the number of classes. ``steps`` pads the curve to at
-    least that length (e.g. ``max_steps``, to report accuracy at fixed T).
+    """Simulate ``snn`` on ``x`` (a tensor, or a dict of keyword tensors) in batches of ``batch_size`` (on the SNN's
+    device, a progress bar when ``progress``) and score the running prediction after every step against the labels
+    ``y``. Only counts are kept per batch, so memory does not grow with the number of classes. ``steps`` pads the
+    curve to at least that length (e.g. ``max_steps``, to report accuracy at fixed T).
 
     Under ``torchrun`` (or inside an initialised process group) every process passes the whole ``x`` and ``y``
     and simulates its share: process ``r`` of ``W`` takes the batches ``r, r + W, r + 2W, ...`` of the batches
     above, so every batch holds the same samples as in one process. The per-batch results are gathered in the
     original order, and every process returns exactly what a single process would.
     """
-    if len(x) != len(y) or len(y) == 0:
-        raise ValueError(f"evaluate_per_step: x has {len(x)} samples, y {len(y)}; need as many, at least one")
+    if count(x) != len(y) or len(y) == 0:
+        raise ValueError(f"evaluate_per_step: x has {count(x)} samples, y {len(y)}; need as many, at least one")
     device = next(snn.parameters()).device
     rank, world = process_group(device)
     mine = range(rank * batch_size, len(y), world * batch_size)
     batches = []  # (correct [T_b], settle [b], prediction [b]) of this process's batches, on the CPU
     for i in progress_bar(mine, len(mine), "SNN", progress and rank == 0):
-        result = simulate(snn, x[i:i + batch_size].to(device), max_steps=max_steps, step_mode=step_mode,
-                          allow_tf32=allow_tf32)
+        batch = to(select(x, slice(i, i + batch_size)), device)
+        result = simulate(snn, batch, max_steps=max_steps, step_mode=step_mode, allow_tf32=allow_tf32)
         batches.append(((result.per_step.argmax(-1).cpu() == y[i:i + batch_size]).sum(-1),
                         result.settle_step.cpu(), result.output.argmax(-1).cpu()))
     shares = gather_objects(batches, world)

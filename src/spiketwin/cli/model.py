@@ -1,4 +1,5 @@
-"""The model options of the command line (``--checkpoint``, ``--model``, ``--set``) and the model they give."""
+"""The model options of the command line (``--checkpoint``, ``--model``, ``--hf``, ``--set``) and the model they
+give."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ def add_model_options(p: argparse.ArgumentParser, checkpoint_help: str) -> None:
     p.add_argument("--checkpoint", metavar="FILE", help=checkpoint_help)
     p.add_argument("--model", metavar="NAME", help="registry name of a fresh model, e.g. scnn "
                                                    "(spiketwin.models.available())")
+    p.add_argument("--hf", metavar="DIR", help="a Hugging Face model from a local directory written by save_pretrained "
+                                               "(config.json naming its class in 'architectures', model.safetensors; "
+                                               "tokenizer files for text); nothing is downloaded")
     p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="model constructor overrides (e.g. --set T=2 channels=(8,16)); a fresh model's image size, "
                         "input channels and classes default to the data's")
@@ -54,9 +58,22 @@ def _data_defaults(name: str, overrides: dict, data) -> dict:
     return {k: int(v) for k, v in values.items() if k in accepted and k not in overrides}
 
 
+def _hf_model(directory: str, data):
+    """The Hugging Face model in ``directory`` and its checkpoint ``info``; its classes must be the data's."""
+    from ..models.huggingface import describe, load_pretrained
+
+    model = load_pretrained(directory)
+    labels = getattr(model.config, "num_labels", None)
+    if data is not None and hasattr(data, "classes") and labels != len(data.classes):
+        raise ValueError(f"--hf {directory}: config.json has num_labels={labels} but the data has "
+                         f"{len(data.classes)} classes; save the model with num_labels={len(data.classes)}")
+    return model, {"model": type(model).__name__, "hf": describe(model, directory), "stage": "ann"}
+
+
 def load_model(args, stages: Sequence[str] = checkpoint.STAGES, snn: bool = True, data=None):
     """``(model, info)`` from ``--checkpoint`` (an SNN checkpoint gives the QANN when ``snn=False``), or a
-    fresh ``--model`` (stage 'ann'; shaped for the training set ``data`` when given, see :func:`_data_defaults`)."""
+    fresh ``--model`` (stage 'ann'; shaped for the training set ``data`` when given, see :func:`_data_defaults`),
+    or a Hugging Face model from the local directory ``--hf`` (stage 'ann')."""
     from ..models import create
     from ..rebuild import from_checkpoint
 
@@ -65,6 +82,12 @@ def load_model(args, stages: Sequence[str] = checkpoint.STAGES, snn: bool = True
         if info["stage"] not in stages:
             raise ValueError(f"{args.checkpoint} holds a {info['stage']} model; this command needs "
                              f"{' or '.join(stages)}")
+    elif args.model and args.hf:
+        raise UsageError("give --model NAME or --hf DIR, not both")
+    elif args.hf:
+        if "ann" not in stages:
+            raise UsageError(f"needs a {' or '.join(stages)} --checkpoint, not a fresh --hf model")
+        model, info = _hf_model(args.hf, data)
     elif args.model:
         if "ann" not in stages:
             raise UsageError(f"needs a {' or '.join(stages)} --checkpoint, not a fresh --model")
@@ -74,5 +97,5 @@ def load_model(args, stages: Sequence[str] = checkpoint.STAGES, snn: bool = True
         info = {"model": args.model, "overrides": overrides, "stage": "ann"}
         model = create(args.model, **overrides)
     else:
-        raise UsageError("give --checkpoint FILE or --model NAME")
+        raise UsageError("give --checkpoint FILE, --model NAME or --hf DIR")
     return model.to(args.device), info

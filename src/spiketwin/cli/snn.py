@@ -9,37 +9,54 @@ from ..energy import simulation_run
 from .data import add_data_options, first_samples, load_data
 from .model import add_model_options, load_model
 from .raster import add_raster_options, write_raster
-from .usage import Command, rank, require
+from .usage import Command, UsageError, rank, require
 
 
-def _verify(qann, args) -> None:
-    """Print the float64 equivalence check of ``qann`` and its SNN on the first test batch."""
+def _verify(qann, args, options: dict) -> None:
+    """Print the float64 equivalence check of ``qann`` and its SNN (``to_snn`` ``options``) on the first test batch."""
+    import torch
+
     from ..convert import to_snn, verify
+    from ..inputs import to
 
     qann = qann.double()
-    x_test = first_samples(load_data(args)[1], args.batch_size)[0].to(args.device).double()
-    print(verify(qann, to_snn(qann, spikes_per_step=args.spikes_per_step), x_test))
+    x_test = to(first_samples(load_data(args)[1], args.batch_size)[0], args.device, torch.float64)
+    print(verify(qann, to_snn(qann, **options), x_test))
 
 
-def _add_spikes_per_step(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--spikes-per-step", type=int, default=1, metavar="M",
-                   help="ST-BIF neurons emit up to M spikes per step (default 1, SpikeZIP-TF's neuron; the level "
-                        "count: any level in one step). The SNN equals the QANN for every M; it settles sooner")
+def _add_snn_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--state", choices=("exact", "events"),
+                   help="the SNN's state: exact (each step one forward with the neurons' counts; bit-identical to "
+                        "the QANN) or events (inputs once, event-driven increments) (default: the checkpoint's, "
+                        "else exact; engine QANNs only)")
+    p.add_argument("--spikes-per-step", type=int, metavar="M",
+                   help="ST-BIF neurons emit up to M spikes per step (default: the checkpoint's, else 1, SpikeZIP-TF's "
+                        "neuron; the level count: any level in one step). The SNN equals the QANN for every M; it "
+                        "settles sooner")
+
+
+def snn_options(args, info: dict) -> dict:
+    """``to_snn`` options: the checkpoint's (an SNN checkpoint keeps those it was converted with), then the flags."""
+    given = {k: getattr(args, k) for k in checkpoint.SNN_OPTIONS if getattr(args, k, None) is not None}
+    if given.get("spikes_per_step", 1) < 1:
+        raise UsageError(f"--spikes-per-step must be >= 1, got {given['spikes_per_step']}")
+    return {**info.get("snn", {}), **given}
 
 
 def _convert_options(p: argparse.ArgumentParser) -> None:
     add_model_options(p, "the QANN (required)")
     add_data_options(p)
-    _add_spikes_per_step(p)
-    p.add_argument("--out", metavar="FILE", help="write the SNN checkpoint here")
+    _add_snn_options(p)
+    p.add_argument("--out", metavar="FILE", help="write the SNN checkpoint here (with --state and --spikes-per-step)")
 
 
 def cmd_convert(args) -> None:
     require(args, "checkpoint")
     qann, info = load_model(args, stages=("qann",))
-    _verify(qann, args)
+    options = snn_options(args, info)
+    _verify(qann, args, options)
     if args.out:
-        checkpoint.save(qann.float(), args.out, {**info, "stage": "snn"})
+        checkpoint.save(qann.float(), args.out, {**info, "stage": "snn", "snn": options})
         print(f"convert: wrote {args.out}")
 
 
@@ -51,17 +68,18 @@ def _simulate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--step-mode", default="m", choices=("m", "s"), help="m: sequence (fast), s: step by step")
     p.add_argument("--plot", metavar="PNG", help="write the accuracy-vs-time-step curve here")
     p.add_argument("--settle-plot", metavar="PNG", help="write the settle-step histogram here")
-    _add_spikes_per_step(p)
+    _add_snn_options(p)
     add_raster_options(p)
 
 
 def cmd_simulate(args) -> None:
     from ..convert import to_snn
+    from ..inputs import to
     from ..simulate import evaluate_per_step
 
     require(args, "checkpoint")
-    qann, _ = load_model(args, stages=("qann", "snn"), snn=False)
-    snn = to_snn(qann, spikes_per_step=args.spikes_per_step)
+    qann, info = load_model(args, stages=("qann", "snn"), snn=False)
+    snn = to_snn(qann, **snn_options(args, info))
     x_test, y_test = first_samples(load_data(args)[1])
     # under torchrun every process simulates its share of the batches; all of them get the whole result
     result = evaluate_per_step(snn, x_test, y_test, args.batch_size, args.max_steps, args.step_mode,
@@ -89,19 +107,19 @@ def cmd_simulate(args) -> None:
         from ..plots import settle_histogram
 
         print(f"simulate: wrote {settle_histogram(settle_all, args.settle_plot)}")
-    write_raster(snn, x_test.to(args.device), args, simulation_run(args.max_steps))
+    write_raster(snn, to(x_test, args.device), args, simulation_run(args.max_steps))
 
 
 def _verify_options(p: argparse.ArgumentParser) -> None:
     add_model_options(p, "the QANN or SNN (required)")
     add_data_options(p)
-    _add_spikes_per_step(p)
+    _add_snn_options(p)
 
 
 def cmd_verify(args) -> None:
     require(args, "checkpoint")
-    qann, _ = load_model(args, stages=("qann", "snn"), snn=False)
-    _verify(qann, args)
+    qann, info = load_model(args, stages=("qann", "snn"), snn=False)
+    _verify(qann, args, snn_options(args, info))
 
 
 COMMANDS = {

@@ -45,7 +45,6 @@ def fit(model, data, args, info: dict) -> float:
     import math
     from contextlib import nullcontext
 
-    from ..data import TensorData
     from ..train import TrainConfig, fit, run_dir_lock
 
     if args.resume and not args.run_dir:
@@ -61,14 +60,14 @@ def fit(model, data, args, info: dict) -> float:
                       progress=not args.quiet, mixup_alpha=args.mixup, mixup_off_epoch=args.mixup_off_epoch,
                       out_dir=args.run_dir, resume=args.resume, workers=args.workers, amp=args.amp)
     def pair(data):  # in-memory sets as tensors (fast slicing); file-streamed ones as the Dataset
-        return data.tensors if isinstance(data, TensorData) else (data, None)
+        return data.tensors if hasattr(data, "tensors") else (data, None)
 
     writes = bool(args.run_dir) and rank() == 0
     with run_dir_lock(args.run_dir) if writes else nullcontext():  # fit's lock, taken before run.json is written
         if writes:
             options = {k: v for k, v in vars(args).items() if k not in ("config", "debug", "quiet")}
             (Path(args.run_dir) / "run.json").write_text(json.dumps({"info": info, "args": options}, indent=1))
-        history = fit(model, *pair(train), cfg, eval_data=pair(test) if isinstance(test, TensorData) else test)
+        history = fit(model, *pair(train), cfg, eval_data=pair(test) if hasattr(test, "tensors") else test)
     accuracy = history[-1]["accuracy"]
     if rank() == 0:
         print(f"{args.command}: {len(history)} epochs, final loss {history[-1]['loss']:.4f}, "
@@ -104,14 +103,22 @@ def _qat_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_qat(args) -> None:
     from ..convert import to_qann
+    from ..inputs import select, to
 
     torch.manual_seed(args.seed)
     data = load_data(args)
     ann, info = load_model(args, stages=("ann",), data=data[0])
     kwargs = {"levels": args.levels, "neuron": args.neuron}
     x_first = first_samples(data[0], 256)[0]
-    qann = to_qann(ann, **kwargs, **({"calibration": x_first.to(args.device)} if args.neuron == "ilif" else {}))
-    info = {**info, "stage": "qann", "qann": kwargs, "input_shape": list(x_first.shape[1:])}
+    if args.neuron == "ilif":
+        kwargs["calibration"] = to(x_first, args.device)
+    elif "hf" in info:  # traced on two training samples, as the data calls it (a Hugging Face model: by keyword)
+        kwargs["example_inputs"] = to(select(x_first, slice(0, 2)), args.device)
+    qann = to_qann(ann, **kwargs)
+    kwargs = {"levels": args.levels, "neuron": args.neuron}  # what the checkpoint keeps (an engine QANN adds its own)
+    info = {**info, "stage": "qann", "qann": kwargs}
+    if isinstance(x_first, torch.Tensor):
+        info["input_shape"] = list(x_first.shape[1:])
     fit(qann, data, args, info)
     if args.out and rank() == 0:
         checkpoint.save(qann, args.out, info)

@@ -2,7 +2,8 @@
 
 In-memory data sets (digits, MNIST, CIFAR) come back as :class:`TensorData` (a ``TensorDataset`` whose
 ``tensors`` are ``(x, y)``, plus ``classes``); file-streamed ones (image folders, event data) as their own
-``Dataset`` (also with ``classes``). Items are ``(x, label)`` in both cases.
+``Dataset`` (also with ``classes``); tokenized text (SST-2) as :class:`~.text.TextData` (``tensors`` are
+``({"input_ids", "attention_mask"}, y)``). Items are ``(x, label)`` in every case.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .digits import load_digits
 from .events import CIFAR10DVS, DVSGesture
 from .folder import ImageFolder
 from .mnist import load_mnist, mnist_split
+from .text import TextData, sst2
 
 
 class TensorData(TensorDataset):
@@ -90,6 +92,10 @@ def _imagefolder(root, split, **kw):
     return ImageFolder(folder, **kw)
 
 
+def _sst2(root, split, tokenizer=None, max_length: int = 64):
+    return sst2(_root("sst2", root), split, tokenizer, max_length)
+
+
 def _dvs_gesture(root, split, **kw):
     return DVSGesture(_root("dvs_gesture", root), split, **kw)
 
@@ -106,6 +112,7 @@ _DATASETS: dict[str, Callable[..., Dataset]] = {
     "imagefolder": _imagefolder,
     "dvs_gesture": _dvs_gesture,
     "cifar10_dvs": _cifar10_dvs,
+    "sst2": _sst2,
 }
 
 
@@ -120,7 +127,8 @@ def get_dataset(name: str, root: str | Path | None = None, split: str | None = "
     ``split``: ``"train"`` / ``"test"`` everywhere, plus ``"t10k-train"`` / ``"t10k-test"`` for MNIST,
     ``"all"`` for CIFAR10-DVS, any sub-folder (e.g. ``"val"``) or None for image folders. ``kw`` go to the
     loader: ``n_train`` (mnist), ``labels`` (cifar100), ``size``/``resize``/``transform`` (imagefolder),
-    ``frames``/``cache_dir``/``transform`` (event data), ``train_fraction``/``orientation`` (cifar10_dvs).
+    ``frames``/``cache_dir``/``transform`` (event data), ``train_fraction``/``orientation`` (cifar10_dvs),
+    ``tokenizer``/``max_length`` (sst2: ``train.tsv`` and ``dev.tsv``, the test split; :class:`~.text.TextData`).
     """
     if name not in _DATASETS:
         raise ValueError(f"unknown data set {name!r}; available: {', '.join(available_datasets())}")
@@ -166,7 +174,10 @@ def train_test(name: str, root: str | Path | None = None, limit: int | None = No
         if limit is not None and limit < len(data):
             tensor = isinstance(data, TensorData)
             index = balanced_subset(data.tensors[1] if tensor else data.targets, limit, seed)
-            data = TensorData(*(t[index] for t in data.tensors), data.classes) if tensor else _Part(data, index)
+            if isinstance(data, TextData):
+                data = data.subset(index)
+            else:
+                data = TensorData(*(t[index] for t in data.tensors), data.classes) if tensor else _Part(data, index)
         pair.append(data)
     return pair[0], pair[1]
 

@@ -6,6 +6,8 @@
   :func:`train_tokenizer`: a small WordPiece tokenizer trained on your sentences, with RoBERTa's special
   tokens at RoBERTa's ids (``<s>`` 0, ``<pad>`` 1, ``</s>`` 2, ``<unk>`` 3).
 - :func:`encode`: sentences -> ``{"input_ids", "attention_mask"}`` ``[N, L]`` (padded on the right).
+- :class:`TextData`: encoded sentences and their labels in memory, the ``sst2`` data set of
+  :func:`spiketwin.data.get_dataset` (:func:`sst2`: GLUE's TSV files and your tokenizer).
 
 Needs ``transformers`` and ``tokenizers`` for the tokenizers (``pip install 'spiketwin[nlp]'``).
 """
@@ -16,10 +18,13 @@ from pathlib import Path
 
 import torch
 
+from torch.utils.data import Dataset
+
 from ..extras import require
 
 TEXT_COLUMNS = ("text", "sentence")
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json")
 
 
 def read_tsv(path: str | Path) -> tuple[list[str], torch.Tensor]:
@@ -77,6 +82,9 @@ def load_tokenizer(path: str | Path):
     if not path.is_dir():
         raise FileNotFoundError(f"load_tokenizer: {path} is not a directory (expected one written by "
                                 "save_pretrained, e.g. with tokenizer.json)")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(f"load_tokenizer: {path} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); "
+                                "save the tokenizer there with tokenizer.save_pretrained, or name its directory")
     transformers = _require_nlp("load_tokenizer")
     return transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
 
@@ -115,3 +123,42 @@ def encode(tokenizer, texts: list[str], max_length: int = 64) -> dict[str, torch
                     return_tensors="pt", return_token_type_ids=False)
     return {"input_ids": out["input_ids"].long(), "attention_mask": out["attention_mask"].long()}
 
+
+
+class TextData(Dataset):
+    """Encoded sentences in memory: ``tensors`` = ``({"input_ids", "attention_mask"}`` ``[N, L]``, labels ``[N]``)``
+    (what :func:`spiketwin.train.fit` takes), ``classes`` the label names; items are ``(inputs of one sentence,
+    label)``."""
+
+    def __init__(self, inputs: dict[str, torch.Tensor], labels: torch.Tensor, classes: list[str]) -> None:
+        self.tensors = (dict(inputs), labels)
+        self.classes = list(classes)
+
+    def __len__(self) -> int:
+        return len(self.tensors[1])
+
+    def __getitem__(self, i: int):
+        return {k: v[i] for k, v in self.tensors[0].items()}, int(self.tensors[1][i])
+
+    @property
+    def targets(self) -> list[int]:
+        return self.tensors[1].tolist()
+
+    def subset(self, index) -> TextData:
+        """The sentences ``index``, padded only to the longest of them."""
+        inputs, labels = self.tensors
+        index = torch.as_tensor(index, dtype=torch.long)
+        length = max(int(inputs["attention_mask"][index].sum(1).max()), 1) if len(index) else 0
+        return TextData({k: v[index, :length] for k, v in inputs.items()}, labels[index], self.classes)
+
+
+def sst2(root: str | Path, split: str, tokenizer, max_length: int = 64) -> TextData:
+    """SST-2 ``split`` (``"train"``, or ``"dev"`` = ``"test"``) from ``root`` encoded with ``tokenizer`` (a Hugging
+    Face tokenizer, e.g. :func:`load_tokenizer` of the model's directory), at most ``max_length`` tokens."""
+    if tokenizer is None:
+        raise ValueError("get_dataset('sst2') needs tokenizer= (a Hugging Face tokenizer, e.g. "
+                         "spiketwin.data.text.load_tokenizer(DIR)); on the command line: --hf DIR or --tokenizer DIR")
+    texts, labels = load_sst2(root, "dev" if split == "test" else split)
+    if int(labels.max()) > 1:
+        raise ValueError(f"sst2 {root}: labels must be 0 (negative) or 1 (positive), got {int(labels.max())}")
+    return TextData(encode(tokenizer, texts, max_length), labels, ["negative", "positive"])

@@ -1,7 +1,8 @@
 """Training: ANN, QAT (a QANN trains like any model) and direct BPTT training of spiking models.
 
 ``fit`` is the loop: AdamW, linear warm-up then cosine decay, label smoothing, mixup, spiking state reset after
-every batch. Data is a pair of tensors ``(x, y)`` (``x`` may be a dict of tensors), or a map-style ``Dataset`` of
+every batch. Data is a pair of tensors ``(x, y)`` (``x`` may be a dict of keyword tensors: ``input_ids``,
+``attention_mask``), or a map-style ``Dataset`` of
 ``(x, label)`` items read batch by batch (file-streamed data: image folders, event frames; see :func:`collate`).
 With ``TrainConfig.out_dir`` it writes a metrics log
 (``metrics.jsonl``, one JSON object per epoch) and a checkpoint (``checkpoint.safetensors``: model, optimizer,
@@ -36,7 +37,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..amp import MixedPrecision
+from .. import inputs
 from ..base import reset
+from ..convert.qann import logits_of
 from ..distributed import all_sum, process_group
 from ..utils import atomic_write, load_state_dict_checked, progress_bar, read_metadata, safetensors_torch
 
@@ -74,18 +77,6 @@ Inputs = torch.Tensor | dict[str, torch.Tensor]
 """A model input: one tensor, or a dict of tensors passed as keyword arguments (``input_ids``, ...)."""
 
 
-def _select(x: Inputs, idx: torch.Tensor) -> Inputs:
-    return {k: v[idx] for k, v in x.items()} if isinstance(x, dict) else x[idx]
-
-
-def _to(x: Inputs, device: torch.device) -> Inputs:
-    return {k: v.to(device) for k, v in x.items()} if isinstance(x, dict) else x.to(device)
-
-
-def _call(model: nn.Module, x: Inputs) -> torch.Tensor:
-    return model(**x) if isinstance(x, dict) else model(x)
-
-
 def collate(items: Sequence[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack ``(x, label)`` items of a ``Dataset`` into a batch: images ``[C, H, W]`` give ``[B, C, H, W]``;
     sequences ``[T, C, H, W]`` (event frames) give ``[T, B, C, H, W]``, time first as the spiking models take them."""
@@ -117,7 +108,7 @@ def _batches_of(x: Inputs | Dataset, y: torch.Tensor | None, index_batches: Sequ
     if y is None:
         return DataLoader(x, batch_sampler=[idx.tolist() for idx in index_batches], num_workers=workers,
                           collate_fn=collate)
-    return ((_select(x, idx), y[idx]) for idx in index_batches)
+    return ((inputs.select(x, idx), y[idx]) for idx in index_batches)
 
 
 def batches(x: Inputs | Dataset, y: torch.Tensor | None, batch_size: int, shuffle: bool = False,
@@ -287,7 +278,8 @@ def run_dir_lock(path: str | Path):
 def fit(model: nn.Module, x: Inputs | Dataset, y: torch.Tensor | None, config: TrainConfig | None = None,
         eval_data: tuple[Inputs, torch.Tensor] | Dataset | None = None) -> list[dict]:
     """Train ``model`` on ``x`` (a tensor, or a dict of keyword inputs) and ``y`` (class labels), or on a
-    ``Dataset`` ``x`` of ``(x, label)`` items with ``y`` None (batched by :func:`collate`).
+    ``Dataset`` ``x`` of ``(x, label)`` items with ``y`` None (batched by :func:`collate`). The model returns logits,
+    or an object holding them (``.logits``: a Hugging Face output, :func:`spiketwin.convert.qann.logits_of`).
     Returns one record per epoch
     (``epoch``, ``loss`` (mean over the epoch's samples, all processes), ``lr``, ``seconds`` and ``accuracy`` on
     ``eval_data`` (a pair of tensors or a ``Dataset``) when given); a resumed run returns the earlier epochs'
@@ -325,16 +317,17 @@ def fit(model: nn.Module, x: Inputs | Dataset, y: torch.Tensor | None, config: T
             indices = epoch_indices(n, cfg.seed, epoch, rank, world).split(cfg.batch_size)
             for xb, yb in progress_bar(_batches_of(x, y, indices, cfg.workers), steps_per_epoch,
                                     f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and rank == 0):
-                xb, yb = _to(xb, device), yb.to(device)
+                xb, yb = inputs.to(xb, device), yb.to(device)
                 with precision.autocast():
                     if use_mixup:
                         if isinstance(xb, dict):
                             raise ValueError("mixup mixes input tensors; it does not apply to dict (token) inputs")
                         lam = float(lams.beta(cfg.mixup_alpha, cfg.mixup_alpha))
-                        logits = net(mixup(xb, lam, batch_dim=1 if y is None and xb.dim() == 5 else 0))
+                        mixed = mixup(xb, lam, batch_dim=1 if y is None and xb.dim() == 5 else 0)
+                        logits = logits_of(net(mixed), "fit")
                         loss = lam * loss_fn(logits, yb) + (1 - lam) * loss_fn(logits, yb.flip(0))
                     else:
-                        loss = loss_fn(_call(net, xb), yb)
+                        loss = loss_fn(logits_of(inputs.call(net, xb), "fit"), yb)
                 optimizer.zero_grad(set_to_none=True)
                 precision.step(loss, optimizer)
                 scheduler.step()
@@ -363,6 +356,7 @@ def evaluate(model: nn.Module, x: Inputs | Dataset, y: torch.Tensor | None = Non
     device = next(model.parameters()).device
     correct = 0
     for xb, yb in batches(x, y, batch_size):
-        correct += (_call(model, _to(xb, device)).argmax(-1).cpu() == yb).sum().item()
+        logits = logits_of(inputs.call(model, inputs.to(xb, device)), "evaluate")
+        correct += (logits.argmax(-1).cpu() == yb).sum().item()
         reset(model)
     return correct / n
