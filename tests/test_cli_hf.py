@@ -95,6 +95,8 @@ def test_hf_option_errors(tmp_path, capsys):
     vit = _vit(tmp_path / "vit", labels=3)
     code, _, err = run(capsys, "qat", "--hf", str(vit), "--model", "vit_digits")
     assert code == 2 and "--model NAME or --hf DIR, not both" in err
+    code, _, err = run(capsys, "qat", "--hf", str(vit), "--set", "depth=2")
+    assert code == 2 and "config.json" in err
     code, _, err = run(capsys, "qat", "--hf", str(vit), "--limit", "20")
     assert code == 1 and "num_labels=3 but the data has 10 classes" in err
     sst2 = ["--data", "sst2", "--data-root", str(_sst2(tmp_path / "s"))]

@@ -15,7 +15,7 @@ MNIST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
 
 def test_names_and_errors():
     assert available_datasets() == ["cifar10", "cifar100", "cifar10_dvs", "digits", "dvs_gesture", "imagefolder",
-                                    "mnist"]
+                                    "mnist", "sst2"]
     with pytest.raises(ValueError, match="unknown data set 'imagenet'; available: cifar10, cifar100"):
         get_dataset("imagenet", "/data")
     with pytest.raises(ValueError, match=r"get_dataset\('cifar10'\) reads local files: pass root="):

@@ -33,24 +33,25 @@ def build(info: dict, where: str = "checkpoint") -> nn.Module:
 
 
 def from_checkpoint(path: str | Path, calibration: torch.Tensor | None = None,
-                    snn: bool = True) -> tuple[nn.Module, dict]:
+                    snn: bool = True, device: torch.device | str | None = None) -> tuple[nn.Module, dict]:
     """Rebuild the model stored at ``path`` and load its tensors. Returns ``(model, info)``: the ANN, the
     QANN, or the SNN (``info["stage"]``; with ``snn=False`` an SNN checkpoint gives the QANN it comes from).
     ``calibration`` is passed to ``to_qann`` when its method needs one (the calibrated values are then
-    replaced by the stored ones)."""
+    replaced by the stored ones). ``device``: where the model is built and traced (a traced graph keeps the
+    device its constants were made on), default the CPU."""
     info = read_info(path)
-    model = build(info, f"checkpoint {path}")
+    model = build(info, f"checkpoint {path}").to(device)
     if info["stage"] != "ann":
         kwargs = dict(info.get("qann", {}))
         if calibration is None and kwargs.get("neuron") == "ilif":
             if "input_shape" not in info:
                 raise ValueError(f"checkpoint {path}: an iLIF QANN needs 'input_shape' in its metadata to be rebuilt")
-            calibration = torch.zeros(1, *info["input_shape"])  # shapes only: the steps come from the file
+            calibration = torch.zeros(1, *info["input_shape"], device=device)  # shapes only: steps from the file
         if calibration is not None:
             kwargs["calibration"] = calibration
         if "example_inputs" in kwargs:  # shapes and dtypes only: tracing needs no values
             kwargs["example_inputs"] = placeholder(kwargs["example_inputs"],
-                                                   next(model.parameters(), torch.empty(0)).dtype)
+                                                   next(model.parameters(), torch.empty(0)).dtype, device)
         model = to_qann(model, **kwargs)
     missing, unexpected = safetensors_torch().load_model(model, str(path), strict=False)
     if missing or unexpected:

@@ -78,12 +78,14 @@ def load_model(args, stages: Sequence[str] = checkpoint.STAGES, snn: bool = True
     from ..rebuild import from_checkpoint
 
     if args.checkpoint:
-        model, info = from_checkpoint(args.checkpoint, snn=snn)
+        model, info = from_checkpoint(args.checkpoint, snn=snn, device=args.device)
         if info["stage"] not in stages:
             raise ValueError(f"{args.checkpoint} holds a {info['stage']} model; this command needs "
                              f"{' or '.join(stages)}")
     elif args.model and args.hf:
         raise UsageError("give --model NAME or --hf DIR, not both")
+    elif args.hf and args.overrides:
+        raise UsageError(f"--set changes a registry model's constructor; a --hf model's are in {args.hf}/config.json")
     elif args.hf:
         if "ann" not in stages:
             raise UsageError(f"needs a {' or '.join(stages)} --checkpoint, not a fresh --hf model")
