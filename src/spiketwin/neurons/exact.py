@@ -1,0 +1,71 @@
+"""The ST-BIF neuron on exact states: what a chip with exact integer accumulators emits.
+
+:class:`ExactSTBIF` receives its accumulated input (not increments) every step and moves its spike count toward the
+quantizer level of that input; it is the neuron of the exact-state graph SNN (``to_snn(qann, state="exact")``).
+Its spikes are the count changes: ``.change`` (``±k``) and ``.spikes`` (``change * θ``, what
+:class:`~spiketwin.neurons.STBIF` outputs).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..base import StatefulModule
+from .stbif_rule import stbif_move, stbif_target
+
+
+class ExactSTBIF(StatefulModule):
+    """ST-BIF neuron on exact states: the count moves toward ``clamp(floor(x/θ + 1/2), n_min, n_max)`` of its current
+    accumulated input ``x`` by at most ``spikes_per_step`` per step; the output is ``count * θ`` (the value the QANN's
+    quantizer gives once settled). ``.change`` holds the last step's count change (``±k`` spikes), ``.spikes`` the
+    spikes' value ``change * θ`` (what :class:`~spiketwin.neurons.STBIF` outputs), ``.pending`` ``[B]`` whether a
+    sample's neuron is still away from its target after the step."""
+
+    state_names = ("count",)
+
+    def __init__(self, threshold: torch.Tensor, n_min: int, n_max: int, spikes_per_step: int = 1,
+                 batch_dim: int | None = 0) -> None:
+        super().__init__(step_mode="s")
+        if spikes_per_step < 1:
+            raise ValueError(f"ExactSTBIF: spikes_per_step must be >= 1, got {spikes_per_step}")
+        self.register_buffer("threshold", threshold.detach().clone())
+        self.n_min, self.n_max, self.spikes_per_step, self.batch_dim = n_min, n_max, int(spikes_per_step), batch_dim
+        self.change: torch.Tensor | None = None
+        self.pending: torch.Tensor | None = None
+
+    @property
+    def spikes(self) -> torch.Tensor | None:
+        return None if self.change is None else self.change * self.threshold.to(self.change.dtype)
+
+    @classmethod
+    def from_quantizer(cls, quantizer: nn.Module, spikes_per_step: int = 1, batch_dim: int | None = 0) -> ExactSTBIF:
+        return cls(quantizer.step, quantizer.n_min, quantizer.n_max, spikes_per_step, batch_dim)
+
+    def reset(self) -> None:
+        super().reset()
+        self.change = self.pending = None
+
+    def keep(self, index: torch.Tensor) -> None:
+        if self.batch_dim is None:
+            raise RuntimeError("ExactSTBIF.keep: this neuron's batch dimension is unknown; run the whole batch")
+        if self.count is not None:
+            self.count = self.count.index_select(self.batch_dim, index)
+        if self.pending is not None:
+            self.pending = self.pending.index_select(0, index)
+
+    def single_step(self, x: torch.Tensor) -> torch.Tensor:
+        theta = self.threshold.to(x.dtype)
+        target = stbif_target(x, theta, self.n_min, self.n_max)  # the QANN quantizer's level of x, bit for bit
+        count = torch.zeros_like(target) if self.count is None else self.count
+        dim = self.batch_dim
+        batch_first = (lambda t: t.reshape(1, -1)) if dim is None else (lambda t: t.movedim(dim, 0))
+        change, far = stbif_move(batch_first(count), batch_first(target), self.spikes_per_step)
+        self.change = change.reshape(count.shape) if dim is None else change.movedim(0, dim)
+        self.pending = far[0] if dim is None else far  # a 0-d flag when the batch dimension is unknown
+        self.count = count + self.change
+        return self.count * theta
+
+    def extra_repr(self) -> str:
+        return (f"threshold={float(self.threshold):.4g}, n_min={self.n_min}, n_max={self.n_max}, "
+                f"spikes_per_step={self.spikes_per_step}")
