@@ -49,11 +49,12 @@ from .collect import PRODUCTS, WEIGHT_LAYERS, Needs, Run
 from .conventions import CONVENTIONS, Convention, get_convention
 from .costs import HOROWITZ_45NM, PRESETS, energy_per_op
 from .count import layer_rows
+from .graph import GraphRun, batch_of, instrument, is_graph_snn, until_settled
 from .result import EnergyReport, LayerEnergy, comparison_table, csv_text
 
 __all__ = ["CONVENTIONS", "HOROWITZ_45NM", "PRESETS", "WEIGHT_LAYERS", "Convention", "EnergyReport", "LayerEnergy",
            "NotSpikingError", "compare", "comparison_table", "csv_text", "register_product", "report",
-           "simulation_run"]
+           "simulation_run", "until_settled"]
 
 
 class NotSpikingError(RuntimeError):
@@ -139,19 +140,24 @@ def _measure(model, x, chosen, step_mode="m", analog="first", e_mac=None, e_ac=N
     """One instrumented run of ``model`` on ``x``; one :class:`EnergyReport` per convention in ``chosen``."""
     e_mac, e_ac = energy_per_op(preset, e_mac, e_ac)
     check_step_mode(step_mode)
-    if step_mode == "s" and run is None and x.dim() < 2:
+    if step_mode == "s" and run is None and isinstance(x, torch.Tensor) and x.dim() < 2:
         raise ValueError(f"energy.report: step_mode='s' needs a [T, B, ...] sequence, got shape {tuple(x.shape)}")
     needs = Needs(first=any(c.analog == "first" for c in chosen),
                   values=any(c.analog != "first" or c.extras for c in chosen),
                   uses=any(c.accumulates == "exact" for c in chosen),
                   extras={e for c in chosen for e in c.extras})
+    if is_graph_snn(model):  # its ops are graph nodes: count them on an instrumented copy
+        model, ops = instrument(model)
+        hooks = GraphRun(model, analog, needs, ops, batch_of(x), getattr(model, "state", "exact") == "exact")
+        run = run if run is not None else until_settled()
     modes = {m: m.step_mode for m in model.modules() if hasattr(m, "step_mode")}
     was_training = model.training
     reset(model)
     if run is None:
         set_step_mode(model, step_mode)
     model.eval()
-    hooks = Run(model, analog, needs)
+    if not is_graph_snn(model):
+        hooks = Run(model, analog, needs)
     try:
         with torch.no_grad():
             if run is not None:

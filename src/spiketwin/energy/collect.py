@@ -17,12 +17,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..base import StatefulModule
-from ..neurons import IF, ILIF, LIF, STBIF
+from ..neurons import IF, ILIF, LIF, STBIF, ExactSTBIF
 from ..ops import SESA, MatMul
 
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 PRODUCTS: list[type] = [MatMul, SESA]
-NEURONS = (LIF, IF, STBIF, ILIF)
+NEURONS = (LIF, IF, STBIF, ILIF, ExactSTBIF)
 EXTRA_TYPES: dict[str, tuple[type, ...]] = {
     "batchnorm": (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d),
     "layernorm": (nn.LayerNorm,),
@@ -109,10 +109,16 @@ def _exact_uses(conv: nn.Module, x: torch.Tensor, n: int) -> torch.Tensor:
         padding = 0
     else:
         padding = conv.padding
-    ones = torch.ones(conv.groups, conv.in_channels // conv.groups, *conv.kernel_size, device=x.device)
-    conv_fn = (F.conv1d, F.conv2d, F.conv3d)[dims - 1]
-    reach = conv_fn(x.ne(0).float(), ones, None, conv.stride, padding, conv.dilation, conv.groups)
-    return reach.reshape(n, -1).sum(1, dtype=torch.float64) * (conv.out_channels // conv.groups)
+    return conv_uses(x, n, conv.weight.shape, conv.stride, padding, conv.dilation, conv.groups)
+
+
+def conv_uses(x: torch.Tensor, n: int, weight_shape, stride, padding, dilation, groups: int) -> torch.Tensor:
+    """``[n]`` weight uses of a zero-padded convolution with weights of ``weight_shape`` (``[C_out, C_in/groups,
+    *kernel]``) on ``x`` (``[N, C_in, ...]``): each non-zero input times the outputs it reaches."""
+    ones = torch.ones(groups, *weight_shape[1:], device=x.device)
+    conv_fn = (F.conv1d, F.conv2d, F.conv3d)[len(weight_shape) - 3]
+    reach = conv_fn(x.ne(0).float(), ones, None, stride, padding, dilation, groups)
+    return reach.reshape(n, -1).sum(1, dtype=torch.float64) * (weight_shape[0] // groups)
 
 
 class Run:
@@ -259,11 +265,17 @@ class Run:
         """``x``'s statistics per step; without ``full`` (a neuron's input: one update per element) only the
         non-zero count."""
         rows = self._rows(s, x, n)
+        nonzero = torch.count_nonzero(rows, dim=1)
+        spikes = self._spikes(x, rows.shape[0], nonzero) if full else nonzero
+        return self._describe(rows, nonzero, spikes, x.shape, full)
+
+    def _describe(self, rows: torch.Tensor, nonzero: torch.Tensor, spikes: torch.Tensor, shape,
+                  full: bool = True) -> Operand:
+        """The :class:`Operand` of an input as ``[steps, -1]`` rows, with its non-zero and spike counts (and, when
+        ``full``, the value statistics the conventions need)."""
         if not rows.is_floating_point():
             rows = rows.float()
-        nonzero = torch.count_nonzero(rows, dim=1)
-        op = Operand(rows.shape[1], nonzero, self._spikes(x, rows.shape[0], nonzero) if full else nonzero,
-                     tuple(x.shape))
+        op = Operand(rows.shape[1], nonzero, spikes, tuple(shape))
         if full and self.needs.values:
             a = rows.abs()
             op.abs_sum = a.sum(1, dtype=torch.float64)
