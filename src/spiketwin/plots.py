@@ -15,6 +15,7 @@ from torch import nn
 
 from .base import StatefulModule, reset
 from .extras import require
+from .neurons import ExactSTBIF
 
 
 def _figure(width: float = 6.0, height: float = 4.0):
@@ -128,22 +129,37 @@ def settle_histogram(settle_step: torch.Tensor, path: str | Path, title: str = "
     return _save(fig, path)
 
 
-def record(model: nn.Module, x: torch.Tensor, name: str,
-           run: Callable[[nn.Module, torch.Tensor], object] | None = None) -> torch.Tensor:
+def record(model: nn.Module, x, name: str,
+           run: Callable[[nn.Module, object], object] | None = None) -> torch.Tensor:
     """The output of ``model``'s sub-module ``name`` (e.g. a neuron's spikes) over a run, ``[T, B, ...]``.
 
     The run is ``model(x)`` (no gradients), or ``run(model, x)`` (e.g. a converted SNN's own ``simulate``
     without early exit); outputs of calls in sequence mode are joined along time, those in step mode
-    stacked. The model's spiking state is reset before and after."""
+    stacked. The model's spiking state is reset before and after.
+
+    A converted graph SNN (``spiketwin.convert.to_snn``) names its neurons by ``model.labels`` (a module path works
+    too); its default run steps until every sample settles (:func:`spiketwin.energy.until_settled`). An exact-state
+    neuron (:class:`~spiketwin.neurons.ExactSTBIF`) outputs its count; what is recorded is its spikes, the count
+    change times θ (as an event-state :class:`~spiketwin.neurons.STBIF` outputs them)."""
+    from .energy import is_graph_snn, until_settled
+
     modules = dict(model.named_modules())
-    if name not in modules:
-        spiking = [n for n, m in modules.items() if isinstance(m, StatefulModule)]
-        raise KeyError(f"record: {type(model).__name__} has no module {name!r}; spiking modules: "
-                       f"{', '.join(spiking[:20])}{' ...' if len(spiking) > 20 else ''}")
-    module = modules[name]
+    labels = list(getattr(model, "labels", None) or []) if is_graph_snn(model) else []
+    if name in labels:
+        module = model.neurons[labels.index(name)]
+    elif name in modules:
+        module = modules[name]
+    else:
+        known = labels or [n for n, m in modules.items() if isinstance(m, StatefulModule)]
+        raise KeyError(f"record: {type(model).__name__} has no {'neuron' if labels else 'module'} {name!r}; "
+                       f"{'neurons' if labels else 'spiking modules'}: {', '.join(known[:20])}"
+                       f"{' ...' if len(known) > 20 else ''}")
+    if run is None and is_graph_snn(model):
+        run = until_settled()
     out: list[torch.Tensor] = []
 
     def keep(m, args, y) -> None:
+        y = m.spikes if isinstance(m, ExactSTBIF) else y
         out.append(y.detach() if getattr(m, "step_mode", "m") == "m" else y.detach().unsqueeze(0))
 
     handle = module.register_forward_hook(keep)

@@ -53,8 +53,8 @@ from .graph import GraphRun, batch_of, instrument, is_graph_snn, until_settled
 from .result import EnergyReport, LayerEnergy, comparison_table, csv_text
 
 __all__ = ["CONVENTIONS", "HOROWITZ_45NM", "PRESETS", "WEIGHT_LAYERS", "Convention", "EnergyReport", "LayerEnergy",
-           "NotSpikingError", "compare", "comparison_table", "csv_text", "register_product", "report",
-           "simulation_run", "until_settled"]
+           "NotSpikingError", "compare", "comparison_table", "csv_text", "is_graph_snn", "register_product",
+           "report", "simulation_run", "until_settled"]
 
 
 class NotSpikingError(RuntimeError):

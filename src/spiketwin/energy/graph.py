@@ -31,6 +31,7 @@ from torch import fx, nn
 from ..convert import graph as G
 from ..convert.events import SESA, ConstantsOnce
 from ..convert.snn import _batch, _split
+from ..neurons import ExactSTBIF
 from .collect import Call, Needs, Operand, Run, Stats, conv_uses
 
 COUNTED = G.WEIGHT_OPS | G.PRODUCT_OPS - {G.aten.einsum}
@@ -256,6 +257,12 @@ class GraphRun(Run):
                                "exit (spiketwin.energy.simulation_run, or the default run)")
         change = x if previous is None else x - previous
         return change if theta is None else torch.round(change / theta.to(x.dtype)) * theta.to(x.dtype)
+
+    def _count_extra(self, s: Stats, module: nn.Module, x: torch.Tensor, n: int) -> None:
+        """An exact-state neuron's input is its accumulated input: count its change, as the events state sees it."""
+        if self.exact and isinstance(module, ExactSTBIF):
+            x = self._increment((id(module), 0), x, None)
+        super()._count_extra(s, module, x, n)
 
     def _graph_operand(self, d: torch.Tensor, theta: torch.Tensor | None) -> Operand:
         rows = d.reshape(1, -1)
