@@ -120,6 +120,7 @@ def test_vit_exact_and_events_agree_under_every_convention():
     assert names[:4] == ["patch_embed.proj", "blocks.0.attn.qkv", "blocks.0.attn.matmul_qk", "blocks.0.attn.matmul_av"]
     assert names[-1] == "head" and len(names) == 1 + 6 * 2 + 1
     assert r.layers[0].coding == "analog" and all(row.coding == "spike" for row in r.layers[1:])
+    assert [row.name for row in exact["syops"].layers if row.kind == "neurons"] == qann.labels  # neuron updates
     assert r.totals["sops"] > 0 and r.T == int(to_snn(qann).simulate(x).settle_step.max())
 
 

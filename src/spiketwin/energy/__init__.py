@@ -8,7 +8,9 @@ counting conventions to the same statistics. Counted modules are
   its weight themselves (e.g. SpikeZIP-TF's bias-once layer);
 - activation x activation products: :class:`spiketwin.ops.MatMul`, SpikeZIP-TF's :class:`spiketwin.ops.SESA`
   and any module registered with :func:`register_product`;
-- for conventions that count them (:class:`Convention` ``extras``): BatchNorm, LayerNorm, pooling, neurons.
+- for conventions that count them (:class:`Convention` ``extras``): BatchNorm, LayerNorm, pooling, neurons;
+- in a converted graph SNN (:mod:`spiketwin.energy.graph`): its weighted nodes (linear, convolution, addmm, a
+  matmul with a constant) and its products of two signals, found by the conversion engine's node kinds.
 
 Definitions of the default convention, ``spiketwin`` (SPEC "Energy"), per sample:
 
@@ -96,15 +98,19 @@ def report(
     """Count the operations and firing rates of ``model`` on input ``x``, and price them.
 
     Args:
-        model: a spiking network (its neurons are :class:`~spiketwin.base.StatefulModule`).
+        model: a spiking network (its neurons are :class:`~spiketwin.base.StatefulModule`), or a converted graph
+            SNN (``spiketwin.convert.to_snn`` of any traced model, either state), whose weighted ops and products
+            are graph nodes (:mod:`spiketwin.energy.graph`); it is counted on an instrumented copy.
         x: in ``step_mode="m"`` what ``model`` takes in one call (``[T, B, ...]``, or ``[B, ...]`` for a
             model that repeats a static input itself). In ``step_mode="s"``: a ``[T, B, ...]`` sequence fed
             one step (``[B, ...]``) per call. The steps and the batch size are read from the inputs of the
-            spiking modules (``[n, B, ...]`` in sequence mode, ``[B, ...]`` in step mode).
+            spiking modules (``[n, B, ...]`` in sequence mode, ``[B, ...]`` in step mode). A graph SNN takes
+            its inputs as it is called (a tensor ``[B, ...]``, a tuple, or a dict of keyword tensors) and runs
+            one step per call; by default until every sample settles (:func:`until_settled`).
         analog: for a convention with ``analog="first"``, which weight layers get analog (non-spike) input and
             cost MACs: ``"first"`` (the first counted layer to run, unless its first input is spike-coded:
             every non-zero value of one magnitude, e.g. event frames or a RoBERTa SNN whose embeddings feed a
-            neuron), ``"none"``, or a list of module paths.
+            neuron), ``"none"``, or a list of module paths (of a graph SNN: its row names).
         e_mac, e_ac: energy per multiply-accumulate / accumulate in pJ; default from ``preset``
             (:data:`PRESETS`: ``fp32`` is 4.6 / 0.9).
         run: ``run(model, x)`` replaces the default way of running the model, e.g. a converted SNN's own

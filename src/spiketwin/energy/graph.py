@@ -238,6 +238,8 @@ class GraphRun(Run):
                 raise ValueError(f"energy.report: analog lists {sorted(unknown)}, which are not counted ops of the "
                                  f"graph SNN; its ops: {sorted(c.name for c in ops.values())}")
         self.batch, self.exact = batch, exact
+        labels = getattr(model, "labels", None) or []
+        self.labels = {f"model.quantizers.{i}": label for i, label in enumerate(labels)}  # neuron rows by label
         self.previous: dict[tuple[int, int], torch.Tensor] = {}
         for module, counted in ops.items():
             self.handles.append(module.register_forward_hook(self._op_hook(counted)))
@@ -257,6 +259,9 @@ class GraphRun(Run):
                                "exit (spiketwin.energy.simulation_run, or the default run)")
         change = x if previous is None else x - previous
         return change if theta is None else torch.round(change / theta.to(x.dtype)) * theta.to(x.dtype)
+
+    def _stats(self, name: str, kind: str, module: nn.Module, x: torch.Tensor | None = None) -> Stats:
+        return super()._stats(self.labels.get(name, name), kind, module, x)
 
     def _count_extra(self, s: Stats, module: nn.Module, x: torch.Tensor, n: int) -> None:
         """An exact-state neuron's input is its accumulated input: count its change, as the events state sees it."""
