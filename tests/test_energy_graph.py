@@ -185,3 +185,26 @@ def test_record_and_cli_raster_on_graph_snns(tmp_path):
                               command="energy")
     write_raster(exact, x, args, run=simulation_run(20))
     assert (tmp_path / "cli.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_cli_energy_and_raster_on_a_converted_hugging_face_vit(tmp_path, capsys):
+    transformers = pytest.importorskip("transformers", reason="the nlp extra (transformers) is not installed")
+    pytest.importorskip("safetensors", reason="CLI checkpoints are safetensors")
+    pytest.importorskip("matplotlib", reason="--raster needs the 'plot' extra (matplotlib)")
+    from spiketwin.cli import main
+
+    torch.manual_seed(0)
+    transformers.ViTForImageClassification(transformers.ViTConfig(
+        image_size=8, patch_size=4, num_channels=1, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=24, num_labels=10)).save_pretrained(tmp_path / "vit")
+    qann, snn = tmp_path / "qann.safetensors", tmp_path / "snn.safetensors"
+    for argv in (["qat", "--hf", str(tmp_path / "vit"), "--limit", "20", "--levels", "8", "--epochs", "1",
+                  "--out", str(qann)],
+                 ["convert", "--checkpoint", str(qann), "--limit", "20", "--state", "events", "--out", str(snn)],
+                 ["energy", "--checkpoint", str(snn), "--limit", "20", "--samples", "4", "--max-steps", "16",
+                  "--convention", "spiketwin,syops", "--raster", str(tmp_path / "r.png")]):
+        assert main([*argv, "--quiet"] if argv[0] != "energy" else argv) == 0, argv
+    out = capsys.readouterr().out
+    assert "vit.layers.0.attention.matmul " in out and "vit.layers.0.mlp.fc1" in out and "syops" in out
+    assert (tmp_path / "r.png").stat().st_size > 1000
