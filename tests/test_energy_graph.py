@@ -121,6 +121,9 @@ def test_vit_exact_and_events_agree_under_every_convention():
     assert names[-1] == "head" and len(names) == 1 + 6 * 2 + 1
     assert r.layers[0].coding == "analog" and all(row.coding == "spike" for row in r.layers[1:])
     assert [row.name for row in exact["syops"].layers if row.kind == "neurons"] == qann.labels  # neuron updates
+    norms = [row for row in exact["spikezip"].layers if row.kind == "layernorm"]  # 2 MACs per element and step
+    assert [row.name for row in norms] == [f"blocks.{i}.norm{j}" for i in (0, 1) for j in (1, 2)] + ["norm"]
+    assert all(row.macs == 2 * 17 * 32 * row.steps for row in norms)  # 16 patches + the class token, dim 32
     assert r.totals["sops"] > 0 and r.T == int(to_snn(qann).simulate(x).settle_step.max())
 
 

@@ -153,8 +153,8 @@ def _measure(model, x, chosen, step_mode="m", analog="first", e_mac=None, e_ac=N
                   uses=any(c.accumulates == "exact" for c in chosen),
                   extras={e for c in chosen for e in c.extras})
     if is_graph_snn(model):  # its ops are graph nodes: count them on an instrumented copy
-        model, ops = instrument(model)
-        hooks = GraphRun(model, analog, needs, ops, batch_of(x), getattr(model, "state", "exact") == "exact")
+        model, ops, norms = instrument(model)
+        hooks = GraphRun(model, analog, needs, ops, norms, batch_of(x), getattr(model, "state", "exact") == "exact")
         run = run if run is not None else until_settled()
     modes = {m: m.step_mode for m in model.modules() if hasattr(m, "step_mode")}
     was_training = model.training

@@ -145,8 +145,9 @@ def _names(found: list[tuple[str, object]]) -> list[str]:
     return names
 
 
-def instrument(snn: nn.Module) -> tuple[nn.Module, dict[nn.Module, Counted]]:
-    """A copy of the graph SNN ``snn`` (parameters and buffers shared), and its counted ops by module."""
+def instrument(snn: nn.Module) -> tuple[nn.Module, dict[nn.Module, Counted], dict[nn.Module, str]]:
+    """A copy of the graph SNN ``snn`` (parameters and buffers shared), its counted ops by module, and its LayerNorms
+    (module -> row name; their input is the accumulated value in both states)."""
     memo = {id(t): t for t in (*snn.parameters(), *snn.buffers())}
     twin = copy.deepcopy(snn, memo)
     gm = twin.model
@@ -155,22 +156,21 @@ def instrument(snn: nn.Module) -> tuple[nn.Module, dict[nn.Module, Counted]]:
     region = G.regions(gm, kinds) if exact else {}
     gm.add_module("energy_ops", nn.ModuleList())
     counted: dict[nn.Module, Counted] = {}
+    norms: dict[nn.Module, str] = {}
     paths: list[tuple[str, object]] = []
     for node in list(gm.graph.nodes):
         if node.op == "call_function":
             op, kind = G.packet(node), kinds.get(node)
             product = kind == G.BILINEAR and exact and node not in region
+            if op is G.aten.layer_norm and kinds.get(node) != G.CONST:  # for conventions that charge LayerNorm
+                module, node = _wrap(gm, node)
+                module.elementwise_affine = len(node.args) > 2 and node.args[2] is not None
+                norms[module] = _path(node)
+                continue
             if not product and not (kind == G.WEIGHTED and op in COUNTED):
                 continue
             fn, kwargs = node.target, dict(node.kwargs)
-            module = _OpCall(fn)
-            gm.energy_ops.append(module)
-            with gm.graph.inserting_after(node):
-                new = gm.graph.call_module(f"energy_ops.{len(gm.energy_ops) - 1}", node.args, node.kwargs)
-            new.meta = node.meta
-            node.replace_all_uses_with(new)
-            gm.graph.erase_node(node)
-            node = new
+            module, node = _wrap(gm, node)
         elif node.op == "call_module":
             module = gm.get_submodule(node.target)
             if isinstance(module, SESA):
@@ -196,7 +196,20 @@ def instrument(snn: nn.Module) -> tuple[nn.Module, dict[nn.Module, Counted]]:
         c.name = name
     gm.graph.lint()
     gm.recompile()
-    return twin, counted
+    norms = dict(zip(norms, _names([(path, G.aten.layer_norm) for path in norms.values()])))
+    return twin, counted, norms
+
+
+def _wrap(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, fx.Node]:
+    """Replace the ``call_function`` ``node`` by a call of an :class:`_OpCall` module; the module and its node."""
+    module = _OpCall(node.target)
+    gm.energy_ops.append(module)
+    with gm.graph.inserting_after(node):
+        new = gm.graph.call_module(f"energy_ops.{len(gm.energy_ops) - 1}", node.args, node.kwargs)
+    new.meta = node.meta
+    node.replace_all_uses_with(new)
+    gm.graph.erase_node(node)
+    return module, new
 
 
 def _theta(node, gm: fx.GraphModule) -> torch.Tensor | None:
@@ -229,7 +242,7 @@ class GraphRun(Run):
     """:class:`~spiketwin.energy.collect.Run` on an instrumented graph SNN: every call of a counted op is one step."""
 
     def __init__(self, model: nn.Module, analog: str | Iterable[str], needs: Needs, ops: dict[nn.Module, Counted],
-                 batch: int, exact: bool) -> None:
+                 norms: dict[nn.Module, str], batch: int, exact: bool) -> None:
         super().__init__(model, analog if isinstance(analog, str) else "none", needs)
         if not isinstance(analog, str):
             self.analog = set(analog)
@@ -243,6 +256,9 @@ class GraphRun(Run):
         self.previous: dict[tuple[int, int], torch.Tensor] = {}
         for module, counted in ops.items():
             self.handles.append(module.register_forward_hook(self._op_hook(counted)))
+        if "layernorm" in needs.extras:
+            for module, name in norms.items():
+                self.handles.append(module.register_forward_hook(self._extra_hook(name, "layernorm")))
 
     def close(self) -> None:
         super().close()
