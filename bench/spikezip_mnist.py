@@ -84,15 +84,29 @@ def reference_loop(snn, x: torch.Tensor, steps: int = 64) -> torch.Tensor:
     return total
 
 
+def trained_ann(x_train: torch.Tensor, y_train: torch.Tensor, epochs: int) -> torch.nn.Module:
+    """``vit_mnist`` trained for ``epochs`` epochs (cached)."""
+    torch.manual_seed(0)
+    ann = create("vit_mnist")
+    print(f"ANN vit_mnist ({sum(p.numel() for p in ann.parameters()):,} parameters), {epochs} epochs")
+    return cached(ann, CACHE / f"ann_e{epochs}.safetensors",
+                  lambda: fit(ann, x_train, y_train, TrainConfig(epochs=epochs, lr=2e-3, label_smoothing=0.1)))
+
+
+def trained_qann(ann: torch.nn.Module, levels: int, x_train: torch.Tensor, y_train: torch.Tensor, epochs: int,
+                 qat_epochs: int) -> torch.nn.Module:
+    """The QANN of ``ann`` (trained for ``epochs``) at ``levels`` levels after ``qat_epochs`` of QAT (cached)."""
+    print(f"QANN {levels} levels, {qat_epochs} QAT epochs")
+    qann = to_qann(ann, levels=levels)
+    return cached(qann, CACHE / f"qann_L{levels}_e{epochs}_q{qat_epochs}.safetensors",
+                  lambda: fit(qann, x_train, y_train, TrainConfig(epochs=qat_epochs, lr=5e-4, seed=levels)))
+
+
 def run_level(levels: int, ann, ann_acc: float, data, timed: torch.Tensor, args) -> tuple[list, list]:
     """QAT (or the cached QANN) at ``levels`` levels, then its accuracy row and its timing row."""
     x_train, y_train, x_test, y_test = data
     device = timed.device
-    print(f"QANN {levels} levels, {args.qat_epochs} QAT epochs")
-    qann = to_qann(ann, levels=levels)
-    cached(qann, CACHE / f"qann_L{levels}_e{args.epochs}_q{args.qat_epochs}.safetensors",
-           lambda: fit(qann, x_train, y_train, TrainConfig(epochs=args.qat_epochs, lr=5e-4, seed=levels)))
-    qann = qann.to(device).eval()
+    qann = trained_qann(ann, levels, x_train, y_train, args.epochs, args.qat_epochs).to(device).eval()
     qann_acc = evaluate(qann, x_test, y_test)
     snn = to_snn(qann)
     with torch.no_grad():
@@ -138,12 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     x_train, y_train, x_test, y_test = mnist_split(DATA, n_train=8000)
     print(f"MNIST: {len(y_train)} train / {len(y_test)} test; {args.threads} CPU thread(s), device {device}")
 
-    torch.manual_seed(0)
-    ann = create("vit_mnist")
-    print(f"ANN vit_mnist ({sum(p.numel() for p in ann.parameters()):,} parameters), {args.epochs} epochs")
-    cached(ann, CACHE / f"ann_e{args.epochs}.safetensors",
-           lambda: fit(ann, x_train, y_train, TrainConfig(epochs=args.epochs, lr=2e-3, label_smoothing=0.1)))
-    ann = ann.to(device)
+    ann = trained_ann(x_train, y_train, args.epochs).to(device)
     ann_acc = evaluate(ann, x_test, y_test)
 
     acc_rows, time_rows = [], []

@@ -103,7 +103,7 @@ def padding_check(snn, dev: dict, n: int) -> list[list[object]]:
              int((together.settle_step < settle).sum())]]
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DATA, help="folder with GLUE SST-2 train.tsv and dev.tsv")
     parser.add_argument("--tokenizer", type=Path, default=None,
@@ -121,12 +121,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1: on a shared, busy CPU more threads were 8x slower)")
     parser.add_argument("--retrain", action="store_true", help="ignore cached weights")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    if not (args.data / "train.tsv").is_file():
-        print(f"SKIPPED: SST-2 not found at {args.data} (expected GLUE's train.tsv and dev.tsv); pass --data DIR")
-        return
+    return parser
 
+
+def trained(args) -> dict:
+    """Tokenizer, ANN and QANN (at ``args.levels``) trained per ``args`` or loaded from the cache, with the
+    encoded data: a dict of ``ann``, ``qann``, ``dev``, ``dev_y``, ``ann_seconds``, ``qat_seconds``."""
     train_texts, train_y = load_sst2(args.data, "train")
     if args.max_train:
         train_texts, train_y = train_texts[:args.max_train], train_y[:args.max_train]
@@ -164,6 +164,19 @@ def main() -> None:
                              batch_size=args.batch_size, warmup_epochs=0.1, seed=1, progress=False)
     qat_seconds = train_or_load(qann, cache / f"qann-{settings_key(qat_settings)}.safetensors", train_x, train_y,
                                 qat_config, "QAT", args.retrain)
+    return {"ann": ann, "qann": qann, "dev": dev, "dev_y": dev_y, "ann_seconds": ann_seconds,
+            "qat_seconds": qat_seconds}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if not (args.data / "train.tsv").is_file():
+        print(f"SKIPPED: SST-2 not found at {args.data} (expected GLUE's train.tsv and dev.tsv); pass --data DIR")
+        return
+    models = trained(args)
+    ann, qann, dev, dev_y = models["ann"], models["qann"], models["dev"], models["dev_y"]
+    ann_seconds, qat_seconds = models["ann_seconds"], models["qat_seconds"]
 
     ann_acc = evaluate(ann, dev, dev_y)
     qann_acc = evaluate(qann, dev, dev_y)
