@@ -87,9 +87,17 @@ def qann_logits(qann, parts, n: int, classes: int, dtype: torch.dtype) -> torch.
     return out
 
 
+def timed_size(dataset: str, args, n: int) -> int:
+    """Samples in the timed batch: ``--timed`` images, at most 64 sentences (as ``bench.spikezip_sst2``)."""
+    return min(args.timed, n) if dataset == "mnist" else min(args.timed, 64, n)
+
+
 def energy_per_sample(snn, x, steps: int, analog: str) -> dict:
     """``energy.report`` of ``snn`` on ``x`` run for ``steps`` steps (no early exit: settled samples are silent)."""
-    totals = energy.report(snn, x, run=energy.simulation_run(steps), analog=analog).totals
+    def run(model, inputs):  # energy.simulation_run reads early_exit from the signature; RoBERTa's takes **kwargs
+        return model.simulate(inputs, max_steps=steps, early_exit=False)
+
+    totals = energy.report(snn, x, run=run, analog=analog).totals
     return {"sops": totals["sops"], "events": totals.get("sop_events"), "energy_pj": totals["energy_pj"]}
 
 
@@ -104,7 +112,7 @@ def run_config(name: str, levels: int, qann, inputs, labels: torch.Tensor, args)
     q64 = qann_logits(qann64, parts, n, classes, torch.float64)
     qann_acc = 100 * (q32 == labels).double().mean().item()
     ms = [levels if m == 0 else m for m in args.m]
-    timed = subset(inputs, args.timed if name == "mnist" else min(args.timed, 64))
+    timed = subset(inputs, timed_size(name, args, n))
     snns = {m: to_snn(qann, spikes_per_step=m) for m in ms}
     acc_rows, cost_rows, curves, costs = [], [], {}, {}
     for m in ms:
@@ -196,8 +204,9 @@ def main(argv: list[str] | None = None) -> None:
                         ["m", "settle median", "settle max", "unsettled", *[f"acc T={t} %" for t in MARKS],
                          "SNN %", "QANN %", "SNN=QANN f32 %", "f64 same pred", "f64 max rel diff",
                          "f64 settle = f32"], acc_rows)
-            print_table(f"{name}, {levels} levels: cost per sample (energy.report on {args.energy} samples) and "
-                        f"time to the exact answer (one batch of {args.timed}, median of {args.repeats})",
+            timed = timed_size(name, args, len(labels))
+            print_table(f"{name}, {levels} levels: cost per sample (energy.report on {min(args.energy, len(labels))} "
+                        f"samples) and time to the exact answer (one batch of {timed}, median of {args.repeats})",
                         ["m", "SOPs", "SOP events", "SOPs / m=1", "energy uJ", "energy / m=1", "SNN ms",
                          "time / m=1", "SNN / QANN fwd"], cost_rows)
             if args.plot is not None:
