@@ -76,6 +76,10 @@ def test_qat_on_sst2_with_a_hugging_face_bert_and_its_tokenizer(tmp_path, capsys
     assert qann["hf"]["architecture"] == "BertForSequenceClassification" and qann["hf"]["dir"] == str(bert.resolve())
     assert set(qann["qann"]["example_inputs"]["dict"]) == {"input_ids", "attention_mask"}
     assert snn["snn"] == {"state": "events"} and "rtol 1e-09" in outputs[1]  # events: equal to round-off
+    code, out, err = run(capsys, "energy", "--checkpoint", str(tmp_path / "snn.safetensors"), *data, "--samples", "3",
+                         "--max-steps", "8", "--quiet")  # token batches (a dict of tensors) are counted too
+    assert code == 0, err
+    assert "bert.encoder.layer.0.attention.self.query" in out and "ANN/SNN = " in out
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..energy import CONVENTIONS, PRESETS, NotSpikingError, simulation_run
+from ..inputs import to
 from .data import add_data_options, first_samples, load_data
 from .model import add_model_options, load_model
 from .raster import add_raster_options, write_raster
@@ -47,7 +48,7 @@ def cmd_energy(args) -> None:
 
     names = _conventions(args.convention)
     model, info = load_model(args, stages=("ann", "snn"))
-    x = first_samples(load_data(args)[1], args.samples)[0].to(args.device)
+    x = to(first_samples(load_data(args)[1], args.samples)[0], args.device)
     run = simulation_run(args.max_steps) if hasattr(model, "simulate") else None
     try:
         reports = compare(model, x, names, preset=args.preset, e_mac=args.e_mac, e_ac=args.e_ac, run=run)
