@@ -10,7 +10,7 @@ import argparse
 import torch
 
 from bench.common import median_seconds, print_table
-from spiketwin import native
+from spiketwin.native import lif_ops
 from spiketwin.neurons import LIF, LIFParams, lif_step
 from spiketwin.surrogate import Sigmoid
 
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         [["per-step Python loop", t_loop * 1e3, m_loop / 2**20, 1.0],
          ["fused sequence scan", t_fused * 1e3, m_fused / 2**20, t_loop / t_fused]],
     )
-    print(f"  fused scan: {native.status('lif')}")
+    print(f"  fused scan: {lif_ops.status()}")
 
 
 if __name__ == "__main__":

@@ -331,8 +331,8 @@ def main(argv: list[str] | None = None) -> None:
                                                      "spiketwin peak RSS saving", "(above start)"], rows)
     for side, note in notes.items():
         print(f"  {side}: not measured ({note})")
-    from spiketwin import native
-    print(f"  spiketwin neurons: {native.status('lif')}")
+    from spiketwin.native import lif_ops
+    print(f"  spiketwin neurons: {lif_ops.status()}")
 
 
 if __name__ == "__main__":

@@ -1,15 +1,17 @@
-"""The native LIF kernels (spiketwin/native/lif.c) against the torch path they replace: the forward scan bit for
-bit, the backward bit for bit where torch's operations can be repeated exactly (ATan), to a few ulp with the
-sigmoid surrogate (its exp is not torch's), and the torch path whenever the kernels are off or cannot run."""
+"""The native LIF kernels (spiketwin/native/lif.c, as the CPU implementation of the spiketwin::lif_* operators)
+against the torch path they replace: the forward scan bit for bit, the backward bit for bit where torch's
+operations can be repeated exactly (ATan), to a few ulp with the sigmoid surrogate (its exp is not torch's), and
+the torch path whenever the kernels are off or cannot run."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from spiketwin import native
-from spiketwin.neurons.lif import (LIF, LIFParams, _native_backward, _native_scan, _scan_generic, _scan_negated,
-                                   lif_backward, lif_negated, lif_scan, lif_spikes, lif_u, native_affine_scan)
+from spiketwin import native, reset
+from spiketwin.native import lif_ops
+from spiketwin.neurons.lif import (LIF, LIFParams, _charge_grads, _scan_generic, _scan_negated, lif_backward, lif_mode,
+                                   lif_negated, lif_scan, lif_sequence, lif_spikes, lif_u, native_affine_scan)
 from spiketwin.surrogate import ATan, Sigmoid
 
 PARAMS = [LIFParams(), LIFParams(2.0, 0.5, 0.0), LIFParams(3.0, 1.0, 0.0), LIFParams(3.0, 1.0, None, True, False),
@@ -36,6 +38,18 @@ def _inputs(T: int, dtype: torch.dtype, seed: int):
     return x, v0, grad_s, grad_v
 
 
+def _kernel_scan(x, v0, p, keep_h=True):
+    """(spikes, final V, H) by the operator spiketwin::lif_scan."""
+    return lif_ops.lif_scan(x, v0, lif_mode(p), p.tau or 1.0, p.v_threshold, p.v_reset or 0.0, 0, 4.0, keep_h)
+
+
+def _kernel_backward(h, grad_s, grad_v, p, surrogate):
+    """(dL/dX, dL/dV_0) by the operator spiketwin::lif_scan_backward."""
+    kind = lif_ops.ATAN if isinstance(surrogate, ATan) else lif_ops.SIGMOID
+    return lif_ops.lif_scan_backward(h, grad_s, grad_v, lif_mode(p), kind, p.v_threshold, p.v_reset or 0.0,
+                                     *_charge_grads(p), surrogate.alpha)
+
+
 def _torch_scan(x, v0, p):
     h = torch.empty_like(x)
     v = (_scan_negated if lif_negated(p) else _scan_generic)(x, v0, p, h)
@@ -49,12 +63,10 @@ def test_forward_is_bit_identical(p, dtype, T):
     x, v0, _, _ = _inputs(T, dtype, T)
     with torch.no_grad():
         h_ref, s_ref, v_ref = _torch_scan(x, v0, p)
-        h, s = torch.empty_like(x), torch.empty_like(x)
-        v = _native_scan(x, v0, p, h, s)
-        assert v is not None
+        s, v, h = _kernel_scan(x, v0, p)
         assert torch.equal(h, h_ref) and torch.equal(s, s_ref) and torch.equal(v, v_ref)
-        spikes_only = torch.empty_like(x)
-        assert torch.equal(_native_scan(x, v0, p, None, spikes_only), v_ref) and torch.equal(spikes_only, s_ref)
+        spikes_only, v_only, no_h = _kernel_scan(x, v0, p, keep_h=False)
+        assert torch.equal(v_only, v_ref) and torch.equal(spikes_only, s_ref) and no_h.numel() == 0
         in_place = x.clone()  # lif_scan over its own input, as the BN -> LIF recompute runs it
         assert torch.equal(lif_scan(in_place, v0, p, out=in_place), v_ref) and torch.equal(in_place, h_ref)
     assert 0 < s_ref.sum() < s_ref.numel()  # both branches of the reset ran
@@ -70,8 +82,7 @@ def test_backward_matches_the_torch_path(p, dtype, T):
         for surrogate in (ATan(2.0), Sigmoid(4.0)):
             for gv in (None, grad_v):
                 expected = lif_backward(lif_u(h, p), grad_s, gv, p, surrogate)
-                got = _native_backward(h, grad_s, gv, p, surrogate)
-                assert got is not None
+                got = _kernel_backward(h, grad_s, gv, p, surrogate)
                 for a, b in zip(got, expected):
                     if isinstance(surrogate, ATan):  # the same operations: the same bits
                         assert torch.equal(a, b)
@@ -88,9 +99,9 @@ def test_sigmoid_surrogate_at_extreme_potentials(dtype):
     p = LIFParams(3.0, 1.0, None)
     grad_s = torch.ones_like(h)
     with torch.no_grad():
-        got, _ = _native_backward(h, grad_s, None, p, Sigmoid(4.0))
+        got, _ = _kernel_backward(h, grad_s, None, p, Sigmoid(4.0))
         expected, _ = lif_backward(lif_u(h, p), grad_s, None, p, Sigmoid(4.0))
-        nan = _native_backward(torch.full((1, 1), float("nan"), dtype=dtype), torch.ones(1, 1, dtype=dtype), None,
+        nan = _kernel_backward(torch.full((1, 1), float("nan"), dtype=dtype), torch.ones(1, 1, dtype=dtype), None,
                                p, Sigmoid(4.0))[0]
     eps = torch.finfo(dtype).eps
     torch.testing.assert_close(got, expected, rtol=8 * eps, atol=torch.finfo(dtype).tiny * 4)
@@ -122,17 +133,27 @@ def test_lif_module_native_and_torch_paths_agree(cfg, dtype, loss_on, monkeypatc
 
 
 def test_kernels_decline_what_they_do_not_take(monkeypatch):
-    x, v0, grad_s, _ = _inputs(3, torch.float32, 0)
-    p = LIFParams()
-    with torch.no_grad():
-        assert _native_scan(x.half(), v0.half(), p, None, torch.empty_like(x.half())) is None  # dtype
-        assert _native_scan(x, v0.double(), p, None, torch.empty_like(x)) is None  # mixed dtypes
-        assert _native_scan(x.transpose(1, 2), v0.T, p, None, torch.empty_like(x.transpose(1, 2))) is None
-        assert _native_backward(x, grad_s, None, p, torch.nn.Identity()) is None  # a surrogate it does not know
-        monkeypatch.setenv("SPIKETWIN_NATIVE", "0")
-        assert _native_scan(x, v0, p, None, torch.empty_like(x)) is None
-        assert _native_backward(x, grad_s, None, p, Sigmoid()) is None
-    assert _native_scan(x, v0, p, None, torch.empty_like(x)) is None  # autograd on: the torch path
+    x, v0, _, _ = _inputs(3, torch.float32, 0)
+    assert lif_ops.runs_on(x, v0)
+    assert not lif_ops.runs_on(x.half(), v0.half())  # dtype
+    assert not lif_ops.runs_on(x, v0.double())  # mixed dtypes
+    xi = x.clone().requires_grad_()
+    s, _ = lif_sequence(xi, v0, LIFParams(), torch.nn.Identity())  # a surrogate the kernels do not know
+    assert type(s.grad_fn).__name__ == "_LIFScanBackward"  # the torch path's autograd function
+    monkeypatch.setenv("SPIKETWIN_NATIVE", "0")
+    assert not lif_ops.runs_on(x, v0)
+    assert "SPIKETWIN_NATIVE=0" in lif_ops.status()
+
+
+def test_a_strided_input_gives_the_result_of_its_contiguous_copy():
+    x, v0, _, _ = _inputs(3, torch.float64, 1)
+    strided = x.transpose(1, 2).contiguous().transpose(1, 2)
+    assert not strided.is_contiguous()
+    for p in PARAMS[:4]:
+        with torch.no_grad():
+            expected = _kernel_scan(x, v0, p)
+            for a, b in zip(_kernel_scan(strided, v0, p), expected):
+                assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("layout", ["conv", "tokens"])
@@ -159,7 +180,42 @@ def test_batch_norm_fused_into_the_scan_is_bit_identical(layout, affine, dtype, 
         lif_scan(expected, v0, p, out=expected)
         scale = invstd * bn.weight if affine else invstd
         shift = torch.addcmul(bn.bias if affine else torch.zeros_like(mean), mean, scale, value=-1)
-        out = torch.empty(shape, dtype=dtype)
-        assert native_affine_scan(z.detach(), scale, shift, v0, p, out)
-        assert torch.equal(out, expected)
-        assert not native_affine_scan(z.detach(), scale[:-1], shift[:-1], v0, p, out)  # wrong channel count
+        assert torch.equal(native_affine_scan(z.detach(), scale, shift, v0, p, T), expected)
+        assert native_affine_scan(z.detach(), scale[:-1], shift[:-1], v0, p, T) is None  # wrong channel count
+
+
+def test_operators_pass_torch_library_opcheck():
+    x, v0, grad_s, grad_v = _inputs(3, torch.float64, 2)
+    p = LIFParams(3.0, 1.0, None, True, False)
+    scalars = (p.tau, p.v_threshold, 0.0)
+    torch.library.opcheck(lif_ops.lif_scan, (x.clone().requires_grad_(), v0.clone().requires_grad_(), lif_mode(p),
+                                             *scalars, lif_ops.ATAN, 2.0, True))
+    torch.library.opcheck(lif_ops.lif_scan, (x, v0, lif_mode(p), *scalars, lif_ops.SIGMOID, 4.0, False))
+    h = _kernel_scan(x, v0, p)[2]
+    torch.library.opcheck(lif_ops.lif_scan_backward, (h, grad_s, grad_v, lif_mode(p), lif_ops.SIGMOID,
+                                                      p.v_threshold, 0.0, *_charge_grads(p), 4.0))
+    z = torch.randn(6, 4, 5, dtype=torch.float64)
+    scale, shift = torch.rand(4, dtype=torch.float64) + 0.5, torch.randn(4, dtype=torch.float64)
+    torch.library.opcheck(lif_ops.lif_affine_scan, (z, scale, shift, torch.zeros(2, 4, 5, dtype=torch.float64), 3,
+                                                    lif_mode(LIFParams()), 2.0, 1.0, 0.0))
+
+
+@pytest.mark.filterwarnings("ignore:The tensor attribute")  # the LIF's state .v, set by the traced forward
+def test_torch_export_and_compile_see_the_scan_as_one_operator():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), LIF())
+    x = torch.randn(4, 3, 6)
+    exported = torch.export.export(model, (x,))
+    assert torch.ops.spiketwin.lif_scan.default in [n.target for n in exported.graph.nodes]
+    reset(model)
+    eager = model(x)
+    reset(model)
+    assert torch.equal(exported.module()(x), eager)
+    grads = []
+    for run in (torch.compile(model, backend="aot_eager", fullgraph=True), model):  # forward and backward traced
+        xi = x.clone().requires_grad_()
+        out = run(xi)
+        reset(model)
+        (out * torch.arange(5.0)).sum().backward()
+        grads.append((out.detach(), xi.grad))
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])

@@ -12,7 +12,8 @@
   (their hooks, running statistics and gradients unchanged), but the LIF's membrane potentials ``H``, a float
   tensor as large as its input, are not kept: BatchNorm keeps its input ``z`` anyway, and backward recomputes
   ``H`` from it (the same BatchNorm and LIF forward, bit for bit; on CPU one native pass over ``z`` that applies
-  the BatchNorm's saved batch statistics inside the LIF scan).
+  BatchNorm's batch statistics, computed again as torch computes them, inside the LIF scan; on CUDA BatchNorm
+  again, then the LIF kernel over its output).
 - **Max pooling** (:class:`CompactMaxPool2d`) keeps its argmax indices as ``int16`` (2 bytes per output, not 8).
 
 :func:`float_saves` turns all of this off (to compare memory, or to check that gradients are identical).
@@ -27,6 +28,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from .native import lif_ops
 from .neurons import LIF, lif_scan, native_affine_scan
 
 _state = threading.local()
@@ -108,31 +110,29 @@ def counts_saved_as_uint8(*counts: torch.Tensor, step: float = 1.0) -> contextli
 class _Recompute:
     """What :func:`batch_norm_lif` keeps instead of the LIF's potentials: how to compute them again."""
 
-    def __init__(self, z: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, lif: LIF, normed: torch.Tensor,
-                 shape: torch.Size) -> None:
+    def __init__(self, z: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, lif: LIF, shape: torch.Size) -> None:
         self.z, self.shape, self.params = z, shape, lif.params
         self.v0 = None if lif.v is None else lif.v.detach()
         self.weight, self.bias, self.eps = bn.weight, bn.bias, bn.eps
         self.stats = (bn.running_mean, bn.running_var) if bn.track_running_stats else (None, None)
         self.versions = self._versions()
-        self.batch_stats = _batch_stats(normed)
 
     def _versions(self) -> list[int]:
         """In-place write counters of what the recomputation reads."""
         return [t._version for t in (self.z, self.weight, self.bias) if t is not None]
 
     def _fused(self, v0: torch.Tensor) -> torch.Tensor | None:
-        """The potentials by one native pass over ``z`` (:func:`~spiketwin.neurons.native_affine_scan`) from
-        the batch statistics the forward's BatchNorm kept, or None when it cannot run."""
-        if self.batch_stats is None:
+        """The potentials by one native pass over ``z`` (:func:`~spiketwin.neurons.native_affine_scan`), with
+        BatchNorm's output computed from the batch statistics as torch's CPU kernel computes it; None where that
+        kernel does not run (then :meth:`potentials` runs BatchNorm and the scan again)."""
+        if not lif_ops.runs_on(self.z, v0, cuda=False):
             return None
-        mean, invstd = self.batch_stats
+        mean, invstd = _batch_stats(self.z, self.eps)
         # torch's per-channel terms, computed as its batch_norm kernel does: scale = invstd * weight,
         # shift = bias - mean * scale (rounded once); then output = z * scale + shift (rounded once)
         scale = invstd if self.weight is None else invstd * self.weight
         shift = torch.addcmul(torch.zeros_like(mean) if self.bias is None else self.bias, mean, scale, value=-1)
-        out = torch.empty(self.shape, dtype=self.z.dtype)
-        return out if native_affine_scan(self.z, scale, shift, v0, self.params, out) else None
+        return native_affine_scan(self.z, scale, shift, v0, self.params, self.shape[0])
 
     def potentials(self) -> torch.Tensor:
         if self._versions() != self.versions:
@@ -152,14 +152,17 @@ class _Recompute:
         return y
 
 
-def _batch_stats(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The batch mean and inverse standard deviation torch's CPU BatchNorm kept for backward with its output
-    ``y``, or None (another implementation, or ``y`` is not a BatchNorm output)."""
-    node = y.grad_fn
-    if type(node).__name__ != "NativeBatchNormBackward0" or y.device.type != "cpu":
-        return None
-    mean, invstd = getattr(node, "_saved_result1", None), getattr(node, "_saved_result2", None)
-    return None if mean is None or invstd is None else (mean, invstd)
+def _batch_stats(z: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch mean and inverse standard deviation (per channel, ``z``'s dtype) that torch's CPU BatchNorm
+    computes in training, bit for bit: the same reduction (``torch.batch_norm_update_stats``, without running
+    statistics) gives the mean and the biased variance, and ``1 / sqrt(var + eps)`` is taken in double precision
+    by ``rsqrt``, as that kernel does (0 where both are 0). ``tests/test_memory.py`` checks this against what
+    BatchNorm keeps for its own backward."""
+    mean, var = torch.batch_norm_update_stats(z, None, None, 0.0)
+    invstd = torch.rsqrt(var.double() + eps)
+    if eps == 0:
+        invstd = invstd.masked_fill(var == 0, 0.0)
+    return mean, invstd.to(z.dtype)
 
 
 def batch_norm_lif(z: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, lif: LIF, shape) -> torch.Tensor:
@@ -170,11 +173,10 @@ def batch_norm_lif(z: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, lif: LI
     into one native pass where it can run).
     Otherwise, and for a step-mode LIF or a LIF subclass, it is exactly ``lif(bn(z).view(shape))``.
     """
-    normed = bn(z)
-    y = normed.view(shape)
+    y = bn(z).view(shape)
     if not (_active() and bn.training and type(lif) is LIF and lif.step_mode == "m" and y.requires_grad):
         return lif(y)
-    recipe = _Recompute(z, bn, lif, normed, y.shape)
+    recipe = _Recompute(z, bn, lif, y.shape)
 
     def pack(t: torch.Tensor):  # the only tensor the LIF saves: its potentials
         return recipe if t.shape == recipe.shape and t.is_floating_point() else t

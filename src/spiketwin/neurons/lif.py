@@ -1,15 +1,13 @@
 """The LIF and IF neurons (SpikingJelly's semantics) and their fused time scan, forward and backward, on the
-torch path and by the native kernels (``native/lif.c``)."""
+torch path and by the fused kernels (:mod:`spiketwin.native.lif_ops`: C on CPU, Triton on CUDA)."""
 
 from __future__ import annotations
 
-import ctypes
-import math
 from typing import NamedTuple
 
 import torch
 
-from .. import native
+from ..native import lif_ops
 from ..base import StatefulModule
 from ..surrogate import ATan, Sigmoid, Surrogate
 
@@ -36,9 +34,7 @@ def _charge(v: torch.Tensor, x: torch.Tensor, p: LIFParams) -> torch.Tensor:
 
 def _charge_grads(p: LIFParams) -> tuple[float, float]:
     """(dH/dV, dH/dX) of :func:`_charge`; both constant."""
-    if p.tau is None:
-        return 1.0, 1.0
-    return 1.0 - 1.0 / p.tau, (1.0 / p.tau if p.decay_input else 1.0)
+    return lif_ops.charge_grads(lif_mode(p), _scalars(p)[0])
 
 
 def lif_step(
@@ -98,9 +94,12 @@ def _scan_generic(x_seq: torch.Tensor, v: torch.Tensor, p: LIFParams, out: torch
 def lif_scan(x_seq: torch.Tensor, v: torch.Tensor, p: LIFParams, out: torch.Tensor) -> torch.Tensor:
     """Forward scan over ``[T, ...]``: writes ``H`` of every step into ``out`` (``-H`` for the default neuron,
     see :func:`lif_negated`); returns the final ``V``. ``out`` may be ``x_seq`` itself (each step reads its input
-    before writing). Runs the native kernel when it can (same results), else the torch scans above."""
-    v_final = _native_scan(x_seq, v, p, out, None)
-    if v_final is not None:
+    before writing). Not differentiable (for autograd: :func:`lif_sequence`). Runs a fused kernel when one runs on
+    these tensors (same results), else the torch scans above."""
+    if v.shape == x_seq.shape[1:] == out.shape[1:] and x_seq.is_contiguous() and out.is_contiguous() \
+            and lif_ops.runs_on(x_seq, v, out):
+        v_final = torch.empty_like(v)
+        lif_ops.launch_forward(x_seq, v.contiguous(), out, None, v_final, lif_mode(p), *_scalars(p))
         return v_final
     return (_scan_negated if lif_negated(p) else _scan_generic)(x_seq, v, p, out)
 
@@ -146,98 +145,50 @@ def lif_u(h_seq: torch.Tensor, p: LIFParams) -> torch.Tensor:
     return torch.sub(h_seq, p.v_threshold)
 
 
-# ---------------------------------------------------------------- the native kernels (native/lif.c)
+# ---------------------------------------------------------------- the fused kernels (spiketwin.native.lif_ops)
 
-_NATIVE_SURROGATES = {Sigmoid: 0, ATan: 1}
-"""The surrogates the native backward computes (its ``kind`` code), by exact type; others take the torch path."""
+_KERNEL_SURROGATES = {Sigmoid: lif_ops.SIGMOID, ATan: lif_ops.ATAN}
+"""The surrogates the kernels' backward computes (its ``kind`` code), by exact type; others take the torch path."""
 
 
-def _native_mode(p: LIFParams) -> int:
-    """The mode bits of ``native/lif.c`` for ``p``: leak (0 none, 1 decay_input, 2 plain), 4 soft reset,
-    8 a non-zero ``v_reset``, 16 the negated form (:func:`lif_negated`), 32 ``detach_reset``."""
+def lif_mode(p: LIFParams) -> int:
+    """The mode bits of the kernels (``native/lif.c``) for ``p``: leak (0 none, 1 decay_input, 2 plain), 4 soft
+    reset, 8 a non-zero ``v_reset``, 16 the negated form (:func:`lif_negated`), 32 ``detach_reset``."""
     leak = 0 if p.tau is None else 1 if p.decay_input else 2
     return (leak | (4 if p.v_reset is None else 0) | (8 if p.v_reset else 0) | (16 if lif_negated(p) else 0)
             | (32 if p.detach_reset else 0))
 
 
-def _native_scan(x_seq: torch.Tensor, v: torch.Tensor, p: LIFParams, h_out: torch.Tensor | None,
-                 spikes_out: torch.Tensor | None) -> torch.Tensor | None:
-    """The scan by the native kernel, one pass: ``H`` (as :func:`lif_scan`) into ``h_out`` (``None``: not kept;
-    may be ``x_seq``), spikes (as :func:`lif_spikes`) into ``spikes_out`` (``None``: not wanted). Returns the
-    final ``V``, or ``None`` (nothing written) when the kernel cannot run: see :func:`spiketwin.native.takes`."""
-    outs = [t for t in (h_out, spikes_out) if t is not None]
-    if not native.takes(x_seq, v, *outs) or v.shape != x_seq.shape[1:] or any(t.shape != x_seq.shape for t in outs):
-        return None
-    kernel = native.function("lif", "lif_forward", x_seq.dtype, *[ctypes.c_void_p] * 5, ctypes.c_int64,
-                             ctypes.c_int64, ctypes.c_int32, *[native.REAL] * 3)
-    if kernel is None:
-        return None
-    v_final = torch.empty_like(v)
-    kernel(native.pointer(x_seq), None if h_out is None else native.pointer(h_out),
-           None if spikes_out is None else native.pointer(spikes_out), native.pointer(v), native.pointer(v_final),
-           x_seq.shape[0], v.numel(), _native_mode(p), 1.0 if p.tau is None else p.tau, p.v_threshold,
-           p.v_reset or 0.0)
-    return v_final
+def _scalars(p: LIFParams) -> tuple[float, float, float]:
+    """(tau, V_th, V_reset) as the kernels take them."""
+    return 1.0 if p.tau is None else p.tau, p.v_threshold, p.v_reset or 0.0
 
 
 def native_affine_scan(z: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, v: torch.Tensor, p: LIFParams,
-                       out: torch.Tensor) -> bool:
-    """:func:`lif_scan` of a BatchNorm's output computed on the fly, in one native pass: ``z`` ``[M, C, ...]``
-    (``M = T R``, the T steps first) becomes ``z * scale[c] + shift[c]`` rounded once, as torch's ``batch_norm``
-    computes its output from its per-channel terms; ``H`` goes into ``out`` (``z``'s layout, ``T`` leading; not
-    ``z``) from state ``v`` (one step's elements); the final ``V`` is not kept. Returns False (nothing written)
-    when the kernel cannot run."""
-    steps, channels = out.shape[0], z.shape[1] if z.dim() > 1 else 0
-    if (z.dim() < 2 or z.shape[0] % steps or out.numel() != z.numel() or v.numel() * steps != z.numel()
-            or scale.shape != (channels,) or shift.shape != (channels,)
-            or out.untyped_storage().data_ptr() == z.untyped_storage().data_ptr()
-            or not native.takes(z, scale, shift, v, out)):
-        return False
-    kernel = native.function("lif", "lif_affine_forward", z.dtype, *[ctypes.c_void_p] * 6, *[ctypes.c_int64] * 4,
-                             ctypes.c_int32, *[native.REAL] * 3)
-    if kernel is None:
-        return False
-    state = torch.empty_like(v)
-    kernel(native.pointer(z), native.pointer(scale), native.pointer(shift), native.pointer(out), native.pointer(v),
-           native.pointer(state), steps, z.shape[0] // steps, channels, z[0, 0].numel(), _native_mode(p),
-           1.0 if p.tau is None else p.tau, p.v_threshold, p.v_reset or 0.0)
-    return True
-
-
-def _native_backward(h_seq: torch.Tensor, grad_spikes: torch.Tensor, grad_v: torch.Tensor | None, p: LIFParams,
-                     surrogate: Surrogate) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """:func:`lif_u` and :func:`lif_backward` by the native kernel, one pass reading the scan's ``H`` buffer;
-    ``None`` when the kernel cannot run (then nothing is computed)."""
-    kind = _NATIVE_SURROGATES.get(type(surrogate))
-    grads = [grad_spikes.contiguous()] + ([] if grad_v is None else [grad_v.contiguous()])
-    if kind is None or grads[0].shape != h_seq.shape or not native.takes(h_seq, *grads):
+                       steps: int) -> torch.Tensor | None:
+    """:func:`lif_scan` of a BatchNorm's output computed on the fly, in one native pass
+    (``spiketwin::lif_affine_scan``): ``z`` ``[M, C, ...]`` (``M = steps R``, the steps first) becomes
+    ``z * scale[c] + shift[c]`` rounded once, as torch's CPU ``batch_norm`` computes its output from its
+    per-channel terms; returns ``H`` ``[steps, *v.shape]`` from state ``v`` (one step's elements), or None when
+    the kernel cannot run (not on CPU, or shapes that do not fit)."""
+    channels = z.shape[1] if z.dim() > 1 else 0
+    if (z.dim() < 2 or z.shape[0] % steps or v.numel() * steps != z.numel() or scale.shape != (channels,)
+            or shift.shape != (channels,) or not lif_ops.runs_on(z, scale, shift, v, cuda=False)):
         return None
-    kernel = native.function("lif", "lif_backward", h_seq.dtype, *[ctypes.c_void_p] * 5, ctypes.c_int64,
-                             ctypes.c_int64, ctypes.c_int32, ctypes.c_int32, *[native.REAL] * 6)
-    if kernel is None:
-        return None
-    dh_dv, dh_dx = _charge_grads(p)
-    grad_x, grad_v0 = torch.empty_like(h_seq), torch.empty_like(h_seq[0])
-    kernel(native.pointer(h_seq), native.pointer(grads[0]), native.pointer(grads[1]) if grad_v is not None else None,
-           native.pointer(grad_x), native.pointer(grad_v0), h_seq.shape[0], grad_v0.numel(), _native_mode(p), kind,
-           p.v_threshold, p.v_reset or 0.0, dh_dv, dh_dx, surrogate.alpha, math.pi / 2 * surrogate.alpha)
-    return grad_x, grad_v0
+    return lif_ops.lif_affine_scan(z, scale, shift, v, steps, lif_mode(p), *_scalars(p))
 
 
 class _LIFScan(torch.autograd.Function):
-    """Fused LIF/IF time scan. Forward keeps only ``H`` per step (``-H`` on the fast path); spikes come from
-    ``H`` in one pass over all steps. Backward: :func:`lif_backward`. Both run as one native pass when they can."""
+    """The LIF/IF time scan on the torch path (where no kernel runs). Forward keeps only ``H`` per step (``-H`` on
+    the fast path); spikes come from ``H`` in one pass over all steps. Backward: :func:`lif_backward`."""
 
     @staticmethod
     def forward(ctx, x_seq: torch.Tensor, v: torch.Tensor, p: LIFParams, surrogate: Surrogate):
         keep_h = any(ctx.needs_input_grad[:2])
-        x_seq = x_seq.contiguous()
-        h_seq, spikes = torch.empty_like(x_seq) if keep_h else None, torch.empty_like(x_seq)
-        v_final = _native_scan(x_seq, v, p, h_seq, spikes)
-        if v_final is None:  # torch path; H not kept: it goes into the spikes buffer, then turns into the spikes
-            h = spikes if h_seq is None else h_seq
-            v_final = lif_scan(x_seq, v, p, h)
-            lif_spikes(h, p, out=spikes)
+        spikes = torch.empty_like(x_seq)
+        h_seq = torch.empty_like(x_seq) if keep_h else spikes  # not kept: H goes into the spikes buffer
+        v_final = (_scan_negated if lif_negated(p) else _scan_generic)(x_seq, v, p, h_seq)
+        lif_spikes(h_seq, p, out=spikes)
         if keep_h:
             ctx.save_for_backward(h_seq)
             ctx.p, ctx.surrogate = p, surrogate
@@ -249,12 +200,23 @@ class _LIFScan(torch.autograd.Function):
         h_seq = ctx.saved_tensors[0]  # no other reference kept: a recomputed H is freed on return
         if grad_spikes is None:  # only the final V is used
             grad_spikes = torch.zeros_like(h_seq)
-        grads = _native_backward(h_seq, grad_spikes, grad_v, ctx.p, ctx.surrogate)
-        if grads is None:
-            u = lif_u(h_seq, ctx.p)
-            del h_seq  # a recomputed H is freed before the torch backward's temporaries exist
-            grads = lif_backward(u, grad_spikes, grad_v, ctx.p, ctx.surrogate)
-        return *grads, None, None
+        u = lif_u(h_seq, ctx.p)
+        del h_seq  # a recomputed H is freed before the torch backward's temporaries exist
+        return *lif_backward(u, grad_spikes, grad_v, ctx.p, ctx.surrogate), None, None
+
+
+def lif_sequence(x_seq: torch.Tensor, v: torch.Tensor, p: LIFParams,
+                 surrogate: Surrogate) -> tuple[torch.Tensor, torch.Tensor]:
+    """Spikes ``[T, ...]`` and the final ``V`` of the scan over ``x_seq`` from ``v``, differentiable: the fused
+    operator ``spiketwin::lif_scan`` where a kernel runs (the C kernel on CPU, Triton on CUDA), else the torch
+    path. A surrogate other than :class:`Sigmoid` / :class:`ATan` takes the torch path when gradients are needed."""
+    keep_h = torch.is_grad_enabled() and (x_seq.requires_grad or v.requires_grad)
+    kind = _KERNEL_SURROGATES.get(type(surrogate))
+    if (kind is None and keep_h) or v.shape != x_seq.shape[1:] or not lif_ops.runs_on(x_seq, v):
+        return _LIFScan.apply(x_seq.contiguous(), v, p, surrogate)
+    spikes, v_final, _ = lif_ops.lif_scan(x_seq, v, lif_mode(p), *_scalars(p), kind or 0,
+                                          getattr(surrogate, "alpha", 1.0), keep_h)
+    return spikes, v_final
 
 
 class LIF(StatefulModule):
@@ -298,11 +260,11 @@ class LIF(StatefulModule):
         return torch.full_like(like, self.params.v_reset or 0.0)
 
     def single_step(self, x: torch.Tensor) -> torch.Tensor:
-        spikes, self.v = _LIFScan.apply(x.unsqueeze(0), self._initial_v(x), self.params, self.surrogate)
+        spikes, self.v = lif_sequence(x.unsqueeze(0), self._initial_v(x), self.params, self.surrogate)
         return spikes[0]
 
     def multi_step(self, x_seq: torch.Tensor) -> torch.Tensor:
-        spikes, self.v = _LIFScan.apply(x_seq, self._initial_v(x_seq[0]), self.params, self.surrogate)
+        spikes, self.v = lif_sequence(x_seq, self._initial_v(x_seq[0]), self.params, self.surrogate)
         return spikes
 
     def extra_repr(self) -> str:
