@@ -41,6 +41,7 @@ from bench.common import print_table, round_robin
 from spiketwin import simulate
 from spiketwin.base import reset
 from spiketwin.convert import to_qann, to_snn, verify
+from spiketwin.memory import pack
 from spiketwin.models import create
 from spiketwin.simulate import full_float32
 
@@ -252,7 +253,7 @@ def spikformer_training(device: torch.device, quick: bool, repeats: int) -> list
     rows = []
     for name, batch, classes, overrides in configs:
         torch.manual_seed(30)
-        model = create(name, **overrides)
+        model = pack(create(name, **overrides))  # the memory savings fit() applies by default
         T, img = overrides["T"], overrides["img_size"]
         x, y = torch.rand(batch, 3, img, img, device=device), torch.randint(0, classes, (batch,), device=device)
         row = dict(model=name, batch=batch, T=T, img=img, **_train_steps(model, reset, x, y, repeats))

@@ -1,6 +1,10 @@
 """LIF forward+backward on [T=4, B=64, 24576]: fused sequence scan versus a per-step Python loop.
 
     python -m bench.lif [--device cuda]
+
+Where a fused kernel runs, a third row calls the same kernels straight from an autograd function (how they were
+called before they became the ``spiketwin::lif_scan`` operator): the operator's dispatch cost. The rows take turns
+(``round_robin``), so load changes hit them alike.
 """
 
 from __future__ import annotations
@@ -9,9 +13,10 @@ import argparse
 
 import torch
 
-from bench.common import median_seconds, print_table
-from spiketwin.native import lif_ops
+from bench.common import print_table, round_robin
+from spiketwin.kernels import lif as lif_ops
 from spiketwin.neurons import LIF, LIFParams, lif_step
+from spiketwin.neurons.lif import _charge_grads, _scalars, lif_mode
 from spiketwin.surrogate import Sigmoid
 
 
@@ -28,6 +33,27 @@ def per_step_loop(x: torch.Tensor) -> torch.Tensor:
 
 def fused_sequence(x: torch.Tensor) -> torch.Tensor:
     return LIF(step_mode="m")(x)
+
+
+class _DirectKernels(torch.autograd.Function):
+    """The default LIF's fused kernels called from a plain autograd function, without the operator."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        p = LIFParams()
+        h, spikes, v = torch.empty_like(x), torch.empty_like(x), torch.empty_like(x[0])
+        lif_ops.launch_forward(x, torch.zeros_like(x[0]), h, spikes, v, lif_mode(p), *_scalars(p))
+        ctx.save_for_backward(h)
+        return spikes
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (h,) = ctx.saved_tensors
+        p = LIFParams()
+        grad_x, grad_v0 = torch.empty_like(h), torch.empty_like(h[0])
+        lif_ops.launch_backward(h, grad.contiguous(), None, grad_x, grad_v0, lif_mode(p), lif_ops.SIGMOID,
+                                p.v_threshold, 0.0, *_charge_grads(p), 4.0)
+        return grad_x
 
 
 def forward_backward(fn, x: torch.Tensor, grad: torch.Tensor):
@@ -66,14 +92,18 @@ def main(argv: list[str] | None = None) -> None:
     grad = torch.randn(shape, generator=g).to(args.device)
     with torch.no_grad():
         assert torch.equal(per_step_loop(x), fused_sequence(x))
-    t_loop = median_seconds(forward_backward(per_step_loop, x, grad), args.repeats)
-    t_fused = median_seconds(forward_backward(fused_sequence, x, grad), args.repeats)
-    m_loop, m_fused = peak_saved_bytes(per_step_loop, x), peak_saved_bytes(fused_sequence, x)
+    paths = [("per-step Python loop", per_step_loop), ("fused sequence scan", fused_sequence)]
+    if lif_ops.runs_on(x):
+        paths.append(("  same kernels, no operator", _DirectKernels.apply))
+        with torch.no_grad():
+            assert torch.equal(_DirectKernels.apply(x), fused_sequence(x))
+    timings = round_robin([forward_backward(fn, x, grad) for _, fn in paths], args.repeats, warmup=2)
+    t_loop = timings[0].seconds
     print_table(
-        f"LIF forward+backward, T=4 B=64 N=24576, {args.device}, median of {args.repeats}",
+        f"LIF forward+backward, T=4 B=64 N=24576, {args.device}, median of {args.repeats}, in turns",
         ["path", "time ms", "saved for backward MB", "speed-up"],
-        [["per-step Python loop", t_loop * 1e3, m_loop / 2**20, 1.0],
-         ["fused sequence scan", t_fused * 1e3, m_fused / 2**20, t_loop / t_fused]],
+        [[name, t.seconds * 1e3, peak_saved_bytes(fn, x) / 2**20, t_loop / t.seconds]
+         for (name, fn), t in zip(paths, timings)],
     )
     print(f"  fused scan: {lif_ops.status()}")
 

@@ -129,8 +129,9 @@ def build(side: str, T: int) -> tuple[nn.Module, callable]:
     """The model of ``side`` and its state-reset function."""
     if side in ("spiketwin", "spiketwin-torch"):
         from spiketwin import reset
+        from spiketwin.memory import pack
         from spiketwin.models import create
-        return create("spikformer_cifar10", T=T), reset
+        return pack(create("spikformer_cifar10", T=T)), reset  # the savings fit() applies by default
     from spikingjelly.activation_based import functional
     if side == "sj-official":
         return official_with_spikingjelly(T), functional.reset_net
@@ -331,7 +332,7 @@ def main(argv: list[str] | None = None) -> None:
                                                      "spiketwin peak RSS saving", "(above start)"], rows)
     for side, note in notes.items():
         print(f"  {side}: not measured ({note})")
-    from spiketwin.native import lif_ops
+    from spiketwin.kernels import lif as lif_ops
     print(f"  spiketwin neurons: {lif_ops.status()}")
 
 

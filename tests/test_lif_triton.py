@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from spiketwin.native import lif_ops
+from spiketwin.kernels import lif as lif_ops
 from spiketwin.neurons.lif import (LIFParams, _charge_grads, _scan_generic, _scan_negated, lif_backward, lif_mode,
                                    lif_negated, lif_spikes, lif_u)
 from spiketwin.surrogate import ATan, Sigmoid
@@ -30,11 +30,11 @@ def kernels():
     """lif_triton imported with TRITON_INTERPRET=1 (read when its kernels are decorated), then forgotten."""
     mp = pytest.MonkeyPatch()
     mp.setenv("TRITON_INTERPRET", "1")
-    sys.modules.pop("spiketwin.native.lif_triton", None)
+    sys.modules.pop("spiketwin.kernels.lif_triton", None)
     try:
-        yield importlib.import_module("spiketwin.native.lif_triton")
+        yield importlib.import_module("spiketwin.kernels.lif_triton")
     finally:
-        sys.modules.pop("spiketwin.native.lif_triton", None)
+        sys.modules.pop("spiketwin.kernels.lif_triton", None)
         mp.undo()
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from spiketwin import native, reset
-from spiketwin.native import lif_ops
+from spiketwin.kernels import lif as lif_ops
 from spiketwin.neurons.lif import (LIF, LIFParams, _charge_grads, _scan_generic, _scan_negated, lif_backward, lif_mode,
                                    lif_negated, lif_scan, lif_sequence, lif_spikes, lif_u, native_affine_scan)
 from spiketwin.surrogate import ATan, Sigmoid

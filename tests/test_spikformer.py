@@ -201,10 +201,10 @@ def test_bad_inputs_are_refused_with_clear_errors():
 
 
 def test_spikes_saved_as_bool_give_identical_gradients():
-    from spiketwin.memory import float_saves
+    from spiketwin.memory import float_saves, pack
 
     torch.manual_seed(4)
-    model = Spikformer(img_size=16, dim=32, depth=1, num_heads=4, T=2)
+    model = pack(Spikformer(img_size=16, dim=32, depth=1, num_heads=4, T=2))
     x, y = torch.rand(3, 3, 16, 16), torch.tensor([0, 3, 7])
     grads = []
     for compact in (True, False):

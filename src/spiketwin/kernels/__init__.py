@@ -4,6 +4,8 @@ see one operator where the torch path runs many: each has a CPU implementation (
 ``triton`` package; ``TRITON_INTERPRET=1`` runs it on CPU tensors, which is how the tests check it).
 
 - :mod:`.stbif`: ``spiketwin::stbif_steps``, the ST-BIF neuron's sequence call (multi-spike, per-sample skip).
+- :mod:`.lif`: ``spiketwin::lif_scan`` (with its autograd), ``lif_scan_backward`` and ``lif_affine_scan``, the LIF
+  neuron's time scan, its backward and the BatchNorm -> LIF recompute of :mod:`spiketwin.memory`.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ Faithful to the official code (github.com/ZK-Zhou/spikformer, on SpikingJelly 0.
 Tensors are time-major. Convolutions, batch norms and pooling see ``T*B`` rows (:class:`~spiketwin.base.TimeFold`);
 token-wise Linear -> BN sees ``T*B*N`` rows; only the LIF neurons scan over T. The official code's quirks (Linear
 layers written as 1x1 convolutions, LayerNorms and a position embedding that the forward never uses) and how
-this module handles each are listed in ``docs/spikformer.md``.
+this module handles each are listed in ``docs/spikformer.md``. The model is plain PyTorch: what autograd keeps
+in training is made small from outside, by :func:`spiketwin.memory.pack` (which ``fit`` applies by default).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import torch
 from torch import nn
 
 from ..base import TimeFold
-from ..memory import CompactMaxPool2d, batch_norm_lif, counts_saved_as_uint8, spikes_saved_as_bool
 from ..neurons import LIF
 from ..ops import MatMul
 from . import register
@@ -50,28 +50,18 @@ class LinearBN(nn.Module):
         y = self.bn(self.linear(x.reshape(-1, x.shape[-1])))
         return y.view(*x.shape[:-1], y.shape[-1])
 
-    def spikes(self, x: torch.Tensor, lif: LIF) -> torch.Tensor:
-        """``lif(self(x))``, the LIF's potentials recomputed in backward (:func:`~spiketwin.memory.batch_norm_lif`)."""
-        z = self.linear(x.reshape(-1, x.shape[-1]))
-        return batch_norm_lif(z, self.bn, lif, (*x.shape[:-1], z.shape[-1]))
-
 
 class ConvBNLIF(nn.Module):
-    """Conv3x3 (no bias) -> BN on ``T*B`` rows -> LIF: ``[T, B, C_in, H, W] -> [T, B, C_out, H, W]`` spikes.
-    With ``spike_input`` the convolution keeps its (binary) input for backward as ``bool``."""
+    """Conv3x3 (no bias) -> BN on ``T*B`` rows -> LIF: ``[T, B, C_in, H, W] -> [T, B, C_out, H, W]`` spikes."""
 
-    def __init__(self, in_channels: int, out_channels: int, spike_input: bool = True) -> None:
+    def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         self.conv_bn = TimeFold(nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False),
                                               nn.BatchNorm2d(out_channels)))
         self.lif = LIF(tau=2.0)
-        self.spike_input = spike_input
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        conv, bn = self.conv_bn.layer
-        with spikes_saved_as_bool(*([x] if self.spike_input else [])):
-            z = conv(x.flatten(0, 1) if self.conv_bn.step_mode == "m" else x)
-        return batch_norm_lif(z, bn, self.lif, (*x.shape[:-3], *z.shape[-3:]))
+        return self.lif(self.conv_bn(x))
 
 
 class SPS(nn.Module):
@@ -88,9 +78,9 @@ class SPS(nn.Module):
         if not set(pool_after) <= {0, 1, 2, 3}:
             raise ValueError(f"SPS: pool_after lists stages 0..3, got {pool_after}")
         channels = [in_channels, dim // 8, dim // 4, dim // 2, dim]
-        self.stages = nn.ModuleList(ConvBNLIF(channels[i], channels[i + 1], spike_input=i > 0) for i in range(4))
+        self.stages = nn.ModuleList(ConvBNLIF(channels[i], channels[i + 1]) for i in range(4))
         self.pool_after = tuple(sorted(pool_after))
-        self.pool = TimeFold(CompactMaxPool2d(kernel_size=3, stride=2, padding=1))
+        self.pool = TimeFold(nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
         self.rpe = ConvBNLIF(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,15 +96,14 @@ class SSA(nn.Module):
     """Spiking self-attention: ``[T, B, N, D] -> [T, B, N, D]`` spikes, no softmax.
 
     Q, K, V are binary, so ``attn = Q Kᵀ · scale`` counts coincident spikes per head; ``attn V`` feeds the
-    attention LIF (threshold 0.5), then Linear -> BN -> LIF projects back. With ``counts_input`` the input
-    holds whole numbers 0..255 (sums of spikes, as in Spikformer's residual stream) and is saved as ``uint8``.
+    attention LIF (threshold 0.5), then Linear -> BN -> LIF projects back.
     """
 
-    def __init__(self, dim: int, num_heads: int, scale: float, qkv_bias: bool, counts_input: bool = False) -> None:
+    def __init__(self, dim: int, num_heads: int, scale: float, qkv_bias: bool) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"SSA: dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads, self.scale, self.counts_input = num_heads, float(scale), counts_input
+        self.num_heads, self.scale = num_heads, float(scale)
         self.q, self.k, self.v = (LinearBN(dim, dim, qkv_bias) for _ in range(3))
         self.q_lif, self.k_lif, self.v_lif = (LIF(tau=2.0) for _ in range(3))
         self.qk, self.av = MatMul(), MatMul()
@@ -127,52 +116,39 @@ class SSA(nn.Module):
         return x.unflatten(-1, (self.num_heads, -1)).transpose(-2, -3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with counts_saved_as_uint8(*([x] if self.counts_input else [])):
-            q, k, v = (lbn.spikes(x, lif) for lbn, lif in ((self.q, self.q_lif), (self.k, self.k_lif),
-                                                           (self.v, self.v_lif)))
+        q, k, v = (lif(lbn(x)) for lbn, lif in ((self.q, self.q_lif), (self.k, self.k_lif), (self.v, self.v_lif)))
         q, k, v = (self._heads(t).contiguous() for t in (q, k, v))  # head-major: the products fold without copies
-        counts_fit = q.shape[-1] <= 255  # Q Kᵀ counts coincident spikes: at most D/heads
-        with spikes_saved_as_bool(q, k, v):
-            attn = self.qk(q, k.transpose(-2, -1)) * self.scale
-            with counts_saved_as_uint8(*([attn] if counts_fit else []), step=self.scale):
-                x = self.av(attn, v).transpose(-2, -3).flatten(-2)
-        x = self.attn_lif(x)
-        with spikes_saved_as_bool(x):
-            return self.proj.spikes(x, self.proj_lif)
+        attn = self.qk(q, k.transpose(-2, -1)) * self.scale
+        x = self.attn_lif(self.av(attn, v).transpose(-2, -3).flatten(-2))
+        return self.proj_lif(self.proj(x))
 
 
 class MLP(nn.Module):
-    """Linear -> BN -> LIF -> Linear -> BN -> LIF: ``[T, B, N, D] -> [T, B, N, D]`` spikes (``counts_input``:
-    as in :class:`SSA`)."""
+    """Linear -> BN -> LIF -> Linear -> BN -> LIF: ``[T, B, N, D] -> [T, B, N, D]`` spikes."""
 
-    def __init__(self, dim: int, hidden: int, counts_input: bool = False) -> None:
+    def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.fc1, self.fc1_lif = LinearBN(dim, hidden), LIF(tau=2.0)
         self.fc2, self.fc2_lif = LinearBN(hidden, dim), LIF(tau=2.0)
-        self.counts_input = counts_input
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with counts_saved_as_uint8(*([x] if self.counts_input else [])):
-            x = self.fc1.spikes(x, self.fc1_lif)
-        with spikes_saved_as_bool(x):
-            return self.fc2.spikes(x, self.fc2_lif)
+        return self.fc2_lif(self.fc2(self.fc1_lif(self.fc1(x))))
 
 
 class Block(nn.Module):
     """``x = x + SSA(x); x = x + MLP(x)`` on ``[T, B, N, D]``.
 
     ``norm1`` / ``norm2`` exist only with ``unused_norms=True``: the official code builds these LayerNorms and
-    never calls them; they are kept so that parameter counts and state dicts match it. ``counts_input``: the
-    input holds whole numbers 0..253 (see :class:`SSA`).
+    never calls them; they are kept so that parameter counts and state dicts match it.
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, scale: float, qkv_bias: bool,
-                 unused_norms: bool, counts_input: bool = False) -> None:
+                 unused_norms: bool) -> None:
         super().__init__()
         if unused_norms:  # trainable as in the official code, never in the graph: they get no gradient
             self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = SSA(dim, num_heads, scale, qkv_bias, counts_input)
-        self.mlp = MLP(dim, int(dim * mlp_ratio), counts_input)
+        self.attn = SSA(dim, num_heads, scale, qkv_bias)
+        self.mlp = MLP(dim, int(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(x)
@@ -228,10 +204,8 @@ class Spikformer(nn.Module):
         if "pos_embed" in unused:
             self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, dim))
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        # the residual stream sums spikes: 0..2 after SPS, at most 2 more per block (uint8 saves while <= 255)
-        counts = 2 + 2 * depth <= 255
-        self.block = nn.ModuleList(Block(dim, num_heads, mlp_ratio, attn_scale, qkv_bias, "block_norms" in unused,
-                                         counts) for _ in range(depth))
+        self.block = nn.ModuleList(Block(dim, num_heads, mlp_ratio, attn_scale, qkv_bias, "block_norms" in unused)
+                                   for _ in range(depth))
         if "final_norm" in unused:
             self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)

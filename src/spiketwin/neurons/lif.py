@@ -1,5 +1,5 @@
 """The LIF and IF neurons (SpikingJelly's semantics) and their fused time scan, forward and backward, on the
-torch path and by the fused kernels (:mod:`spiketwin.native.lif_ops`: C on CPU, Triton on CUDA)."""
+torch path and by the fused kernels (:mod:`spiketwin.kernels.lif`: C on CPU, Triton on CUDA)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..native import lif_ops
+from ..kernels import lif as lif_ops
 from ..base import StatefulModule
 from ..surrogate import ATan, Sigmoid, Surrogate
 
@@ -145,7 +145,7 @@ def lif_u(h_seq: torch.Tensor, p: LIFParams) -> torch.Tensor:
     return torch.sub(h_seq, p.v_threshold)
 
 
-# ---------------------------------------------------------------- the fused kernels (spiketwin.native.lif_ops)
+# ---------------------------------------------------------------- the fused kernels (spiketwin.kernels.lif)
 
 _KERNEL_SURROGATES = {Sigmoid: lif_ops.SIGMOID, ATan: lif_ops.ATAN}
 """The surrogates the kernels' backward computes (its ``kind`` code), by exact type; others take the torch path."""

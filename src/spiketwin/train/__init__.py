@@ -41,6 +41,7 @@ from .. import inputs
 from ..base import reset
 from ..convert.qann import logits_of
 from ..distributed import all_sum, process_group
+from ..memory import pack
 from ..utils import atomic_write, load_state_dict_checked, progress_bar, read_metadata, safetensors_torch
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -71,6 +72,9 @@ class TrainConfig:
     amp: str | None = None
     """Mixed precision: ``"bf16"`` or ``"fp16"`` autocast (fp16 with loss scaling), None for full precision
     (:mod:`spiketwin.amp`)."""
+    pack_memory: bool = True
+    """Apply :func:`spiketwin.memory.pack` to the model first: spikes and spike counts kept for backward as
+    ``bool`` / ``uint8``, BatchNorm -> LIF potentials recomputed (same gradients, less memory)."""
 
 
 Inputs = torch.Tensor | dict[str, torch.Tensor]
@@ -285,6 +289,8 @@ def fit(model: nn.Module, x: Inputs | Dataset, y: torch.Tensor | None, config: T
     ``eval_data`` (a pair of tensors or a ``Dataset``) when given); a resumed run returns the earlier epochs'
     records too."""
     cfg = config or TrainConfig()
+    if cfg.pack_memory:
+        pack(model)
     n = _size(x, y, "fit")
     device = next(model.parameters()).device
     rank, world = process_group(device)

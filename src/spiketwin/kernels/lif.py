@@ -1,6 +1,6 @@
-"""The fused LIF kernels as torch operators: one operator each, a CPU implementation (``lif.c`` through ctypes)
-and a CUDA one (``lif_triton.py``), with fake (shape) implementations and, for the scan, its autograd formula,
-so that autograd, ``torch.compile`` and ``torch.export`` see them as single operations.
+"""The fused LIF kernels as torch operators: one operator each, a CPU implementation (``native/lif.c`` through
+ctypes) and a CUDA one (:mod:`.lif_triton`), with fake (shape) implementations and, for the scan, its autograd
+formula, so that autograd, ``torch.compile`` and ``torch.export`` see them as single operations.
 
 - ``spiketwin::lif_scan(x, v, ...) -> (spikes, v_final, h)``: the time scan over ``x`` ``[T, ...]`` from state
   ``v``; ``h`` (``H`` of every step, ``-H`` in the negated mode; empty unless ``keep_h``) is what backward reads.
@@ -9,7 +9,8 @@ so that autograd, ``torch.compile`` and ``torch.export`` see them as single oper
   computed on the fly from its per-channel terms (CPU only: see docs/spikformer.md).
 
 Callers ask :func:`runs_on` first and take their torch path when it says no: no kernel for that device (no C
-compiler, no ``triton``), ``SPIKETWIN_NATIVE=0``, dtypes other than float32/float64, or mixed devices/dtypes.
+compiler or ``SPIKETWIN_NATIVE=0`` on CPU; no ``triton`` or ``SPIKETWIN_TRITON=0`` on CUDA), dtypes other than
+float32/float64, or mixed devices/dtypes.
 ``mode`` and ``kind`` are ``lif.c``'s codes (see ``spiketwin.neurons.lif``). Scalars are Python floats (double
 precision), rounded to the tensors' dtype inside the kernels as torch rounds a scalar operand.
 """
@@ -18,13 +19,12 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import importlib.util
 
 import torch
 
-from . import REAL, enabled, function, library
+from ..native import REAL, enabled, function, library
+from . import TRITON_DTYPES, triton_enabled
 
-_DTYPES = (torch.float32, torch.float64)
 _LIB = "lif"
 SIGMOID, ATAN = 0, 1
 """The surrogate codes (``kind``) of the backward: :class:`~spiketwin.surrogate.Sigmoid` and ``ATan``."""
@@ -37,26 +37,22 @@ def _triton():
     return lif_triton
 
 
-def triton_installed() -> bool:
-    return importlib.util.find_spec("triton") is not None
-
-
 def runs_on(*tensors: torch.Tensor, cuda: bool = True) -> bool:
     """Whether the kernels take these tensors: one device, one dtype (float32/float64), and a kernel for that device
     (the C library on CPU; on CUDA ``triton``, unless ``cuda=False``: an operator with no CUDA implementation)."""
     first = tensors[0]
-    if first.dtype not in _DTYPES or any(t.device != first.device or t.dtype != first.dtype for t in tensors):
+    if first.dtype not in TRITON_DTYPES or any(t.device != first.device or t.dtype != first.dtype for t in tensors):
         return False
     if first.device.type == "cpu":
         return library(_LIB) is not None
-    return cuda and first.device.type == "cuda" and enabled() and triton_installed()
+    return cuda and first.device.type == "cuda" and triton_enabled()
 
 
 def status() -> str:
     """One line for reports: which LIF kernels run on CPU and on CUDA."""
-    cpu = "native C kernel" if library(_LIB) is not None else "torch path"
-    cuda = "Triton kernel" if enabled() and triton_installed() else "torch path"
-    return f"lif: CPU {cpu}, CUDA {cuda}" + ("" if enabled() else " (SPIKETWIN_NATIVE=0)")
+    cpu = "native C kernel" if library(_LIB) is not None else "torch path" + ("" if enabled() else
+                                                                                 " (SPIKETWIN_NATIVE=0)")
+    return f"lif: CPU {cpu}, CUDA {'Triton kernel' if triton_enabled() else 'torch path'}"
 
 
 def _pointer(tensor: torch.Tensor | None) -> ctypes.c_void_p | None:

@@ -1,35 +1,16 @@
-"""Memory for backward: what autograd keeps of a spiking network, kept small and exact.
-
-- **Spikes and counts packed**: a layer fed with spikes (a convolution, a linear layer, a max pool, a product
-  of spike matrices) saves its input for backward. Inside :func:`spikes_saved_as_bool` ``(s1, s2, ...)``,
-  every tensor autograd saves that lives in the storage of one of the given spike tensors is packed as
-  ``bool`` and unpacked back to its float dtype when backward needs it: exact (spikes are 0 or 1), a quarter
-  of the memory. :func:`counts_saved_as_uint8` does the same for tensors holding ``step`` times a whole number
-  in 0..255 (sums of a few spike tensors, ``Q Kᵀ`` counts times the attention scale). The given tensors must
-  hold only such values; they are alive during the block, so their storage cannot be mistaken for another
-  tensor's. Several layers saving the same tensor inside one block share one packed copy.
-- **BatchNorm -> LIF recomputed**: :func:`batch_norm_lif` runs ``lif(bn(z))`` with both modules called as usual
-  (their hooks, running statistics and gradients unchanged), but the LIF's membrane potentials ``H``, a float
-  tensor as large as its input, are not kept: BatchNorm keeps its input ``z`` anyway, and backward recomputes
-  ``H`` from it (the same BatchNorm and LIF forward, bit for bit; on CPU one native pass over ``z`` that applies
-  BatchNorm's batch statistics, computed again as torch computes them, inside the LIF scan; on CUDA BatchNorm
-  again, then the LIF kernel over its output).
-- **Max pooling** (:class:`CompactMaxPool2d`) keeps its argmax indices as ``int16`` (2 bytes per output, not 8).
-
-:func:`float_saves` turns all of this off (to compare memory, or to check that gradients are identical).
-"""
+"""The mechanisms of :mod:`spiketwin.memory`: packing blocks, the BatchNorm -> LIF recompute, compact max pooling."""
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 
-from .native import lif_ops
-from .neurons import LIF, lif_scan, native_affine_scan
+from ..kernels import lif as lif_ops
+from ..neurons import LIF, lif_scan, native_affine_scan
 
 _state = threading.local()
 
@@ -53,24 +34,25 @@ def _active() -> bool:
     return _enabled() and torch.is_grad_enabled()
 
 
-@contextlib.contextmanager
-def _packed(tensors: tuple[torch.Tensor, ...], dtype: torch.dtype, step: float) -> Iterator[None]:
-    """Pack saved tensors that share storage with ``tensors`` as ``dtype`` holding ``value / step``.
+def _tracker():
+    """The :class:`~spiketwin.memory.packing._Tracker` of the packed model whose forward is running, if any."""
+    return getattr(_state, "tracker", None)
 
-    Blocks nest: the innermost one packs what every enclosing block registered as well.
-    """
-    if not tensors or not _active():
-        yield
-        return
-    outer: dict[int, tuple[torch.dtype, float]] = getattr(_state, "registry", {})
-    registry = {**outer, **{t.untyped_storage().data_ptr(): (dtype, step) for t in tensors}}
+
+Code = tuple[torch.dtype, float]
+"""How a saved tensor is packed: the stored dtype (``bool`` or ``uint8``) and the step its whole numbers count."""
+
+
+def _saving_hooks(lookup: Callable[[int], Code | None]) -> torch.autograd.graph.saved_tensors_hooks:
+    """Saved-tensor hooks that pack every floating tensor whose storage address ``lookup`` knows, as its code says.
+    Within one use of the hooks, a tensor saved by several layers is packed once."""
     cache: dict[tuple, tuple] = {}
 
     def pack(t: torch.Tensor):
-        if not t.is_floating_point():
+        if not t.is_floating_point() or not _enabled():
             return t
         ptr = t.untyped_storage().data_ptr()
-        code = registry.get(ptr)
+        code = lookup(ptr)
         if code is None:
             return t
         key = (ptr, t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
@@ -87,9 +69,23 @@ def _packed(tensors: tuple[torch.Tensor, ...], dtype: torch.dtype, step: float) 
         out = data.to(float_dtype)
         return out if scale == 1.0 else out.mul_(scale)
 
+    return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
+
+
+@contextlib.contextmanager
+def _packed(tensors: tuple[torch.Tensor, ...], dtype: torch.dtype, step: float) -> Iterator[None]:
+    """Pack saved tensors that share storage with ``tensors`` as ``dtype`` holding ``value / step``.
+
+    Blocks nest: the innermost one packs what every enclosing block registered as well.
+    """
+    if not tensors or not _active():
+        yield
+        return
+    outer: dict[int, Code] = getattr(_state, "registry", {})
+    registry = {**outer, **{t.untyped_storage().data_ptr(): (dtype, step) for t in tensors}}
     _state.registry = registry
     try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        with _saving_hooks(registry.get):
             yield
     finally:
         _state.registry = outer
@@ -165,6 +161,22 @@ def _batch_stats(z: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tenso
     return mean, invstd.to(z.dtype)
 
 
+def _recomputing(z: torch.Tensor, bn: nn.Module, lif: nn.Module, y: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Around ``lif(y)``, ``y`` a view of ``bn(z)``: the LIF's potentials are kept as a recipe to compute them again
+    from ``z`` (training, gradients, a plain sequence-mode :class:`LIF`), else nothing changes."""
+    if not (_active() and bn.training and type(lif) is LIF and lif.step_mode == "m" and y.requires_grad):
+        return contextlib.nullcontext()
+    recipe = _Recompute(z, bn, lif, y.shape)
+
+    def pack(t: torch.Tensor):  # the only tensor the LIF saves: its potentials
+        return recipe if t.shape == recipe.shape and t.is_floating_point() else t
+
+    def unpack(packed):
+        return packed.potentials() if packed is recipe else packed
+
+    return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
+
+
 def batch_norm_lif(z: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, lif: LIF, shape) -> torch.Tensor:
     """``lif(bn(z).view(shape))``: BatchNorm, then a LIF in sequence mode (``shape`` = ``[T, ...]``).
 
@@ -174,17 +186,7 @@ def batch_norm_lif(z: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, lif: LI
     Otherwise, and for a step-mode LIF or a LIF subclass, it is exactly ``lif(bn(z).view(shape))``.
     """
     y = bn(z).view(shape)
-    if not (_active() and bn.training and type(lif) is LIF and lif.step_mode == "m" and y.requires_grad):
-        return lif(y)
-    recipe = _Recompute(z, bn, lif, y.shape)
-
-    def pack(t: torch.Tensor):  # the only tensor the LIF saves: its potentials
-        return recipe if t.shape == recipe.shape and t.is_floating_point() else t
-
-    def unpack(packed):
-        return packed.potentials() if packed is recipe else packed
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+    with _recomputing(z, bn, lif, y):
         return lif(y)
 
 
@@ -214,5 +216,11 @@ class CompactMaxPool2d(nn.MaxPool2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.return_indices or not (_active() and x.requires_grad):
-            return super().forward(x)
-        return _MaxPoolCompact.apply(x, self)
+            out = super().forward(x)
+        else:
+            out = _MaxPoolCompact.apply(x, self)
+        tracker = _tracker()
+        found = None if tracker is None else tracker.kind(x)
+        if found is not None:  # the maximum of spikes (or counts) is one of them
+            tracker.mark(out, *found)
+        return out
