@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 
 import torch
@@ -45,8 +46,9 @@ Code = tuple[torch.dtype, float]
 
 def _saving_hooks(lookup: Callable[[int], Code | None]) -> torch.autograd.graph.saved_tensors_hooks:
     """Saved-tensor hooks that pack every floating tensor whose storage address ``lookup`` knows, as its code says.
-    Within one use of the hooks, a tensor saved by several layers is packed once."""
-    cache: dict[tuple, tuple] = {}
+    Within one use of the hooks, a tensor saved by several layers is packed once (the cache holds the packed copy
+    weakly: each copy is freed in backward as soon as the last layer that saved it is done)."""
+    cache: dict[tuple, weakref.ref] = {}
 
     def pack(t: torch.Tensor):
         if not t.is_floating_point() or not _enabled():
@@ -56,11 +58,12 @@ def _saving_hooks(lookup: Callable[[int], Code | None]) -> torch.autograd.graph.
         if code is None:
             return t
         key = (ptr, t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
-        if key not in cache:
-            kind, scale = code
-            whole = t if scale == 1.0 else torch.div(t, scale).round_()
-            cache[key] = (whole.to(kind), t.dtype, scale)
-        return cache[key]
+        kind, scale = code
+        data = cache[key]() if key in cache else None
+        if data is None:
+            data = (t if scale == 1.0 else torch.div(t, scale).round_()).to(kind)
+            cache[key] = weakref.ref(data)
+        return data, t.dtype, scale
 
     def unpack(packed):
         if not isinstance(packed, tuple):
