@@ -12,7 +12,7 @@ from torch import nn
 
 from spiketwin import reset
 from spiketwin.memory import CompactMaxPool2d, float_saves, pack
-from spiketwin.memory.saving import _tracker
+from spiketwin.memory.saving import _saving_hooks, _tracker
 from spiketwin.models.spikformer import Spikformer
 from spiketwin.neurons import LIF
 from spiketwin.train import TrainConfig, fit
@@ -136,3 +136,22 @@ def test_fit_packs_by_default_and_not_when_told():
         model = Spikformer(img_size=16, dim=32, depth=1, num_heads=4, T=2)
         fit(model, x, y, TrainConfig(epochs=0, progress=False, pack_memory=flag))
         assert isinstance(model.patch_embed.pool.layer, CompactMaxPool2d) is flag
+
+
+
+def test_a_new_registration_of_an_address_gets_its_own_packed_copy():
+    g = torch.Generator().manual_seed(3)
+    spikes = (torch.rand(5, 4, generator=g) < 0.5).float()
+    w1, w2 = torch.randn(4, 3, requires_grad=True), torch.randn(4, 3, requires_grad=True)
+    codes = {}
+    hooks = _saving_hooks(codes.get)  # one forward's hooks: a packed copy may be shared within a registration
+    ptr = spikes.untyped_storage().data_ptr()
+    codes[ptr] = (torch.bool, 1.0, 1)
+    with hooks:
+        first = spikes @ w1  # packs the spikes as they are now
+    spikes.copy_((torch.rand(5, 4, generator=g) < 0.5).float())  # new values at the same address: as a freed
+    codes[ptr] = (torch.bool, 1.0, 2)  # tensor's address taken by the next one, registered anew
+    with hooks:
+        second = spikes @ w2
+    (first.sum() + second.sum()).backward()
+    assert torch.equal(w2.grad, spikes.sum(0)[:, None].expand(4, 3))

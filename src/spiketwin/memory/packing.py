@@ -4,6 +4,7 @@ which tensors hold spikes or counts during its forward."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import weakref
 
 import torch
@@ -26,30 +27,37 @@ class _Tracker(TorchFunctionMode):
 
     def __init__(self) -> None:
         super().__init__()
-        self.kinds: dict[int, tuple[int, float, weakref.ref]] = {}  # storage -> (bound, step, tensor)
+        self.kinds: dict[int, tuple[int, float, weakref.ref, int]] = {}  # storage -> (bound, step, tensor, serial)
+        self.serials = itertools.count(1)
         self.last_bn: tuple[nn.Module, torch.Tensor, weakref.ref] | None = None  # (module, input, output)
         self.recomputing: list[tuple[nn.Module, contextlib.AbstractContextManager]] = []
+
+    def _entry(self, ptr: int) -> tuple[int, float, weakref.ref, int] | None:
+        """The live entry of storage address ``ptr``: its tensor is alive and still there."""
+        entry = self.kinds.get(ptr)
+        held = None if entry is None else entry[2]()
+        return entry if held is not None and held.untyped_storage().data_ptr() == ptr else None
 
     def kind(self, t) -> tuple[int, float] | None:
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():
             return None
-        entry = self.kinds.get(t.untyped_storage().data_ptr())
-        return None if entry is None or entry[2]() is None else entry[:2]
+        entry = self._entry(t.untyped_storage().data_ptr())
+        return None if entry is None else entry[:2]
 
     def mark(self, t, bound: int, step: float) -> None:
         """Record ``t``'s storage, unless it is known already (a view: its entry stays with the longer-lived base)."""
         if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel() and self.kind(t) is None:
-            self.kinds[t.untyped_storage().data_ptr()] = (bound, step, weakref.ref(t))
+            self.kinds[t.untyped_storage().data_ptr()] = (bound, step, weakref.ref(t), next(self.serials))
 
     def code(self, ptr: int) -> Code | None:
         """How to pack a saved tensor with storage ``ptr``: spikes as ``bool``, counts up to 255 as ``uint8``."""
-        entry = self.kinds.get(ptr)
-        if entry is None or entry[2]() is None:
+        entry = self._entry(ptr)
+        if entry is None:
             return None
-        bound, step, _ = entry
+        bound, step, _, serial = entry
         if bound <= 1 and step == 1.0:
-            return torch.bool, 1.0
-        return (torch.uint8, step) if bound <= 255 else None
+            return torch.bool, 1.0, serial
+        return (torch.uint8, step, serial) if bound <= 255 else None
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

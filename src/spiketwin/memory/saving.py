@@ -40,8 +40,10 @@ def _tracker():
     return getattr(_state, "tracker", None)
 
 
-Code = tuple[torch.dtype, float]
-"""How a saved tensor is packed: the stored dtype (``bool`` or ``uint8``) and the step its whole numbers count."""
+Code = tuple[torch.dtype, float, int]
+"""How a saved tensor is packed: the stored dtype (``bool`` or ``uint8``), the step its whole numbers count, and
+which registration of its storage address this is (a packed copy is shared only within one registration: an
+address freed and taken by another tensor is a new one)."""
 
 
 def _saving_hooks(lookup: Callable[[int], Code | None]) -> torch.autograd.graph.saved_tensors_hooks:
@@ -57,8 +59,8 @@ def _saving_hooks(lookup: Callable[[int], Code | None]) -> torch.autograd.graph.
         code = lookup(ptr)
         if code is None:
             return t
-        key = (ptr, t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
-        kind, scale = code
+        kind, scale, registration = code
+        key = (registration, ptr, t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
         data = cache[key]() if key in cache else None
         if data is None:
             data = (t if scale == 1.0 else torch.div(t, scale).round_()).to(kind)
@@ -85,7 +87,7 @@ def _packed(tensors: tuple[torch.Tensor, ...], dtype: torch.dtype, step: float) 
         yield
         return
     outer: dict[int, Code] = getattr(_state, "registry", {})
-    registry = {**outer, **{t.untyped_storage().data_ptr(): (dtype, step) for t in tensors}}
+    registry = {**outer, **{t.untyped_storage().data_ptr(): (dtype, step, 0) for t in tensors}}  # alive: one each
     _state.registry = registry
     try:
         with _saving_hooks(registry.get):
