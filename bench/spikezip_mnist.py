@@ -6,17 +6,17 @@ weights are cached under ``runs/bench_spikezip/`` so reruns only simulate. For e
 ANN / QANN / SNN test accuracy, SNN-QANN prediction agreement (float32), a float64 equivalence check on
 a few images, the median / max settle step, and on one batch the time to the exact answer of
 
-- the SNN: ``simulate`` (sequence path, adaptive chunks, each sample stops when it has settled);
+- the SNN: ``simulate`` of the exact-state SNN (the default: one QANN forward per step on the samples still
+  running, each sample stops when it has settled, the whole batch confirmed at the end);
 - (a) ``T_settle`` x one QANN forward, with ``T_settle`` the batch's largest settle step;
-- (b) the reference way: one full forward of the SNN per step in a plain Python loop, for a fixed T = 64.
-
-and, for the record of what the native kernels give (``spiketwin.native``), the SNN again with them off
-(``SNN torch-path``: every operator on its torch path; same results). (b) runs the step path, whose operators
-are all torch code: the dense per-step forward of the reference design.
+- (b) the reference way: one full forward of the event-driven SNN (``state="events"``) per step in a plain Python
+  loop, for a fixed T = 64;
+- the event-driven SNN run by ``simulate`` (early exit), for comparison.
 
 The four are timed round-robin (one run of each per repeat, medians over repeats), so load changes on a
 shared machine hit them alike. ``64 / steps`` is ``(b) / SNN`` if an SNN step cost as much as a step of (b):
-``steps`` is the mean settle step: the steps a sample must be simulated (one per call while many run).
+``steps`` is the mean settle step. The accuracy table adds the float32 and bfloat16 agreement of the SNN with
+its QANN in the same dtype (predictions and bit-identical logits).
 
     python -m bench.spikezip_mnist [--levels 4 8 16 32] [--batch 256] [--threads 1] [--device cpu]
 """
@@ -31,8 +31,7 @@ from pathlib import Path
 import torch
 
 from bench.common import print_table, round_robin, save_weights
-from spiketwin import native
-from spiketwin.base import reset, set_step_mode
+from spiketwin.base import reset
 from spiketwin.convert import to_qann, to_snn, verify
 from spiketwin.data import mnist_split
 from spiketwin.models import create
@@ -67,20 +66,13 @@ def snn_predictions(snn, x: torch.Tensor, batch: int):
     return torch.cat(outs), torch.cat(settles)
 
 
-def torch_path(run):
-    """``run()`` with the native kernels off (every operator on its torch path)."""
-    with native.disabled():
-        return run()
-
-
 def reference_loop(snn, x: torch.Tensor, steps: int = 64) -> torch.Tensor:
-    """(b): the official code's way to run an SNN: ``steps`` full forwards, one per step, input at the first."""
+    """(b): the official code's way to run an SNN: ``steps`` full forwards of the event-driven SNN, one per step
+    (the input enters at the first, zeros after), outputs summed."""
     reset(snn.model)
-    set_step_mode(snn.model, "s")
-    zeros = torch.zeros_like(x)
     total = snn(x)
     for _ in range(steps - 1):
-        total = total + snn(zeros)
+        total = total + snn(x)
     return total
 
 
@@ -98,8 +90,22 @@ def trained_qann(ann: torch.nn.Module, levels: int, x_train: torch.Tensor, y_tra
     """The QANN of ``ann`` (trained for ``epochs``) at ``levels`` levels after ``qat_epochs`` of QAT (cached)."""
     print(f"QANN {levels} levels, {qat_epochs} QAT epochs")
     qann = to_qann(ann, levels=levels)
-    return cached(qann, CACHE / f"qann_L{levels}_e{epochs}_q{qat_epochs}.safetensors",
+    return cached(qann, CACHE / f"graph_qann_L{levels}_e{epochs}_q{qat_epochs}.safetensors",
                   lambda: fit(qann, x_train, y_train, TrainConfig(epochs=qat_epochs, lr=5e-4, seed=levels)))
+
+
+def agreement(qann, x: torch.Tensor, dtype: torch.dtype, batch: int) -> tuple[float, float]:
+    """% of images whose SNN prediction equals the QANN's, and % whose logits are bit-identical, in ``dtype``."""
+    q = copy.deepcopy(qann).to(dtype)
+    snn = to_snn(q)
+    same_pred = same_bits = 0
+    with torch.no_grad():
+        for xb in x.split(batch):
+            xb = xb.to(dtype)
+            reference, out = q(xb), simulate(snn, xb, max_steps=512).output
+            same_pred += int((reference.argmax(-1) == out.argmax(-1)).sum())
+            same_bits += int((reference == out).all(-1).sum())
+    return 100 * same_pred / len(x), 100 * same_bits / len(x)
 
 
 def run_level(levels: int, ann, ann_acc: float, data, timed: torch.Tensor, args) -> tuple[list, list]:
@@ -110,26 +116,34 @@ def run_level(levels: int, ann, ann_acc: float, data, timed: torch.Tensor, args)
     qann_acc = evaluate(qann, x_test, y_test)
     snn = to_snn(qann)
     with torch.no_grad():
-        qann_pred = torch.cat([qann(xb.to(device)).argmax(-1) for xb in x_test.split(args.batch)]).cpu()
+        qann_logits = torch.cat([qann(xb.to(device)) for xb in x_test.split(args.batch)]).cpu()
+    qann_pred = qann_logits.argmax(-1)
     out, settle = snn_predictions(snn, x_test.to(device), args.batch)
-    snn_pred = out.argmax(-1).cpu()
+    out = out.cpu()
+    snn_pred = out.argmax(-1)
     qann64 = copy.deepcopy(qann).double()
     report = verify(qann64, to_snn(qann64), x_test[:8].to(device, torch.float64))
     s = settle.double()
+    bf16 = agreement(qann.cpu(), x_test, torch.bfloat16, args.batch)
+    qann.to(device)
     acc_row = [levels, 100 * ann_acc, 100 * qann_acc, 100 * (snn_pred == y_test).double().mean().item(),
-               100 * (snn_pred == qann_pred).double().mean().item(), f"{report.max_rel:.1e}",
-               s.median().item(), int(s.max()), int((s < 0).sum())]
+               100 * (snn_pred == qann_pred).double().mean().item(),
+               100 * (out == qann_logits).all(-1).double().mean().item(), f"{bf16[0]:.2f} / {bf16[1]:.2f}",
+               f"{report.max_rel:.1e}", s.median().item(), int(s.max()), int((s < 0).sum())]
 
+    events = to_snn(qann, state="events")
     with torch.no_grad():
         result = simulate(snn, timed)
-        timed_settle, same = result.settle_step, torch.equal(reference_loop(snn, timed), result.output)
-        t_qann, t_snn, t_ref, t_torch = (t.seconds for t in round_robin(
-            [lambda: qann(timed), lambda: simulate(snn, timed, max_steps=512), lambda: reference_loop(snn, timed),
-             lambda: torch_path(lambda: simulate(snn, timed, max_steps=512))], args.repeats))
+        reference = reference_loop(events, timed)
+        timed_settle = result.settle_step
+        close = torch.allclose(reference, result.output, rtol=1e-4, atol=1e-5)
+        t_qann, t_snn, t_ref, t_events = (t.seconds for t in round_robin(
+            [lambda: qann(timed), lambda: simulate(snn, timed, max_steps=512), lambda: reference_loop(events, timed),
+             lambda: simulate(events, timed, max_steps=512)], args.repeats))
     t_settle, steps = int(timed_settle.max()), timed_settle.double().mean().item()
     time_row = [levels, t_settle, steps, 1e3 * t_qann, 1e3 * t_settle * t_qann, 1e3 * t_snn, 1e3 * t_ref,
-                t_snn / (t_settle * t_qann), t_ref / t_snn, 64 / steps, "yes" if same else "NO", 1e3 * t_torch,
-                t_torch / t_snn]
+                t_snn / (t_settle * t_qann), t_ref / t_snn, 64 / steps, "yes" if close else "NO", 1e3 * t_events,
+                t_events / t_snn]
     return acc_row, time_row
 
 
@@ -163,14 +177,14 @@ def main(argv: list[str] | None = None) -> None:
         time_rows.append(time_row)
 
     print_table(f"SpikeZIP-TF on MNIST (vit_mnist, {len(y_test)} test images)",
-                ["levels", "ANN %", "QANN %", "SNN %", "SNN=QANN %", "f64 max rel diff", "settle median",
-                 "settle max", "unsettled"], acc_rows)
+                ["levels", "ANN %", "QANN %", "SNN %", "SNN=QANN % (f32)", "bit-identical % (f32)",
+                 "bf16: SNN=QANN % / bit-identical %", "f64 max rel diff", "settle median", "settle max",
+                 "unsettled"], acc_rows)
     print_table(f"Time to the exact answer, one batch of {len(timed)} images, {device}, {args.threads} thread(s), "
                 f"median of {args.repeats}",
                 ["levels", "T_settle", "steps", "QANN fwd ms", "(a) T_settle x QANN ms", "SNN ms", "(b) T=64 loop ms",
-                 "SNN / (a)", "(b) / SNN", "64 / steps", "(b) = SNN output", "SNN torch-path ms", "torch-path / SNN"],
+                 "SNN / (a)", "(b) / SNN", "64 / steps", "(b) ~ SNN output", "events SNN ms", "events / SNN"],
                 time_rows)
-    print(f"Native kernels: {native.status('stbif')}. 'SNN torch-path' is the same simulation with them off.")
 
 
 if __name__ == "__main__":

@@ -17,10 +17,6 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # Edges that close a cycle through code another engineer is changing now; each names its owner and the way out.
 # A listed edge that no longer exists fails the test below, so the list shrinks as they are removed.
 KNOWN: dict[tuple[str, str], str] = {
-    ("spiketwin.models.vit", "spiketwin.models"): "the lead (conversion engine): 'from . import register' in "
-                                                  "models/vit.py becomes 'from .registry import register'",
-    ("spiketwin.models.roberta", "spiketwin.models"): "the lead (conversion engine): the same line in "
-                                                      "models/roberta.py (or the file goes, replaced by the engine)",
 }
 
 

@@ -24,8 +24,7 @@ from pathlib import Path
 from torch import nn
 
 from .inputs import describe
-# load_state_dict_checked is re-exported for models/vit.py and models/roberta.py, which import it from here
-from .utils import atomic_write, load_state_dict_checked, read_metadata, safetensors_torch  # noqa: F401
+from .utils import atomic_write, read_metadata, safetensors_torch
 
 STAGES = ("ann", "qann", "snn")
 SNN_OPTIONS = ("state", "spikes_per_step")

@@ -1,6 +1,7 @@
 """Conversion: ANN -> quantized ANN (QANN, trained with QAT) -> SNN, and the equivalence check.
 
-``to_qann(model, levels, neuron)`` picks the method: ``neuron="stbif"`` is SpikeZIP-TF (ViT, RoBERTa),
+``to_qann(model, levels, neuron)`` picks the method: ``neuron="stbif"`` is SpikeZIP-TF on any traceable model
+(the engine: :mod:`~spiketwin.convert.graph`, :mod:`~spiketwin.convert.qann`, :mod:`~spiketwin.convert.snn`),
 ``neuron="ilif"`` is SpikeConverter (ReLU CNNs, then ViTs). ``to_snn(qann)`` builds the SNN the QANN
 was prepared for; ``verify(qann, snn, x)`` compares them layer by layer.
 """
@@ -26,15 +27,6 @@ def to_qann(model: nn.Module, levels: int = 16, neuron: str = "stbif", example_i
     if neuron == "ilif":
         from .spikeconverter import to_ilif_qann
         return to_ilif_qann(model, levels, **kwargs)
-    from ..models.roberta import Roberta
-    from ..models.vit import ViT
-
-    legacy = isinstance(model, (ViT, Roberta)) or type(model).__name__ == "RobertaForSequenceClassification"
-    if legacy and example_inputs is None and activation == "keep":  # until migrated to the engine
-        from .roberta import roberta_to_qann
-        from .spikezip import vit_to_qann
-
-        return (vit_to_qann if isinstance(model, ViT) else roberta_to_qann)(model, levels, **kwargs)
     from .qann import graph_to_qann
 
     if kwargs:
@@ -49,7 +41,6 @@ def to_snn(qann: nn.Module, **options) -> nn.Module:
     (event-driven increments) and ``spikes_per_step`` (multi-spike ST-BIF neurons; 1 is the paper's).
     """
     from .qann import GraphQANN
-    from .spikezip import SpikeZIPQANN
 
     if isinstance(qann, GraphQANN):
         from .snn import GraphSNN
@@ -59,7 +50,7 @@ def to_snn(qann: nn.Module, **options) -> nn.Module:
     build = getattr(qann, "to_snn", None)
     if build is None:
         raise TypeError(f"to_snn: {type(qann).__name__} is not a QANN made by spiketwin.convert.to_qann")
-    if options and not isinstance(qann, SpikeZIPQANN):
+    if options:
         raise ValueError(f"to_snn: options {sorted(options)} need an ST-BIF QANN (to_qann(..., neuron='stbif')); "
                          f"{type(qann).__name__} converts to neurons with one kind of spike")
     return build(**options)

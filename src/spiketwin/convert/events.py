@@ -176,10 +176,7 @@ def to_events(gm: fx.GraphModule, spikes_per_step: int, neuron_batch_dims: list[
 
 
 def _neuron(quantizer: nn.Module, spikes_per_step: int, dim: int | None) -> STBIF:
-    if spikes_per_step != 1:
-        raise ValueError("to_snn: state='events' runs one spike per step (spikes_per_step=1); multi-spike neurons run "
-                         "with state='exact'")
-    neuron = STBIF.from_quantizer(quantizer, step_mode="s")
+    neuron = STBIF.from_quantizer(quantizer, step_mode="s", spikes_per_step=spikes_per_step)
     neuron.batch_dim = 0 if dim == 0 else None
     return neuron
 

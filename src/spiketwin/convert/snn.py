@@ -44,10 +44,16 @@ def _split(inputs) -> tuple[tuple, dict]:
 
 
 def _batch(args: tuple, kwargs: dict) -> int:
-    first = next((v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor) and v.dim()), None)
-    if first is None or len(first) == 0:
+    """The batch size of the inputs, after checking them: real values finite (the sample at fault is named)."""
+    tensors = [(f"input {i}", v) for i, v in enumerate(args) if isinstance(v, torch.Tensor)]
+    tensors += [(f"input '{k}'", v) for k, v in kwargs.items() if isinstance(v, torch.Tensor)]
+    if not tensors or tensors[0][1].dim() == 0 or len(tensors[0][1]) == 0:
         raise ValueError("simulate: inputs must hold at least one non-empty tensor [B, ...]")
-    return len(first)
+    for name, value in tensors:
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = (~torch.isfinite(value)).flatten(1).any(1).nonzero().flatten().tolist()
+            raise ValueError(f"simulate: {name} has NaN or inf values in samples {bad[:10]}; the SNN needs finite input")
+    return len(tensors[0][1])
 
 
 def _select(args: tuple, kwargs: dict, index: torch.Tensor, batch: int) -> tuple[tuple, dict]:
@@ -91,7 +97,13 @@ class GraphSNN(nn.Module):
     @torch.no_grad()
     def forward(self, *args, **kwargs):
         """One time step of the network (exact state: one QANN forward with the neurons' counts); no gradients."""
-        return self.model(*args, **{**self.fixed, **kwargs})
+        try:
+            return self.model(*args, **{**self.fixed, **kwargs})
+        except (AssertionError, RuntimeError, TypeError, ValueError) as error:
+            shapes = [f"{tuple(v.shape)} {v.dtype}" for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)]
+            raise ValueError(f"simulate: the inputs ({', '.join(shapes)}) do not fit the traced model: "
+                             f"{str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}"
+                             ) from error
 
     @torch.no_grad()
     def simulate(self, inputs, max_steps: int | None = None, step_mode: str = "m", chunk: int | None = None,

@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import load_state_dict_checked
 from ..extras import require
+from ..utils import load_state_dict_checked
 from ..ops import MatMul
-from . import register
+from .registry import register
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
 

@@ -3,6 +3,7 @@ percentile of its activations (quantizers already in the model get theirs the sa
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -19,6 +20,26 @@ def _percentile(x: torch.Tensor, q: float) -> torch.Tensor:
     flat = x.detach().flatten()
     rank = min(flat.numel(), max(1, math.ceil(q / 100 * flat.numel())))
     return flat.kthvalue(rank).values
+
+
+def _vit_with_quantizers(model: ViT, levels: int) -> ViT:
+    """A copy of the ViT with quantizers in its ``*_quant`` slots (SpikeZIP-TF's places: signed after the patch
+    embedding, norm1, q, k, v, attn @ v, proj, norm2, fc2 and the final norm; unsigned after softmax and after
+    fc1, which absorbs the activation)."""
+    qann = copy.deepcopy(model)
+    param = next(qann.parameters())
+
+    def quantizer(signed: bool) -> Quantizer:
+        return Quantizer(levels, signed).to(device=param.device, dtype=param.dtype)
+
+    qann.patch_embed.quant, qann.norm_quant = quantizer(True), quantizer(True)
+    for block in qann.blocks:
+        attn, mlp = block.attn, block.mlp
+        block.norm1_quant, block.norm2_quant = quantizer(True), quantizer(True)
+        attn.q_quant, attn.k_quant, attn.v_quant = quantizer(True), quantizer(True), quantizer(True)
+        attn.attn_quant, attn.out_quant, attn.proj_quant = quantizer(False), quantizer(True), quantizer(True)
+        mlp.act, mlp.act_quant, mlp.fc2_quant = nn.Identity(), quantizer(False), quantizer(True)
+    return qann
 
 
 def to_ilif_qann(model: nn.Module, levels: int, calibration: torch.Tensor | None = None,
@@ -38,9 +59,7 @@ def to_ilif_qann(model: nn.Module, levels: int, calibration: torch.Tensor | None
     if not 0 < percentile <= 100:
         raise ValueError(f"to_qann(neuron='ilif'): percentile must be in (0, 100], got {percentile}")
     if isinstance(model, ViT):  # SpikeZIP-TF's quantizer places (GELU -> ReLU); steps are calibrated below
-        from ..spikezip import vit_to_qann
-
-        model = vit_to_qann(model, levels).model
+        model = _vit_with_quantizers(model, levels)
     gm = trace(model, calibration)
     fold_batchnorm(gm)
     check_supported(gm)
