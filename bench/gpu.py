@@ -57,7 +57,8 @@ def _random_params(model: nn.Module, std: float) -> nn.Module:
 
 
 def _calibrated(model: nn.Module, levels: int, x) -> nn.Module:
-    qann = to_qann(model, levels=levels)
+    qann = to_qann(model, levels=levels, example_inputs=x)
+    qann.train()
     with torch.no_grad():
         qann(**x) if isinstance(x, dict) else qann(x)  # each quantizer's step is set by the first batch it sees
     return qann.eval()

@@ -1,18 +1,21 @@
-"""SpikeZIP-TF on real SST-2: a small RoBERTa trained from scratch, QAT at 16 levels, converted to an SNN.
+"""SpikeZIP-TF on real SST-2: Hugging Face RoBERTa and BERT trained from scratch, QAT at 16 levels, converted.
 
-    python -m bench.spikezip_sst2 [--epochs 2] [--qat-epochs 1] [--levels 16] [--retrain]
+    python -m bench.spikezip_sst2 [--models roberta_sst2_small bert_sst2_small] [--epochs 2] [--qat-epochs 1]
+                                  [--levels 16] [--retrain]
 
-Trains a WordPiece tokenizer and ``roberta_sst2_small`` (2 layers, hidden 64, 4 heads, ReLU) on the SST-2
-training split (GLUE TSV from ``../shared/data/sst2``), fine-tunes its QANN, converts it, and runs the SNN
-on the 872 dev sentences in float64 (the proof: sums equal the QANN to round-off) and in float32. Prints
-ANN / QANN / SNN dev accuracy, the SNN-vs-QANN agreement per sentence, settle steps and accuracy versus T
-(all from one SNN run). Trained weights are cached under ``runs/spikezip_sst2/<settings>/`` (safetensors),
-so a second run only converts and simulates.
+Trains a WordPiece tokenizer and, for each model (Hugging Face's ``RobertaForSequenceClassification`` and
+``BertForSequenceClassification`` themselves: 2 layers, hidden 64, 4 heads, ReLU), trains it on the SST-2
+training split (GLUE TSV from ``../shared/data/sst2``), fine-tunes its QANN (the conversion engine), converts
+it, and runs the exact-state SNN on the 872 dev sentences in float64 and in float32 (logits bit-identical to the
+QANN's), plus the float32 and bfloat16 agreement. Prints ANN / QANN / SNN dev accuracy, the SNN-vs-QANN
+agreement per sentence, settle steps and accuracy versus T (all from one SNN run). Trained weights are cached
+under ``runs/spikezip_sst2/<settings>/`` (safetensors), so a second run only converts and simulates.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import math
@@ -68,7 +71,7 @@ def run_snn(qann, dev: dict, batch_size: int, max_steps: int):
     per-step logits and the simulation seconds."""
     snn = to_snn(qann)
     n, dtype = len(dev["input_ids"]), next(qann.parameters()).dtype
-    snn_out = torch.zeros(n, 2, dtype=dtype)
+    snn_out = torch.zeros(n, 2, dtype=dtype)  # logits in the QANN's dtype
     qann_out = torch.zeros_like(snn_out)
     settle = torch.zeros(n, dtype=torch.int64)
     per_step = []  # (indices, [T_b, b, 2])
@@ -79,7 +82,7 @@ def run_snn(qann, dev: dict, batch_size: int, max_steps: int):
         result = simulate(snn, batch, max_steps=max_steps)
         seconds += time.perf_counter() - start
         snn_out[idx], settle[idx] = result.output, result.settle_step
-        qann_out[idx] = qann(**batch)
+        qann_out[idx] = qann(**batch).logits
         per_step.append((idx, result.per_step))
     steps = max(p.shape[0] for _, p in per_step)
     curve = torch.empty(steps, n, 2, dtype=dtype)
@@ -108,6 +111,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", type=Path, default=DATA, help="folder with GLUE SST-2 train.tsv and dev.tsv")
     parser.add_argument("--tokenizer", type=Path, default=None,
                         help="local Hugging Face tokenizer directory (default: train one on the training split)")
+    parser.add_argument("--models", nargs="+", default=["roberta_sst2_small", "bert_sst2_small"],
+                        help="registry names of the Hugging Face models to train and convert")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--qat-epochs", type=int, default=1)
     parser.add_argument("--levels", type=int, default=16)
@@ -124,9 +129,9 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
-def trained(args) -> dict:
-    """Tokenizer, ANN and QANN (at ``args.levels``) trained per ``args`` or loaded from the cache, with the
-    encoded data: a dict of ``ann``, ``qann``, ``dev``, ``dev_y``, ``ann_seconds``, ``qat_seconds``."""
+def trained(args, name: str = "roberta_sst2_small") -> dict:
+    """Tokenizer, the ANN ``name`` and its QANN (at ``args.levels``) trained per ``args`` or loaded from the cache,
+    with the encoded data: a dict of ``ann``, ``qann``, ``dev``, ``dev_y``, ``ann_seconds``, ``qat_seconds``."""
     train_texts, train_y = load_sst2(args.data, "train")
     if args.max_train:
         train_texts, train_y = train_texts[:args.max_train], train_y[:args.max_train]
@@ -134,7 +139,7 @@ def trained(args) -> dict:
     # the cache folder is keyed by what the tokenizer and the ANN depend on; the QANN file by the QAT settings
     qat_keys = ("qat_epochs", "qat_lr", "levels")
     settings = {k: v for k, v in vars(args).items()
-                if k not in ("data", "max_steps", "threads", "retrain") + qat_keys}
+                if k not in ("data", "max_steps", "threads", "retrain", "models") + qat_keys}
     settings["tokenizer"] = str(args.tokenizer)
     cache = ROOT / "runs" / "spikezip_sst2" / settings_key(settings)
     cache.mkdir(parents=True, exist_ok=True)
@@ -155,17 +160,24 @@ def trained(args) -> dict:
           f"vocabulary {len(tokenizer)}")
 
     torch.manual_seed(0)
-    ann = create("roberta_sst2_small", vocab_size=len(tokenizer), max_position_embeddings=args.eval_length + 2)
+    ann = create(name, vocab_size=len(tokenizer), max_position_embeddings=args.eval_length + 2)
     ann_config = TrainConfig(epochs=args.epochs, lr=args.lr, weight_decay=0.01, batch_size=args.batch_size,
                              warmup_epochs=0.5, progress=False)
-    ann_seconds = train_or_load(ann, cache / "ann.safetensors", train_x, train_y, ann_config, "ANN", args.retrain)
-    qann = to_qann(ann, args.levels)
+    ann_seconds = train_or_load(ann, cache / f"{name}.safetensors", train_x, train_y, ann_config, "ANN", args.retrain)
+    qann = to_qann(ann, args.levels, example_inputs={k: v[:4] for k, v in dev.items()})
     qat_config = TrainConfig(epochs=args.qat_epochs, lr=args.qat_lr, weight_decay=0.01,
                              batch_size=args.batch_size, warmup_epochs=0.1, seed=1, progress=False)
-    qat_seconds = train_or_load(qann, cache / f"qann-{settings_key(qat_settings)}.safetensors", train_x, train_y,
-                                qat_config, "QAT", args.retrain)
+    qat_seconds = train_or_load(qann, cache / f"{name}-qann-{settings_key(qat_settings)}.safetensors", train_x,
+                                train_y, qat_config, "QAT", args.retrain)
     return {"ann": ann, "qann": qann, "dev": dev, "dev_y": dev_y, "ann_seconds": ann_seconds,
             "qat_seconds": qat_seconds}
+
+
+def in_dtype(qann, ann, levels: int, example: dict, dtype: torch.dtype):
+    """The QANN traced again from the ANN in ``dtype`` (its constants in that dtype), with ``qann``'s weights."""
+    twin = to_qann(copy.deepcopy(ann).to(dtype), levels, example_inputs=example)
+    twin.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in qann.state_dict().items()})
+    return twin.eval()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -174,46 +186,54 @@ def main(argv: list[str] | None = None) -> None:
     if not (args.data / "train.tsv").is_file():
         print(f"SKIPPED: SST-2 not found at {args.data} (expected GLUE's train.tsv and dev.tsv); pass --data DIR")
         return
-    models = trained(args)
+    for name in args.models:
+        report(name, trained(args, name), args)
+
+
+def report(name: str, models: dict, args) -> None:
+    """Accuracy, SNN-QANN agreement (float64, float32, bfloat16), settle steps, padding and accuracy-vs-T tables."""
     ann, qann, dev, dev_y = models["ann"], models["qann"], models["dev"], models["dev_y"]
     ann_seconds, qat_seconds = models["ann_seconds"], models["qat_seconds"]
-
+    example = {k: v[:4] for k, v in dev.items()}
     ann_acc = evaluate(ann, dev, dev_y)
     qann_acc = evaluate(qann, dev, dev_y)
     snn32_out, qann32_out, _, _, snn32_seconds = run_snn(qann.eval(), dev, args.batch_size, args.max_steps)
     padding = padding_check(to_snn(qann), dev, 64)
-    qann.double()  # the proof runs in float64: SNN sums equal the QANN to round-off
+    bf16_out, qbf16_out, _, _, _ = run_snn(in_dtype(qann, ann, args.levels, example, torch.bfloat16), dev,
+                                          args.batch_size, args.max_steps)
+    qann = in_dtype(qann, ann, args.levels, example, torch.float64)  # the proof in float64
     snn_out, qann_out, settle, curve, snn_seconds = run_snn(qann, dev, args.batch_size, args.max_steps)
 
     snn_pred, qann_pred = snn_out.argmax(1), qann_out.argmax(1)
     rel = (snn_out - qann_out).abs().amax(1) / qann_out.abs().amax(1)
     settled = settle >= 0
-    print_table(f"SST-2 dev accuracy ({len(dev_y)} sentences), {args.levels} levels",
+    n = len(dev_y)
+    print_table(f"{name}: SST-2 dev accuracy ({n} sentences), {args.levels} levels",
                 ["model", "accuracy %", "seconds", "note"],
-                [["ANN (float32)", 100 * ann_acc, ann_seconds, "roberta_sst2_small, ReLU; seconds: training"],
+                [["ANN (float32)", 100 * ann_acc, ann_seconds, f"{type(ann).__name__}, ReLU; seconds: training"],
                  ["QANN (float32)", 100 * qann_acc, qat_seconds, f"QAT {args.qat_epochs} epoch(s) from the ANN"],
                  ["QANN (float64)", 100 * (qann_pred == dev_y).double().mean().item(), "", "reference for the SNN"],
                  ["SNN (float64)", 100 * (snn_pred == dev_y).double().mean().item(), snn_seconds,
                   "seconds: simulating the dev set"],
                  ["SNN (float32)", 100 * (snn32_out.argmax(1) == dev_y).double().mean().item(), snn32_seconds,
                   "seconds: simulating the dev set"]])
-    print_table("SNN vs QANN, per dev sentence", ["check", "value"],
-                [["float64: same prediction", f"{int((snn_pred == qann_pred).sum())} / {len(dev_y)}"],
+    print_table(f"{name}: SNN vs QANN, per dev sentence", ["check", "value"],
+                [["float64: same prediction", f"{int((snn_pred == qann_pred).sum())} / {n}"],
                  ["float64: max relative logit difference", f"{rel.max().item():.2e}"],
-                 ["float64: sentences within 1e-9 relative", f"{int((rel <= 1e-9).sum())} / {len(dev_y)}"],
-                 ["float64: settled within max_steps", f"{int(settled.sum())} / {len(dev_y)}"],
-                 ["float32: same prediction", f"{int((snn32_out.argmax(1) == qann32_out.argmax(1)).sum())} / "
-                                              f"{len(dev_y)}"]])
+                 ["float64: settled within max_steps", f"{int(settled.sum())} / {n}"],
+                 ["float32: same prediction", f"{int((snn32_out.argmax(1) == qann32_out.argmax(1)).sum())} / {n}"],
+                 ["float32: logits bit-identical", f"{int((snn32_out == qann32_out).all(1).sum())} / {n}"],
+                 ["bfloat16: same prediction", f"{int((bf16_out.argmax(1) == qbf16_out.argmax(1)).sum())} / {n}"],
+                 ["bfloat16: logits bit-identical", f"{int((bf16_out == qbf16_out).all(1).sum())} / {n}"]])
     s = settle[settled].double()
-    print_table("Settle steps (time steps until the SNN output is exact)", ["median", "p90", "max", "mean"],
+    print_table(f"{name}: settle steps (time steps until the SNN output is exact)", ["median", "p90", "max", "mean"],
                 [[s.median().item(), s.quantile(0.9).item(), int(s.max()), s.mean().item()]])
-    print_table("Padding (float32 SNN): each sentence alone versus inside one padded batch",
+    print_table(f"{name}: padding (float32 SNN): each sentence alone versus inside one padded batch",
                 ["batch", "max rel. logit diff", "settles later padded", "settles earlier padded"], padding)
     marks = sorted({2 ** i for i in range(int(math.log2(curve.shape[0])) + 1)} | {curve.shape[0]})
     accuracy = (curve.argmax(-1) == dev_y).double().mean(-1)
-    print_table("SNN dev accuracy if stopped after T steps (one run)", ["T", "accuracy %"],
+    print_table(f"{name}: SNN dev accuracy if stopped after T steps (one run)", ["T", "accuracy %"],
                 [[t, 100 * accuracy[t - 1].item()] for t in marks])
-
 
 if __name__ == "__main__":
     main()

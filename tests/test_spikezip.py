@@ -41,7 +41,10 @@ def random_qann(depth, dim, heads, img, patch, chans, levels, act, seed, dtype=t
     return qann.eval(), torch.rand(batch, chans, img, img, dtype=dtype)
 
 
-@pytest.mark.parametrize("config,state", [(c, "exact") for c in CONFIGS] + [(CONFIGS[1], "events"), (CONFIGS[3], "events")],
+EVENTS = [(CONFIGS[1], "events"), (CONFIGS[3], "events")]
+
+
+@pytest.mark.parametrize("config,state", [(c, "exact") for c in CONFIGS] + EVENTS,
                          ids=[f"d{c[0]}w{c[1]}h{c[2]}p{c[4]}L{c[6]}" for c in CONFIGS] + ["events-L8", "events-L32"])
 def test_snn_equals_qann_per_sample_and_per_layer(config, state):
     qann, x = random_qann(*config)
@@ -162,7 +165,7 @@ def test_qann_trains_with_qat():
 def test_snn_neurons_take_the_quantizer_steps():
     qann, _ = random_qann(*CONFIGS[0])
     snn = to_snn(qann)
-    for (name, q), neuron in zip(qann.quantizers(), snn.neurons):
+    for (_, q), neuron in zip(qann.quantizers(), snn.neurons):
         assert (neuron.n_min, neuron.n_max) == (q.n_min, q.n_max)
         assert float(neuron.threshold) == float(q.step.detach())
 

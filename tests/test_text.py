@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from spiketwin.data.text import encode, load_sst2, load_tokenizer, read_tsv, train_tokenizer
-from spiketwin.models import Roberta
+from spiketwin.models import create
 from spiketwin.train import TrainConfig, evaluate, fit
 
 SST2 = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sst2"
@@ -77,12 +77,13 @@ def test_trained_tokenizer_uses_roberta_ids_and_round_trips(tmp_path):
 def test_fit_on_token_batches():
     """The shared training loop takes a dict of keyword inputs: a tiny RoBERTa learns which words are bleak."""
     pytest.importorskip("tokenizers", reason="the nlp extra is not installed")
+    pytest.importorskip("transformers", reason="the nlp extra is not installed")
     tok = train_tokenizer(SENTENCES, vocab_size=120, min_frequency=1)
     x = encode(tok, SENTENCES * 4, max_length=12)
     y = torch.tensor([1, 0, 1, 0, 1] * 16)
     torch.manual_seed(0)
-    model = Roberta(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                    intermediate_size=32, hidden_act="relu", max_position_embeddings=16, num_labels=2)
+    model = create("roberta_sst2_small", vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1,
+                   num_attention_heads=2, intermediate_size=32, max_position_embeddings=16)  # Hugging Face's model
     history = fit(model, x, y, TrainConfig(epochs=15, lr=3e-3, batch_size=16, progress=False), eval_data=(x, y))
     assert history[-1]["loss"] < history[0]["loss"]
     assert evaluate(model, x, y) == 1.0

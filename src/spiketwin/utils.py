@@ -92,3 +92,16 @@ def progress_bar(iterable: Iterable, total: int, desc: str, enabled: bool) -> It
     except ImportError:
         return iterable
     return tqdm(iterable, total=total, desc=desc, leave=False)
+
+
+def logits_of(out, who: str = "simulate") -> torch.Tensor:
+    """The logits of a model's output: a tensor itself, ``.logits`` / ``["logits"]``, or its only tensor."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict) and "logits" in out:
+        return out["logits"]
+    tensors = [v for v in (out.values() if isinstance(out, dict) else out) if isinstance(v, torch.Tensor)]
+    if len(tensors) == 1:
+        return tensors[0]
+    raise TypeError(f"{who}: the model returns {type(out).__name__} with {len(tensors)} tensors and no 'logits'; "
+                    "return the logits tensor (or an object with .logits)")

@@ -19,12 +19,14 @@ its LayerNorm; the activation; the output dense) plus the final LayerNorm's sele
 from __future__ import annotations
 
 import copy
+import inspect
 
 import torch
 from torch import fx, nn
 
 from ..inputs import describe
 from ..quant import Quantizer
+from ..utils import logits_of  # noqa: F401  (re-exported: the engine's output rule)
 from . import graph as G
 
 ACTIVATION_CHOICES = ("keep", "relu")
@@ -130,19 +132,6 @@ def _swap_activations(gm: fx.GraphModule) -> None:
     gm.recompile()
 
 
-def logits_of(out, who: str = "simulate") -> torch.Tensor:
-    """The logits of a model's output: a tensor itself, ``.logits`` / ``["logits"]``, or its only tensor."""
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, dict) and "logits" in out:
-        return out["logits"]
-    tensors = [v for v in (out.values() if isinstance(out, dict) else out) if isinstance(v, torch.Tensor)]
-    if len(tensors) == 1:
-        return tensors[0]
-    raise TypeError(f"{who}: the model returns {type(out).__name__} with {len(tensors)} tensors and no 'logits'; "
-                    "return the logits tensor (or an object with .logits)")
-
-
 class GraphQANN(nn.Module):
     """A model's traced graph with SpikeZIP-TF quantizers (made by :func:`graph_to_qann`); train it like any model.
 
@@ -215,14 +204,21 @@ def graph_to_qann(model: nn.Module, levels: int = 16, example_inputs=None, activ
 
 def _infer_inputs(model: nn.Module):
     """Example inputs for models that say their input shape: spiketwin's ViT / CNNs (``img_size``, ``in_chans``),
-    Hugging Face vision models (``config.image_size``) and text models (``config.vocab_size``)."""
+    Hugging Face vision models (``config.image_size``) and text models (``config.vocab_size``: ``input_ids`` and,
+    when the model takes them, ``attention_mask`` and ``use_cache=False``)."""
     param = next(model.parameters(), torch.empty(0))
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "image_size"):
         size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
         return {"pixel_values": torch.randn(2, getattr(config, "num_channels", 3), size, size, dtype=param.dtype)}
     if config is not None and hasattr(config, "vocab_size"):
-        return {"input_ids": torch.randint(0, config.vocab_size, (2, 8))}
+        inputs = {"input_ids": torch.randint(0, config.vocab_size, (2, 8))}
+        accepted = inspect.signature(model.forward).parameters
+        if "attention_mask" in accepted:
+            inputs["attention_mask"] = torch.ones(2, 8, dtype=torch.int64)
+        if "use_cache" in accepted:
+            inputs["use_cache"] = False
+        return inputs
     size = getattr(model, "img_size", None) or getattr(getattr(model, "patch_embed", None), "img_size", None)
     channels = getattr(model, "in_chans", None) or getattr(model, "in_channels", None) or getattr(
         getattr(model, "patch_embed", None), "in_chans", None)

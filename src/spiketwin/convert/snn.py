@@ -29,7 +29,8 @@ from torch import nn
 from ..base import reset, stateful_modules
 from ..neurons import ExactSTBIF
 from ..simulate import SimResult
-from .qann import GraphQANN, logits_of
+from ..utils import logits_of
+from .qann import GraphQANN
 from .report import EquivalenceReport, compare
 
 STATES = ("exact", "events")
@@ -52,7 +53,8 @@ def _batch(args: tuple, kwargs: dict) -> int:
     for name, value in tensors:
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             bad = (~torch.isfinite(value)).flatten(1).any(1).nonzero().flatten().tolist()
-            raise ValueError(f"simulate: {name} has NaN or inf values in samples {bad[:10]}; the SNN needs finite input")
+            raise ValueError(f"simulate: {name} has NaN or inf values in samples {bad[:10]}; the SNN needs finite "
+                             "input")
     return len(tensors[0][1])
 
 
@@ -145,9 +147,10 @@ class GraphSNN(nn.Module):
                 settle[active] = torch.where(calm & (settle[active] < 0), t, settle[active])
             if not early_exit or not self.droppable:
                 continue
-            stay = (settle[active] < 0).nonzero().squeeze(1)  # the one host read of the chunk
+            running = settle[active] < 0
+            stay = running.nonzero().squeeze(1)  # the one host read of the chunk
             if len(stay) < len(active):
-                leave = (settle[active] >= 0).nonzero().squeeze(1)
+                leave = torch.argsort(running.to(torch.int8), descending=True, stable=True)[len(stay):]
                 for i, neuron in enumerate(neurons):
                     parked[i] = self._park(neuron, parked[i], active[leave], leave, batch)
                 for module in stateful_modules(self.model):

@@ -39,10 +39,9 @@ from torch.utils.data import DataLoader, Dataset
 from ..amp import MixedPrecision
 from .. import inputs
 from ..base import reset
-from ..convert.qann import logits_of
 from ..distributed import all_sum, process_group
 from ..memory import pack
-from ..utils import atomic_write, load_state_dict_checked, progress_bar, read_metadata, safetensors_torch
+from ..utils import atomic_write, load_state_dict_checked, logits_of, progress_bar, read_metadata, safetensors_torch
 
 CHECKPOINT = "checkpoint.safetensors"
 METRICS = "metrics.jsonl"
@@ -283,7 +282,7 @@ def fit(model: nn.Module, x: Inputs | Dataset, y: torch.Tensor | None, config: T
         eval_data: tuple[Inputs, torch.Tensor] | Dataset | None = None) -> list[dict]:
     """Train ``model`` on ``x`` (a tensor, or a dict of keyword inputs) and ``y`` (class labels), or on a
     ``Dataset`` ``x`` of ``(x, label)`` items with ``y`` None (batched by :func:`collate`). The model returns logits,
-    or an object holding them (``.logits``: a Hugging Face output, :func:`spiketwin.convert.qann.logits_of`).
+    or an object holding them (``.logits``: a Hugging Face output, :func:`spiketwin.utils.logits_of`).
     Returns one record per epoch
     (``epoch``, ``loss`` (mean over the epoch's samples, all processes), ``lr``, ``seconds`` and ``accuracy`` on
     ``eval_data`` (a pair of tensors or a ``Dataset``) when given); a resumed run returns the earlier epochs'
