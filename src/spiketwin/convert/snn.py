@@ -166,7 +166,7 @@ class GraphSNN(nn.Module):
         steps = torch.arange(1, len(rows) + 1, device=settle.device)[:, None]
         done = (settle >= 0) & (steps >= settle)  # [T, B]: rows at or after a sample's settle step
         per_step = torch.where(done.reshape(*done.shape, *[1] * (per_step.dim() - 2)), out.unsqueeze(0), per_step)
-        if bool((settle >= 0).all()):
+        if early_exit and bool((settle >= 0).all()):  # a chunk may have run past the last settle step
             per_step = per_step[: int(settle.max())]
         return SimResult(output=out, per_step=per_step, settle_step=settle)
 
