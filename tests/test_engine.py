@@ -184,3 +184,26 @@ def test_uncovered_node_and_untraceable_model_get_clear_errors():
         to_qann(_Untraceable(), example_inputs=torch.randn(2, 4))
     with pytest.raises(ValueError, match="example_inputs"):
         to_qann(nn.Linear(3, 3))
+
+
+@pytest.mark.slow
+def test_vit_s_16_224_float32_bit_identical_and_hugging_face_vit_s_float64():
+    """Issue 19's scale check (spiketwin's ViT-S/16-224, random weights, 16 levels: float32 logits bit-identical
+    to the QANN's, where the event-driven SNN flips neurons) and issue 13's (a ViT-S-sized Hugging Face ViT
+    converts and verifies in float64)."""
+    from spiketwin.models import create
+
+    torch.manual_seed(7)
+    x = torch.randn(2, 3, 224, 224)
+    qann = _calibrated(create("vit_small_patch16_224").eval(), torch.randn(4, 3, 224, 224))
+    result = to_snn(qann).simulate(x)
+    assert bool((result.settle_step > 0).all())
+    with torch.no_grad():
+        assert torch.equal(result.output, qann(x))
+    vit_s = transformers.ViTForImageClassification(transformers.ViTConfig(
+        image_size=224, patch_size=16, hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
+        intermediate_size=1536, num_labels=1000)).to(D).eval()
+    images = {"pixel_values": torch.randn(2, 3, 224, 224, dtype=D)}
+    qann = _calibrated(vit_s, images)
+    report = verify(qann, to_snn(qann, state="events"), images)
+    assert report.ok, str(report)
