@@ -111,11 +111,11 @@ def test_sst2_data_set_and_training_on_model_output_objects(tmp_path):
     class Wrapped(torch.nn.Module):  # returns {"logits": ...} as Hugging Face models do (ModelOutput is a dict)
         def __init__(self):
             super().__init__()
-            self.model = Roberta(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                 intermediate_size=32, hidden_act="relu", max_position_embeddings=16, num_labels=2)
+            self.model = create("roberta_sst2_small", vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1,
+                                num_attention_heads=2, intermediate_size=32, max_position_embeddings=16)
 
         def forward(self, **x):
-            return {"logits": self.model(**x), "hidden": torch.zeros(1)}
+            return {"logits": self.model(**x).logits, "hidden": torch.zeros(1)}
 
     torch.manual_seed(0)
     model = Wrapped()
