@@ -77,7 +77,7 @@ def test_hugging_face_models_convert_exactly(name):
     model = _hf(name).to(D).eval()
     qann = _calibrated(model, _inputs(name, 0))
     exact, events = to_snn(qann), to_snn(qann, state="events")
-    for seed in (1, 2):  # new inputs, and another batch size / sequence length than traced
+    for seed in (1,):  # new inputs, and another batch size / sequence length than traced
         inputs = _inputs(name, seed)
         if "input_ids" in inputs:
             inputs = {k: v[:, :7].repeat(2, 1) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
