@@ -83,6 +83,8 @@ def test_hugging_face_models_convert_exactly(name):
             inputs = {k: v[:, :7].repeat(2, 1) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
         report = verify(qann, exact, inputs)
         assert report.ok and report.max_rel == 0.0, str(report)
+        result = exact.simulate(inputs)  # stops at the last settle step, whether samples can leave or not (GPT-2)
+        assert len(result.per_step) == int(result.settle_step.max())
         report_events = verify(qann, events, inputs)
         assert report_events.ok, str(report_events)
         assert torch.equal(report.settle_step, report_events.settle_step)

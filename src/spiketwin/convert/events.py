@@ -83,11 +83,11 @@ class ConstantsOnce(_SampleState):
     state_names = ("started",)
 
     def __init__(self, fn, kwargs: dict, later: dict[int, object]) -> None:
-        super().__init__(batch_dim=None)
+        super().__init__(batch_dim=0)  # no per-sample state: samples may leave the batch freely
         self.fn, self.kwargs, self.later = fn, kwargs, later
 
     def keep(self, index: torch.Tensor) -> None:
-        """No per-sample state."""
+        """No per-sample state to keep."""
 
     def forward(self, *args):
         if self.started is None:

@@ -145,7 +145,11 @@ class GraphSNN(nn.Module):
                 t += 1
                 calm = ~self._pending(neurons, len(active), out.device)
                 settle[active] = torch.where(calm & (settle[active] < 0), t, settle[active])
-            if not early_exit or not self.droppable:
+            if not early_exit:
+                continue
+            if not self.droppable:  # the whole batch runs until every sample has settled
+                if bool((settle >= 0).all()):  # the one host read of the chunk
+                    break
                 continue
             running = settle[active] < 0
             stay = running.nonzero().squeeze(1)  # the one host read of the chunk
