@@ -209,3 +209,15 @@ def test_vit_s_16_224_float32_bit_identical_and_hugging_face_vit_s_float64():
     qann = _calibrated(vit_s, images)
     report = verify(qann, to_snn(qann, state="events"), images)
     assert report.ok, str(report)
+
+
+def test_moving_a_qann_moves_the_graphs_tensor_making_nodes():
+    """A traced graph fixes the device of its ``arange`` / ``zeros`` nodes; ``.to(device)`` points them at the new one
+    (checked with the meta device, which needs no GPU)."""
+    torch.manual_seed(8)
+    qann = to_qann(_hf("llama").eval(), example_inputs=_inputs("llama", 0))
+    made = [n for n in qann.model.graph.nodes if isinstance(n.kwargs.get("device"), torch.device)]
+    assert made and all(n.kwargs["device"].type == "cpu" for n in made)
+    qann.to("meta")
+    assert all(n.kwargs["device"].type == "meta" for n in made)
+    assert all(p.device.type == "meta" for p in qann.parameters())

@@ -303,3 +303,13 @@ def regions(gm: fx.GraphModule, kinds: dict[fx.Node, str]) -> dict[fx.Node, int]
     return ids
 
 
+def retarget(gm: fx.GraphModule, device: torch.device) -> None:
+    """Point the graph's tensor-making nodes (``arange``, ``zeros``, ``full``...: their ``device`` argument was fixed
+    when the model was traced) at ``device``, so that the graph runs where its parameters were moved."""
+    changed = False
+    for node in gm.graph.nodes:
+        if isinstance(node.kwargs.get("device"), torch.device) and node.kwargs["device"] != device:
+            node.kwargs = {**node.kwargs, "device": device}
+            changed = True
+    if changed:
+        gm.recompile()

@@ -132,7 +132,17 @@ def _swap_activations(gm: fx.GraphModule) -> None:
     gm.recompile()
 
 
-class GraphQANN(nn.Module):
+class GraphModel(nn.Module):
+    """A module around a traced graph (``.model``) whose tensor-making nodes follow ``.to(device)``."""
+
+    def to(self, *args, **kwargs):
+        device = torch._C._nn._parse_to(*args, **kwargs)[0]
+        if device is not None:
+            G.retarget(self.model, device)
+        return super().to(*args, **kwargs)
+
+
+class GraphQANN(GraphModel):
     """A model's traced graph with SpikeZIP-TF quantizers (made by :func:`graph_to_qann`); train it like any model.
 
     ``.model`` is the :class:`torch.fx.GraphModule` (the original parameter names, plus ``quantizers.i``);

@@ -30,7 +30,7 @@ from ..base import reset, stateful_modules
 from ..neurons import ExactSTBIF
 from ..simulate import SimResult
 from ..utils import logits_of
-from .qann import GraphQANN
+from .qann import GraphModel, GraphQANN
 from .report import EquivalenceReport, compare
 
 STATES = ("exact", "events")
@@ -63,7 +63,7 @@ def _select(args: tuple, kwargs: dict, index: torch.Tensor, batch: int) -> tuple
     return tuple(pick(a) for a in args), {k: pick(v) for k, v in kwargs.items()}
 
 
-class GraphSNN(nn.Module):
+class GraphSNN(GraphModel):
     """The spiking twin of a :class:`GraphQANN` (build it with ``spiketwin.convert.to_snn(qann)``).
 
     ``.model`` is the QANN's graph with every quantizer replaced by a neuron (``.neurons``, named by ``.labels``).
