@@ -306,9 +306,9 @@ def test_spikezip_vit_snn_counts_do_not_depend_on_the_clock():
         assert (a.name, a.sops, a.macs, a.rate_per_step, a.sops_exact) == \
             (b.name, b.sops, b.macs, b.rate_per_step, b.sops_exact)
     layers = {layer.name: layer for layer in runs[0].layers}
-    embed = layers["model.patch_embed.proj"]
+    embed = layers["patch_embed.proj"]
     assert embed.coding == "analog" and embed.macs == embed.flops == 16 * 16 * 4  # 16 patches x 16 dims x 2x2
-    qk = layers["model.blocks.0.attn.matmul_qk"]
+    qk = layers["blocks.0.attn.matmul_qk"]
     assert qk.kind == "product" and qk.sops > 0 and qk.sops_exact > 0
     assert runs[0].T == 12 and runs[0].batch == 6
 

@@ -5,7 +5,8 @@
 is ``config.architectures[0]``, looked up in the tables behind transformers' Auto classes (only transformers' own
 model classes; a config asking for remote code is refused). :func:`describe` is what a spiketwin checkpoint stores
 about such a model (``{"architecture", "config", "dir"}``: JSON only) and :func:`from_description` builds the
-model (random weights) from it, for the checkpoint's tensors to be loaded into.
+model (random weights) from it, for the checkpoint's tensors to be loaded into. ``roberta_sst2_small`` and
+``bert_sst2_small`` are registry names of small Hugging Face classifiers built from a config (the benchmarks').
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from torch import nn
 
 from ..extras import require
+from .registry import register
 
 
 def _transformers(what: str):
@@ -79,3 +81,31 @@ def from_description(description: dict, where: str = "checkpoint") -> nn.Module:
         raise ValueError(f"{where}: architecture {description.get('architecture')!r} does not match the config's "
                          f"'architectures' {config.architectures}")
     return model_class(config, where)(config).eval()
+
+
+SMALL = dict(vocab_size=8192, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+             hidden_act="relu", max_position_embeddings=66, type_vocab_size=1, num_labels=2, pad_token_id=1)
+"""The benchmark's size: 2 layers, hidden 64, 4 heads, ReLU; trains from scratch on SST-2 on a CPU in minutes."""
+
+
+@register("roberta_sst2_small")
+def roberta_sst2_small(**overrides) -> nn.Module:
+    """A small ``RobertaForSequenceClassification`` (:data:`SMALL`; ``overrides`` are ``RobertaConfig`` fields)."""
+    transformers = _transformers("roberta_sst2_small")
+    return transformers.RobertaForSequenceClassification(transformers.RobertaConfig(**{**SMALL, **overrides}))
+
+
+@register("bert_sst2_small")
+def bert_sst2_small(**overrides) -> nn.Module:
+    """A ``BertForSequenceClassification`` of the same size (:data:`SMALL`; ``overrides`` are ``BertConfig`` fields)."""
+    transformers = _transformers("bert_sst2_small")
+    return transformers.BertForSequenceClassification(transformers.BertConfig(**{**SMALL, **overrides}))
+
+
+def _builds(factory, name: str) -> None:
+    """Tell :func:`~spiketwin.models.registry.model_class` the class ``factory`` builds (imported only when asked)."""
+    factory.model_class = lambda: getattr(_transformers(factory.__name__), name)
+
+
+_builds(roberta_sst2_small, "RobertaForSequenceClassification")
+_builds(bert_sst2_small, "BertForSequenceClassification")

@@ -42,7 +42,8 @@ def model_class(name: str) -> type[nn.Module]:
     import typing
 
     factory = _factory(name)
-    cls = typing.get_type_hints(factory).get("return")
+    builds = getattr(factory, "model_class", None)  # a factory of an optional library's class names it lazily
+    cls = builds() if builds is not None else typing.get_type_hints(factory).get("return")
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise TypeError(f"models.model_class: the factory of {name!r} ({factory.__module__}.{factory.__qualname__}) "
                         f"needs a return annotation naming the nn.Module class it builds, got {cls!r}")

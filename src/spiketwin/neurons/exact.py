@@ -22,6 +22,7 @@ class ExactSTBIF(StatefulModule):
     spikes' value ``change * θ`` (what :class:`~spiketwin.neurons.STBIF` outputs), ``.pending`` ``[B]`` whether a
     sample's neuron is still away from its target after the step."""
 
+    nir_refusal = "ST-BIF neuron (exact state): bipolar spikes bounded by a spike count have no NIR neuron"
     state_names = ("count",)
 
     def __init__(self, threshold: torch.Tensor, n_min: int, n_max: int, spikes_per_step: int = 1,
