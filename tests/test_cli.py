@@ -173,7 +173,7 @@ def test_spikezip_journey(tmp_path, capsys):
     assert "blocks.0.attn.matmul_qk  product" in outputs[5] and "patch_embed.proj" in outputs[5]
     assert "settle step: median 1, max 1;" in outputs[6] and "OK: max relative difference" in outputs[7]
     code, _, err = run(capsys, "export-nir", "--checkpoint", str(snn), "--out", str(tmp_path / "v.nir"))
-    assert code == 1 and "model.quantizers.0: ST-BIF neuron" in err  # refused, each module named
+    assert code == 1 and "model.quantizers.0: ExactSTBIF: ST-BIF neuron" in err  # refused, each module named
     code, _, err = run(capsys, "qat", "--checkpoint", str(qann), "--limit", "60")  # a QANN is not an ANN
     assert code == 1 and "holds a qann model" in err
 
