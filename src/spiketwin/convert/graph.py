@@ -26,6 +26,8 @@ import operator
 import torch
 from torch import fx, nn
 
+from ..memory import float_saves
+
 aten = torch.ops.aten
 
 CONST, SOURCE, WEIGHTED, LINEAR, BILINEAR, NONLINEAR = "const", "source", "weighted", "linear", "bilinear", "nonlinear"
@@ -137,7 +139,8 @@ def trace(model: nn.Module, example_inputs) -> tuple[fx.GraphModule, dict]:
     was_training = model.training
     model.eval()
     try:
-        program = torch.export.export(model, args, kwargs, dynamic_shapes=shapes, strict=False)
+        with float_saves():  # a model packed for training (spiketwin.memory.pack) traces as the plain model
+            program = torch.export.export(model, args, kwargs, dynamic_shapes=shapes, strict=False)
     except Exception as error:  # torch.export raises many types; the message says what failed and where
         raise ConversionError(
             f"to_qann: torch.export could not trace {type(model).__name__}: {type(error).__name__}: "
