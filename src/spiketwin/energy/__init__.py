@@ -5,9 +5,9 @@
 counting conventions to the same statistics. Counted modules are
 
 - weight layers: ``nn.Linear``, ``nn.Conv1d/2d/3d`` and wrappers that hold one in ``.layer`` but apply
-  its weight themselves (e.g. SpikeZIP-TF's bias-once layer);
-- activation x activation products: :class:`spiketwin.ops.MatMul`, SpikeZIP-TF's :class:`spiketwin.ops.SESA`
-  and any module registered with :func:`register_product`;
+  its weight themselves (e.g. the iLIF SNN's per-period bias layer);
+- activation x activation products: :class:`spiketwin.ops.MatMul` and any module registered with
+  :func:`register_product`;
 - for conventions that count them (:class:`Convention` ``extras``): BatchNorm, LayerNorm, pooling, neurons;
 - in a converted graph SNN (:mod:`spiketwin.energy.graph`): its weighted nodes (linear, convolution, addmm, a
   matmul with a constant) and its products of two signals, found by the conversion engine's node kinds.

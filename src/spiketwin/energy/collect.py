@@ -18,10 +18,10 @@ from torch import nn
 
 from ..base import StatefulModule
 from ..neurons import IF, ILIF, LIF, STBIF, ExactSTBIF
-from ..ops import SESA, MatMul
+from ..ops import MatMul
 
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-PRODUCTS: list[type] = [MatMul, SESA]
+PRODUCTS: list[type] = [MatMul]
 NEURONS = (LIF, IF, STBIF, ILIF, ExactSTBIF)
 EXTRA_TYPES: dict[str, tuple[type, ...]] = {
     "batchnorm": (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d),
