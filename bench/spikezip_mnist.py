@@ -76,21 +76,27 @@ def reference_loop(snn, x: torch.Tensor, steps: int = 64) -> torch.Tensor:
     return total
 
 
-def trained_ann(x_train: torch.Tensor, y_train: torch.Tensor, epochs: int) -> torch.nn.Module:
-    """``vit_mnist`` trained for ``epochs`` epochs (cached)."""
+def size_tag(size: list[int] | None) -> str:
+    """The cache-name suffix of a ``--size DEPTH DIM HEADS`` model (empty for ``vit_mnist`` as registered)."""
+    return "" if not size else "_d{}w{}h{}".format(*size)
+
+
+def trained_ann(x_train: torch.Tensor, y_train: torch.Tensor, epochs: int,
+                size: list[int] | None = None) -> torch.nn.Module:
+    """``vit_mnist`` (or its ``size = [depth, embed_dim, heads]`` variant) trained for ``epochs`` epochs (cached)."""
     torch.manual_seed(0)
-    ann = create("vit_mnist")
+    ann = create("vit_mnist", **(dict(zip(("depth", "embed_dim", "num_heads"), size)) if size else {}))
     print(f"ANN vit_mnist ({sum(p.numel() for p in ann.parameters()):,} parameters), {epochs} epochs")
-    return cached(ann, CACHE / f"ann_e{epochs}.safetensors",
+    return cached(ann, CACHE / f"ann_e{epochs}{size_tag(size)}.safetensors",
                   lambda: fit(ann, x_train, y_train, TrainConfig(epochs=epochs, lr=2e-3, label_smoothing=0.1)))
 
 
 def trained_qann(ann: torch.nn.Module, levels: int, x_train: torch.Tensor, y_train: torch.Tensor, epochs: int,
-                 qat_epochs: int) -> torch.nn.Module:
+                 qat_epochs: int, size: list[int] | None = None) -> torch.nn.Module:
     """The QANN of ``ann`` (trained for ``epochs``) at ``levels`` levels after ``qat_epochs`` of QAT (cached)."""
     print(f"QANN {levels} levels, {qat_epochs} QAT epochs")
     qann = to_qann(ann, levels=levels)
-    return cached(qann, CACHE / f"graph_qann_L{levels}_e{epochs}_q{qat_epochs}.safetensors",
+    return cached(qann, CACHE / f"graph_qann_L{levels}_e{epochs}_q{qat_epochs}{size_tag(size)}.safetensors",
                   lambda: fit(qann, x_train, y_train, TrainConfig(epochs=qat_epochs, lr=5e-4, seed=levels)))
 
 
@@ -112,7 +118,7 @@ def run_level(levels: int, ann, ann_acc: float, data, timed: torch.Tensor, args)
     """QAT (or the cached QANN) at ``levels`` levels, then its accuracy row and its timing row."""
     x_train, y_train, x_test, y_test = data
     device = timed.device
-    qann = trained_qann(ann, levels, x_train, y_train, args.epochs, args.qat_epochs).to(device).eval()
+    qann = trained_qann(ann, levels, x_train, y_train, args.epochs, args.qat_epochs, args.size).to(device).eval()
     qann_acc = evaluate(qann, x_test, y_test)
     snn = to_snn(qann)
     with torch.no_grad():
@@ -156,6 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--size", type=int, nargs=3, metavar=("DEPTH", "DIM", "HEADS"), default=None,
+                        help="a larger vit_mnist, e.g. --size 12 192 3 --levels 32 (issue 19's float32 check)")
     args = parser.parse_args(argv)
     if not (DATA / "t10k-images-idx3-ubyte.gz").is_file() and not (DATA / "t10k-images-idx3-ubyte").is_file():
         print(f"SKIPPED: MNIST not found in {DATA.resolve()} (needs t10k-images-idx3-ubyte[.gz] and "
@@ -166,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     x_train, y_train, x_test, y_test = mnist_split(DATA, n_train=8000)
     print(f"MNIST: {len(y_train)} train / {len(y_test)} test; {args.threads} CPU thread(s), device {device}")
 
-    ann = trained_ann(x_train, y_train, args.epochs).to(device)
+    ann = trained_ann(x_train, y_train, args.epochs, args.size).to(device)
     ann_acc = evaluate(ann, x_test, y_test)
 
     acc_rows, time_rows = [], []
