@@ -13,7 +13,8 @@ pytest.importorskip("safetensors", reason="checkpoints are safetensors")
 
 from spiketwin import checkpoint  # noqa: E402
 from spiketwin.convert import to_qann  # noqa: E402
-from spiketwin.convert.qann import GraphQANN, logits_of  # noqa: E402
+from spiketwin.convert.qann import GraphQANN  # noqa: E402
+from spiketwin.utils import logits_of  # noqa: E402
 from spiketwin.convert.snn import GraphSNN  # noqa: E402
 from spiketwin.inputs import call, describe, placeholder  # noqa: E402
 from spiketwin.models import create  # noqa: E402

@@ -31,6 +31,8 @@ class StatefulModule(nn.Module):
     """
 
     state_names: tuple[str, ...] = ()
+    batch_dim: int | None = 0
+    """The dimension of the state tensors that indexes samples (``None``: unknown, samples cannot leave)."""
     #: Why NIR (``spiketwin.export.to_nir``) cannot express this module, or None when it can.
     nir_refusal: str | None = "a stateful spiking operator with no NIR node"
 
@@ -45,11 +47,14 @@ class StatefulModule(nn.Module):
             setattr(self, name, None)
 
     def keep(self, index: torch.Tensor) -> None:
-        """Keep only the samples ``index`` (a 1-D index into the batch) in every state tensor."""
+        """Keep only the samples ``index`` (a 1-D index into the batch, along ``batch_dim``) in every state tensor."""
+        if self.batch_dim is None:
+            raise RuntimeError(f"{type(self).__name__}.keep: the batch dimension of its state is unknown; run the "
+                               "whole batch")
         for name in self.state_names:
             value = getattr(self, name)
             if isinstance(value, torch.Tensor) and value.dim() > 0:
-                setattr(self, name, value.index_select(0, index))
+                setattr(self, name, value.index_select(self.batch_dim, index))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.step_mode == "s":

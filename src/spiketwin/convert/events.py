@@ -57,12 +57,6 @@ class _SampleState(StatefulModule):
         super().__init__(step_mode="s")
         self.batch_dim = batch_dim
 
-    def keep(self, index: torch.Tensor) -> None:
-        for name in self.state_names:
-            value = getattr(self, name)
-            if isinstance(value, torch.Tensor) and value.dim() > 0:
-                setattr(self, name, value.index_select(self.batch_dim, index))
-
 
 class EnterOnce(_SampleState):
     """The analog input: its value at the first step, zeros afterwards."""
@@ -85,9 +79,6 @@ class ConstantsOnce(_SampleState):
     def __init__(self, fn, kwargs: dict, later: dict[int, object]) -> None:
         super().__init__(batch_dim=0)  # no per-sample state: samples may leave the batch freely
         self.fn, self.kwargs, self.later = fn, kwargs, later
-
-    def keep(self, index: torch.Tensor) -> None:
-        """No per-sample state to keep."""
 
     def forward(self, *args):
         if self.started is None:

@@ -26,7 +26,6 @@ from torch import fx, nn
 
 from ..inputs import describe
 from ..quant import Quantizer
-from ..utils import logits_of  # noqa: F401  (re-exported: the engine's output rule)
 from . import graph as G
 
 ACTIVATION_CHOICES = ("keep", "relu")

@@ -94,7 +94,7 @@ class GraphSNN(GraphModel):
     @property
     def droppable(self) -> bool:
         """Whether settled samples can leave the batch: the batch dimension of every state is known."""
-        return all(getattr(m, "batch_dim", 0) is not None for m in stateful_modules(self.model))
+        return all(m.batch_dim is not None for m in stateful_modules(self.model))
 
     @torch.no_grad()
     def forward(self, *args, **kwargs):

@@ -48,10 +48,7 @@ class ExactSTBIF(StatefulModule):
         self.change = self.pending = None
 
     def keep(self, index: torch.Tensor) -> None:
-        if self.batch_dim is None:
-            raise RuntimeError("ExactSTBIF.keep: this neuron's batch dimension is unknown; run the whole batch")
-        if self.count is not None:
-            self.count = self.count.index_select(self.batch_dim, index)
+        super().keep(index)
         if self.pending is not None:
             self.pending = self.pending.index_select(0, index)
 
