@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spiketwin.convert import to_qann, to_snn, verify
+from spiketwin.convert.report import EquivalenceReport
 from spiketwin.convert.spikeconverter import Delay, ILIFSNN, SpikeMaxPool2d, ilif_threshold
 from spiketwin.models import create
 from spiketwin.models.cnn import ResNetSmall, VGGSmall
@@ -143,9 +144,11 @@ def test_k2_snn_equals_qann_per_sample_and_per_layer(kind, T, seed):
     qann, snn, x = convert(random_cnn(kind, seed), T, seed)
     report = verify(qann, snn, x)
     assert report.ok, str(report)
-    assert report.per_sample.shape == (len(x),) and bool((report.per_sample <= 1e-9).all())
-    neurons = [d for d in report.layers if d.kind == "Quantizer"]
-    assert len(neurons) == len(qann.quantizers()) and neurons
+    per_sample = report.rel.amax(0)  # every row, the logits' included
+    assert per_sample.shape == (len(x),) and bool((per_sample <= 1e-9).all())
+    neurons = [name for name, kind in zip(report.layers, report.kinds) if kind == "Quantizer"]
+    assert neurons == list(qann.quantizers())
+    assert report.periods[-1] == snn.depth and bool((report.settle_step == snn.latency).all())
     result = snn.simulate(x)
     with torch.no_grad():
         want = qann(x)
@@ -228,6 +231,31 @@ def test_spike_max_pool_is_the_max_of_the_decoded_trains(T):
     assert not torch.equal(decode(per_step_max), expected)  # the naive per-step max is wrong
 
 
+def test_ilif_and_engine_snns_report_alike_and_a_wrong_qann_is_named():
+    """Both kinds of SNN answer ``verify`` with one report type; a QANN that is not the SNN's fails, at its layer."""
+    qann, snn, x = convert(random_cnn("vgg", 0), 3, 0)
+    torch.manual_seed(0)
+    vit = ViT(img_size=8, patch_size=4, in_chans=1, num_classes=3, embed_dim=8, depth=1, num_heads=1).double()
+    engine_qann = to_qann(vit, levels=4)
+    engine_qann(x)  # calibrate the quantizer steps
+    engine_report, report = verify(engine_qann.eval(), to_snn(engine_qann), x), verify(qann, snn, x)
+    assert type(report) is type(engine_report) is EquivalenceReport and report.ok and engine_report.ok
+    assert engine_report.kinds is None and report.kinds[-1] == "output" and len(report.periods) == len(report.layers)
+    assert str(engine_report).endswith(f"OK: max relative difference {engine_report.max_rel:.3e}")
+    assert str(report).endswith(f"OK: max relative difference {report.max_rel:.3e}")
+    assert "kind" in str(report).splitlines()[1] and "kind" not in str(engine_report).splitlines()[1]
+    (conv,) = [n for n in qann.net.graph.nodes if n.name == "features_3"]  # the second convolution
+    with torch.no_grad():
+        qann.net.get_submodule(conv.target).weight[0].view(-1)[0] += 1.0
+    wrong = verify(qann, snn, x)
+    assert not wrong.ok and wrong.settled
+    failing = [name for name, (_, rel, _) in zip(wrong.layers, wrong.worst) if rel > wrong.rtol]
+    assert failing[0] == "features_3" and failing[-1] == "<output>"
+    assert all(rel <= wrong.rtol for _, rel, _ in wrong.worst[:wrong.layers.index("features_3")])
+    line = next(line for line in str(wrong).splitlines() if line.strip().startswith("features_3"))
+    assert "Conv2d" in line and line.endswith("<-- exceeds rtol") and "FAILED" in str(wrong)
+
+
 @pytest.mark.parametrize("k", [1.5, 3.0])
 def test_other_k_is_a_reported_conversion_error(k):
     qann, snn, x = convert(random_cnn("vgg", 8), 6, 8)
@@ -300,7 +328,7 @@ def test_transformer_operators_convert_exactly(T, seed):
     qann, snn, x = convert(TinyViT(2 ** T).double().eval(), T, seed, n=4)
     report = verify(qann, snn, x)
     assert report.ok, str(report)
-    kinds = {d.kind for d in report.layers}
+    kinds = set(report.kinds)
     assert {"LayerNorm", "Softmax", "MatMul", "Quantizer"} <= kinds
     assert torch.equal(snn.simulate(x, pipelined=True).output, torch.stack(
         [snn.simulate(x[i:i + 1]).output[0] for i in range(len(x))]))
@@ -321,7 +349,7 @@ def test_vit_converts_with_ilif_exactly(T, depth, heads, seed):
     report = verify(qann, snn, x)
     assert report.ok, str(report)
     assert snn.depth == 13 * depth + 3  # a block's longest path crosses 13 neurons or period operators
-    assert sum(d.kind == "Quantizer" for d in report.layers) == 10 * depth + 2
+    assert report.kinds.count("Quantizer") == 10 * depth + 2
 
 
 def test_clear_errors():

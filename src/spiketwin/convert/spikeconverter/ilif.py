@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -13,50 +12,10 @@ from torch import nn
 from ...neurons import ILIF
 from ...quant import Quantizer
 from ...simulate import SimResult
+from ..report import EquivalenceReport, compare
 from .front import LINEAR_LAYERS, PERIOD_OPS, Recorder
 from .graph import TimeFoldedSNN
 from .operators import Clock, Clocked, PeriodBias, PeriodOp, SignedILIF, SpikeMaxPool2d, ilif_threshold
-
-
-
-@dataclass
-class LayerDifference:
-    """One node of the graph: the largest absolute and relative (to the sample's largest QANN value)
-    difference between the SNN's decoded value and the QANN's, over the batch."""
-
-    name: str
-    kind: str
-    period: int
-    max_abs: float
-    max_rel: float
-
-
-@dataclass
-class ConversionReport:
-    """What :meth:`ILIFSNN.verify` returns: per layer (``layers``) and per sample (``per_sample``, ``[B]``,
-    the largest relative difference over all layers) differences, computed in float64."""
-
-    layers: list[LayerDifference]
-    per_sample: torch.Tensor
-    tolerance: float
-
-    @property
-    def max_rel(self) -> float:
-        return max((layer.max_rel for layer in self.layers), default=0.0)
-
-    @property
-    def ok(self) -> bool:
-        return self.max_rel <= self.tolerance
-
-    def __str__(self) -> str:
-        width = max(len(layer.name) for layer in self.layers)
-        lines = [f"{'node':<{width}}  {'kind':<16} period  max |diff|   max rel"]
-        lines += [f"{d.name:<{width}}  {d.kind:<16} {d.period:>6}  {d.max_abs:.3e}  {d.max_rel:.3e}"
-                  for d in self.layers]
-        verdict = "OK" if self.ok else "NOT equivalent"
-        lines.append(f"{verdict}: max relative difference {self.max_rel:.3e} over {len(self.per_sample)} samples "
-                     f"(tolerance {self.tolerance:g})")
-        return "\n".join(lines)
 
 
 class ILIFSNN(TimeFoldedSNN):
@@ -153,59 +112,72 @@ class ILIFSNN(TimeFoldedSNN):
         """
         self._check_input(x)
         steps = self._steps(max_steps)
-        run = min(steps, self.latency)
         with self._amplification(k):
-            train = self._trains(x, run, step_mode, pipelined, [self.readout])[self.readout]
-            per_step = torch.zeros_like(train)
-            start = self.depth * self.phase_steps
-            if run > start:
-                part = train[start:run]
-                w = self._decode_weights(train)[:len(part)]
-                per_step[start:run] = (part * w).cumsum(0)
+            train = self._trains(x, min(steps, self.latency), step_mode, pipelined, [self.readout])[self.readout]
+            return self._result(train, steps)
+
+    def _result(self, train: torch.Tensor, steps: int) -> SimResult:
+        """The :class:`SimResult` of ``steps`` steps from the readout's ``train`` over the first
+        ``min(steps, latency)`` of them."""
+        run = len(train)
+        per_step = torch.zeros_like(train)
+        start = self.depth * self.phase_steps
+        if run > start:
+            part = train[start:run]
+            w = self._decode_weights(train)[:len(part)]
+            per_step[start:run] = (part * w).cumsum(0)
         if steps > run:
             per_step = torch.cat([per_step, per_step[-1:].expand(steps - run, *per_step.shape[1:])])
         output = per_step[-1]
         if run < self.latency:
-            settle = torch.full((len(x),), -1, dtype=torch.int64, device=x.device)
+            settle = torch.full((train.shape[1],), -1, dtype=torch.int64, device=train.device)
         else:
             changed = (per_step != output).flatten(2).any(-1)
-            index = torch.arange(1, steps + 1, device=x.device).unsqueeze(1)
+            index = torch.arange(1, steps + 1, device=train.device).unsqueeze(1)
             settle = (changed * index).amax(0) + 1
         return SimResult(output, per_step, settle)
 
     def decoded(self, x: torch.Tensor, names: list[str], step_mode: str = "m",
                 pipelined: bool = False) -> dict[str, torch.Tensor]:
         """Each named node's decoded value for ``x``: its train over the period in which it carries the sample."""
+        return self._decode(self._trains(x, self.latency, step_mode, pipelined, names), names)
+
+    def _decode(self, trains: dict[str, torch.Tensor], names: list[str]) -> dict[str, torch.Tensor]:
+        """Decode each named node's train over its period (the part of it that ``trains`` hold; zero if none)."""
         T = self.phase_steps
-        trains = self._trains(x, self.latency, step_mode, pipelined, names)
         out = {}
         for name in names:
             lag = self.lags[name]
             train = trains[name][lag * T:(lag + 1) * T]
-            out[name] = (train * self._decode_weights(train)).sum(0)
+            out[name] = (train * self._decode_weights(train)[:len(train)]).sum(0)
         return out
 
     @torch.no_grad()
-    def verify(self, qann: nn.Module, x: torch.Tensor, tolerance: float = 1e-9,
-               step_mode: str = "m", pipelined: bool = False) -> ConversionReport:
-        """Compare every node's decoded value with the QANN's, in float64, per sample and per layer."""
-        self._check_input(x)
-        q64, s64, x64 = copy.deepcopy(qann).double().eval(), copy.deepcopy(self).double(), x.double()
+    def verify(self, qann: nn.Module, inputs: torch.Tensor, max_steps: int | None = None, step_mode: str = "m",
+               rtol: float | None = None, pipelined: bool = False) -> EquivalenceReport:
+        """Compare this SNN with ``qann`` in float64, per sample and per graph node: each node's decoded value
+        (over the period that carries it) against the QANN's, then the logits of :meth:`simulate`
+        (``max_steps``, default the latency; a shorter run leaves the samples unsettled). ``rtol`` defaults
+        to 1e-9. The report's ``kinds`` name each node's operation and ``periods`` its period."""
+        self._check_input(inputs)
+        steps = self._steps(max_steps)
+        q64, s64, x64 = copy.deepcopy(qann).double().eval(), copy.deepcopy(self).double(), inputs.double()
         nodes = {n.name: n for n in q64.net.graph.nodes if n.op not in ("placeholder", "output", "get_attr")}
         recorder = Recorder(q64.net, nodes)
-        recorder.run(x64)
+        reference = recorder.run(x64)
         expected = {name: v for name, v in recorder.values.items() if isinstance(v, torch.Tensor)}
-        got = s64.decoded(x64, list(expected), step_mode, pipelined)
-        layers, per_sample = [], torch.zeros(len(x64), dtype=torch.float64, device=x64.device)
+        record = list(dict.fromkeys([*expected, s64.readout]))
+        trains = s64._trains(x64, min(steps, s64.latency), step_mode, pipelined, record)
+        result = s64._result(trains[s64.readout], steps)
+        got = s64._decode(trains, list(expected))
+        pairs, batch_dims, kinds = [], [], []
         for name, want in expected.items():
-            diff = (got[name] - want).abs().flatten(1).amax(1)
-            scale = want.abs().flatten(1).amax(1).clamp_min(torch.finfo(torch.float64).tiny)
-            rel = diff / scale
-            per_sample = torch.maximum(per_sample, rel)
+            snn_value, want = torch.broadcast_tensors(got[name], want)
+            pairs.append((snn_value, want))
+            batch_dims.append(0 if want.dim() and want.shape[0] == len(x64) else None)  # else a constant's value
             node = nodes[name]
-            kind = type(q64.net.get_submodule(node.target)).__name__ if node.op == "call_module" else str(
-                getattr(node.target, "__name__", node.target))
-            layers.append(LayerDifference(name, kind, self.lags[name], float(diff.max()), float(rel.max())))
-        return ConversionReport(layers, per_sample, tolerance)
-
-
+            kinds.append(type(q64.net.get_submodule(node.target)).__name__ if node.op == "call_module" else str(
+                getattr(node.target, "__name__", node.target)))
+        return compare(list(expected), pairs, result.output, reference, result.settle_step,
+                       1e-9 if rtol is None else rtol, torch.float64, batch_dims, [*kinds, "output"],
+                       [*(self.lags[name] for name in expected), self.depth])
