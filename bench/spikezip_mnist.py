@@ -13,12 +13,15 @@ a few images, the median / max settle step, and on one batch the time to the exa
   loop, for a fixed T = 64;
 - the event-driven SNN run by ``simulate`` (early exit), for comparison.
 
-The four are timed round-robin (one run of each per repeat, medians over repeats), so load changes on a
+The SNNs are timed once per ``--spikes-per-step`` value ``m`` (default 1, 2, 4): neurons that emit up to ``m``
+spikes per step reach the same final counts in about ``1/m`` of the steps, and the exact-state SNN's output stays
+bit-identical to the QANN's (column ``SNN = QANN bits``); ``m = 1`` is the paper's neuron, and (b) keeps it.
+All runs are timed round-robin (one run of each per repeat, medians over repeats), so load changes on a
 shared machine hit them alike. ``64 / steps`` is ``(b) / SNN`` if an SNN step cost as much as a step of (b):
 ``steps`` is the mean settle step. The accuracy table adds the float32 and bfloat16 agreement of the SNN with
 its QANN in the same dtype (predictions and bit-identical logits).
 
-    python -m bench.spikezip_mnist [--levels 4 8 16 32] [--batch 256] [--threads 1] [--device cpu]
+    python -m bench.spikezip_mnist [--levels 4 8 16 32] [--spikes-per-step 1 2 4] [--batch 256] [--threads 1]
 """
 
 from __future__ import annotations
@@ -114,8 +117,8 @@ def agreement(qann, x: torch.Tensor, dtype: torch.dtype, batch: int) -> tuple[fl
     return 100 * same_pred / len(x), 100 * same_bits / len(x)
 
 
-def run_level(levels: int, ann, ann_acc: float, data, timed: torch.Tensor, args) -> tuple[list, list]:
-    """QAT (or the cached QANN) at ``levels`` levels, then its accuracy row and its timing row."""
+def run_level(levels: int, ann, ann_acc: float, data, timed: torch.Tensor, args) -> tuple[list, list[list]]:
+    """QAT (or the cached QANN) at ``levels`` levels, then its accuracy row and its timing rows."""
     x_train, y_train, x_test, y_test = data
     device = timed.device
     qann = trained_qann(ann, levels, x_train, y_train, args.epochs, args.qat_epochs, args.size).to(device).eval()
@@ -136,21 +139,36 @@ def run_level(levels: int, ann, ann_acc: float, data, timed: torch.Tensor, args)
                100 * (snn_pred == qann_pred).double().mean().item(),
                100 * (out == qann_logits).all(-1).double().mean().item(), f"{bf16[0]:.2f} / {bf16[1]:.2f}",
                f"{report.max_rel:.1e}", s.median().item(), int(s.max()), int((s < 0).sum())]
+    return acc_row, time_rows(qann, timed, args)
 
-    events = to_snn(qann, state="events")
+
+def time_rows(qann, timed: torch.Tensor, args) -> list[list]:
+    """One timing row per ``--spikes-per-step`` value ``m``: the exact-state SNN with ``m``-spike neurons (its
+    output bit-identical to the QANN's for every ``m``) and the event-driven SNN with the same neurons, beside the
+    QANN forward and the reference loop (b), which keeps the paper's neuron (``m = 1``) at T = 64."""
+    reference = to_snn(qann, state="events")
+    snns = {m: (to_snn(qann, spikes_per_step=m), to_snn(qann, state="events", spikes_per_step=m))
+            for m in args.spikes_per_step}
     with torch.no_grad():
-        result = simulate(snn, timed)
-        reference = reference_loop(events, timed)
-        timed_settle = result.settle_step
-        close = torch.allclose(reference, result.output, rtol=1e-4, atol=1e-5)
-        t_qann, t_snn, t_ref, t_events = (t.seconds for t in round_robin(
-            [lambda: qann(timed), lambda: simulate(snn, timed, max_steps=512), lambda: reference_loop(events, timed),
-             lambda: simulate(events, timed, max_steps=512)], args.repeats))
-    t_settle, steps = int(timed_settle.max()), timed_settle.double().mean().item()
-    time_row = [levels, t_settle, steps, 1e3 * t_qann, 1e3 * t_settle * t_qann, 1e3 * t_snn, 1e3 * t_ref,
-                t_snn / (t_settle * t_qann), t_ref / t_snn, 64 / steps, "yes" if close else "NO", 1e3 * t_events,
-                t_events / t_snn]
-    return acc_row, time_row
+        expected = qann(timed)
+        loop = reference_loop(reference, timed)
+        runs = [lambda: qann(timed), lambda: reference_loop(reference, timed)]
+        for snn, events in snns.values():
+            runs += [lambda snn=snn: simulate(snn, timed, max_steps=512),
+                     lambda events=events: simulate(events, timed, max_steps=512)]
+        seconds = [t.seconds for t in round_robin(runs, args.repeats)]
+        rows = []
+        for i, (m, (snn, _)) in enumerate(snns.items()):
+            result = simulate(snn, timed, max_steps=512)
+            exact = bool((result.output == expected).all())
+            close = torch.allclose(loop, result.output, rtol=1e-4, atol=1e-5)
+            t_qann, t_ref, t_snn, t_events = seconds[0], seconds[1], seconds[2 + 2 * i], seconds[3 + 2 * i]
+            t_settle, steps = int(result.settle_step.max()), result.settle_step.double().mean().item()
+            rows.append([m, t_settle, steps, 1e3 * t_qann,
+                         1e3 * t_settle * t_qann, 1e3 * t_snn, 1e3 * t_ref, t_snn / (t_settle * t_qann),
+                         t_ref / t_snn, 64 / steps, "yes" if exact else "NO", "yes" if close else "NO",
+                         1e3 * t_events, t_events / t_snn])
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -162,6 +180,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--spikes-per-step", type=int, nargs="+", default=[1, 2, 4],
+                        help="neurons with up to m spikes per step (1: the paper's); one timing row each")
     parser.add_argument("--size", type=int, nargs=3, metavar=("DEPTH", "DIM", "HEADS"), default=None,
                         help="a larger vit_mnist, e.g. --size 12 192 3 --levels 32 (issue 19's float32 check)")
     args = parser.parse_args(argv)
@@ -177,12 +197,12 @@ def main(argv: list[str] | None = None) -> None:
     ann = trained_ann(x_train, y_train, args.epochs, args.size).to(device)
     ann_acc = evaluate(ann, x_test, y_test)
 
-    acc_rows, time_rows = [], []
+    acc_rows, timing = [], []
     timed = x_test[: args.batch].to(device)
     for levels in args.levels:
-        acc_row, time_row = run_level(levels, ann, ann_acc, (x_train, y_train, x_test, y_test), timed, args)
+        acc_row, rows = run_level(levels, ann, ann_acc, (x_train, y_train, x_test, y_test), timed, args)
         acc_rows.append(acc_row)
-        time_rows.append(time_row)
+        timing += [[levels, *row] for row in rows]
 
     print_table(f"SpikeZIP-TF on MNIST (vit_mnist, {len(y_test)} test images)",
                 ["levels", "ANN %", "QANN %", "SNN %", "SNN=QANN % (f32)", "bit-identical % (f32)",
@@ -190,9 +210,9 @@ def main(argv: list[str] | None = None) -> None:
                  "unsettled"], acc_rows)
     print_table(f"Time to the exact answer, one batch of {len(timed)} images, {device}, {args.threads} thread(s), "
                 f"median of {args.repeats}",
-                ["levels", "T_settle", "steps", "QANN fwd ms", "(a) T_settle x QANN ms", "SNN ms", "(b) T=64 loop ms",
-                 "SNN / (a)", "(b) / SNN", "64 / steps", "(b) ~ SNN output", "events SNN ms", "events / SNN"],
-                time_rows)
+                ["levels", "spikes/step", "T_settle", "steps", "QANN fwd ms", "(a) T_settle x QANN ms", "SNN ms",
+                 "(b) T=64 loop ms", "SNN / (a)", "(b) / SNN", "64 / steps", "SNN = QANN bits", "(b) ~ SNN output",
+                 "events SNN ms", "events / SNN"], timing)
 
 
 if __name__ == "__main__":

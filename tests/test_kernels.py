@@ -8,8 +8,9 @@ import os
 import pytest
 import torch
 
+import spiketwin.kernels.stbif  # noqa: F401  (registers the operators)
 from spiketwin import native
-from spiketwin.neurons.stbif import stbif_scan, stbif_target
+from spiketwin.kernels.stbif_rule import stbif_exact, stbif_scan, stbif_target
 
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -104,3 +105,52 @@ def test_the_neuron_on_this_machines_device_equals_its_cpu_torch_path(m):
     with native.disabled():
         slow = chunked(STBIF(0.37, -8, 7, spikes_per_step=m), "cpu")
     assert all(torch.equal(a, b) for a, b in zip(fast, slow))
+
+
+def exact_case(seed: int, dtype: torch.dtype, strided: bool):
+    """An exact-state neuron's accumulated input ``[B, ...]`` (some values on rounding boundaries) and a count partly
+    on its target, partly far from it; ``strided``: a permuted layout (as attention's q, k, v have), ``x`` a view of
+    a larger tensor."""
+    g = torch.Generator().manual_seed(seed)
+    theta = torch.tensor([0.37, 0.05, 1.3][seed % 3], dtype=dtype)
+    x = torch.randn(5, 3, 7, generator=g, dtype=dtype) * 3
+    x[0, 0] = (torch.arange(-3, 4, dtype=dtype) + 0.5) * theta
+    count = stbif_target(x + torch.randn(5, 3, 7, generator=g, dtype=dtype), theta, -8, 7)
+    if strided:
+        x = torch.stack([x.transpose(1, 2), -x.transpose(1, 2)], -1)[..., 0].transpose(1, 2)
+        count = count.transpose(1, 2).contiguous().transpose(1, 2)
+    return x, count, theta.reshape(1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("m", [1, 3])
+@pytest.mark.parametrize("strided", [False, True])
+def test_triton_exact_step_equals_the_torch_path_bit_for_bit(dtype, m, strided, monkeypatch):
+    stbif_triton = triton_module("stbif_triton")
+    monkeypatch.setattr(stbif_triton, "BLOCK", 8)  # several blocks per sample, the last one partly masked
+    x, count, theta = exact_case(m, dtype, strided)
+    want_count = count.clone()
+    want = stbif_exact(x, want_count, theta[0], -8, 7, m)
+    x, count, theta = (t.to(DEVICE) for t in (x, count, theta))
+    if strided:
+        x = torch.empty_like(count).copy_(x)  # what the operator hands the kernel: x in count's layout
+    got = stbif_triton.stbif_exact_step(x, count, theta, -8, 7, m)
+    for a, b in zip((*got, count), (*want, want_count)):
+        assert a.dtype == b.dtype and a.stride() == b.stride() and torch.equal(a.cpu(), b)
+
+
+@pytest.mark.parametrize("strided", [False, True])
+def test_exact_step_operator_equals_the_torch_path_and_passes_registration_checks(strided):
+    x, count, theta = exact_case(0, torch.float64, strided)
+    want_count = count.clone()
+    want = stbif_exact(x, want_count, theta[0], -8, 7, 2)
+    for off in (False, True):
+        state = count.clone()
+        if off:
+            with native.disabled():
+                got = torch.ops.spiketwin.stbif_exact_step(x, state, theta, -8, 7, 2)
+        else:
+            got = torch.ops.spiketwin.stbif_exact_step(x, state, theta, -8, 7, 2)
+        for a, b in zip((*got, state), (*want, want_count)):
+            assert a.dtype == b.dtype and a.stride() == b.stride() and torch.equal(a, b)
+    torch.library.opcheck(torch.ops.spiketwin.stbif_exact_step.default, (x, count.clone(), theta, -8, 7, 2))

@@ -14,7 +14,7 @@ import spiketwin
 from spiketwin import native
 from spiketwin.convert import to_qann, to_snn, verify
 from spiketwin.neurons import STBIF
-from spiketwin.neurons.stbif import stbif_move, stbif_target
+from spiketwin.kernels.stbif_rule import stbif_move, stbif_target
 from test_neurons import quantizer, run_sequence, run_steps, sequential_sum
 from test_roberta import calibrated_qann, padded_batch, tiny
 from test_spikezip import CONFIGS, random_qann

@@ -10,7 +10,7 @@ import torch
 
 import spiketwin
 from spiketwin import native
-from spiketwin.neurons import STBIF
+from spiketwin.neurons import STBIF, ExactSTBIF
 
 needs_native = pytest.mark.skipif(native.library("stbif") is None, reason=native.status("stbif"))
 
@@ -63,6 +63,43 @@ def test_stbif_native_takes_non_contiguous_input_and_leaves_it_intact():
     with native.disabled():
         reference = stbif_calls(STBIF(0.3, -4, 3), [x])
     assert torch.equal(fast[0][0], reference[0][0]) and torch.equal(x, before)
+
+
+def exact_calls(neuron, inputs):
+    """Run the exact-state ``neuron`` over successive accumulated inputs from a reset; all it outputs and keeps."""
+    spiketwin.reset(neuron)
+    return [(neuron(x), neuron.count.clone(), neuron.change.clone(), neuron.pending.clone()) for x in inputs]
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("batch_dim", [0, 1, None])
+@pytest.mark.parametrize("strided", [False, True])
+def test_exact_stbif_native_equals_torch_path_bit_for_bit(dtype, seed, batch_dim, strided):
+    """Accumulated inputs that grow, then stay (the counts walk to their targets); some on rounding boundaries
+    (``(k + 1/2) θ``); multi-spike neurons; the batch first, second or unknown; contiguous inputs, or strided views
+    of a larger tensor (as attention's q, k, v are), whose outputs keep the layout an elementwise op gives."""
+    theta = torch.tensor([0.37, 0.05, 1.3][seed])
+    n_min, n_max = [(-8, 7), (0, 15), (-16, 15)][seed]
+    g = torch.Generator().manual_seed(seed)
+    total, inputs = torch.zeros(5, 6, 3, dtype=dtype), []
+    for step in range(40):
+        if step < 5:
+            total = total + torch.randn(5, 6, 3, generator=g, dtype=dtype) * 2 * float(theta)
+        if step == 3:
+            total[0, :2] = (torch.arange(-3, 3, dtype=dtype).reshape(2, 3) + 0.5) * theta.to(dtype)
+        inputs.append(total.clone() if not strided else
+                      torch.stack([total.transpose(1, 2), -total.transpose(1, 2)], -1)[..., 0].transpose(1, 2))
+    for m in (1, 3):
+        fast = exact_calls(ExactSTBIF(theta, n_min, n_max, m, batch_dim), inputs)
+        with native.disabled():
+            reference = exact_calls(ExactSTBIF(theta, n_min, n_max, m, batch_dim), inputs)
+        for got, want in zip(fast, reference):
+            for a, b in zip(got, want):
+                assert a.dtype == b.dtype and a.shape == b.shape and a.stride() == b.stride() and torch.equal(a, b)
+        assert torch.equal(fast[-1][0], (inputs[-1] / theta.to(dtype) + 0.5).floor().clamp(n_min, n_max)
+                           * theta.to(dtype))  # settled: the quantizer's value
 
 
 def test_status_says_which_path_runs(monkeypatch):

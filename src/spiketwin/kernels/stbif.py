@@ -1,5 +1,6 @@
-"""``spiketwin::stbif_steps``: the ST-BIF neuron's sequence call (:meth:`spiketwin.neurons.STBIF.multi_step`)
-as one custom operator, multi-spike and with the per-sample skip.
+"""The ST-BIF neurons' fused custom operators: ``spiketwin::stbif_steps``, the sequence call of
+:class:`~spiketwin.neurons.STBIF` (multi-spike, with the per-sample skip), and ``spiketwin::stbif_exact_step``, the
+step of :class:`~spiketwin.neurons.ExactSTBIF` (the exact-state SNN's neuron).
 
 ``stbif_steps(x, total, count, was_pending, theta, n_min, n_max, m) -> (spikes, far)``: contiguous ``x``
 ``[T, B, ...]`` enters from the state ``total``, ``count`` (``[B, ...]``, updated in place); ``theta`` is a
@@ -8,8 +9,14 @@ one-element tensor of ``x``'s dtype (a float64 threshold keeps its precision); `
 without, and without input, outputs zeros and keeps its state (the result is the same bits either way, the
 skip only saves work). ``far`` is ``[B, T]`` bool: after step t some neuron of the sample is still short.
 
-CPU: the native kernel (``native/stbif.c``), else :func:`~spiketwin.neurons.stbif_rule.stbif_scan`. CUDA: the
+CPU: the native kernel (``native/stbif.c``), else :func:`~spiketwin.kernels.stbif_rule.stbif_scan`. CUDA: the
 Triton kernel (:mod:`.stbif_triton`). All three give the same bits.
+
+``stbif_exact_step(x, count, theta, n_min, n_max, m) -> (out, change, far)``: contiguous ``x`` ``[B, ...]`` is the
+accumulated input, ``count`` (``[B, ...]``) moves toward its quantizer level by at most ``m`` (in place);
+``change`` is the move, ``out = count * theta``, ``far`` (``[B]`` bool) marks samples with a neuron still more than
+``m`` away. CPU: the native kernel, CUDA: the Triton kernel, each where ``count`` is batch-major (:func:`batch_major`,
+as elementwise results are); else :func:`~spiketwin.kernels.stbif_rule.stbif_exact`. All give the same bits.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import ctypes
 import torch
 
 from .. import native
-from ..neurons.stbif_rule import stbif_scan
+from .stbif_rule import stbif_exact, stbif_scan
 from . import triton_takes
 
 
@@ -88,3 +95,81 @@ def _stbif_steps_fake(x, total, count, was_pending, theta, n_min, n_max, m):
 _LIBRARY.impl("stbif_steps", _stbif_steps_cpu, "CPU")
 _LIBRARY.impl("stbif_steps", _stbif_steps_cuda, "CUDA")
 torch.library.register_fake("spiketwin::stbif_steps", _stbif_steps_fake, lib=_LIBRARY)
+
+
+def _native_exact_kernel(dtype: torch.dtype):
+    return native.function("stbif", "stbif_exact_step", dtype, *[ctypes.c_void_p] * 5, *[ctypes.c_int64] * 2,
+                           *[native.REAL] * 4)
+
+
+_LIBRARY.define("stbif_exact_step(Tensor x, Tensor(a!) count, Tensor theta, int n_min, int n_max, int m) "
+                "-> (Tensor, Tensor, Tensor)")
+
+
+def stbif_exact_step(x: torch.Tensor, count: torch.Tensor, threshold: torch.Tensor, n_min: int, n_max: int,
+                     m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The operator on ``x`` and ``count`` alike (``[B, ...]``, batch first), ``threshold`` the neuron's one-element
+    buffer; an eager CPU call that the native kernel takes goes straight to it (see :func:`stbif_steps`)."""
+    if x.device.type == "cpu" and not torch.compiler.is_compiling() and _native_exact_takes(x, count):
+        return _native_exact(x, count, threshold.item(), n_min, n_max, m)
+    theta = threshold.to(device=x.device, dtype=x.dtype).reshape(1)
+    return torch.ops.spiketwin.stbif_exact_step(x, count, theta, n_min, n_max, m)
+
+
+def batch_major(t: torch.Tensor) -> bool:
+    """Whether ``t`` fills its memory densely with dimension 0 outermost (each sample one block), in any order of
+    the other dimensions: the layout of a neuron's count, which elementwise operations give their results."""
+    expected = 1
+    for stride, size in sorted((st, n) for st, n in zip(t.stride(), t.shape) if n != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return t.dim() > 0 and (t.shape[0] == 1 or t.stride(0) * t.shape[0] == t.numel())
+
+
+def _native_exact_takes(x: torch.Tensor, count: torch.Tensor) -> bool:
+    """The native kernel runs over memory in order: ``count`` batch-major, ``x`` of its dtype (copied to its layout
+    when its strides differ), on the CPU, without autograd."""
+    return (_native_exact_kernel(x.dtype) is not None and x.device.type == "cpu" and count.device.type == "cpu"
+            and x.dtype == count.dtype and x.shape == count.shape and x.numel() > 0 and batch_major(count)
+            and not torch.is_grad_enabled())
+
+
+def _native_exact(x, count, theta: float, n_min, n_max, m):
+    """The kernel; ``out`` and ``change`` take ``count``'s layout (as ``count * θ`` would)."""
+    if x.stride() != count.stride():
+        x = torch.empty_like(count).copy_(x)
+    out, change = torch.empty_like(count), torch.empty_like(count)
+    far = torch.empty(len(x), dtype=torch.bool)
+    _native_exact_kernel(x.dtype)(native.pointer(x), native.pointer(count), native.pointer(out),
+                                  native.pointer(change), native.pointer(far), len(x), x[0].numel(), theta, n_min,
+                                  n_max, m)
+    return out, change, far
+
+
+def _stbif_exact_step_cpu(x, count, theta, n_min, n_max, m):
+    with torch.no_grad():
+        if _native_exact_takes(x, count):
+            return _native_exact(x, count, theta.item(), n_min, n_max, m)
+        return stbif_exact(x, count, theta, n_min, n_max, m)
+
+
+def _stbif_exact_step_cuda(x, count, theta, n_min, n_max, m):
+    with torch.no_grad():
+        if not (x.shape == count.shape and x.numel() and batch_major(count) and triton_takes(theta)
+                and count.dtype == theta.dtype):
+            return stbif_exact(x, count, theta, n_min, n_max, m)
+        from .stbif_triton import stbif_exact_step as triton_step  # needs the triton package
+
+        if x.stride() != count.stride():
+            x = torch.empty_like(count).copy_(x)
+        return triton_step(x, count, theta, n_min, n_max, m)
+
+
+def _stbif_exact_step_fake(x, count, theta, n_min, n_max, m):
+    return torch.empty_like(count), torch.empty_like(count), x.new_empty((x.shape[0],), dtype=torch.bool)
+
+
+_LIBRARY.impl("stbif_exact_step", _stbif_exact_step_cpu, "CPU")
+_LIBRARY.impl("stbif_exact_step", _stbif_exact_step_cuda, "CUDA")
+torch.library.register_fake("spiketwin::stbif_exact_step", _stbif_exact_step_fake, lib=_LIBRARY)

@@ -1,7 +1,8 @@
-"""The ST-BIF sequence call in Triton (the CUDA implementation of ``spiketwin::stbif_steps``).
+"""The ST-BIF neurons' operators in Triton: the CUDA implementations of ``spiketwin::stbif_steps`` (the sequence
+call) and ``spiketwin::stbif_exact_step`` (the exact-state neuron's step, :func:`stbif_exact_step`).
 
 One program per sample and block of neurons scans the T steps with the arithmetic of the torch path
-(:func:`spiketwin.neurons.stbif_rule.stbif_scan`) and of ``native/stbif.c``, in the same order and precision:
+(:func:`spiketwin.kernels.stbif_rule.stbif_scan`) and of ``native/stbif.c``, in the same order and precision:
 IEEE division (``ieee_rounding``: Triton's default float32 division is approximate), no fused multiply-add.
 A block whose sample had no pending neuron before the call and whose inputs are all zero writes zero spikes
 and leaves its state alone (the per-sample skip of the C kernel, per block); the far flags of a step are
@@ -75,3 +76,42 @@ def stbif_steps(x: torch.Tensor, total: torch.Tensor, count: torch.Tensor, was_p
         _stbif_steps[(batch, triton.cdiv(n, block))](x, total, count, spikes, far, skip, theta, steps, batch, n,
                                                      n_min, n_max, m, SKIP=was_pending is not None, BLOCK=block)
     return spikes, far.bool()
+
+
+@triton.jit(do_not_specialize=["N", "n_min", "n_max", "m"])
+def _stbif_exact_step(x_ptr, count_ptr, out_ptr, change_ptr, far_ptr, theta_ptr, N, n_min, n_max, m,
+                      BLOCK: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    theta = tl.load(theta_ptr)
+    most = m.to(theta.dtype)
+    x = tl.load(x_ptr + b * N + offs, mask=mask, other=0.0)
+    count = tl.load(count_ptr + b * N + offs, mask=mask, other=0.0)
+    target = tl.floor(tl.fdiv(x, theta, ieee_rounding=True) + 0.5)
+    target = tl.minimum(tl.maximum(target, n_min.to(theta.dtype)), n_max.to(theta.dtype))
+    delta = target - count
+    far = ((delta > most) | (delta < -most)) & mask
+    tl.atomic_max(far_ptr + b, tl.max(far.to(tl.int32), axis=0))
+    delta = tl.minimum(tl.maximum(delta, -most), most)
+    count = count + delta
+    tl.store(count_ptr + b * N + offs, count, mask=mask)
+    tl.store(change_ptr + b * N + offs, delta, mask=mask)
+    tl.store(out_ptr + b * N + offs, count * theta, mask=mask)
+
+
+def stbif_exact_step(x: torch.Tensor, count: torch.Tensor, theta: torch.Tensor, n_min: int, n_max: int,
+                     m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``spiketwin::stbif_exact_step`` by the Triton kernel, over memory in order: ``count`` (``[B, ...]``, updated
+    in place) batch-major (:func:`spiketwin.kernels.stbif.batch_major`), ``x`` with ``count``'s strides, ``theta`` a
+    one-element tensor of their dtype. Returns ``count * θ`` and the change (``count``'s layout) and the far flags
+    ``[B]`` (bool)."""
+    batch = x.shape[0]
+    n = x.numel() // batch if batch else 0
+    out, change = torch.empty_like(count), torch.empty_like(count)
+    far = torch.zeros(batch, dtype=torch.int32, device=x.device)
+    if out.numel():
+        block = min(BLOCK, triton.next_power_of_2(n))
+        _stbif_exact_step[(batch, triton.cdiv(n, block))](x, count, out, change, far, theta, n, n_min, n_max, m,
+                                                          BLOCK=block)
+    return out, change, far.bool()

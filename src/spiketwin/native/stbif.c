@@ -59,3 +59,37 @@
 
 DEFINE_STBIF_STEPS(stbif_steps_f32, float, floorf)
 DEFINE_STBIF_STEPS(stbif_steps_f64, double, floor)
+
+/* The exact-state neuron's step (spiketwin.neurons.ExactSTBIF): x[B][N] is the neuron's accumulated input (not an
+   increment). Per neuron: target = clamp(floor(x / theta + 1/2), n_min, n_max); delta = target - count; far (per
+   sample) if some |delta| > m; change = clamp(delta, -m, m); count += change; out = count * theta. The same
+   operations as the torch path, in the same order and precision: bit-identical. */
+#define DEFINE_STBIF_EXACT_STEP(NAME, REAL, FLOOR)                                                              \
+    KERNEL void NAME(const REAL *restrict x, REAL *restrict count, REAL *restrict out, REAL *restrict change,  \
+                     uint8_t *restrict far, int64_t B, int64_t N, REAL theta, REAL n_min, REAL n_max, REAL m)   \
+    {                                                                                                          \
+        for (int64_t b = 0; b < B; b++) {                                                                      \
+            const REAL *restrict xb = x + b * N;                                                               \
+            REAL *restrict cnt = count + b * N;                                                                \
+            REAL *restrict o = out + b * N;                                                                    \
+            REAL *restrict k = change + b * N;                                                                 \
+            int away = 0;                                                                                      \
+            for (int64_t i = 0; i < N; i++) {                                                                  \
+                REAL target = FLOOR(xb[i] / theta + (REAL)0.5);                                                \
+                target = target < n_min ? n_min : target;                                                      \
+                target = target > n_max ? n_max : target;                                                      \
+                REAL delta = target - cnt[i];                                                                  \
+                away |= (delta > m) | (delta < -m);                                                            \
+                delta = delta < -m ? -m : delta;                                                               \
+                delta = delta > m ? m : delta;                                                                 \
+                REAL c = cnt[i] + delta;                                                                       \
+                cnt[i] = c;                                                                                    \
+                k[i] = delta;                                                                                  \
+                o[i] = c * theta;                                                                              \
+            }                                                                                                  \
+            far[b] = (uint8_t)away;                                                                            \
+        }                                                                                                      \
+    }
+
+DEFINE_STBIF_EXACT_STEP(stbif_exact_step_f32, float, floorf)
+DEFINE_STBIF_EXACT_STEP(stbif_exact_step_f64, double, floor)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..base import StatefulModule
-from .stbif_rule import stbif_move, stbif_target
+from ..kernels.stbif import stbif_exact_step
 
 
 class ExactSTBIF(StatefulModule):
@@ -53,16 +53,18 @@ class ExactSTBIF(StatefulModule):
             self.pending = self.pending.index_select(0, index)
 
     def single_step(self, x: torch.Tensor) -> torch.Tensor:
-        theta = self.threshold.to(x.dtype)
-        target = stbif_target(x, theta, self.n_min, self.n_max)  # the QANN quantizer's level of x, bit for bit
-        count = torch.zeros_like(target) if self.count is None else self.count
+        """One step by the fused operator ``spiketwin::stbif_exact_step`` (:mod:`spiketwin.kernels.stbif`), on
+        batch-first views of ``x`` and the count (the batch unknown: all of it as one sample)."""
+        if self.count is None:
+            self.count = torch.zeros_like(x)
         dim = self.batch_dim
-        batch_first = (lambda t: t.reshape(1, -1)) if dim is None else (lambda t: t.movedim(dim, 0))
-        change, far = stbif_move(batch_first(count), batch_first(target), self.spikes_per_step)
-        self.change = change.reshape(count.shape) if dim is None else change.movedim(0, dim)
+        first = (lambda t: t.unsqueeze(0)) if dim is None else (lambda t: t.movedim(dim, 0))
+        back = (lambda t: t.squeeze(0)) if dim is None else (lambda t: t.movedim(0, dim))
+        out, change, far = stbif_exact_step(first(x), first(self.count), self.threshold, self.n_min, self.n_max,
+                                            self.spikes_per_step)  # the count moves in place
+        self.change = back(change)
         self.pending = far[0] if dim is None else far  # a 0-d flag when the batch dimension is unknown
-        self.count = count + self.change
-        return self.count * theta
+        return back(out)
 
     def extra_repr(self) -> str:
         return (f"threshold={float(self.threshold):.4g}, n_min={self.n_min}, n_max={self.n_max}, "

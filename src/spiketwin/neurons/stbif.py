@@ -8,7 +8,7 @@ from ..base import StatefulModule
 from ..kernels.stbif import fused, stbif_steps
 from ..ops import changed_samples, event_driven, scatter_samples, sparse_index
 from .common import as_threshold
-from .stbif_rule import stbif_move, stbif_scan, stbif_target
+from ..kernels.stbif_rule import stbif_scan
 
 
 class STBIF(StatefulModule):
@@ -86,20 +86,11 @@ class STBIF(StatefulModule):
         return self.spikes.flatten(1).ne(0).any(1) if self.spikes.dim() > 1 else self.spikes.ne(0)
 
     def single_step(self, x: torch.Tensor) -> torch.Tensor:
-        theta = self.threshold.to(x.dtype)
-        if self.total is None:
-            self.total = torch.zeros_like(x)
-            self.count = torch.zeros_like(x)
-        self.total = self.total + x
-        target = stbif_target(self.total, theta, self.n_min, self.n_max)
-        move, far = stbif_move(self.count, target, self.spikes_per_step, out=target)
-        self.pending = far.unsqueeze(1)
-        self.count = self.count + move
-        self.spikes = move * theta
-        return self.spikes
+        """One step: the sequence path with ``T = 1``."""
+        return self.multi_step(x.unsqueeze(0))[0]
 
     def multi_step(self, x_seq: torch.Tensor) -> torch.Tensor:
-        """The step rule over ``[T, B, ...]``, bit-identical to calling :meth:`single_step` T times: the
+        """The step rule over ``[T, B, ...]`` (the one implementation: a step is a sequence of one): the
         running totals and their rounded targets are computed for all steps first; only the walk of the count
         towards its target (at most ``m`` levels per step) is scanned. Samples that can only output zeros are
         skipped."""

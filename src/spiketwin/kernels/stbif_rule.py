@@ -49,3 +49,12 @@ def stbif_scan(x_seq: torch.Tensor, total: torch.Tensor | None, count: torch.Ten
         far.append(far_t)
         count.add_(move)
     return steps.mul_(theta), totals[-1], count, torch.stack(far, 1)
+
+
+def stbif_exact(x: torch.Tensor, count: torch.Tensor, theta: torch.Tensor, n_min: int, n_max: int, m: int = 1):
+    """One step of the exact-state neuron (:class:`~spiketwin.neurons.ExactSTBIF`) on batch-first ``x`` (the
+    accumulated input) by torch operations: the count (updated in place) moves toward ``x``'s quantizer level;
+    returns ``(count * θ, change, far)``."""
+    change, far = stbif_move(count, stbif_target(x, theta, n_min, n_max), m)
+    count.add_(change)
+    return count * theta, change, far
