@@ -4,7 +4,9 @@ The graph is read statically (``ast``) from every module, with relative imports 
 functions counted like those at the top: a function-level import still ties the two modules together, it only
 hides the cycle until the function runs. ``from package import name`` points at ``package.name`` when that is a
 module, else at the package. Importing a submodule also runs its package's ``__init__``, but that edge is left
-out: every package that re-exports its submodules would otherwise be a cycle with each of them.
+out: every package that re-exports its submodules would otherwise be a cycle with each of them. From another
+package it counts, though: importing ``a.b.c`` from outside ``a.b`` runs ``a.b``'s ``__init__`` first, and a cycle
+through it fails when the importing module is the first one loaded.
 """
 
 from __future__ import annotations
@@ -52,8 +54,19 @@ def imports(name: str, found: dict[str, tuple[Path, bool]]) -> set[str]:
 
 
 def graph(src: Path = SRC) -> dict[str, set[str]]:
+    """Module -> the modules it imports, and the packages (``__init__``) that importing them runs first."""
     found = modules(src)
-    return {name: imports(name, found) for name in found}
+    edges = {}
+    for name in found:
+        targets = imports(name, found)
+        for target in list(targets):
+            parts = target.split(".")
+            for i in range(2, len(parts)):  # the packages above the target, below ``spiketwin`` itself
+                package = ".".join(parts[:i])
+                if package in found and not name.startswith(package + ".") and name != package:
+                    targets.add(package)
+        edges[name] = targets - {name}
+    return edges
 
 
 def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
@@ -127,6 +140,22 @@ def test_the_cycle_finder_finds_function_level_and_relative_imports(tmp_path):
     (package / "sub" / "b.py").write_text("from .. import a\n")
     (package / "c.py").write_text("import spiketwin.a\n")
     edges = graph(tmp_path)
-    assert edges == {"spiketwin": {"spiketwin.a"}, "spiketwin.a": {"spiketwin.sub.b"}, "spiketwin.sub": set(),
+    assert edges == {"spiketwin": {"spiketwin.a"}, "spiketwin.a": {"spiketwin.sub", "spiketwin.sub.b"},
+                     "spiketwin.sub": set(),
                      "spiketwin.sub.b": {"spiketwin.a"}, "spiketwin.c": {"spiketwin.a"}}
     assert cycles(edges) == [["spiketwin.a", "spiketwin.sub.b", "spiketwin.a"]]
+
+
+def test_a_cycle_through_another_package_s_init_is_found(tmp_path):
+    """``k.step`` imports ``n.rule``, which runs ``n/__init__``, which imports ``n.neuron``, which imports ``k.step``:
+    importing ``k.step`` first fails although no two modules import each other."""
+    root = tmp_path / "spiketwin"
+    for package in ("k", "n"):
+        (root / package).mkdir(parents=True)
+    (root / "__init__.py").write_text("")
+    (root / "k" / "__init__.py").write_text("")
+    (root / "k" / "step.py").write_text("from ..n.rule import f\n")
+    (root / "n" / "__init__.py").write_text("from .neuron import N\n")
+    (root / "n" / "neuron.py").write_text("from ..k.step import g\n")
+    (root / "n" / "rule.py").write_text("")
+    assert cycles(graph(tmp_path)) == [["spiketwin.k.step", "spiketwin.n", "spiketwin.n.neuron", "spiketwin.k.step"]]
