@@ -184,9 +184,8 @@ def _vit_level(ann: nn.Module, L: int, calibration: torch.Tensor, x: torch.Tenso
     row["steps"] = len(result.per_step)
     if x.is_cuda:  # the rule: at most one read per chunk of steps (docs/gpu.md)
         row["host_syncs"] = _host_syncs(lambda: simulate(snn, x, max_steps=1024))
-    # float64: the SNN equals the QANN to round-off, while in float32 a value on a rounding boundary can move a
-    # neuron by one level, and in a deep, wide network such moves cascade; on GPUs with float64 matrix units
-    # (H100/H200) a float64 simulation may cost little more than a float32 one without TF32: measured here
+    # float64 beside float32 (both bit-identical to their QANN in the exact state): on GPUs with float64 matrix
+    # units (H100/H200) a float64 simulation may cost little more than a float32 one without TF32: measured here
     q64, x64 = copy.deepcopy(qann).double(), x.double()
     snn64 = to_snn(q64)
     row["float64_max_rel"] = verify(q64, snn64, x64[:2]).max_rel
