@@ -12,7 +12,24 @@
 #include <math.h>
 #include <string.h>
 
-#define DEFINE_STBIF_STEPS(NAME, REAL, FLOOR)                                                                   \
+/* The rule both kernels share: the move of the spike count cnt toward the quantizer level of the summed input v,
+   clamp(floor(v / theta + 1/2), n_min, n_max), by at most m; *far is set when it was more than m away. */
+#define DEFINE_STBIF_MOVE(NAME, REAL, FLOOR)                                                                    \
+    static inline REAL NAME(REAL v, REAL cnt, REAL theta, REAL n_min, REAL n_max, REAL m, int *far)            \
+    {                                                                                                          \
+        REAL target = FLOOR(v / theta + (REAL)0.5);                                                            \
+        target = target < n_min ? n_min : target;                                                              \
+        target = target > n_max ? n_max : target;                                                              \
+        REAL delta = target - cnt;                                                                             \
+        *far |= (delta > m) | (delta < -m);                                                                    \
+        delta = delta < -m ? -m : delta;                                                                       \
+        return delta > m ? m : delta;                                                                          \
+    }
+
+DEFINE_STBIF_MOVE(stbif_move_f32, float, floorf)
+DEFINE_STBIF_MOVE(stbif_move_f64, double, floor)
+
+#define DEFINE_STBIF_STEPS(NAME, REAL, MOVE)                                                                    \
     KERNEL void NAME(const REAL *restrict x, REAL *restrict total, REAL *restrict count, REAL *restrict spikes, \
                      uint8_t *restrict pending, const uint8_t *restrict was_pending, int64_t T, int64_t B,     \
                      int64_t N, REAL theta, REAL n_min, REAL n_max, REAL m)                                    \
@@ -42,13 +59,7 @@
                 for (int64_t i = 0; i < N; i++) {                                                              \
                     REAL v = tot[i] + xt[i];                                                                   \
                     tot[i] = v;                                                                                \
-                    REAL target = FLOOR(v / theta + (REAL)0.5);                                                \
-                    target = target < n_min ? n_min : target;                                                  \
-                    target = target > n_max ? n_max : target;                                                  \
-                    REAL delta = target - cnt[i];                                                              \
-                    far |= (delta > m) | (delta < -m);                                                         \
-                    delta = delta < -m ? -m : delta;                                                           \
-                    delta = delta > m ? m : delta;                                                             \
+                    REAL delta = MOVE(v, cnt[i], theta, n_min, n_max, m, &far);                                \
                     cnt[i] += delta;                                                                           \
                     out[i] = delta * theta;                                                                    \
                 }                                                                                              \
@@ -57,14 +68,14 @@
         }                                                                                                      \
     }
 
-DEFINE_STBIF_STEPS(stbif_steps_f32, float, floorf)
-DEFINE_STBIF_STEPS(stbif_steps_f64, double, floor)
+DEFINE_STBIF_STEPS(stbif_steps_f32, float, stbif_move_f32)
+DEFINE_STBIF_STEPS(stbif_steps_f64, double, stbif_move_f64)
 
 /* The exact-state neuron's step (spiketwin.neurons.ExactSTBIF): x[B][N] is the neuron's accumulated input (not an
    increment). Per neuron: target = clamp(floor(x / theta + 1/2), n_min, n_max); delta = target - count; far (per
    sample) if some |delta| > m; change = clamp(delta, -m, m); count += change; out = count * theta. The same
    operations as the torch path, in the same order and precision: bit-identical. */
-#define DEFINE_STBIF_EXACT_STEP(NAME, REAL, FLOOR)                                                              \
+#define DEFINE_STBIF_EXACT_STEP(NAME, REAL, MOVE)                                                               \
     KERNEL void NAME(const REAL *restrict x, REAL *restrict count, REAL *restrict out, REAL *restrict change,  \
                      uint8_t *restrict far, int64_t B, int64_t N, REAL theta, REAL n_min, REAL n_max, REAL m)   \
     {                                                                                                          \
@@ -75,13 +86,7 @@ DEFINE_STBIF_STEPS(stbif_steps_f64, double, floor)
             REAL *restrict k = change + b * N;                                                                 \
             int away = 0;                                                                                      \
             for (int64_t i = 0; i < N; i++) {                                                                  \
-                REAL target = FLOOR(xb[i] / theta + (REAL)0.5);                                                \
-                target = target < n_min ? n_min : target;                                                      \
-                target = target > n_max ? n_max : target;                                                      \
-                REAL delta = target - cnt[i];                                                                  \
-                away |= (delta > m) | (delta < -m);                                                            \
-                delta = delta < -m ? -m : delta;                                                               \
-                delta = delta > m ? m : delta;                                                                 \
+                REAL delta = MOVE(xb[i], cnt[i], theta, n_min, n_max, m, &away);                               \
                 REAL c = cnt[i] + delta;                                                                       \
                 cnt[i] = c;                                                                                    \
                 k[i] = delta;                                                                                  \
@@ -91,5 +96,5 @@ DEFINE_STBIF_STEPS(stbif_steps_f64, double, floor)
         }                                                                                                      \
     }
 
-DEFINE_STBIF_EXACT_STEP(stbif_exact_step_f32, float, floorf)
-DEFINE_STBIF_EXACT_STEP(stbif_exact_step_f64, double, floor)
+DEFINE_STBIF_EXACT_STEP(stbif_exact_step_f32, float, stbif_move_f32)
+DEFINE_STBIF_EXACT_STEP(stbif_exact_step_f64, double, stbif_move_f64)
