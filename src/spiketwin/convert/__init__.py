@@ -2,8 +2,8 @@
 
 ``to_qann(model, levels, neuron)`` picks the method: ``neuron="stbif"`` is SpikeZIP-TF on any traceable model
 (the engine: :mod:`~spiketwin.convert.graph`, :mod:`~spiketwin.convert.qann`, :mod:`~spiketwin.convert.snn`),
-``neuron="ilif"`` is SpikeConverter (ReLU CNNs, then ViTs). ``to_snn(qann)`` builds the SNN the QANN
-was prepared for; ``verify(qann, snn, x)`` compares them layer by layer.
+``neuron="ilif"`` is SpikeConverter (iLIF neurons, on the same traced graph and node kinds). ``to_snn(qann)``
+builds the SNN the QANN was prepared for; ``verify(qann, snn, x)`` compares them layer by layer.
 """
 
 from __future__ import annotations
@@ -13,25 +13,32 @@ from torch import nn
 NEURONS = ("stbif", "ilif")
 
 
-def to_qann(model: nn.Module, levels: int = 16, neuron: str = "stbif", example_inputs=None, activation: str = "keep",
-            **kwargs) -> nn.Module:
+def to_qann(model: nn.Module, levels: int = 16, neuron: str = "stbif", example_inputs=None,
+            activation: str | None = None, **kwargs) -> nn.Module:
     """A new model with quantizers in the places ``neuron``'s conversion needs; train it like any model.
 
     ``neuron="stbif"`` (SpikeZIP-TF) converts any ``nn.Module`` that ``torch.export`` can trace: ``example_inputs``
     is a tensor, a tuple of positional tensors or a dict of keyword tensors, as the model is called (inferred for
-    models that declare their input shape); ``activation="relu"`` swaps GELU / SiLU for ReLU as the paper does.
-    The rules and the placement: :mod:`spiketwin.convert.graph`, :mod:`spiketwin.convert.qann`.
+    models that declare their input shape); ``activation="relu"`` swaps GELU / SiLU for ReLU as the paper does
+    (default ``"keep"``). The rules and the placement: :mod:`spiketwin.convert.graph`, :mod:`spiketwin.convert.qann`.
+
+    ``neuron="ilif"`` (SpikeConverter) traces the same way from ``calibration=`` (a few hundred training inputs,
+    which also set the quantizer steps; ``percentile=``), swaps GELU-like activations for ReLU by default
+    (``activation="relu"``) and places quantizers by the same node kinds (:mod:`spiketwin.convert.spikeconverter`).
     """
     if neuron not in NEURONS:
         raise ValueError(f"to_qann: neuron must be one of {NEURONS}, got {neuron!r}")
     if neuron == "ilif":
         from .spikeconverter import to_ilif_qann
-        return to_ilif_qann(model, levels, **kwargs)
+
+        if example_inputs is not None:
+            raise TypeError("to_qann(neuron='ilif'): the model is traced on calibration=, not example_inputs")
+        return to_ilif_qann(model, levels, activation=activation, **kwargs)
     from .qann import graph_to_qann
 
     if kwargs:
         raise TypeError(f"to_qann: unexpected options {sorted(kwargs)} for neuron='stbif'")
-    return graph_to_qann(model, levels, example_inputs, activation)
+    return graph_to_qann(model, levels, example_inputs, "keep" if activation is None else activation)
 
 
 def to_snn(qann: nn.Module, **options) -> nn.Module:

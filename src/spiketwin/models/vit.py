@@ -5,11 +5,10 @@ timm's parameter names (``patch_embed.proj``, ``cls_token``, ``pos_embed``, ``bl
 ``blocks.i.attn.qkv``, ``blocks.i.attn.proj``, ``blocks.i.norm2``, ``blocks.i.mlp.fc1``, ``blocks.i.mlp.fc2``,
 ``norm``, ``head``), so a timm checkpoint loads by key (:func:`load_timm_safetensors`).
 
-Everything a conversion swaps is an explicit module: ``nn.Linear``, ``nn.Conv2d``, ``nn.LayerNorm``,
-``nn.Softmax``, :class:`~spiketwin.ops.MatMul` for ``q @ kᵀ`` and ``attn @ v``, :class:`AddTokens` for the
-class token and position embedding, and ``nn.Identity`` slots named ``*_quant`` where SpikeZIP-TF puts its
-quantizers. Every forward indexes from the end (``[..., N, D]``), so the same module tree runs one batch
-``[B, C, H, W]`` (ANN, QANN, one SNN step) and a sequence ``[T, B, C, H, W]`` (SNN sequence path).
+The model is plain: the conversions trace it (:mod:`spiketwin.convert.graph`) and place their quantizers by the
+traced graph's node kinds, so it has no quantizer slots. ``q @ kᵀ`` and ``attn @ v`` go through
+:class:`~spiketwin.ops.MatMul` (energy reports count it as a product of two activations). Every forward indexes
+from the end (``[..., N, D]``), so the same module tree runs a batch ``[B, C, H, W]`` or ``[T, B, C, H, W]``.
 """
 
 from __future__ import annotations
@@ -37,29 +36,15 @@ class PatchEmbed(nn.Module):
         self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
         self.num_patches = (img_size // patch_size) ** 2
         self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, patch_size)
-        self.quant = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.quant(self.proj(x)).flatten(-2).transpose(-2, -1)
-
-
-class AddTokens(nn.Module):
-    """Prepend the class token and add the position embedding: ``[..., N, D] -> [..., N + 1, D]``.
-
-    The parameters are arguments (they live on the ViT under timm's names), so that the SNN can swap
-    this module for one that adds them at the first time step only.
-    """
-
-    def forward(self, x: torch.Tensor, cls_token: torch.Tensor, pos_embed: torch.Tensor) -> torch.Tensor:
-        cls = cls_token.expand(*x.shape[:-2], 1, x.shape[-1])
-        return torch.cat([cls, x], dim=-2) + pos_embed
+        return self.proj(x).flatten(-2).transpose(-2, -1)
 
 
 class Attention(nn.Module):
     """Multi-head self-attention, ``[..., N, D] -> [..., N, D]``, timm's maths and key names.
 
-    ``q`` is scaled by ``head_dim^-1/2`` after its quantizer slot and before ``q @ kᵀ``, where the official
-    SpikeZIP-TF code puts it (the scale is linear, so the SNN applies it to every spike).
+    ``q`` is scaled by ``head_dim^-1/2`` before ``q @ kᵀ``, as the official SpikeZIP-TF code does.
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
@@ -69,23 +54,17 @@ class Attention(nn.Module):
         self.num_heads, self.head_dim = num_heads, dim // num_heads
         self.scale = self.head_dim ** -0.5
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.q_quant, self.k_quant, self.v_quant = nn.Identity(), nn.Identity(), nn.Identity()
         self.matmul_qk = MatMul()
         self.softmax = nn.Softmax(dim=-1)
-        self.attn_quant = nn.Identity()
         self.matmul_av = MatMul()
-        self.out_quant = nn.Identity()
         self.proj = nn.Linear(dim, dim)
-        self.proj_quant = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         qkv = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim))  # [..., N, 3, H, d]
         q, k, v = (t.transpose(-3, -2) for t in qkv.unbind(-3))  # [..., H, N, d]
-        q = self.q_quant(q) * self.scale
-        k, v = self.k_quant(k), self.v_quant(v)
-        attn = self.attn_quant(self.softmax(self.matmul_qk(q, k.transpose(-2, -1))))  # [..., H, N, N]
-        out = self.out_quant(self.matmul_av(attn, v))  # [..., H, N, d]
-        return self.proj_quant(self.proj(out.transpose(-3, -2).flatten(-2)))
+        attn = self.softmax(self.matmul_qk(q * self.scale, k.transpose(-2, -1)))  # [..., H, N, N]
+        out = self.matmul_av(attn, v)  # [..., H, N, d]
+        return self.proj(out.transpose(-3, -2).flatten(-2))
 
 
 class Mlp(nn.Module):
@@ -95,12 +74,10 @@ class Mlp(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.act = ACTIVATIONS[act]()
-        self.act_quant = nn.Identity()
         self.fc2 = nn.Linear(hidden, dim)
-        self.fc2_quant = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2_quant(self.fc2(self.act_quant(self.act(self.fc1(x)))))
+        return self.fc2(self.act(self.fc1(x)))
 
 
 class Block(nn.Module):
@@ -109,15 +86,13 @@ class Block(nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, act: str) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.norm1_quant = nn.Identity()
         self.attn = Attention(dim, num_heads, qkv_bias)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.norm2_quant = nn.Identity()
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1_quant(self.norm1(x)))
-        return x + self.mlp(self.norm2_quant(self.norm2(x)))
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
 
 
 class ViT(nn.Module):
@@ -149,10 +124,8 @@ class ViT(nn.Module):
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, embed_dim))
-        self.tokens = AddTokens()
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, qkv_bias, act) for _ in range(depth))
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
-        self.norm_quant = nn.Identity()
         self.head = nn.Linear(embed_dim, num_classes)
         self._init_weights()
 
@@ -177,10 +150,12 @@ class ViT(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``[..., C, H, W] -> [..., N + 1, D]``: tokens after the final norm."""
         self.check_input(x)
-        x = self.tokens(self.patch_embed(x), self.cls_token, self.pos_embed)
+        x = self.patch_embed(x)
+        cls = self.cls_token.expand(*x.shape[:-2], 1, x.shape[-1])
+        x = torch.cat([cls, x], dim=-2) + self.pos_embed
         for block in self.blocks:
             x = block(x)
-        return self.norm_quant(self.norm(x))
+        return self.norm(x)
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         """``[..., N + 1, D] -> [..., num_classes]`` from the class token."""

@@ -34,13 +34,12 @@ operators of the schedule), :mod:`.graph` (a QANN graph rewritten into a time-fo
 :mod:`.ilif` (:class:`ILIFSNN`: simulation, pipelining, decoding, ``verify``), :mod:`.rate` (:class:`RateSNN`).
 """
 
-from .front import DEFAULT_PERCENTILE, SUPPORTED
 from .ilif import ILIFSNN
-from .operators import (Clocked, Delay, PeriodBias, PeriodConstant, PeriodOp, PhasedModule, SignedILIF,
-                        SpikeMaxPool2d, ilif_threshold, last_phase)
-from .qann import SpikeConverterQANN, to_ilif_qann
+from .operators import (Clocked, Delay, PerPeriod, PeriodBias, PeriodOp, PhasedModule, SignedILIF, SpikeMaxPool2d,
+                        ilif_threshold, last_phase)
+from .qann import DEFAULT_PERCENTILE, SpikeConverterQANN, to_ilif_qann
 from .rate import RateSNN
 
-__all__ = ["DEFAULT_PERCENTILE", "SUPPORTED", "Clocked", "Delay", "ILIFSNN", "PeriodBias", "PeriodConstant",
-           "PeriodOp", "PhasedModule", "RateSNN", "SignedILIF", "SpikeConverterQANN", "SpikeMaxPool2d",
-           "ilif_threshold", "last_phase", "to_ilif_qann"]
+__all__ = ["DEFAULT_PERCENTILE", "Clocked", "Delay", "ILIFSNN", "PerPeriod", "PeriodBias", "PeriodOp",
+           "PhasedModule", "RateSNN", "SignedILIF", "SpikeConverterQANN", "SpikeMaxPool2d", "ilif_threshold",
+           "last_phase", "to_ilif_qann"]

@@ -13,9 +13,9 @@ from ...neurons import ILIF
 from ...quant import Quantizer
 from ...simulate import SimResult
 from ..report import EquivalenceReport, compare
-from .front import LINEAR_LAYERS, PERIOD_OPS, Recorder
-from .graph import TimeFoldedSNN
-from .operators import Clock, Clocked, PeriodBias, PeriodOp, SignedILIF, SpikeMaxPool2d, ilif_threshold
+from .. import graph as G
+from .graph import Recorder, TimeFoldedSNN, kind_name
+from .operators import Clock, Clocked, PeriodOp, SignedILIF, ilif_threshold
 
 
 class ILIFSNN(TimeFoldedSNN):
@@ -25,22 +25,14 @@ class ILIFSNN(TimeFoldedSNN):
     def __init__(self, qann: nn.Module, k: float = 2.0) -> None:
         T = qann.phase_steps
 
-        def swap(module: nn.Module, clock: Clock) -> nn.Module | None:
-            if isinstance(module, Quantizer):
-                neuron = ILIF(ilif_threshold(module.step, T, 2.0), 2.0, T)
-                offset = module.step.detach() * (module.levels // 2)
-                site = Clocked(SignedILIF(neuron, offset) if module.signed else neuron, clock)
-                site.register_buffer("step", module.step.detach().clone())
-                return site
-            if isinstance(module, PERIOD_OPS):
-                return Clocked(PeriodOp(module, T), clock)
-            if isinstance(module, LINEAR_LAYERS) and module.bias is not None:
-                return Clocked(PeriodBias(module, T), clock)
-            if isinstance(module, nn.MaxPool2d):
-                return Clocked(SpikeMaxPool2d(module, T), clock)
-            return nn.Identity() if isinstance(module, nn.Dropout) else None
+        def neuron(quantizer: Quantizer, clock: Clock) -> nn.Module:
+            ilif = ILIF(ilif_threshold(quantizer.step, T, 2.0), 2.0, T)
+            offset = quantizer.step.detach() * (quantizer.levels // 2)
+            site = Clocked(SignedILIF(ilif, offset) if quantizer.signed else ilif, clock)
+            site.register_buffer("step", quantizer.step.detach().clone())
+            return site
 
-        super().__init__(qann, swap, align=True)
+        super().__init__(qann, neuron, spiking=True)
         self.set_k(k)
 
     def set_k(self, k: float) -> None:
@@ -162,7 +154,9 @@ class ILIFSNN(TimeFoldedSNN):
         self._check_input(inputs)
         steps = self._steps(max_steps)
         q64, s64, x64 = copy.deepcopy(qann).double().eval(), copy.deepcopy(self).double(), inputs.double()
-        nodes = {n.name: n for n in q64.net.graph.nodes if n.op not in ("placeholder", "output", "get_attr")}
+        present = {n.name for n in s64.net.graph.nodes}
+        nodes = {n.name: n for n, kind in G.classify(q64.net).items()
+                 if kind not in (G.CONST, G.SOURCE, G.OUTPUT) and n.name in present}
         recorder = Recorder(q64.net, nodes)
         reference = recorder.run(x64)
         expected = {name: v for name, v in recorder.values.items() if isinstance(v, torch.Tensor)}
@@ -175,9 +169,7 @@ class ILIFSNN(TimeFoldedSNN):
             snn_value, want = torch.broadcast_tensors(got[name], want)
             pairs.append((snn_value, want))
             batch_dims.append(0 if want.dim() and want.shape[0] == len(x64) else None)  # else a constant's value
-            node = nodes[name]
-            kinds.append(type(q64.net.get_submodule(node.target)).__name__ if node.op == "call_module" else str(
-                getattr(node.target, "__name__", node.target)))
+            kinds.append(kind_name(nodes[name]))
         return compare(list(expected), pairs, result.output, reference, result.settle_step,
                        1e-9 if rtol is None else rtol, torch.float64, batch_dims, [*kinds, "output"],
                        [*(self.lags[name] for name in expected), self.depth])

@@ -1,10 +1,11 @@
 """The spiking operators of the iLIF schedule (periods of ``T`` steps, most significant step first):
 thresholds, per-period bias and constants, delays, spike-train max pooling, signed neurons, period operators,
-and :class:`Clocked`, which runs a sequence module inside a time-folded graph."""
+and :class:`Clocked`, which runs a sequence module inside a time-folded graph (``[T' B, ...]``, step-major)."""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -14,8 +15,6 @@ from torch.nn.modules.utils import _pair
 
 from ...base import StatefulModule
 from ...neurons import ILIF
-
-
 
 def ilif_threshold(step: torch.Tensor, phase_steps: int, k: float) -> torch.Tensor:
     """Threshold of the iLIF neuron that replaces a quantizer of step ``s``: spike amplitude ``a = θ / k^T``
@@ -181,20 +180,23 @@ class PeriodOp(PhasedModule):
         return torch.stack(out)
 
 
-class PeriodConstant(PhasedModule):
-    """A constant ``[1, ...]`` (class token, position embedding) entering every period at its last step, for
-    every sample of the batch of ``x`` ``[T', B, ...]``; returns ``[T', B, ...value.shape[1:]]``."""
+class PerPeriod(nn.Module):
+    """An affine graph op whose constant part (a bias, an added or concatenated constant such as the class token
+    or the position embedding) enters once per period, at its last step: there ``fn`` gets all its arguments, at
+    the other steps the arguments at the positions in ``later`` are replaced (``None`` or zeros, from
+    :func:`spiketwin.convert.events.constant_args`), leaving the op's linear part. Time-folded arguments and
+    output (``[T' B, ...]``, step-major); ``clock`` says which steps the rows hold."""
 
-    def __init__(self, value: torch.Tensor, phase_steps: int, step_mode: str = "m") -> None:
-        super().__init__(phase_steps, step_mode)
-        self.register_buffer("value", value.detach().clone())
+    def __init__(self, fn: Callable, kwargs: dict, later: dict[int, object], clock: Clock, none: object) -> None:
+        super().__init__()
+        self.fn, self.kwargs, self.later, self.clock, self.none = fn, kwargs, later, clock, none
 
-    def multi_step(self, x_seq: torch.Tensor) -> torch.Tensor:
-        steps, batch = x_seq.shape[:2]
-        value = self.value.to(x_seq.dtype).expand(batch, *self.value.shape[1:])
-        out = last_phase(self.t, steps, self.phase_steps, value.unsqueeze(0)) * value
-        self.t += steps
-        return out
+    def forward(self, *args):
+        full = self.fn(*args, **self.kwargs)
+        linear = self.fn(*(a if i not in self.later else None if self.later[i] is self.none else
+                           torch.zeros_like(a) if isinstance(a, torch.Tensor) else 0 for i, a in enumerate(args)),
+                         **self.kwargs)
+        return torch.where(self.clock.last_phase_rows(full) > 0, full, linear)
 
 
 class Clocked(nn.Module):
@@ -212,5 +214,15 @@ class Clocked(nn.Module):
 
 @dataclass
 class Clock:
+    """What the current call of a time-folded graph holds: ``steps`` time steps from global step ``start``, in
+    periods of ``phase_steps``."""
+
+    phase_steps: int
     steps: int = 1
+    start: int = 0
+
+    def last_phase_rows(self, like: torch.Tensor) -> torch.Tensor:
+        """``[rows, 1, ..., 1]`` for ``like`` ``[T' B..., ...]``: 1 on the rows of steps that end a period."""
+        phase = last_phase(self.start, self.steps, self.phase_steps, like[:1])
+        return phase.repeat_interleave(like.shape[0] // self.steps, 0)
 

@@ -1,5 +1,18 @@
-"""ANN -> QANN for the iLIF SNN: each ReLU becomes a ``2^T``-level quantizer whose step is calibrated from a
-percentile of its activations (quantizers already in the model get theirs the same way)."""
+"""ANN -> QANN for the iLIF SNN, on the conversion engine's traced graph (:mod:`spiketwin.convert.graph`).
+
+The model is traced like any model (``torch.export``, dynamic batch), GELU-like activations become ReLUs
+(``activation="relu"``, the default here, as SpikeZIP-TF does), every BatchNorm is folded into the Conv/Linear
+before it (a bias must enter once per period, so no affine op may sit between a layer and its neuron), then
+quantizers are placed by the engine's node kinds:
+
+- a **ReLU network** (its only non-linear nodes are ReLUs and max pooling, no product of two signals): each ReLU
+  becomes an unsigned quantizer (which clamps at 0, so it is the ReLU, quantized);
+- **any other model** (transformers): SpikeZIP-TF's places (:func:`spiketwin.convert.qann.placement`), signed
+  unless the value is non-negative; a ReLU whose output is quantized is absorbed by its quantizer.
+
+Each quantizer's step comes from ``p``, the ``percentile``-th percentile of ``|value|`` in the float model on
+``calibration``: ``p / L`` unsigned, ``p / (L/2)`` signed (``L = 2^T`` levels).
+"""
 
 from __future__ import annotations
 
@@ -9,11 +22,18 @@ import math
 import torch
 from torch import fx, nn
 
-from ...models.vit import ViT
 from ...quant import Quantizer
-from .front import DEFAULT_PERCENTILE, call_sites, check_supported, fold_batchnorm, is_relu, Recorder, trace
+from .. import graph as G
+from ..qann import ACTIVATION_CHOICES, _nonnegative, _swap_activations, placement
 from .ilif import ILIFSNN
 from .rate import RateSNN
+from .graph import Recorder, module_type
+
+DEFAULT_PERCENTILE = 99.99
+RELU_NETWORK = {G.aten.relu, G.aten.max_pool1d, G.aten.max_pool2d}
+MAX_POOLS = {G.aten.max_pool1d, G.aten.max_pool2d}
+BATCH_NORMS = {G.aten._native_batch_norm_legit_no_training, G.aten.batch_norm}
+
 
 def _percentile(x: torch.Tensor, q: float) -> torch.Tensor:
     """The ``q``-th percentile of all elements of ``x`` (nearest rank)."""
@@ -22,34 +42,86 @@ def _percentile(x: torch.Tensor, q: float) -> torch.Tensor:
     return flat.kthvalue(rank).values
 
 
-def _vit_with_quantizers(model: ViT, levels: int) -> ViT:
-    """A copy of the ViT with quantizers in its ``*_quant`` slots (SpikeZIP-TF's places: signed after the patch
-    embedding, norm1, q, k, v, attn @ v, proj, norm2, fc2 and the final norm; unsigned after softmax and after
-    fc1, which absorbs the activation)."""
-    qann = copy.deepcopy(model)
-    param = next(qann.parameters())
+def described(node: fx.Node) -> str:
+    """``'module.path' (Type)`` of the module a node was traced in, else the node's name and op."""
+    path = G.module_path(node)
+    return f"'{path}' ({module_type(node)})" if path else f"'{node.name}' ({G.packet(node)})"
 
-    def quantizer(signed: bool) -> Quantizer:
-        return Quantizer(levels, signed).to(device=param.device, dtype=param.dtype)
 
-    qann.patch_embed.quant, qann.norm_quant = quantizer(True), quantizer(True)
-    for block in qann.blocks:
-        attn, mlp = block.attn, block.mlp
-        block.norm1_quant, block.norm2_quant = quantizer(True), quantizer(True)
-        attn.q_quant, attn.k_quant, attn.v_quant = quantizer(True), quantizer(True), quantizer(True)
-        attn.attn_quant, attn.out_quant, attn.proj_quant = quantizer(False), quantizer(True), quantizer(True)
-        mlp.act, mlp.act_quant, mlp.fc2_quant = nn.Identity(), quantizer(False), quantizer(True)
-    return qann
+def _owner(gm: fx.GraphModule, target: str) -> tuple[nn.Module, str]:
+    path, _, name = target.rpartition(".")
+    return (gm.get_submodule(path) if path else gm), name
+
+
+def fold_batchnorm(gm: fx.GraphModule) -> None:
+    """Fold every eval-mode batch norm into the convolution / linear layer that feeds it (in place)."""
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or G.packet(node) not in BATCH_NORMS:
+            continue
+        layer = node.args[0]
+        op = G.packet(layer) if isinstance(layer, fx.Node) else None
+        if op not in (G.aten.conv1d, G.aten.conv2d, G.aten.linear) or len(layer.users) != 1 or len(
+                layer.args[1].users) != 1:
+            raise ValueError(f"to_qann(neuron='ilif'): BatchNorm {described(node)[:-1]} does not directly follow a "
+                             f"Conv/Linear used only by it (its input is {layer}); the conversion folds BatchNorm "
+                             "into the layer before it, so place it right after a Conv/Linear")
+        gamma, beta, mean, var = (None if a is None else getattr(*_owner(gm, a.target)).detach()
+                                  for a in node.args[1:5])
+        eps = node.args[6] if G.packet(node) is G.aten._native_batch_norm_legit_no_training else node.args[7]
+        scale = (1.0 if gamma is None else gamma) / torch.sqrt(var + eps)
+        beta = torch.zeros_like(mean) if beta is None else beta
+        weight = layer.args[1]
+        w = gm.get_parameter(weight.target).detach()
+        b = gm.get_parameter(layer.args[2].target).detach() if len(layer.args) > 2 and layer.args[2] is not None \
+            else torch.zeros_like(mean)
+        owner, name = _owner(gm, weight.target)
+        setattr(owner, name, nn.Parameter(w * scale.view(-1, *[1] * (w.dim() - 1))))
+        bias_target = weight.target.rpartition(".")[0] + ".bias" if "." in weight.target else f"{name}_bias"
+        owner, bias_name = _owner(gm, bias_target)
+        setattr(owner, bias_name, nn.Parameter((b - mean) * scale + beta))
+        with gm.graph.inserting_before(layer):
+            bias = gm.graph.get_attr(bias_target)
+        args = list(layer.args) + [None] * (3 - len(layer.args))
+        old_bias, args[2] = args[2], bias
+        layer.args = tuple(args)
+        value = next(iter(node.users)) if G.packet(node) is not G.aten.batch_norm else node
+        value.replace_all_uses_with(layer)
+        for dead in [value, node, old_bias, *node.args[1:5]]:
+            if isinstance(dead, fx.Node) and not dead.users:
+                gm.graph.erase_node(dead)
+                if dead.op == "get_attr" and dead.target != bias_target:
+                    owner, attr = _owner(gm, dead.target)
+                    if hasattr(owner, attr):
+                        delattr(owner, attr)
+    gm.graph.lint()
+    gm.recompile()
+
+
+def relu_network(kinds: dict) -> bool:
+    """Whether the only non-linear nodes are ReLUs and max pooling, and no product of two signals."""
+    return all(k != G.BILINEAR and (k != G.NONLINEAR or G.packet(n) in RELU_NETWORK) for n, k in kinds.items())
+
+
+def _places(gm: fx.GraphModule, kinds: dict) -> list[tuple[fx.Node, bool]]:
+    """``(value, signed)`` for each quantizer, in graph order (the rules in the module docstring)."""
+    if relu_network(kinds):
+        for node in gm.graph.nodes:
+            if kinds.get(node) == G.NONLINEAR and G.packet(node) in MAX_POOLS and G.packet(node.args[0]) is not \
+                    G.aten.relu:
+                raise G.ConversionError(
+                    f"to_qann(neuron='ilif'): {described(node)} takes {node.args[0].name}, not a ReLU output: max "
+                    "pooling is exact only on iLIF spike trains; put it right after the ReLU (max commutes with "
+                    "ReLU, the ANN is unchanged)")
+        return [(n, False) for n in gm.graph.nodes if kinds.get(n) == G.NONLINEAR and G.packet(n) is G.aten.relu]
+    memo: dict = {}
+    return [(v, not _nonnegative(v, memo)) for v in placement(gm, kinds, G.regions(gm, kinds))]
 
 
 def to_ilif_qann(model: nn.Module, levels: int, calibration: torch.Tensor | None = None,
-                 percentile: float = DEFAULT_PERCENTILE) -> SpikeConverterQANN:
-    """The QANN of ``model`` for an iLIF SNN with ``T = log2(levels)`` steps per phase.
-
-    BatchNorms are folded, each ReLU becomes an unsigned ``levels``-level :class:`Quantizer` with step
-    ``p / levels``, ``p`` the ``percentile``-th percentile of that ReLU's outputs on ``calibration``
-    (``[N, C, H, W]``, a few hundred training images) in the float model. ``model`` is not modified.
-    """
+                 percentile: float = DEFAULT_PERCENTILE, activation: str | None = None) -> SpikeConverterQANN:
+    """The QANN of ``model`` for an iLIF SNN with ``T = log2(levels)`` steps per phase (the module docstring says
+    where its quantizers go). ``calibration``: a few hundred training inputs ``[N, ...]``. ``model`` is not
+    modified."""
     levels = int(levels)
     if levels < 2 or levels & (levels - 1):
         raise ValueError(f"to_qann(neuron='ilif'): levels must be 2**T (T >= 1 steps per phase), got {levels}")
@@ -58,57 +130,75 @@ def to_ilif_qann(model: nn.Module, levels: int, calibration: torch.Tensor | None
                          "to set each quantizer's step from the activations")
     if not 0 < percentile <= 100:
         raise ValueError(f"to_qann(neuron='ilif'): percentile must be in (0, 100], got {percentile}")
-    if isinstance(model, ViT):  # SpikeZIP-TF's quantizer places (GELU -> ReLU); steps are calibrated below
-        model = _vit_with_quantizers(model, levels)
-    gm = trace(model, calibration)
+    activation = "relu" if activation is None else activation
+    if activation not in ACTIVATION_CHOICES:
+        raise ValueError(f"to_qann: activation must be one of {ACTIVATION_CHOICES}, got {activation!r}")
+    placed = [name for name, m in model.named_modules() if isinstance(m, Quantizer)]
+    if placed:
+        raise G.ConversionError(f"to_qann(neuron='ilif'): {type(model).__name__} already holds quantizers "
+                                f"({', '.join(placed[:4])}); pass the float model, the conversion places its own")
+    gm, fixed = G.trace(copy.deepcopy(model), calibration)
+    if fixed:
+        raise G.ConversionError("to_qann(neuron='ilif'): the model must take one tensor (the image)")
+    if activation == "relu":
+        _swap_activations(gm)
     fold_batchnorm(gm)
-    check_supported(gm)
-    relus = [n for n in gm.graph.nodes if is_relu(gm, n)]
-    placed = [n for n in gm.graph.nodes if n.op == "call_module" and isinstance(gm.get_submodule(n.target), Quantizer)]
-    for node in placed:
-        if gm.get_submodule(node.target).levels != levels:
-            raise ValueError(f"to_qann(neuron='ilif'): quantizer '{node.target}' has "
-                             f"{gm.get_submodule(node.target).levels} levels, the conversion uses levels={levels}")
+    kinds = G.classify(gm)
+    places = _places(gm, kinds)
+    if not places:
+        nonlinear = [described(n) for n, k in kinds.items() if k == G.NONLINEAR]
+        raise G.ConversionError(
+            f"to_qann(neuron='ilif'): nothing to quantize in {type(model).__name__}: no ReLU, and no weighted op or "
+            "product whose input is not the model's input" + (f"; its non-linear ops: {', '.join(nonlinear)}"
+                                                             if nonlinear else ""))
     with torch.no_grad():
-        recorder = Recorder(gm, [n.name for n in relus] + [n.args[0].name for n in placed])
+        recorder = Recorder(gm, [v.name for v, _ in places])
         recorder.run(calibration)
-        for node in placed:  # step from the percentile of |input|: p / (L/2) signed, p / L unsigned
-            quantizer = gm.get_submodule(node.target)
-            p = _percentile(recorder.values[node.args[0].name].abs(), percentile)
-            scale = levels // 2 if quantizer.signed else levels
-            quantizer.step.copy_((p / scale).clamp_min(torch.finfo(quantizer.step.dtype).tiny))
-            quantizer.initialized.fill_(True)
-    ref = next(gm.parameters(), calibration)
-    sites = call_sites(gm)
-    for i, node in enumerate(relus):
-        quantizer = Quantizer(levels, signed=False).to(device=ref.device, dtype=ref.dtype)
-        p = _percentile(recorder.values[node.name], percentile)
+    param = next(gm.parameters(), calibration)
+    gm.add_module("quantizers", nn.ModuleList())
+    region = {} if relu_network(kinds) else G.regions(gm, kinds)
+    for i, (value, signed) in enumerate(places):
+        quantizer = Quantizer(levels, signed).to(device=param.device, dtype=param.dtype)
+        p = _percentile(recorder.values[value.name].abs(), percentile)
         with torch.no_grad():
-            quantizer.step.copy_((p / levels).clamp_min(torch.finfo(quantizer.step.dtype).tiny))
+            quantizer.step.copy_((p / (levels // 2 if signed else levels)).clamp_min(
+                torch.finfo(quantizer.step.dtype).tiny))
             quantizer.initialized.fill_(True)
-        if node.op == "call_module" and sites[node.target] == 1:
-            gm.add_submodule(node.target, quantizer)
-            continue
-        name = f"relu_quant_{i}"
-        gm.add_submodule(name, quantizer)
-        with gm.graph.inserting_after(node):
-            new = gm.graph.call_module(name, (node.args[0],))
-        node.replace_all_uses_with(new)
-        gm.graph.erase_node(node)
+        gm.quantizers.append(quantizer)
+        relu = G.packet(value) is G.aten.relu  # the unsigned quantizer clamps at 0: it absorbs the ReLU
+        with gm.graph.inserting_after(value):
+            qnode = gm.graph.create_node("call_module", f"quantizers.{i}", (value.args[0] if relu else value,),
+                                         name=G.module_path(value).replace(".", "_") or f"quant_{value.name}")
+        qnode.meta = {k: v for k, v in value.meta.items() if k in ("val", "stack_trace", "nn_module_stack")}
+        home = None if relu else region.get(value)
+        value.replace_all_uses_with(qnode, delete_user_cb=lambda u, q=qnode, h=home: u is not q and (
+            h is None or region.get(u) != h))
+        if relu and not value.users:
+            gm.graph.erase_node(value)
     gm.graph.lint()
     gm.recompile()
-    return SpikeConverterQANN(gm, levels.bit_length() - 1)
+    qann = SpikeConverterQANN(gm, levels.bit_length() - 1)
+    qann.recipe = {"levels": levels, "neuron": "ilif", "activation": activation}
+    return qann
 
 
 class SpikeConverterQANN(nn.Module):
-    """A ReLU CNN with BatchNorm folded and each ReLU replaced by a ``2^T``-level quantizer (``.net``).
+    """A model's traced graph (``.net``, an ATen :class:`torch.fx.GraphModule`) with BatchNorm folded and
+    ``2^T``-level quantizers (``.net.quantizers``), made by :func:`to_ilif_qann`.
 
-    ``forward(x)``: ``[B, C, H, W] -> [B, classes]``. Train it like any model (QAT); then :meth:`to_snn`.
+    ``forward(x)`` is the model's. Train it like any model (QAT); then :meth:`to_snn`.
     """
 
     def __init__(self, net: fx.GraphModule, phase_steps: int) -> None:
         super().__init__()
         self.net, self.phase_steps = net, int(phase_steps)
+        self.recipe: dict = {}
+
+    def to(self, *args, **kwargs):
+        device = torch._C._nn._parse_to(*args, **kwargs)[0]
+        if device is not None:  # the graph's tensor-making nodes were fixed to the tracing device
+            G.retarget(self.net, device)
+        return super().to(*args, **kwargs)
 
     @property
     def levels(self) -> int:
@@ -120,7 +210,7 @@ class SpikeConverterQANN(nn.Module):
     def quantizers(self) -> dict[str, Quantizer]:
         """Node name -> quantizer, in graph order."""
         return {n.name: self.net.get_submodule(n.target) for n in self.net.graph.nodes
-                if n.op == "call_module" and isinstance(self.net.get_submodule(n.target), Quantizer)}
+                if n.op == "call_module" and str(n.target).startswith("quantizers.")}
 
     def to_snn(self, k: float = 2.0) -> ILIFSNN:
         """The iLIF SNN (amplification ``k``; exactly equivalent for ``k = 2``)."""
@@ -129,4 +219,3 @@ class SpikeConverterQANN(nn.Module):
     def to_rate_snn(self) -> RateSNN:
         """The classic rate-coded conversion: soft-reset IF neurons with threshold ``p = s 2^T``."""
         return RateSNN(self)
-

@@ -8,9 +8,9 @@ from torch import nn
 from ...neurons import IF
 from ...quant import Quantizer
 from ...simulate import SimResult
-from .front import PERIOD_OPS
 from .graph import TimeFoldedSNN
 from .operators import Clock, Clocked
+
 
 class RateSNN(TimeFoldedSNN):
     """Classic rate-coded conversion of the same QANN: soft-reset IF neurons (``IF(v_reset=None)``) with
@@ -20,16 +20,13 @@ class RateSNN(TimeFoldedSNN):
     def __init__(self, qann: nn.Module) -> None:
         T = qann.phase_steps
 
-        def swap(module: nn.Module, clock: Clock) -> nn.Module | None:
-            if isinstance(module, PERIOD_OPS) or (isinstance(module, Quantizer) and module.signed):
-                raise TypeError(f"RateSNN: the rate-coded baseline converts ReLU CNNs only, not "
-                                f"{type(module).__name__}{' (signed)' if isinstance(module, Quantizer) else ''}")
-            if isinstance(module, Quantizer):
-                theta = float(module.step.detach() * 2 ** T)
-                return Clocked(IF(v_threshold=theta, v_reset=None), clock, scale=theta)
-            return nn.Identity() if isinstance(module, nn.Dropout) else None
+        def neuron(quantizer: Quantizer, clock: Clock) -> nn.Module:
+            if quantizer.signed:
+                raise TypeError("RateSNN: the rate-coded baseline converts ReLU CNNs only, not signed quantizers")
+            theta = float(quantizer.step.detach() * 2 ** T)
+            return Clocked(IF(v_threshold=theta, v_reset=None), clock, scale=theta)
 
-        super().__init__(qann, swap, align=False)
+        super().__init__(qann, neuron, spiking=False)
 
     @torch.no_grad()
     def simulate(self, x: torch.Tensor, max_steps: int | None = None, step_mode: str = "m") -> SimResult:
