@@ -41,7 +41,7 @@ class EquivalenceReport:
     ``max_abs[l, b]``: largest absolute difference in layer ``layers[l]`` for sample ``b``; ``rel[l, b]``: that
     divided by the largest magnitude of the QANN's values there. ``ok``: every sample settled and every
     relative difference is within ``rtol``. Where the SNN has them (SpikeConverter's iLIF SNN), ``kinds[l]`` is
-    the row's operation (e.g. ``"Quantizer"``, ``"MatMul"``; ``"output"`` for the logits) and ``periods[l]`` the
+    the row's operation (e.g. ``"Quantizer"``, ``"conv2d"``; ``"output"`` for the logits) and ``periods[l]`` the
     period in which the SNN carries its value; None otherwise.
     """
 
