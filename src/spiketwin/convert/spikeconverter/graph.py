@@ -32,7 +32,7 @@ from ..qann import _batch_sizes
 from .operators import Clock, Clocked, Delay, PerPeriod, PeriodBias, PeriodOp, SpikeMaxPool2d
 
 LAYERS = {G.aten.linear: nn.Linear, G.aten.conv1d: nn.Conv1d, G.aten.conv2d: nn.Conv2d}
-MAX_POOLS = {G.aten.max_pool1d: nn.MaxPool1d, G.aten.max_pool2d: nn.MaxPool2d}
+MAX_POOLS = {G.aten.max_pool2d: nn.MaxPool2d}
 PERIOD, SPIKE_POOL = "period", "spike pool"
 
 

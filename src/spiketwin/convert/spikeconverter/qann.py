@@ -27,11 +27,10 @@ from .. import graph as G
 from ..qann import ACTIVATION_CHOICES, _nonnegative, _swap_activations, placement
 from .ilif import ILIFSNN
 from .rate import RateSNN
-from .graph import Recorder, module_type
+from .graph import MAX_POOLS, Recorder, module_type
 
 DEFAULT_PERCENTILE = 99.99
-RELU_NETWORK = {G.aten.relu, G.aten.max_pool1d, G.aten.max_pool2d}
-MAX_POOLS = {G.aten.max_pool1d, G.aten.max_pool2d}
+RELU_NETWORK = {G.aten.relu, *MAX_POOLS}
 BATCH_NORMS = {G.aten._native_batch_norm_legit_no_training, G.aten.batch_norm}
 
 
@@ -62,9 +61,9 @@ def fold_batchnorm(gm: fx.GraphModule) -> None:
         op = G.packet(layer) if isinstance(layer, fx.Node) else None
         if op not in (G.aten.conv1d, G.aten.conv2d, G.aten.linear) or len(layer.users) != 1 or len(
                 layer.args[1].users) != 1:
-            raise ValueError(f"to_qann(neuron='ilif'): BatchNorm {described(node)[:-1]} does not directly follow a "
-                             f"Conv/Linear used only by it (its input is {layer}); the conversion folds BatchNorm "
-                             "into the layer before it, so place it right after a Conv/Linear")
+            raise ValueError(f"to_qann(neuron='ilif'): BatchNorm '{G.module_path(node) or node.name}' does not "
+                             f"directly follow a Conv/Linear used only by it (its input is {layer}); the conversion "
+                             "folds BatchNorm into the layer before it, so place it right after a Conv/Linear")
         gamma, beta, mean, var = (None if a is None else getattr(*_owner(gm, a.target)).detach()
                                   for a in node.args[1:5])
         eps = node.args[6] if G.packet(node) is G.aten._native_batch_norm_legit_no_training else node.args[7]
