@@ -199,6 +199,8 @@ class TimeFoldedSNN(nn.Module):
         return 0
 
     def _constants_once_per_period(self, gm: fx.GraphModule, node: fx.Node, kinds: dict) -> None:
+        """An affine op with a constant part becomes :class:`PerPeriod` (``cat`` / ``stack`` get their tensors as
+        positional arguments)."""
         if G.packet(node) not in AFFINE:
             return
         listed = G.packet(node) in (G.aten.cat, G.aten.stack)
@@ -208,8 +210,7 @@ class TimeFoldedSNN(nn.Module):
         if not later:
             return
         fn = _ListOp(node.target, len(args), tuple(node.args[1:])) if listed else node.target
-        module = PerPeriod(fn, dict(node.kwargs), later, self.clock, NONE)
-        node.op, node.target, node.args, node.kwargs = "call_module", self._add(gm, module), tuple(args), {}
+        self._call(gm, node, PerPeriod(fn, dict(node.kwargs), later, self.clock, NONE), args)
 
     def _period_regions(self, gm: fx.GraphModule, kinds: dict) -> None:
         """Each output of each non-linear region becomes a :class:`PeriodOp` of the region's graph up to it."""
