@@ -36,7 +36,8 @@ KEEPS_SIGN = {G.aten.view, G.aten._unsafe_view, G.aten.reshape, G.aten.permute, 
               G.aten.max_pool2d_with_indices, G.aten.avg_pool2d, G.aten.adaptive_avg_pool2d, G.aten.cat}
 
 
-def _nonnegative(node: fx.Node, memo: dict) -> bool:
+def nonnegative(node: fx.Node, memo: dict) -> bool:
+    """Whether ``node``'s value is never negative, by its ops (a quantizer after it can be unsigned)."""
     if node not in memo:
         op = G.packet(node)
         if node.op != "call_function":
@@ -46,7 +47,7 @@ def _nonnegative(node: fx.Node, memo: dict) -> bool:
         elif op in KEEPS_SIGN or node.target.__name__ == "getitem":
             inputs = [a for a in G.tensor_args(node) if a.op != "get_attr" and isinstance(a.meta.get("val"),
                                                                                              torch.Tensor)]
-            memo[node] = bool(inputs) and all(_nonnegative(a, memo) for a in inputs)
+            memo[node] = bool(inputs) and all(nonnegative(a, memo) for a in inputs)
         else:
             memo[node] = False
     return memo[node]
@@ -124,7 +125,8 @@ def _batch_sizes(gm: fx.GraphModule) -> set[str]:
     return sizes
 
 
-def _swap_activations(gm: fx.GraphModule) -> None:
+def swap_activations(gm: fx.GraphModule) -> None:
+    """``activation="relu"``: every GELU-like activation of ``gm`` becomes a ReLU (in place)."""
     for node in gm.graph.nodes:
         if node.op == "call_function" and G.packet(node) in G.ACTIVATIONS_TO_RELU:
             node.target, node.args, node.kwargs = G.aten.relu.default, node.args[:1], {}
@@ -132,12 +134,15 @@ def _swap_activations(gm: fx.GraphModule) -> None:
 
 
 class GraphModel(nn.Module):
-    """A module around a traced graph (``.model``) whose tensor-making nodes follow ``.to(device)``."""
+    """A module around a traced graph (the attribute named by ``graph_attribute``) whose tensor-making nodes follow
+    ``.to(device)``."""
+
+    graph_attribute = "model"
 
     def to(self, *args, **kwargs):
         device = torch._C._nn._parse_to(*args, **kwargs)[0]
         if device is not None:
-            G.retarget(self.model, device)
+            G.retarget(getattr(self, self.graph_attribute), device)
         return super().to(*args, **kwargs)
 
 
@@ -178,7 +183,7 @@ def graph_to_qann(model: nn.Module, levels: int = 16, example_inputs=None, activ
         example_inputs = _infer_inputs(model)
     gm, fixed = G.trace(copy.deepcopy(model), example_inputs)
     if activation == "relu":
-        _swap_activations(gm)
+        swap_activations(gm)
     kinds = G.classify(gm)
     region = G.regions(gm, kinds)
     values = placement(gm, kinds, region)
@@ -191,7 +196,7 @@ def graph_to_qann(model: nn.Module, levels: int = 16, example_inputs=None, activ
     sizes = _batch_sizes(gm)
     labels, dims = [], []
     for i, value in enumerate(values):
-        gm.quantizers.append(Quantizer(levels, not _nonnegative(value, memo)).to(device=param.device,
+        gm.quantizers.append(Quantizer(levels, not nonnegative(value, memo)).to(device=param.device,
                                                                                dtype=param.dtype))
         with gm.graph.inserting_after(value):
             qnode = gm.graph.call_module(f"quantizers.{i}", (value,))

@@ -24,7 +24,7 @@ from torch import fx, nn
 
 from ...quant import Quantizer
 from .. import graph as G
-from ..qann import ACTIVATION_CHOICES, _nonnegative, _swap_activations, placement
+from ..qann import ACTIVATION_CHOICES, GraphModel, nonnegative, placement, swap_activations
 from .ilif import ILIFSNN
 from .rate import RateSNN
 from .graph import MAX_POOLS, Recorder, module_type
@@ -113,7 +113,7 @@ def _places(gm: fx.GraphModule, kinds: dict) -> list[tuple[fx.Node, bool]]:
                     "ReLU, the ANN is unchanged)")
         return [(n, False) for n in gm.graph.nodes if kinds.get(n) == G.NONLINEAR and G.packet(n) is G.aten.relu]
     memo: dict = {}
-    return [(v, not _nonnegative(v, memo)) for v in placement(gm, kinds, G.regions(gm, kinds))]
+    return [(v, not nonnegative(v, memo)) for v in placement(gm, kinds, G.regions(gm, kinds))]
 
 
 def to_ilif_qann(model: nn.Module, levels: int, calibration: torch.Tensor | None = None,
@@ -140,7 +140,7 @@ def to_ilif_qann(model: nn.Module, levels: int, calibration: torch.Tensor | None
     if fixed:
         raise G.ConversionError("to_qann(neuron='ilif'): the model must take one tensor (the image)")
     if activation == "relu":
-        _swap_activations(gm)
+        swap_activations(gm)
     fold_batchnorm(gm)
     kinds = G.classify(gm)
     places = _places(gm, kinds)
@@ -181,23 +181,19 @@ def to_ilif_qann(model: nn.Module, levels: int, calibration: torch.Tensor | None
     return qann
 
 
-class SpikeConverterQANN(nn.Module):
+class SpikeConverterQANN(GraphModel):
     """A model's traced graph (``.net``, an ATen :class:`torch.fx.GraphModule`) with BatchNorm folded and
     ``2^T``-level quantizers (``.net.quantizers``), made by :func:`to_ilif_qann`.
 
     ``forward(x)`` is the model's. Train it like any model (QAT); then :meth:`to_snn`.
     """
 
+    graph_attribute = "net"
+
     def __init__(self, net: fx.GraphModule, phase_steps: int) -> None:
         super().__init__()
         self.net, self.phase_steps = net, int(phase_steps)
         self.recipe: dict = {}
-
-    def to(self, *args, **kwargs):
-        device = torch._C._nn._parse_to(*args, **kwargs)[0]
-        if device is not None:  # the graph's tensor-making nodes were fixed to the tracing device
-            G.retarget(self.net, device)
-        return super().to(*args, **kwargs)
 
     @property
     def levels(self) -> int:
