@@ -32,6 +32,7 @@ from ..simulate import SimResult
 from ..utils import logits_of
 from .qann import GraphModel, GraphQANN
 from .report import EquivalenceReport, compare
+from .resume import Resume
 
 STATES = ("exact", "events")
 
@@ -99,23 +100,45 @@ class GraphSNN(GraphModel):
     @torch.no_grad()
     def forward(self, *args, **kwargs):
         """One time step of the network (exact state: one QANN forward with the neurons' counts); no gradients."""
+        return self._call(None, 0, args, kwargs)
+
+    def _call(self, resume: Resume | None, cut: int, args: tuple, kwargs: dict):
+        """One step: the whole graph, or the graph from cut ``cut`` of ``resume``."""
         try:
-            return self.model(*args, **{**self.fixed, **kwargs})
+            if resume is None:
+                return self.model(*args, **{**self.fixed, **kwargs})
+            return resume.run(cut, args, {**self.fixed, **kwargs})
         except (AssertionError, RuntimeError, TypeError, ValueError) as error:
             shapes = [f"{tuple(v.shape)} {v.dtype}" for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)]
             raise ValueError(f"simulate: the inputs ({', '.join(shapes)}) do not fit the traced model: "
                              f"{str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}"
                              ) from error
 
+    def _resume(self) -> Resume | None:
+        """The cuts of the exact state's graph (:mod:`spiketwin.convert.resume`), made once per graph and device."""
+        if self.state != "exact":
+            return None
+        cached = self.__dict__.get("_resume_cuts")
+        if cached is None or cached.code != self.model.code:
+            cached = self.__dict__["_resume_cuts"] = Resume(self.model, self.droppable)
+        return cached
+
+    def _apply(self, fn, *args, **kwargs):
+        self.__dict__.pop("_resume_cuts", None)  # its modules hold the buffers they were made with
+        return super()._apply(fn, *args, **kwargs)
+
     @torch.no_grad()
     def simulate(self, inputs, max_steps: int | None = None, step_mode: str = "m", chunk: int | None = None,
-                 early_exit: bool = True) -> SimResult:
+                 early_exit: bool = True, skip_settled: bool = True) -> SimResult:
         """Run on ``inputs`` (a tensor ``[B, ...]``, a tuple, or a dict of keyword tensors, as the model is called)
         until every sample settles or ``max_steps`` (default 512) run out.
 
         ``chunk`` steps run between two settle checks (default 1 on the CPU, 8 on CUDA: one device-to-host read per
-        chunk); settled samples leave the batch at a check when ``early_exit``. ``step_mode`` is accepted for the
-        common SNN interface: a step is one call in both modes here.
+        chunk); settled samples leave the batch at a check when ``early_exit``. With ``skip_settled`` (exact state),
+        a step starts after the neurons at the head of the graph that can no longer move, from the values they left
+        (:mod:`spiketwin.convert.resume`; decided at each check): the same results, but those neurons are not called
+        (hooks on them see fewer steps; ``skip_settled=False`` runs the whole graph at every step). ``step_mode`` is
+        accepted for the common SNN interface: a step is one call in both modes here.
         """
         args, kwargs = _split(inputs)
         batch = _batch(args, kwargs)
@@ -128,6 +151,10 @@ class GraphSNN(GraphModel):
         self.eval()
         reset(self.model)
         neurons = self.neurons
+        resume = self._resume() if skip_settled else None
+        if resume is not None:
+            resume.reset()
+        cut = 0
         first = next(v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor))
         settle = torch.full((batch,), -1, dtype=torch.int64, device=first.device)
         active = torch.arange(batch, device=first.device)
@@ -138,13 +165,15 @@ class GraphSNN(GraphModel):
         while t < max_steps and len(active):
             a_args, a_kwargs = _select(args, kwargs, active, batch) if dropped else (args, kwargs)
             for _ in range(min(chunk, max_steps - t)):
-                out = logits_of(self(*a_args, **a_kwargs))
+                out = logits_of(self._call(resume, cut, a_args, a_kwargs))
                 row = out.new_zeros((batch, *out.shape[1:])) if not rows else rows[-1].clone()
                 row[active] = out if self.state == "exact" else row[active] + out  # events: increments
                 rows.append(row)
                 t += 1
                 calm = ~self._pending(neurons, len(active), out.device)
                 settle[active] = torch.where(calm & (settle[active] < 0), t, settle[active])
+            if resume is not None:
+                cut = resume.start(neurons)
             if not early_exit:
                 continue
             if not self.droppable:  # the whole batch runs until every sample has settled
@@ -159,6 +188,8 @@ class GraphSNN(GraphModel):
                     parked[i] = self._park(neuron, parked[i], active[leave], leave, batch)
                 for module in stateful_modules(self.model):
                     module.keep(stay)
+                if resume is not None:
+                    resume.keep(stay)
                 active, dropped = active[stay], True
         if dropped and self.state == "exact":  # confirm on the whole batch, with the QANN's arithmetic
             out = self._confirm(neurons, parked, active, args, kwargs, settle, rows, max_steps)

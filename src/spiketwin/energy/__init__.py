@@ -73,13 +73,16 @@ def register_product(cls: type) -> type:
 
 def simulation_run(max_steps: int) -> Callable[[nn.Module, torch.Tensor], object]:
     """``run`` for :func:`report` on a converted SNN (one with a ``simulate`` method): its own ``simulate`` for
-    ``max_steps`` steps on the whole batch, without early exit where it has one (settled samples are silent,
-    so the counts stop growing once a sample has settled)."""
+    ``max_steps`` steps on the whole batch, without early exit or skipping where it has them (settled samples are
+    silent, so the counts stop growing once a sample has settled)."""
 
     def run(snn: nn.Module, x: torch.Tensor):
         kwargs: dict = {"max_steps": max_steps}
-        if "early_exit" in inspect.signature(snn.simulate).parameters:
+        parameters = inspect.signature(snn.simulate).parameters
+        if "early_exit" in parameters:
             kwargs["early_exit"] = False
+        if "skip_settled" in parameters:  # every op is watched at every step
+            kwargs["skip_settled"] = False
         return snn.simulate(x, **kwargs)
     return run
 
