@@ -223,13 +223,16 @@ def test_moving_a_qann_moves_the_graphs_tensor_making_nodes():
     assert all(p.device.type == "meta" for p in qann.parameters())
 
 
-@pytest.mark.parametrize("name", ["bert", "gpt2", "llama", "vit"])
-def test_starting_after_the_settled_head_of_the_graph_changes_no_bit(name, monkeypatch):
+@pytest.mark.parametrize("name,ahead", [("bert", 12), ("gpt2", 12), ("llama", 12), ("vit", 12), ("vit", 1)])
+def test_starting_after_the_settled_head_of_the_graph_changes_no_bit(name, ahead, monkeypatch):
     """``simulate`` starts each step after the neurons at the head of the graph that can no longer move, from the
     values they left (:mod:`spiketwin.convert.resume`): the same outputs, per-step outputs and settle steps as
-    running the whole graph every step, with padded text and samples leaving the batch."""
+    running the whole graph every step, with padded text and samples leaving the batch; also when only the next cut's
+    values are recorded (``AHEAD = 1``: the start advances one recorded cut at a time)."""
+    from spiketwin.convert import resume
     from spiketwin.convert.resume import Resume
 
+    monkeypatch.setattr(resume, "AHEAD", ahead)
     torch.manual_seed(3)
     qann = _calibrated(_hf(name).to(D).eval(), _inputs(name, 0), levels=8)
     snn = to_snn(qann)

@@ -11,8 +11,9 @@ of each step; the arithmetic of what runs is unchanged, so the results are the s
 signal tensors: the residual stream and the neuron's own input, in a transformer; constants such as attention masks
 are made again), and makes the
 rest of the graph from each cut a module of its own (the same submodules and parameters) that takes those values.
-Every step records the values that later cuts need, per sample along their batch dimension, so that samples that
-settle can leave the batch (:meth:`Resume.keep`).
+Every step records the values that the next :data:`AHEAD` cuts need, per sample along their batch dimension, so that
+samples that settle can leave the batch (:meth:`Resume.keep`); a step starts at the last cut before which no
+neuron may move and whose values are all recorded.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from .qann import _batch_sizes, batch_dim
 
 MAX_CARRIED = 2
 """The most signal tensors a cut may carry (each is kept for every sample between steps)."""
+AHEAD = 12
+"""How many cuts past the one a step starts at have their values recorded (the head settles a few cuts per step
+in a transformer, about six a block; the values of later cuts are not kept, which bounds the memory)."""
 
 
 class Resume:
@@ -56,8 +60,10 @@ class Resume:
         self.ranks = [rank for _, rank, _ in cuts]
         self.carried = [[n.name for n in carried] for _, _, carried in cuts]
         self.dims = {n.name: batch_dim(n, sizes) for _, _, carried in cuts for n in carried}
-        self.modules = [_suffix(gm, nodes, here, carried, [n for _, _, later in cuts[i + 1:] for n in later
-                                                           if position[n] >= here])
+        self.made_at = {n.name: position[n] for _, _, carried in cuts for n in carried}
+        self.positions = [here for here, _, _ in cuts]
+        self.modules = [_suffix(gm, nodes, here, carried, [n for _, _, later in cuts[i + 1:i + 1 + AHEAD]
+                                                           for n in later if position[n] >= here])
                         for i, (here, _, carried) in enumerate(cuts)]
         self.values: dict[str, torch.Tensor] = {}
 
@@ -69,12 +75,17 @@ class Resume:
             return 0
         busy = torch.stack([f.any() for f in flags]).tolist()
         first = busy.index(True) if True in busy else len(busy)
-        return max(i for i, rank in enumerate(self.ranks) if rank <= first)
+        return max(i for i, rank in enumerate(self.ranks)
+                   if rank <= first and all(name in self.values for name in self.carried[i]))
 
     def run(self, cut: int, args: tuple, kwargs: dict):
         """One step from cut ``cut``, recording what later cuts need; returns what the model returns."""
         flat = tree_flatten_spec((args, kwargs), self.in_spec) if self.in_spec is not None else [*args]
         out, recorded = self.modules[cut](*flat, *(self.values[name] for name in self.carried[cut]))
+        # values made before the cut stay what they were while a later cut may need them; those made after it were
+        # made again now: the ones not recorded are stale
+        later = {name for carried in self.carried[cut:] for name in carried}
+        self.values = {k: v for k, v in self.values.items() if self.made_at[k] < self.positions[cut] and k in later}
         self.values.update(recorded)
         if self.out_spec is None:
             return out
