@@ -67,13 +67,17 @@ class Resume:
                         for i, (here, _, carried) in enumerate(cuts)]
         self.values: dict[str, torch.Tensor] = {}
 
-    def start(self, neurons: list) -> int:
-        """The cut the next step can start at: the last one before which no neuron may move (0: the whole graph).
-        ``neurons`` are the SNN's neurons by index; one host read of their pending flags."""
+    def busy(self, neurons: list) -> torch.Tensor | None:
+        """``[len(neurons)]`` bool on the device, in graph order: whether each neuron may still move (is pending for
+        some sample); None before the first step. ``neurons`` are the SNN's neurons by index."""
         flags = [neurons[i].pending for i in self.order]
         if any(f is None for f in flags):
-            return 0
-        busy = torch.stack([f.any() for f in flags]).tolist()
+            return None
+        return torch.stack([f.any() for f in flags])
+
+    def start(self, busy: list[bool]) -> int:
+        """The cut the next step can start at, from :meth:`busy` read on the host: the last one before which no
+        neuron may move and whose values are all recorded (0: the whole graph)."""
         first = busy.index(True) if True in busy else len(busy)
         return max(i for i, rank in enumerate(self.ranks)
                    if rank <= first and all(name in self.values for name in self.carried[i]))

@@ -172,16 +172,26 @@ class GraphSNN(GraphModel):
                 t += 1
                 calm = ~self._pending(neurons, len(active), out.device)
                 settle[active] = torch.where(calm & (settle[active] < 0), t, settle[active])
-            if resume is not None:
-                cut = resume.start(neurons)
+            busy = resume.busy(neurons) if resume is not None else None  # read with the settle check
             if not early_exit:
+                if busy is not None:
+                    cut = resume.start(busy.tolist())  # the one host read of the chunk
                 continue
             if not self.droppable:  # the whole batch runs until every sample has settled
-                if bool((settle >= 0).all()):  # the one host read of the chunk
+                flags = torch.cat([(settle >= 0).all().view(1), *([] if busy is None else [busy])]).tolist()
+                if busy is not None:  # the line above is the one host read of the chunk
+                    cut = resume.start(flags[1:])
+                if flags[0]:
                     break
                 continue
             running = settle[active] < 0
-            stay = running.nonzero().squeeze(1)  # the one host read of the chunk
+            if busy is None:
+                stay = running.nonzero().squeeze(1)  # the one host read of the chunk
+            else:
+                flags = torch.cat([running, busy]).tolist()  # the one host read of the chunk
+                cut = resume.start(flags[len(running):])
+                stay = torch.tensor([i for i, r in enumerate(flags[:len(running)]) if r], dtype=torch.long,
+                                    device=running.device)
             if len(stay) < len(active):
                 leave = torch.argsort(running.to(torch.int8), descending=True, stable=True)[len(stay):]
                 for i, neuron in enumerate(neurons):
