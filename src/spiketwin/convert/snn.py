@@ -186,14 +186,14 @@ class GraphSNN(GraphModel):
                 continue
             running = settle[active] < 0
             if busy is None:
-                stay = running.nonzero().squeeze(1)  # the one host read of the chunk
+                staying = int(running.sum())  # the one host read of the chunk
             else:
                 flags = torch.cat([running, busy]).tolist()  # the one host read of the chunk
-                cut = resume.start(flags[len(running):])
-                stay = torch.tensor([i for i, r in enumerate(flags[:len(running)]) if r], dtype=torch.long,
-                                    device=running.device)
-            if len(stay) < len(active):
-                leave = torch.argsort(running.to(torch.int8), descending=True, stable=True)[len(stay):]
+                cut, staying = resume.start(flags[len(running):]), sum(flags[:len(running)])
+            order = torch.argsort(running.to(torch.int8), descending=True, stable=True)  # running first, in order
+            stay = order[:staying]
+            if staying < len(active):
+                leave = order[staying:]
                 for i, neuron in enumerate(neurons):
                     parked[i] = self._park(neuron, parked[i], active[leave], leave, batch)
                 for module in stateful_modules(self.model):
