@@ -9,8 +9,8 @@ of each step; the arithmetic of what runs is unchanged, so the results are the s
 
 :class:`Resume` cuts the graph before each neuron whose incoming values are few (at most :data:`MAX_CARRIED`
 signal tensors: the residual stream and the neuron's own input, in a transformer; constants such as attention masks
-are made again), and makes the
-rest of the graph from each cut a module of its own (the same submodules and parameters) that takes those values.
+are made again), and makes the rest of the graph from each cut a module of its own (the same submodules and
+parameters) that takes those values.
 Every step records the values that the next :data:`AHEAD` cuts need, per sample along their batch dimension, so that
 samples that settle can leave the batch (:meth:`Resume.keep`); a step starts at the last cut before which no
 neuron may move and whose values are all recorded.
