@@ -50,6 +50,28 @@ def constant_args(node: fx.Node, args: list, signal: list[bool]) -> dict[int, ob
         isinstance(args[i], (int, float)) and args[i] == 0)}
 
 
+def linear_part(args, later: dict[int, object]) -> list:
+    """``args`` with the constant parts that ``later`` (:func:`constant_args`) names replaced by ``None`` or zeros:
+    what the op computes from them is its linear part."""
+    return [a if i not in later else None if later[i] is NONE else torch.zeros_like(a) if isinstance(a, torch.Tensor)
+            else 0 for i, a in enumerate(args)]
+
+
+def constant_part(node: fx.Node, kinds: dict):
+    """For an affine op with a constant part: ``(fn, args, later)``, the op as a function of ``args`` (``cat`` /
+    ``stack`` get their list of tensors as positional arguments) and :func:`constant_args`; else None."""
+    if G.packet(node) not in AFFINE:
+        return None
+    listed = G.packet(node) in (G.aten.cat, G.aten.stack)
+    args = list(node.args[0]) if listed else list(node.args)
+    if not listed and any(isinstance(a, (list, tuple)) and any(isinstance(x, fx.Node) for x in a) for a in args):
+        raise G.ConversionError(f"node '{node.name}' ({G.packet(node)}, {G.where(node)}): tensors nested in a list")
+    later = constant_args(node, args, [_is_signal(a, kinds) for a in args])
+    if not later:
+        return None
+    return (_ListOp(node.target, len(args), tuple(node.args[1:])) if listed else node.target), args, later
+
+
 class _SampleState(StatefulModule):
     """State tensors kept per sample along ``batch_dim`` (``None``: unknown, samples cannot leave the batch)."""
 
@@ -84,9 +106,7 @@ class ConstantsOnce(_SampleState):
         if self.started is None:
             self.started = True
             return self.fn(*args, **self.kwargs)
-        args = [a if i not in self.later else None if self.later[i] is NONE else
-                torch.zeros_like(a) if isinstance(a, torch.Tensor) else 0 for i, a in enumerate(args)]
-        return self.fn(*args, **self.kwargs)
+        return self.fn(*linear_part(args, self.later), **self.kwargs)
 
 
 class SESA(_SampleState):
@@ -156,7 +176,7 @@ def to_events(gm: fx.GraphModule, spikes_per_step: int, neuron_batch_dims: list[
             new = _insert(gm, SESA(node.target, {}, dim), node, tuple(node.args))
             node.replace_all_uses_with(new, delete_user_cb=lambda u, n=new: u is not n)
             gm.graph.erase_node(node)
-        elif kind in (G.LINEAR, G.WEIGHTED) and G.packet(node) in AFFINE:
+        elif kind in (G.LINEAR, G.WEIGHTED):
             _replace_constants_once(gm, node, kinds)
     for members in _region_members(region).values():
         _wrap_region(gm, members, kinds, sizes)
@@ -173,16 +193,11 @@ def _neuron(quantizer: nn.Module, spikes_per_step: int, dim: int | None) -> STBI
 
 
 def _replace_constants_once(gm: fx.GraphModule, node: fx.Node, kinds: dict) -> None:
-    """Put :class:`ConstantsOnce` in place of ``node`` when it has a constant part (``cat`` / ``stack`` get their list
-    of tensors as positional arguments)."""
-    listed = G.packet(node) in (G.aten.cat, G.aten.stack)
-    args = list(node.args[0]) if listed else list(node.args)
-    if not listed and any(isinstance(a, (list, tuple)) and any(isinstance(x, fx.Node) for x in a) for a in args):
-        raise G.ConversionError(f"node '{node.name}' ({G.packet(node)}, {G.where(node)}): tensors nested in a list")
-    later = constant_args(node, args, [_is_signal(a, kinds) for a in args])
-    if not later:
+    """Put :class:`ConstantsOnce` in place of ``node`` when it has a constant part."""
+    part = constant_part(node, kinds)
+    if part is None:
         return
-    fn = _ListOp(node.target, len(args), tuple(node.args[1:])) if listed else node.target
+    fn, args, later = part
     new = _insert(gm, ConstantsOnce(fn, dict(node.kwargs), later), node, tuple(args))
     node.replace_all_uses_with(new, delete_user_cb=lambda u: u is not new)
     gm.graph.erase_node(node)

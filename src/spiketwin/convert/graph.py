@@ -163,6 +163,18 @@ def trace(model: nn.Module, example_inputs) -> tuple[fx.GraphModule, dict]:
 # --------------------------------------------------------------------------- classification
 
 
+class OpModule(nn.Module):
+    """A graph op (a ``call_function`` target) as a module: what a rewrite puts where a module is wanted (a forward
+    hook, a wrapper that takes a module)."""
+
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+
 def tensor_args(node: fx.Node) -> list[fx.Node]:
     """The graph nodes among a node's arguments (positional and keyword, nested lists included)."""
     found: list[fx.Node] = []

@@ -60,8 +60,10 @@ class Resume:
         self.ranks = [rank for _, rank, _ in cuts]
         self.carried = [[n.name for n in carried] for _, _, carried in cuts]
         self.dims = {n.name: batch_dim(n, sizes) for _, _, carried in cuts for n in carried}
-        self.made_at = {n.name: position[n] for _, _, carried in cuts for n in carried}
-        self.positions = [here for here, _, _ in cuts]
+        self.kept = [{n.name for _, _, later in cuts[i:] for n in later if position[n] < here}
+                     for i, (here, _, _) in enumerate(cuts)]
+        """Per cut, the recorded values a step from it keeps: made before it (so not made again), needed at or after
+        it; every other value it makes again or no longer needs."""
         self.modules = [_suffix(gm, nodes, here, carried, [n for _, _, later in cuts[i + 1:i + 1 + AHEAD]
                                                            for n in later if position[n] >= here])
                         for i, (here, _, carried) in enumerate(cuts)]
@@ -86,10 +88,7 @@ class Resume:
         """One step from cut ``cut``, recording what later cuts need; returns what the model returns."""
         flat = tree_flatten_spec((args, kwargs), self.in_spec) if self.in_spec is not None else [*args]
         out, recorded = self.modules[cut](*flat, *(self.values[name] for name in self.carried[cut]))
-        # values made before the cut stay what they were while a later cut may need them; those made after it were
-        # made again now: the ones not recorded are stale
-        later = {name for carried in self.carried[cut:] for name in carried}
-        self.values = {k: v for k, v in self.values.items() if self.made_at[k] < self.positions[cut] and k in later}
+        self.values = {k: v for k, v in self.values.items() if k in self.kept[cut]}
         self.values.update(recorded)
         if self.out_spec is None:
             return out

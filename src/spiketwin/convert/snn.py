@@ -172,28 +172,23 @@ class GraphSNN(GraphModel):
                 t += 1
                 calm = ~self._pending(neurons, len(active), out.device)
                 settle[active] = torch.where(calm & (settle[active] < 0), t, settle[active])
-            busy = resume.busy(neurons) if resume is not None else None  # read with the settle check
-            if not early_exit:
-                if busy is not None:
-                    cut = resume.start(busy.tolist())  # the one host read of the chunk
-                continue
-            if not self.droppable:  # the whole batch runs until every sample has settled
-                flags = torch.cat([(settle >= 0).all().view(1), *([] if busy is None else [busy])]).tolist()
-                if busy is not None:  # the line above is the one host read of the chunk
-                    cut = resume.start(flags[1:])
-                if flags[0]:
-                    break
+            busy = resume.busy(neurons) if resume is not None else None
+            if not early_exit and busy is None:
                 continue
             running = settle[active] < 0
-            if busy is None:
-                staying = int(running.sum())  # the one host read of the chunk
-            else:
-                flags = torch.cat([running, busy]).tolist()  # the one host read of the chunk
-                cut, staying = resume.start(flags[len(running):]), sum(flags[:len(running)])
-            order = torch.argsort(running.to(torch.int8), descending=True, stable=True)  # running first, in order
-            stay = order[:staying]
+            flags = torch.cat([running, *([] if busy is None else [busy])]).tolist()  # the one host read of the chunk
+            if busy is not None:
+                cut = resume.start(flags[len(running):])
+            staying = sum(flags[:len(running)])
+            if not early_exit:
+                continue
+            if not self.droppable:  # the whole batch runs until every sample has settled
+                if not staying:
+                    break
+                continue
             if staying < len(active):
-                leave = order[staying:]
+                order = torch.argsort(running.to(torch.int8), descending=True, stable=True)  # running first, in order
+                stay, leave = order[:staying], order[staying:]
                 for i, neuron in enumerate(neurons):
                     parked[i] = self._park(neuron, parked[i], active[leave], leave, batch)
                 for module in stateful_modules(self.model):

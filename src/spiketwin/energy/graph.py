@@ -50,17 +50,6 @@ def is_graph_snn(model: nn.Module) -> bool:
     return isinstance(getattr(model, "model", None), fx.GraphModule) and hasattr(model.model, "quantizers")
 
 
-class _OpCall(nn.Module):
-    """A counted ``call_function`` node as a module, so that a forward hook sees its arguments and output."""
-
-    def __init__(self, fn) -> None:
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, *args, **kwargs):
-        return self.fn(*args, **kwargs)
-
-
 @dataclass
 class Counted:
     """One counted op of the graph: its row name, kind, aten op, signal operand positions and their neurons' θ."""
@@ -201,8 +190,9 @@ def instrument(snn: nn.Module) -> tuple[nn.Module, dict[nn.Module, Counted], dic
 
 
 def _wrap(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, fx.Node]:
-    """Replace the ``call_function`` ``node`` by a call of an :class:`_OpCall` module; the module and its node."""
-    module = _OpCall(node.target)
+    """Replace the ``call_function`` ``node`` by a call of a :class:`~spiketwin.convert.graph.OpModule` (so that a
+    forward hook sees its arguments and output); the module and its node."""
+    module = G.OpModule(node.target)
     gm.energy_ops.append(module)
     with gm.graph.inserting_after(node):
         new = gm.graph.call_module(f"energy_ops.{len(gm.energy_ops) - 1}", node.args, node.kwargs)

@@ -127,18 +127,24 @@ def batch_major(t: torch.Tensor) -> bool:
     return t.dim() > 0 and (t.shape[0] == 1 or t.stride(0) * t.shape[0] == t.numel())
 
 
+def _in_order(x: torch.Tensor, count: torch.Tensor) -> bool:
+    """Whether the fused kernels can run over memory in order: ``count`` batch-major, ``x`` of its shape and dtype
+    (:func:`_count_layout` copies it to ``count``'s layout when its strides differ)."""
+    return x.shape == count.shape and x.dtype == count.dtype and x.numel() > 0 and batch_major(count)
+
+
+def _count_layout(x: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    return x if x.stride() == count.stride() else torch.empty_like(count).copy_(x)
+
+
 def _native_exact_takes(x: torch.Tensor, count: torch.Tensor) -> bool:
-    """The native kernel runs over memory in order: ``count`` batch-major, ``x`` of its dtype (copied to its layout
-    when its strides differ), on the CPU, without autograd."""
-    return (_native_exact_kernel(x.dtype) is not None and x.device.type == "cpu" and count.device.type == "cpu"
-            and x.dtype == count.dtype and x.shape == count.shape and x.numel() > 0 and batch_major(count)
-            and not torch.is_grad_enabled())
+    return (x.device.type == "cpu" and count.device.type == "cpu" and not torch.is_grad_enabled()
+            and _native_exact_kernel(x.dtype) is not None and _in_order(x, count))
 
 
 def _native_exact(x, count, theta: float, n_min, n_max, m):
     """The kernel; ``out`` and ``change`` take ``count``'s layout (as ``count * θ`` would)."""
-    if x.stride() != count.stride():
-        x = torch.empty_like(count).copy_(x)
+    x = _count_layout(x, count)
     out, change = torch.empty_like(count), torch.empty_like(count)
     far = torch.empty(len(x), dtype=torch.bool)
     _native_exact_kernel(x.dtype)(native.pointer(x), native.pointer(count), native.pointer(out),
@@ -156,14 +162,11 @@ def _stbif_exact_step_cpu(x, count, theta, n_min, n_max, m):
 
 def _stbif_exact_step_cuda(x, count, theta, n_min, n_max, m):
     with torch.no_grad():
-        if not (x.shape == count.shape and x.numel() and batch_major(count) and triton_takes(theta)
-                and count.dtype == theta.dtype):
+        if not (_in_order(x, count) and triton_takes(theta) and theta.dtype == count.dtype):
             return stbif_exact(x, count, theta, n_min, n_max, m)
         from .stbif_triton import stbif_exact_step as triton_step  # needs the triton package
 
-        if x.stride() != count.stride():
-            x = torch.empty_like(count).copy_(x)
-        return triton_step(x, count, theta, n_min, n_max, m)
+        return triton_step(_count_layout(x, count), count, theta, n_min, n_max, m)
 
 
 def _stbif_exact_step_fake(x, count, theta, n_min, n_max, m):

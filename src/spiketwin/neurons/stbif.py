@@ -6,9 +6,9 @@ import torch
 
 from ..base import StatefulModule
 from ..kernels.stbif import fused, stbif_steps
+from ..kernels.stbif_rule import stbif_scan
 from ..ops import changed_samples, event_driven, scatter_samples, sparse_index
 from .common import as_threshold
-from ..kernels.stbif_rule import stbif_scan
 
 
 class STBIF(StatefulModule):

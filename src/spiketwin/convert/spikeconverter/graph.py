@@ -27,7 +27,7 @@ from ...base import check_step_mode, reset
 from ...ops import MatMul
 from ...quant import Quantizer
 from .. import graph as G
-from ..events import AFFINE, NONE, _ListOp, constant_args
+from ..events import constant_part
 from ..qann import _batch_sizes
 from .operators import Clock, Clocked, Delay, PerPeriod, PeriodBias, PeriodOp, SpikeMaxPool2d
 
@@ -68,11 +68,10 @@ def kind_name(node: fx.Node) -> str:
     return getattr(op, "__name__", str(op)).split(".")[-1]
 
 
-def _param(gm: fx.GraphModule, node) -> torch.Tensor | None:
-    if node is None:
-        return None
-    path, _, name = node.target.rpartition(".")
-    return getattr(gm.get_submodule(path) if path else gm, name)
+def owner(gm: fx.GraphModule, target: str) -> tuple[nn.Module, str]:
+    """The module that holds the attribute ``target`` (``"blocks.0.norm1.weight"``) of ``gm``, and its name there."""
+    path, _, name = target.rpartition(".")
+    return (gm.get_submodule(path) if path else gm), name
 
 
 def layer_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
@@ -82,7 +81,7 @@ def layer_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
     if op not in LAYERS or node.kwargs or not all(a is None or (isinstance(a, fx.Node) and a.op == "get_attr")
                                                   for a in args[1:3]):
         return None
-    weight, bias = _param(gm, args[1]), _param(gm, args[2])
+    weight, bias = (None if a is None else getattr(*owner(gm, a.target)) for a in args[1:3])
     if op is G.aten.linear:
         layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
     else:
@@ -186,7 +185,7 @@ class TimeFoldedSNN(nn.Module):
         if kind == G.BILINEAR:
             if node.kwargs or len(node.args) != 2:
                 raise G.ConversionError(f"node '{node.name}' ({G.where(node)}): a product with extra arguments")
-            fn = MatMul() if G.packet(node) is G.aten.matmul else _Function(node.target)
+            fn = MatMul() if G.packet(node) is G.aten.matmul else G.OpModule(node.target)
             self._call(gm, node, Clocked(PeriodOp(fn, T), self.clock), node.args)
             return 1
         if kind in (G.WEIGHTED, G.LINEAR) and node.op == "call_function":
@@ -199,18 +198,11 @@ class TimeFoldedSNN(nn.Module):
         return 0
 
     def _constants_once_per_period(self, gm: fx.GraphModule, node: fx.Node, kinds: dict) -> None:
-        """An affine op with a constant part becomes :class:`PerPeriod` (``cat`` / ``stack`` get their tensors as
-        positional arguments)."""
-        if G.packet(node) not in AFFINE:
-            return
-        listed = G.packet(node) in (G.aten.cat, G.aten.stack)
-        args = list(node.args[0]) if listed else list(node.args)
-        signal = [isinstance(a, fx.Node) and kinds.get(a, G.SOURCE) != G.CONST for a in args]
-        later = constant_args(node, args, signal)
-        if not later:
-            return
-        fn = _ListOp(node.target, len(args), tuple(node.args[1:])) if listed else node.target
-        self._call(gm, node, PerPeriod(fn, dict(node.kwargs), later, self.clock, NONE), args)
+        """An affine op with a constant part becomes :class:`PerPeriod`."""
+        part = constant_part(node, kinds)
+        if part is not None:
+            fn, args, later = part
+            self._call(gm, node, PerPeriod(fn, dict(node.kwargs), later, self.clock), args)
 
     def _period_regions(self, gm: fx.GraphModule, kinds: dict) -> None:
         """Each output of each non-linear region becomes a :class:`PeriodOp` of the region's graph up to it."""
@@ -293,14 +285,3 @@ class TimeFoldedSNN(nn.Module):
                              f"{type(x).__name__} {getattr(x, 'shape', '')}")
         if not bool(torch.isfinite(x).all()):
             raise ValueError("simulate: x contains NaN or inf")
-
-
-class _Function(nn.Module):
-    """A graph op (a product of two signals) as a module, for :class:`PeriodOp`."""
-
-    def __init__(self, fn) -> None:
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, *args):
-        return self.fn(*args)

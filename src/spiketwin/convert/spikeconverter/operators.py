@@ -15,6 +15,7 @@ from torch.nn.modules.utils import _pair
 
 from ...base import StatefulModule
 from ...neurons import ILIF
+from ..events import linear_part
 
 def ilif_threshold(step: torch.Tensor, phase_steps: int, k: float) -> torch.Tensor:
     """Threshold of the iLIF neuron that replaces a quantizer of step ``s``: spike amplitude ``a = θ / k^T``
@@ -184,18 +185,16 @@ class PerPeriod(nn.Module):
     """An affine graph op whose constant part (a bias, an added or concatenated constant such as the class token
     or the position embedding) enters once per period, at its last step: there ``fn`` gets all its arguments, at
     the other steps the arguments at the positions in ``later`` are replaced (``None`` or zeros, from
-    :func:`spiketwin.convert.events.constant_args`), leaving the op's linear part. Time-folded arguments and
+    :func:`spiketwin.convert.events.linear_part`), leaving the op's linear part. Time-folded arguments and
     output (``[T' B, ...]``, step-major); ``clock`` says which steps the rows hold."""
 
-    def __init__(self, fn: Callable, kwargs: dict, later: dict[int, object], clock: Clock, none: object) -> None:
+    def __init__(self, fn: Callable, kwargs: dict, later: dict[int, object], clock: Clock) -> None:
         super().__init__()
-        self.fn, self.kwargs, self.later, self.clock, self.none = fn, kwargs, later, clock, none
+        self.fn, self.kwargs, self.later, self.clock = fn, kwargs, later, clock
 
     def forward(self, *args):
         full = self.fn(*args, **self.kwargs)
-        linear = self.fn(*(a if i not in self.later else None if self.later[i] is self.none else
-                           torch.zeros_like(a) if isinstance(a, torch.Tensor) else 0 for i, a in enumerate(args)),
-                         **self.kwargs)
+        linear = self.fn(*linear_part(args, self.later), **self.kwargs)
         return torch.where(self.clock.last_phase_rows(full) > 0, full, linear)
 
 

@@ -27,7 +27,7 @@ from .. import graph as G
 from ..qann import ACTIVATION_CHOICES, GraphModel, nonnegative, placement, swap_activations
 from .ilif import ILIFSNN
 from .rate import RateSNN
-from .graph import MAX_POOLS, Recorder, module_type
+from .graph import MAX_POOLS, Recorder, module_type, owner
 
 DEFAULT_PERCENTILE = 99.99
 RELU_NETWORK = {G.aten.relu, *MAX_POOLS}
@@ -47,11 +47,6 @@ def described(node: fx.Node) -> str:
     return f"'{path}' ({module_type(node)})" if path else f"'{node.name}' ({G.packet(node)})"
 
 
-def _owner(gm: fx.GraphModule, target: str) -> tuple[nn.Module, str]:
-    path, _, name = target.rpartition(".")
-    return (gm.get_submodule(path) if path else gm), name
-
-
 def fold_batchnorm(gm: fx.GraphModule) -> None:
     """Fold every eval-mode batch norm into the convolution / linear layer that feeds it (in place)."""
     for node in list(gm.graph.nodes):
@@ -64,7 +59,7 @@ def fold_batchnorm(gm: fx.GraphModule) -> None:
             raise ValueError(f"to_qann(neuron='ilif'): BatchNorm '{G.module_path(node) or node.name}' does not "
                              f"directly follow a Conv/Linear used only by it (its input is {layer}); the conversion "
                              "folds BatchNorm into the layer before it, so place it right after a Conv/Linear")
-        gamma, beta, mean, var = (None if a is None else getattr(*_owner(gm, a.target)).detach()
+        gamma, beta, mean, var = (None if a is None else getattr(*owner(gm, a.target)).detach()
                                   for a in node.args[1:5])
         eps = node.args[6] if G.packet(node) is G.aten._native_batch_norm_legit_no_training else node.args[7]
         scale = (1.0 if gamma is None else gamma) / torch.sqrt(var + eps)
@@ -73,11 +68,11 @@ def fold_batchnorm(gm: fx.GraphModule) -> None:
         w = gm.get_parameter(weight.target).detach()
         b = gm.get_parameter(layer.args[2].target).detach() if len(layer.args) > 2 and layer.args[2] is not None \
             else torch.zeros_like(mean)
-        owner, name = _owner(gm, weight.target)
-        setattr(owner, name, nn.Parameter(w * scale.view(-1, *[1] * (w.dim() - 1))))
+        holder, name = owner(gm, weight.target)
+        setattr(holder, name, nn.Parameter(w * scale.view(-1, *[1] * (w.dim() - 1))))
         bias_target = weight.target.rpartition(".")[0] + ".bias" if "." in weight.target else f"{name}_bias"
-        owner, bias_name = _owner(gm, bias_target)
-        setattr(owner, bias_name, nn.Parameter((b - mean) * scale + beta))
+        holder, bias_name = owner(gm, bias_target)
+        setattr(holder, bias_name, nn.Parameter((b - mean) * scale + beta))
         with gm.graph.inserting_before(layer):
             bias = gm.graph.get_attr(bias_target)
         args = list(layer.args) + [None] * (3 - len(layer.args))
@@ -89,9 +84,9 @@ def fold_batchnorm(gm: fx.GraphModule) -> None:
             if isinstance(dead, fx.Node) and not dead.users:
                 gm.graph.erase_node(dead)
                 if dead.op == "get_attr" and dead.target != bias_target:
-                    owner, attr = _owner(gm, dead.target)
-                    if hasattr(owner, attr):
-                        delattr(owner, attr)
+                    holder, attr = owner(gm, dead.target)
+                    if hasattr(holder, attr):
+                        delattr(holder, attr)
     gm.graph.lint()
     gm.recompile()
 
