@@ -115,7 +115,7 @@ def exact_case(seed: int, dtype: torch.dtype, strided: bool):
     theta = torch.tensor([0.37, 0.05, 1.3][seed % 3], dtype=dtype)
     x = torch.randn(5, 3, 7, generator=g, dtype=dtype) * 3
     x[0, 0] = (torch.arange(-3, 4, dtype=dtype) + 0.5) * theta
-    count = stbif_target(x + torch.randn(5, 3, 7, generator=g, dtype=dtype), theta, -8, 7)
+    count = stbif_target(x + torch.randn(5, 3, 7, generator=g, dtype=dtype), theta, -8, 7).to(torch.int8)
     if strided:
         x = torch.stack([x.transpose(1, 2), -x.transpose(1, 2)], -1)[..., 0].transpose(1, 2)
         count = count.transpose(1, 2).contiguous().transpose(1, 2)
@@ -133,7 +133,7 @@ def test_triton_exact_step_equals_the_torch_path_bit_for_bit(dtype, m, strided, 
     want = stbif_exact(x, want_count, theta[0], -8, 7, m)
     x, count, theta = (t.to(DEVICE) for t in (x, count, theta))
     if strided:
-        x = torch.empty_like(count).copy_(x)  # what the operator hands the kernel: x in count's layout
+        x = torch.empty_like(count, dtype=x.dtype).copy_(x)  # what the operator hands the kernel: x in count's layout
     got = stbif_triton.stbif_exact_step(x, count, theta, -8, 7, m)
     for a, b in zip((*got, count), (*want, want_count)):
         assert a.dtype == b.dtype and a.stride() == b.stride() and torch.equal(a.cpu(), b)

@@ -11,6 +11,7 @@ import torch
 import spiketwin
 from spiketwin import native
 from spiketwin.neurons import STBIF, ExactSTBIF
+from spiketwin.neurons.exact import count_dtype
 
 needs_native = pytest.mark.skipif(native.library("stbif") is None, reason=native.status("stbif"))
 
@@ -73,15 +74,15 @@ def exact_calls(neuron, inputs):
 
 @needs_native
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("batch_dim", [0, 1, None])
 @pytest.mark.parametrize("strided", [False, True])
 def test_exact_stbif_native_equals_torch_path_bit_for_bit(dtype, seed, batch_dim, strided):
     """Accumulated inputs that grow, then stay (the counts walk to their targets); some on rounding boundaries
     (``(k + 1/2) θ``); multi-spike neurons; the batch first, second or unknown; contiguous inputs, or strided views
     of a larger tensor (as attention's q, k, v are), whose outputs keep the layout an elementwise op gives."""
-    theta = torch.tensor([0.37, 0.05, 1.3][seed])
-    n_min, n_max = [(-8, 7), (0, 15), (-16, 15)][seed]
+    theta = torch.tensor([0.37, 0.05, 1.3, 0.002][seed])
+    n_min, n_max = [(-8, 7), (0, 15), (-16, 15), (-1024, 1023)][seed]  # int8 counts; int16 for the last
     g = torch.Generator().manual_seed(seed)
     total, inputs = torch.zeros(5, 6, 3, dtype=dtype), []
     for step in range(40):
@@ -100,6 +101,13 @@ def test_exact_stbif_native_equals_torch_path_bit_for_bit(dtype, seed, batch_dim
                 assert a.dtype == b.dtype and a.shape == b.shape and a.stride() == b.stride() and torch.equal(a, b)
         assert torch.equal(fast[-1][0], (inputs[-1] / theta.to(dtype) + 0.5).floor().clamp(n_min, n_max)
                            * theta.to(dtype))  # settled: the quantizer's value
+        assert fast[-1][1].dtype == (torch.int8 if n_max < 128 else torch.int16)
+
+
+def test_exact_stbif_keeps_the_narrowest_integer_count():
+    assert count_dtype(-8, 7, 1) == torch.int8 and count_dtype(0, 255, 1) == torch.int16
+    assert count_dtype(0, 127, 200) == torch.int8 and count_dtype(-128, 127, 1) == torch.int16  # -n_min must fit
+    assert count_dtype(0, 40000, 1) == torch.int32 and count_dtype(0, 2**40, 1) == torch.int64
 
 
 def test_status_says_which_path_runs(monkeypatch):

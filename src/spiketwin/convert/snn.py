@@ -275,7 +275,7 @@ class GraphSNN(GraphModel):
                 h.remove()
             qann.train(was_training)
         result = self.simulate(inputs, max_steps=max_steps, step_mode=step_mode)
-        sums = [n.count * n.threshold.to(n.count.dtype) if n.count is not None else None for n in self.neurons]
+        sums = [n.value for n in self.neurons]
         keep = [k for k, s in enumerate(sums) if s is not None and k in captured]
         dtype = reference.dtype
         if rtol is None:

@@ -12,11 +12,12 @@ skip only saves work). ``far`` is ``[B, T]`` bool: after step t some neuron of t
 CPU: the native kernel (``native/stbif.c``), else :func:`~spiketwin.kernels.stbif_rule.stbif_scan`. CUDA: the
 Triton kernel (:mod:`.stbif_triton`). All three give the same bits.
 
-``stbif_exact_step(x, count, theta, n_min, n_max, m) -> (out, change, far)``: contiguous ``x`` ``[B, ...]`` is the
-accumulated input, ``count`` (``[B, ...]``) moves toward its quantizer level by at most ``m`` (in place);
-``change`` is the move, ``out = count * theta``, ``far`` (``[B]`` bool) marks samples with a neuron still more than
-``m`` away. CPU: the native kernel, CUDA: the Triton kernel, each where ``count`` is batch-major (:func:`batch_major`,
-as elementwise results are); else :func:`~spiketwin.kernels.stbif_rule.stbif_exact`. All give the same bits.
+``stbif_exact_step(x, count, theta, n_min, n_max, m) -> (out, change, far)``: ``x`` ``[B, ...]`` is the
+accumulated input, ``count`` (``[B, ...]``, an integer dtype of :data:`COUNT_DTYPES`, or ``x``'s) moves toward its
+quantizer level by at most ``m`` (in place); ``change`` is the move (``count``'s dtype), ``out = count * theta``
+(``x``'s dtype), ``far`` (``[B]`` bool) marks samples with a neuron still more than ``m`` away. CPU: the native
+kernel, CUDA: the Triton kernel, each for integer counts in batch-major layout (:func:`batch_major`, as elementwise
+results are); else :func:`~spiketwin.kernels.stbif_rule.stbif_exact`. All give the same bits.
 """
 
 from __future__ import annotations
@@ -97,9 +98,16 @@ _LIBRARY.impl("stbif_steps", _stbif_steps_cuda, "CUDA")
 torch.library.register_fake("spiketwin::stbif_steps", _stbif_steps_fake, lib=_LIBRARY)
 
 
-def _native_exact_kernel(dtype: torch.dtype):
-    return native.function("stbif", "stbif_exact_step", dtype, *[ctypes.c_void_p] * 5, *[ctypes.c_int64] * 2,
-                           *[native.REAL] * 4)
+COUNT_DTYPES = {torch.int8: "i8", torch.int16: "i16", torch.int32: "i32"}
+"""The integer counts the fused exact-step kernels take (a neuron keeps the narrowest that holds its levels: the
+step is memory-bound, and a 1-byte count moves 6 of the 20 bytes a float32 count did per neuron and step)."""
+
+
+def _native_exact_kernel(dtype: torch.dtype, count_dtype: torch.dtype):
+    if count_dtype not in COUNT_DTYPES:
+        return None
+    return native.function("stbif", f"stbif_exact_step_{COUNT_DTYPES[count_dtype]}", dtype, *[ctypes.c_void_p] * 5,
+                           *[ctypes.c_int64] * 2, *[native.REAL] * 4)
 
 
 _LIBRARY.define("stbif_exact_step(Tensor x, Tensor(a!) count, Tensor theta, int n_min, int n_max, int m) "
@@ -128,26 +136,27 @@ def batch_major(t: torch.Tensor) -> bool:
 
 
 def _in_order(x: torch.Tensor, count: torch.Tensor) -> bool:
-    """Whether the fused kernels can run over memory in order: ``count`` batch-major, ``x`` of its shape and dtype
-    (:func:`_count_layout` copies it to ``count``'s layout when its strides differ)."""
-    return x.shape == count.shape and x.dtype == count.dtype and x.numel() > 0 and batch_major(count)
+    """Whether the fused kernels can run over memory in order: ``count`` batch-major with an integer dtype they
+    take, ``x`` of its shape (:func:`_count_layout` copies it to ``count``'s layout when its strides differ)."""
+    return x.shape == count.shape and count.dtype in COUNT_DTYPES and x.numel() > 0 and batch_major(count)
 
 
 def _count_layout(x: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-    return x if x.stride() == count.stride() else torch.empty_like(count).copy_(x)
+    return x if x.stride() == count.stride() else torch.empty_like(count, dtype=x.dtype).copy_(x)
 
 
 def _native_exact_takes(x: torch.Tensor, count: torch.Tensor) -> bool:
     return (x.device.type == "cpu" and count.device.type == "cpu" and not torch.is_grad_enabled()
-            and _native_exact_kernel(x.dtype) is not None and _in_order(x, count))
+            and _native_exact_kernel(x.dtype, count.dtype) is not None and _in_order(x, count))
 
 
 def _native_exact(x, count, theta: float, n_min, n_max, m):
-    """The kernel; ``out`` and ``change`` take ``count``'s layout (as ``count * θ`` would)."""
+    """The kernel; ``out`` (``x``'s dtype) and ``change`` (``count``'s) take ``count``'s layout (as ``count * θ``
+    would)."""
     x = _count_layout(x, count)
-    out, change = torch.empty_like(count), torch.empty_like(count)
+    out, change = torch.empty_like(count, dtype=x.dtype), torch.empty_like(count)
     far = torch.empty(len(x), dtype=torch.bool)
-    _native_exact_kernel(x.dtype)(native.pointer(x), native.pointer(count), native.pointer(out),
+    _native_exact_kernel(x.dtype, count.dtype)(native.pointer(x), native.pointer(count), native.pointer(out),
                                   native.pointer(change), native.pointer(far), len(x), x[0].numel(), theta, n_min,
                                   n_max, m)
     return out, change, far
@@ -162,7 +171,7 @@ def _stbif_exact_step_cpu(x, count, theta, n_min, n_max, m):
 
 def _stbif_exact_step_cuda(x, count, theta, n_min, n_max, m):
     with torch.no_grad():
-        if not (_in_order(x, count) and triton_takes(theta) and theta.dtype == count.dtype):
+        if not (_in_order(x, count) and triton_takes(theta) and theta.dtype == x.dtype):
             return stbif_exact(x, count, theta, n_min, n_max, m)
         from .stbif_triton import stbif_exact_step as triton_step  # needs the triton package
 
@@ -170,7 +179,8 @@ def _stbif_exact_step_cuda(x, count, theta, n_min, n_max, m):
 
 
 def _stbif_exact_step_fake(x, count, theta, n_min, n_max, m):
-    return torch.empty_like(count), torch.empty_like(count), x.new_empty((x.shape[0],), dtype=torch.bool)
+    return (torch.empty_like(count, dtype=x.dtype), torch.empty_like(count),
+            x.new_empty((x.shape[0],), dtype=torch.bool))
 
 
 _LIBRARY.impl("stbif_exact_step", _stbif_exact_step_cpu, "CPU")

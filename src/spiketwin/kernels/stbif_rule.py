@@ -53,8 +53,9 @@ def stbif_scan(x_seq: torch.Tensor, total: torch.Tensor | None, count: torch.Ten
 
 def stbif_exact(x: torch.Tensor, count: torch.Tensor, theta: torch.Tensor, n_min: int, n_max: int, m: int = 1):
     """One step of the exact-state neuron (:class:`~spiketwin.neurons.ExactSTBIF`) on batch-first ``x`` (the
-    accumulated input) by torch operations: the count (updated in place) moves toward ``x``'s quantizer level;
-    returns ``(count * θ, change, far)``."""
+    accumulated input) by torch operations: the count (updated in place; an integer or ``x``'s dtype) moves toward
+    ``x``'s quantizer level; returns ``(count * θ, change, far)``, the change in ``count``'s dtype."""
     change, far = stbif_move(count, stbif_target(x, theta, n_min, n_max), m)
+    change = change.to(count.dtype)
     count.add_(change)
     return count * theta, change, far

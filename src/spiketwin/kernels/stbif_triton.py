@@ -87,7 +87,7 @@ def _stbif_exact_step(x_ptr, count_ptr, out_ptr, change_ptr, far_ptr, theta_ptr,
     theta = tl.load(theta_ptr)
     most = m.to(theta.dtype)
     x = tl.load(x_ptr + b * N + offs, mask=mask, other=0.0)
-    count = tl.load(count_ptr + b * N + offs, mask=mask, other=0.0)
+    count = tl.load(count_ptr + b * N + offs, mask=mask, other=0).to(theta.dtype)
     target = tl.floor(tl.fdiv(x, theta, ieee_rounding=True) + 0.5)
     target = tl.minimum(tl.maximum(target, n_min.to(theta.dtype)), n_max.to(theta.dtype))
     delta = target - count
@@ -95,20 +95,20 @@ def _stbif_exact_step(x_ptr, count_ptr, out_ptr, change_ptr, far_ptr, theta_ptr,
     tl.atomic_max(far_ptr + b, tl.max(far.to(tl.int32), axis=0))
     delta = tl.minimum(tl.maximum(delta, -most), most)
     count = count + delta
-    tl.store(count_ptr + b * N + offs, count, mask=mask)
-    tl.store(change_ptr + b * N + offs, delta, mask=mask)
+    tl.store(count_ptr + b * N + offs, count.to(count_ptr.dtype.element_ty), mask=mask)
+    tl.store(change_ptr + b * N + offs, delta.to(change_ptr.dtype.element_ty), mask=mask)
     tl.store(out_ptr + b * N + offs, count * theta, mask=mask)
 
 
 def stbif_exact_step(x: torch.Tensor, count: torch.Tensor, theta: torch.Tensor, n_min: int, n_max: int,
                      m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``spiketwin::stbif_exact_step`` by the Triton kernel, over memory in order: ``count`` (``[B, ...]``, updated
-    in place) batch-major (:func:`spiketwin.kernels.stbif.batch_major`), ``x`` with ``count``'s strides, ``theta`` a
-    one-element tensor of their dtype. Returns ``count * θ`` and the change (``count``'s layout) and the far flags
-    ``[B]`` (bool)."""
+    in place; an integer dtype) batch-major (:func:`spiketwin.kernels.stbif.batch_major`), ``x`` with ``count``'s
+    strides, ``theta`` a one-element tensor of ``x``'s dtype. Returns ``count * θ`` (``x``'s dtype) and the change
+    (``count``'s), both in ``count``'s layout, and the far flags ``[B]`` (bool)."""
     batch = x.shape[0]
     n = x.numel() // batch if batch else 0
-    out, change = torch.empty_like(count), torch.empty_like(count)
+    out, change = torch.empty_like(count, dtype=x.dtype), torch.empty_like(count)
     far = torch.zeros(batch, dtype=torch.int32, device=x.device)
     if out.numel():
         block = min(BLOCK, triton.next_power_of_2(n))

@@ -72,29 +72,35 @@ DEFINE_STBIF_STEPS(stbif_steps_f32, float, stbif_move_f32)
 DEFINE_STBIF_STEPS(stbif_steps_f64, double, stbif_move_f64)
 
 /* The exact-state neuron's step (spiketwin.neurons.ExactSTBIF): x[B][N] is the neuron's accumulated input (not an
-   increment). Per neuron: target = clamp(floor(x / theta + 1/2), n_min, n_max); delta = target - count; far (per
-   sample) if some |delta| > m; change = clamp(delta, -m, m); count += change; out = count * theta. The same
-   operations as the torch path, in the same order and precision: bit-identical. */
-#define DEFINE_STBIF_EXACT_STEP(NAME, REAL, MOVE)                                                               \
-    KERNEL void NAME(const REAL *restrict x, REAL *restrict count, REAL *restrict out, REAL *restrict change,  \
+   increment), count[B][N] its spike count, an integer type that holds every level. Per neuron: target =
+   clamp(floor(x / theta + 1/2), n_min, n_max); delta = target - count; far (per sample) if some |delta| > m;
+   change = clamp(delta, -m, m); count += change; out = count * theta. The same operations as the torch path, in
+   the same order and precision (the count, an integer, converts exactly): bit-identical. */
+#define DEFINE_STBIF_EXACT_STEP(NAME, REAL, COUNT, MOVE)                                                        \
+    KERNEL void NAME(const REAL *restrict x, COUNT *restrict count, REAL *restrict out, COUNT *restrict change, \
                      uint8_t *restrict far, int64_t B, int64_t N, REAL theta, REAL n_min, REAL n_max, REAL m)   \
     {                                                                                                          \
         for (int64_t b = 0; b < B; b++) {                                                                      \
             const REAL *restrict xb = x + b * N;                                                               \
-            REAL *restrict cnt = count + b * N;                                                                \
+            COUNT *restrict cnt = count + b * N;                                                               \
             REAL *restrict o = out + b * N;                                                                    \
-            REAL *restrict k = change + b * N;                                                                 \
+            COUNT *restrict k = change + b * N;                                                                \
             int away = 0;                                                                                      \
             for (int64_t i = 0; i < N; i++) {                                                                  \
-                REAL delta = MOVE(xb[i], cnt[i], theta, n_min, n_max, m, &away);                               \
-                REAL c = cnt[i] + delta;                                                                       \
-                cnt[i] = c;                                                                                    \
-                k[i] = delta;                                                                                  \
+                REAL before = (REAL)cnt[i];                                                                    \
+                REAL delta = MOVE(xb[i], before, theta, n_min, n_max, m, &away);                               \
+                REAL c = before + delta;                                                                       \
+                cnt[i] = (COUNT)c;                                                                             \
+                k[i] = (COUNT)delta;                                                                           \
                 o[i] = c * theta;                                                                              \
             }                                                                                                  \
             far[b] = (uint8_t)away;                                                                            \
         }                                                                                                      \
     }
 
-DEFINE_STBIF_EXACT_STEP(stbif_exact_step_f32, float, stbif_move_f32)
-DEFINE_STBIF_EXACT_STEP(stbif_exact_step_f64, double, stbif_move_f64)
+DEFINE_STBIF_EXACT_STEP(stbif_exact_step_i8_f32, float, int8_t, stbif_move_f32)
+DEFINE_STBIF_EXACT_STEP(stbif_exact_step_i16_f32, float, int16_t, stbif_move_f32)
+DEFINE_STBIF_EXACT_STEP(stbif_exact_step_i32_f32, float, int32_t, stbif_move_f32)
+DEFINE_STBIF_EXACT_STEP(stbif_exact_step_i8_f64, double, int8_t, stbif_move_f64)
+DEFINE_STBIF_EXACT_STEP(stbif_exact_step_i16_f64, double, int16_t, stbif_move_f64)
+DEFINE_STBIF_EXACT_STEP(stbif_exact_step_i32_f64, double, int32_t, stbif_move_f64)

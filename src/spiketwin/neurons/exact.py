@@ -3,7 +3,7 @@
 :class:`ExactSTBIF` receives its accumulated input (not increments) every step and moves its spike count toward the
 quantizer level of that input; it is the neuron of the exact-state graph SNN (``to_snn(qann, state="exact")``).
 Its spikes are the count changes: ``.change`` (``±k``) and ``.spikes`` (``change * θ``, what
-:class:`~spiketwin.neurons.STBIF` outputs).
+:class:`~spiketwin.neurons.STBIF` outputs). The count is an integer tensor (:func:`count_dtype`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,14 @@ import torch
 from torch import nn
 
 from ..base import StatefulModule
-from ..kernels.stbif import stbif_exact_step
+from ..kernels.stbif import COUNT_DTYPES, stbif_exact_step
+
+
+def count_dtype(n_min: int, n_max: int, spikes_per_step: int) -> torch.dtype:
+    """The narrowest integer dtype that holds every count (``n_min..n_max``) and every move (at most
+    ``spikes_per_step`` either way) of a neuron: what it keeps its count and change in (int8 for up to 128 levels)."""
+    most = max(-n_min, n_max, min(spikes_per_step, n_max - n_min))
+    return next((d for d in COUNT_DTYPES if torch.iinfo(d).max >= most), torch.int64)
 
 
 class ExactSTBIF(StatefulModule):
@@ -20,7 +27,8 @@ class ExactSTBIF(StatefulModule):
     accumulated input ``x`` by at most ``spikes_per_step`` per step; the output is ``count * θ`` (the value the QANN's
     quantizer gives once settled). ``.change`` holds the last step's count change (``±k`` spikes), ``.spikes`` the
     spikes' value ``change * θ`` (what :class:`~spiketwin.neurons.STBIF` outputs), ``.pending`` ``[B]`` whether a
-    sample's neuron is still away from its target after the step."""
+    sample's neuron is still away from its target after the step. The count and the change are integer tensors
+    (:func:`count_dtype`); ``.value`` is ``count * θ`` in the input's dtype."""
 
     nir_refusal = "ST-BIF neuron (exact state): bipolar spikes bounded by a spike count have no NIR neuron"
     state_names = ("count",)
@@ -34,10 +42,16 @@ class ExactSTBIF(StatefulModule):
         self.n_min, self.n_max, self.spikes_per_step, self.batch_dim = n_min, n_max, int(spikes_per_step), batch_dim
         self.change: torch.Tensor | None = None
         self.pending: torch.Tensor | None = None
+        self.dtype: torch.dtype | None = None  # of the input, which the outputs keep
 
     @property
     def spikes(self) -> torch.Tensor | None:
-        return None if self.change is None else self.change * self.threshold.to(self.change.dtype)
+        return None if self.change is None else self.change * self.threshold.to(self.dtype)
+
+    @property
+    def value(self) -> torch.Tensor | None:
+        """``count * θ``: the neuron's output so far, summed over the steps (the quantizer's value once settled)."""
+        return None if self.count is None else self.count * self.threshold.to(self.dtype)
 
     @classmethod
     def from_quantizer(cls, quantizer: nn.Module, spikes_per_step: int = 1, batch_dim: int | None = 0) -> ExactSTBIF:
@@ -56,7 +70,8 @@ class ExactSTBIF(StatefulModule):
         """One step by the fused operator ``spiketwin::stbif_exact_step`` (:mod:`spiketwin.kernels.stbif`), on
         batch-first views of ``x`` and the count (the batch unknown: all of it as one sample)."""
         if self.count is None:
-            self.count = torch.zeros_like(x)
+            self.count = torch.zeros_like(x, dtype=count_dtype(self.n_min, self.n_max, self.spikes_per_step))
+        self.dtype = x.dtype
         dim = self.batch_dim
         first = (lambda t: t.unsqueeze(0)) if dim is None else (lambda t: t.movedim(dim, 0))
         back = (lambda t: t.squeeze(0)) if dim is None else (lambda t: t.movedim(0, dim))

@@ -79,6 +79,11 @@ class STBIF(StatefulModule):
         return self.threshold / 2 + self.total - self.threshold * self.count
 
     @property
+    def value(self) -> torch.Tensor | None:
+        """``count * θ``: the neuron's output so far, summed over the steps (the quantizer's value once settled)."""
+        return None if self.count is None else self.count * self.threshold.to(self.count.dtype)
+
+    @property
     def fired(self) -> torch.Tensor | None:
         """``[B]`` bool: the samples in which any neuron spiked at the last step (``None`` before any input)."""
         if self.spikes is None:
