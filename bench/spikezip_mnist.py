@@ -15,6 +15,8 @@ a few images, the median / max settle step, and on one batch the time to the exa
 - the float ANN's forward, for the ceiling column ``(b) / (steps x ANN)``: the ratio ``(b) / SNN`` an SNN would
   reach if each of its steps cost only the network's own operations on the samples still running (neurons and
   bookkeeping free): every step of the exact-state SNN runs the QANN's graph, whose operations are the ANN's.
+  Beside it, ``neurons %``: the share of the SNN's time spent in its neurons' calls (forward hooks, in a run of
+  its own; CPU only).
 
 The SNNs are timed once per ``--spikes-per-step`` value ``m`` (default 1, 2, 4): neurons that emit up to ``m``
 spikes per step reach the same final counts in about ``1/m`` of the steps, and the exact-state SNN's output stays
@@ -32,6 +34,7 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -80,6 +83,27 @@ def reference_loop(snn, x: torch.Tensor, steps: int = 64) -> torch.Tensor:
     for _ in range(steps - 1):
         total = total + snn(x)
     return total
+
+
+def neuron_share(snn, x: torch.Tensor) -> float:
+    """The share of one ``simulate`` of ``snn`` on ``x`` spent inside its neurons' calls, timed by forward hooks
+    in a run of its own (on the CPU: CUDA calls return before their work is done)."""
+    spent, started = [0.0], {}
+
+    def before(module, args):
+        started[module] = time.perf_counter()
+
+    def after(module, args, out):
+        spent[0] += time.perf_counter() - started[module]
+
+    handles = [h for n in snn.neurons for h in (n.register_forward_pre_hook(before), n.register_forward_hook(after))]
+    try:
+        begin = time.perf_counter()
+        simulate(snn, x, max_steps=512)
+        return spent[0] / (time.perf_counter() - begin)
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def size_tag(size: list[int] | None) -> str:
@@ -169,9 +193,10 @@ def time_rows(ann, qann, timed: torch.Tensor, args) -> list[list]:
             t_qann, t_ref, t_ann = seconds[:3]
             t_snn, t_events = seconds[3 + 2 * i], seconds[4 + 2 * i]
             t_settle, steps = int(result.settle_step.max()), result.settle_step.double().mean().item()
+            share = f"{100 * neuron_share(snn, timed):.0f}" if timed.device.type == "cpu" else "-"
             rows.append([m, t_settle, steps, 1e3 * t_qann,
                          1e3 * t_settle * t_qann, 1e3 * t_snn, 1e3 * t_ref, t_snn / (t_settle * t_qann),
-                         t_ref / t_snn, 64 / steps, t_ref / (steps * t_ann), "yes" if exact else "NO",
+                         t_ref / t_snn, 64 / steps, t_ref / (steps * t_ann), share, "yes" if exact else "NO",
                          "yes" if close else "NO", 1e3 * t_events, t_events / t_snn])
     return rows
 
@@ -216,7 +241,8 @@ def main(argv: list[str] | None = None) -> None:
     print_table(f"Time to the exact answer, one batch of {len(timed)} images, {device}, {args.threads} thread(s), "
                 f"median of {args.repeats}",
                 ["levels", "spikes/step", "T_settle", "steps", "QANN fwd ms", "(a) T_settle x QANN ms", "SNN ms",
-                 "(b) T=64 loop ms", "SNN / (a)", "(b) / SNN", "64 / steps", "(b) / (steps x ANN)", "SNN = QANN bits",
+                 "(b) T=64 loop ms", "SNN / (a)", "(b) / SNN", "64 / steps", "(b) / (steps x ANN)", "neurons %",
+                 "SNN = QANN bits",
                  "(b) ~ SNN output",
                  "events SNN ms", "events / SNN"], timing)
 
