@@ -1,0 +1,67 @@
+"""Other architectures of the same families convert without new code (issue 13): tiny random Hugging Face models
+whose blocks differ from the seven of ``test_engine.py`` (factorised and shared layers, relative position biases,
+layer scale, parallel attention and MLP, partial rotary embeddings, GELU-tanh gates, shifted windows, spatially
+reduced attention, depthwise convolutions, channel-last LayerNorm, convolutions unfolded into patches). Float64:
+the exact-state SNN's logits and every neuron's summed output are bit-identical to the QANN's on new inputs, the
+event-driven SNN equals them to 1e-9 relative.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_engine import D, _calibrated, _text_inputs
+
+from spiketwin.convert import to_snn, verify
+
+transformers = pytest.importorskip("transformers", reason="the nlp extra (transformers) is not installed")
+
+LAYERS = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
+TEXT = dict(vocab_size=64, max_position_embeddings=64)
+
+
+def _model(name: str):
+    T = transformers
+    return {
+        "albert": lambda: T.AlbertForSequenceClassification(T.AlbertConfig(embedding_size=8, **LAYERS, **TEXT)),
+        "mpnet": lambda: T.MPNetForSequenceClassification(T.MPNetConfig(**LAYERS, **TEXT)),
+        "qwen2": lambda: T.Qwen2ForCausalLM(T.Qwen2Config(num_key_value_heads=1, **LAYERS, **TEXT)),
+        "gemma": lambda: T.GemmaForCausalLM(T.GemmaConfig(num_key_value_heads=1, head_dim=8, **LAYERS, **TEXT)),
+        "phi": lambda: T.PhiForCausalLM(T.PhiConfig(**LAYERS, **TEXT)),
+        "gpt-neox": lambda: T.GPTNeoXForCausalLM(T.GPTNeoXConfig(**LAYERS, **TEXT)),
+        "beit": lambda: T.BeitForImageClassification(T.BeitConfig(image_size=16, patch_size=4, **LAYERS, num_labels=5)),
+        "dinov2": lambda: T.Dinov2ForImageClassification(T.Dinov2Config(
+            image_size=16, patch_size=4, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
+            num_labels=5)),
+        "swin": lambda: T.SwinForImageClassification(T.SwinConfig(
+            image_size=16, patch_size=2, embed_dim=8, depths=[1, 1], num_heads=[2, 2], window_size=2, num_labels=5)),
+        "convnext": lambda: T.ConvNextForImageClassification(T.ConvNextConfig(
+            num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], num_labels=5)),
+        "mobilevit": lambda: T.MobileViTForImageClassification(T.MobileViTConfig(
+            image_size=32, hidden_sizes=[16, 16, 16], neck_hidden_sizes=[8, 8, 16, 16, 16, 16, 32], num_labels=5)),
+        "segformer": lambda: T.SegformerForImageClassification(T.SegformerConfig(
+            num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[8, 16], num_attention_heads=[1, 2],
+            patch_sizes=[3, 3], strides=[2, 2], mlp_ratios=[2, 2], num_labels=5)),
+    }[name]()
+
+
+CAUSAL = ("qwen2", "gemma", "phi", "gpt-neox")
+IMAGE_SIZE = {"beit": 16, "dinov2": 16, "swin": 16, "convnext": 32, "mobilevit": 32, "segformer": 32}
+
+
+def _inputs(name: str, seed: int) -> dict:
+    if name in IMAGE_SIZE:
+        size = IMAGE_SIZE[name]
+        return {"pixel_values": torch.randn(3, 3, size, size, dtype=D, generator=torch.Generator().manual_seed(seed))}
+    return _text_inputs(name in CAUSAL, seed)
+
+
+@pytest.mark.parametrize("name", ["albert", "mpnet", "qwen2", "gemma", "phi", "gpt-neox", "beit", "dinov2", "swin",
+                                  "convnext", "mobilevit", "segformer"])
+def test_other_architectures_convert_exactly_without_new_code(name):
+    torch.manual_seed(0)
+    qann = _calibrated(_model(name).to(D).eval(), _inputs(name, 0))
+    inputs = _inputs(name, 1)
+    report = verify(qann, to_snn(qann), inputs)
+    assert report.ok and report.max_rel == 0.0, str(report)
+    assert verify(qann, to_snn(qann, state="events"), inputs).ok
