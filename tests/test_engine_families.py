@@ -1,9 +1,9 @@
 """Other architectures of the same families convert without new code (issue 13): tiny random Hugging Face models
 whose blocks differ from the seven of ``test_engine.py`` (factorised and shared layers, relative position biases,
-layer scale, parallel attention and MLP, partial rotary embeddings, GELU-tanh gates, shifted windows, spatially
-reduced attention, depthwise convolutions, channel-last LayerNorm, convolutions unfolded into patches). Float64:
-the exact-state SNN's logits and every neuron's summed output are bit-identical to the QANN's on new inputs, the
-event-driven SNN equals them to 1e-9 relative.
+layer scale, parallel attention and MLP, partial rotary embeddings, GELU-tanh and SwiGLU gates, shifted windows,
+spatially reduced attention, depthwise convolutions, channel-last LayerNorm, convolutions unfolded into patches).
+Float64: the exact-state SNN's logits and every neuron's summed output are bit-identical to the QANN's on new
+inputs, the event-driven SNN equals them to 1e-9 relative.
 """
 
 from __future__ import annotations
@@ -29,10 +29,12 @@ def _model(name: str):
         "gemma": lambda: T.GemmaForCausalLM(T.GemmaConfig(num_key_value_heads=1, head_dim=8, **LAYERS, **TEXT)),
         "phi": lambda: T.PhiForCausalLM(T.PhiConfig(**LAYERS, **TEXT)),
         "gpt-neox": lambda: T.GPTNeoXForCausalLM(T.GPTNeoXConfig(**LAYERS, **TEXT)),
-        "beit": lambda: T.BeitForImageClassification(T.BeitConfig(image_size=16, patch_size=4, **LAYERS, num_labels=5)),
+        "beit": lambda: T.BeitForImageClassification(T.BeitConfig(
+            image_size=16, patch_size=4, use_relative_position_bias=True, use_absolute_position_embeddings=True,
+            **LAYERS, num_labels=5)),
         "dinov2": lambda: T.Dinov2ForImageClassification(T.Dinov2Config(
             image_size=16, patch_size=4, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
-            num_labels=5)),
+            use_swiglu_ffn=True, num_labels=5)),
         "swin": lambda: T.SwinForImageClassification(T.SwinConfig(
             image_size=16, patch_size=2, embed_dim=8, depths=[1, 1], num_heads=[2, 2], window_size=2, num_labels=5)),
         "convnext": lambda: T.ConvNextForImageClassification(T.ConvNextConfig(
