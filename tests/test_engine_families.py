@@ -12,7 +12,7 @@ import pytest
 import torch
 from test_engine import D, _calibrated, _text_inputs
 
-from spiketwin.convert import to_snn, verify
+from spiketwin.convert import to_qann, to_snn, verify
 
 transformers = pytest.importorskip("transformers", reason="the nlp extra (transformers) is not installed")
 
@@ -39,6 +39,8 @@ def _model(name: str):
             image_size=16, patch_size=2, embed_dim=8, depths=[1, 1], num_heads=[2, 2], window_size=2, num_labels=5)),
         "convnext": lambda: T.ConvNextForImageClassification(T.ConvNextConfig(
             num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], num_labels=5)),
+        "resnet": lambda: T.ResNetForImageClassification(T.ResNetConfig(
+            embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=5)),
         "mobilevit": lambda: T.MobileViTForImageClassification(T.MobileViTConfig(
             image_size=32, hidden_sizes=[16, 16, 16], neck_hidden_sizes=[8, 8, 16, 16, 16, 16, 32], num_labels=5)),
         "segformer": lambda: T.SegformerForImageClassification(T.SegformerConfig(
@@ -48,7 +50,7 @@ def _model(name: str):
 
 
 CAUSAL = ("qwen2", "gemma", "phi", "gpt-neox")
-IMAGE_SIZE = {"beit": 16, "dinov2": 16, "swin": 16, "convnext": 32, "mobilevit": 32, "segformer": 32}
+IMAGE_SIZE = {"beit": 16, "dinov2": 16, "swin": 16, "convnext": 32, "resnet": 32, "mobilevit": 32, "segformer": 32}
 
 
 def _inputs(name: str, seed: int) -> dict:
@@ -67,3 +69,25 @@ def test_other_architectures_convert_exactly_without_new_code(name):
     report = verify(qann, to_snn(qann), inputs)
     assert report.ok and report.max_rel == 0.0, str(report)
     assert verify(qann, to_snn(qann, state="events"), inputs).ok
+
+
+class _Logits(torch.nn.Module):
+    """A Hugging Face vision model as the iLIF SNN takes it: one input tensor in, the logits out."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixel_values).logits
+
+
+@pytest.mark.parametrize("name", ["resnet", "convnext"])
+def test_ilif_converts_hugging_face_vision_models(name):
+    """SpikeConverter on the same front end: a ResNet (BatchNorm folded, residual adds, max pooling; each ReLU a
+    quantizer) and a ConvNeXt (GELU, LayerNorm: the engine's placement) convert with no code of their own."""
+    torch.manual_seed(0)
+    qann = to_qann(_Logits(_model(name).to(D).eval()), levels=2 ** 4, neuron="ilif",
+                   calibration=_inputs(name, 0)["pixel_values"])
+    report = verify(qann, to_snn(qann), _inputs(name, 1)["pixel_values"])
+    assert report.ok and report.max_rel < 1e-12, str(report)

@@ -121,7 +121,10 @@ def to_ilif_qann(model: nn.Module, levels: int, calibration: torch.Tensor | None
         raise ValueError(f"to_qann(neuron='ilif'): levels must be 2**T (T >= 1 steps per phase), got {levels}")
     if calibration is None or not isinstance(calibration, torch.Tensor):
         raise ValueError("to_qann(neuron='ilif') needs calibration=<tensor of a few hundred training inputs> "
-                         "to set each quantizer's step from the activations")
+                         "to set each quantizer's step from the activations, got "
+                         f"{type(calibration).__name__}; the iLIF SNN takes one input tensor: wrap a model called "
+                         "with keywords (a Hugging Face model's pixel_values=) in a module whose forward takes the "
+                         "tensor and returns the logits")
     if not 0 < percentile <= 100:
         raise ValueError(f"to_qann(neuron='ilif'): percentile must be in (0, 100], got {percentile}")
     activation = "relu" if activation is None else activation
