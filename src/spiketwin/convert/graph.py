@@ -35,7 +35,7 @@ QUANT, OUTPUT = "quant", "output"
 
 WEIGHT_OPS = {aten.linear, aten.conv1d, aten.conv2d, aten.conv3d, aten.convolution, aten.conv_transpose1d,
               aten.conv_transpose2d, aten.conv_transpose3d, aten.addmm}
-PRODUCT_OPS = {aten.matmul, aten.mm, aten.bmm, aten.einsum}
+PRODUCT_OPS = {aten.matmul, aten.mm, aten.bmm}
 """Products: weighted with one signal operand, bilinear with two (``aten.mul`` too, elementwise)."""
 LINEAR_OPS = {
     aten.add, aten.sub, aten.neg, aten.mul, aten.div, aten.view, aten._unsafe_view, aten.reshape, aten.permute,
@@ -100,6 +100,11 @@ def _sdpa_math(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=No
     return torch.matmul(torch.softmax(scores, -1), v)
 
 
+_EINSUM = torch.export.default_decompositions()[aten.einsum.default]
+"""``einsum`` as PyTorch's own decomposition writes it (permutes, reshapes, ``bmm``), so the rules see its products
+as they see ``matmul``'s (``einsum`` itself holds its operands in a list)."""
+
+
 def _dynamic(value):
     """``torch.export`` dynamic-shape spec: every dimension of every tensor ``Dim.AUTO``, anything else static."""
     if isinstance(value, torch.Tensor):
@@ -149,7 +154,8 @@ def trace(model: nn.Module, example_inputs) -> tuple[fx.GraphModule, dict]:
             "pass example_inputs exactly as you call the model, e.g. a dict of keyword tensors") from error
     finally:
         model.train(was_training)
-    program = program.run_decompositions({aten.scaled_dot_product_attention.default: _sdpa_math})
+    program = program.run_decompositions({aten.scaled_dot_product_attention.default: _sdpa_math,
+                                          aten.einsum.default: _EINSUM})
     unlifted = program.module()
     gm = fx.GraphModule(unlifted, unlifted.graph)
     for node in list(gm.graph.nodes):

@@ -34,7 +34,7 @@ from ..convert.snn import _batch, _split
 from ..neurons import ExactSTBIF
 from .collect import Call, Needs, Operand, Run, Stats, conv_uses
 
-COUNTED = G.WEIGHT_OPS | (G.PRODUCT_OPS - {G.aten.einsum})  # einsum: operands in a list, not counted
+COUNTED = G.WEIGHT_OPS | G.PRODUCT_OPS
 MOVES = {G.aten.view, G.aten._unsafe_view, G.aten.reshape, G.aten.permute, G.aten.transpose, G.aten.t,
          G.aten.unsqueeze, G.aten.squeeze, G.aten.flatten, G.aten.unflatten, G.aten.expand, G.aten.repeat,
          G.aten.repeat_interleave, G.aten.slice, G.aten.select, G.aten.narrow, G.aten.clone, G.aten.contiguous,
