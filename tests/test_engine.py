@@ -159,6 +159,17 @@ def test_float32_exact_state_is_bit_identical_and_multi_spike_settles_faster():
     assert int(many.settle_step.max()) < int(one.settle_step.min())
 
 
+def test_wide_levels_keep_16_bit_counts_and_stay_bit_identical():
+    """512 levels: the neurons' counts need int16 (the native kernel's 16-bit variant), still the QANN's bits."""
+    torch.manual_seed(7)
+    x = {"pixel_values": torch.randn(4, 3, 16, 16)}
+    qann = _calibrated(_hf("vit").eval(), x, levels=512)
+    snn = to_snn(qann, spikes_per_step=64)
+    result = snn.simulate(x)
+    assert {n.count.dtype for n in snn.neurons} == {torch.int16}
+    assert torch.equal(result.output, qann(**x).logits)
+
+
 class _Argmax(nn.Module):
     def __init__(self):
         super().__init__()
