@@ -51,6 +51,9 @@ def test_step_initialised_from_first_batch_and_only_once():
     fresh = Quantizer(16, signed=False)
     fresh.load_state_dict(state)
     assert bool(fresh.initialized) and fresh.step.item() == before
+    q.load_state_dict(Quantizer(16, signed=False).state_dict())  # a never-initialised state: the flag is read again
+    q(x)
+    assert bool(q.initialized) and math.isclose(q.step.item(), before, rel_tol=1e-6)
 
 
 def test_straight_through_and_lsq_gradients():

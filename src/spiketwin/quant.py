@@ -34,13 +34,18 @@ def level_range(levels: int, signed: bool) -> tuple[int, int]:
     return 0, levels - 1
 
 
+def _read_flag_again(quantizer: nn.Module, incompatible_keys) -> None:
+    quantizer._ready = False
+
+
 class Quantizer(nn.Module):
     """LSQ quantizer with ``levels`` levels and a learnable step ``s`` (``.step``).
 
     The step is initialised from the first batch it sees (``s = 2 mean|x| / sqrt(n_max)``, LSQ's rule),
-    training or not; ``.initialized`` records that, and travels in the state dict. Gradients: straight
-    through ``floor`` inside ``[n_min, n_max]``, zero outside; the step's gradient is LSQ's, scaled by
-    ``1/sqrt(numel * n_max)``.
+    training or not; ``.initialized`` records that, and travels in the state dict. The flag is read once (then
+    again after a ``load_state_dict``), not at every forward: on CUDA each read would wait for the device.
+    Gradients: straight through ``floor`` inside ``[n_min, n_max]``, zero outside; the step's gradient is LSQ's,
+    scaled by ``1/sqrt(numel * n_max)``.
     """
 
     nir_refusal = "quantizer: this is a QANN; convert it to an SNN first"
@@ -51,6 +56,8 @@ class Quantizer(nn.Module):
         self.n_min, self.n_max = level_range(self.levels, self.signed)
         self.step = nn.Parameter(torch.tensor(1.0))
         self.register_buffer("initialized", torch.tensor(False))
+        self._ready = False  # .initialized was read and found set
+        self.register_load_state_dict_post_hook(_read_flag_again)
 
     @torch.no_grad()
     def initialize(self, x: torch.Tensor) -> None:
@@ -61,8 +68,10 @@ class Quantizer(nn.Module):
         self.initialized.fill_(True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not bool(self.initialized):
-            self.initialize(x)
+        if not self._ready:
+            if not bool(self.initialized):
+                self.initialize(x)
+            self._ready = True
         s = self.step.to(x.dtype)
         if self.training and s.requires_grad:
             s = scale_grad(s, 1.0 / math.sqrt(x.numel() * self.n_max))
