@@ -1,10 +1,13 @@
-"""The LSQ quantizer: levels, round half up, initialisation, straight-through and LSQ gradients."""
+"""The LSQ quantizer: levels, round half up, initialisation, straight-through and LSQ gradients, the fused inference
+pass."""
 
 import math
 
 import pytest
 import torch
 
+from spiketwin import native
+from spiketwin.kernels.quantize import quantize
 from spiketwin.quant import Quantizer, level_range
 
 
@@ -69,3 +72,25 @@ def test_straight_through_and_lsq_gradients():
     d = torch.where(inside, torch.floor(v + 0.5) - v, torch.where(v < 0, float(n_min), float(n_max)))
     expected = d.sum() / math.sqrt(x.numel() * n_max)
     assert math.isclose(q.step.grad.item(), expected.item(), rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", ["contiguous", "permuted", "gaps"])
+def test_inference_pass_equals_the_torch_path_bit_for_bit(dtype, layout):
+    """Without autograd on the CPU the quantizer runs one native pass (``kernels.quantize``) where it takes the input
+    (dense in any order; a view with gaps takes the torch path): the same bits, halves, the clamp and NaN included."""
+    q = Quantizer(16, signed=True).to(dtype)
+    with torch.no_grad():
+        q.step.fill_(0.37)
+    q.initialized.fill_(True)
+    x = torch.randn(6, 5, 8, dtype=dtype) * 4
+    x[0, 0, :5] = torch.tensor([0.5, 1.5, -0.5, -2.5, float("nan")], dtype=dtype) * q.step.detach().to(dtype)
+    x[0, 1, 0] = 1e30
+    x = {"contiguous": x, "permuted": x.transpose(1, 2).contiguous().transpose(1, 2), "gaps": x[:, :, ::2]}[layout]
+    with torch.no_grad():
+        fast = q(x)
+        with native.disabled():
+            reference = q(x)
+        assert (quantize(x, float(q.step), q.n_min, q.n_max) is None) == (layout == "gaps")
+    assert fast.stride() == reference.stride() and torch.equal(fast.nan_to_num(7.0), reference.nan_to_num(7.0))
+    assert bool(fast[0, 0].isnan().any())

@@ -124,15 +124,21 @@ def stbif_exact_step(x: torch.Tensor, count: torch.Tensor, threshold: torch.Tens
     return torch.ops.spiketwin.stbif_exact_step(x, count, theta, n_min, n_max, m)
 
 
-def batch_major(t: torch.Tensor) -> bool:
-    """Whether ``t`` fills its memory densely with dimension 0 outermost (each sample one block), in any order of
-    the other dimensions: the layout of a neuron's count, which elementwise operations give their results."""
+def dense(t: torch.Tensor) -> bool:
+    """Whether ``t`` fills its memory densely (no gaps, no overlaps), in any order of its dimensions: what an
+    elementwise operation gives, and what a kernel can run over in memory order."""
     expected = 1
     for stride, size in sorted((st, n) for st, n in zip(t.stride(), t.shape) if n != 1):
         if stride != expected:
             return False
         expected *= size
-    return t.dim() > 0 and (t.shape[0] == 1 or t.stride(0) * t.shape[0] == t.numel())
+    return True
+
+
+def batch_major(t: torch.Tensor) -> bool:
+    """Whether ``t`` is :func:`dense` with dimension 0 outermost (each sample one block), in any order of the other
+    dimensions: the layout of a neuron's count, which elementwise operations give their results."""
+    return dense(t) and t.dim() > 0 and (t.shape[0] == 1 or t.stride(0) * t.shape[0] == t.numel())
 
 
 def _in_order(x: torch.Tensor, count: torch.Tensor) -> bool:
