@@ -3,9 +3,12 @@ see one operator where the torch path runs many: each has a CPU implementation (
 :mod:`spiketwin.native`, else the torch path) and a CUDA implementation written in Triton (the optional
 ``triton`` package; ``TRITON_INTERPRET=1`` runs it on CPU tensors, which is how the tests check it).
 
-- :mod:`.stbif`: ``spiketwin::stbif_steps``, the ST-BIF neuron's sequence call (multi-spike, per-sample skip).
+- :mod:`.stbif`: ``spiketwin::stbif_steps``, the ST-BIF neuron's sequence call (multi-spike, per-sample skip), and
+  ``spiketwin::stbif_exact_step``, the exact-state neuron's step (integer counts).
 - :mod:`.lif`: ``spiketwin::lif_scan`` (with its autograd), ``lif_scan_backward`` and ``lif_affine_scan``, the LIF
   neuron's time scan, its backward and the BatchNorm -> LIF recompute of :mod:`spiketwin.memory`.
+- :mod:`.quantize`: the quantizer's inference pass (native C on the CPU only; a plain function, not an operator:
+  the torch path is what autograd, ``torch.compile`` and CUDA see).
 """
 
 from __future__ import annotations
