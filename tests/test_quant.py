@@ -91,6 +91,6 @@ def test_inference_pass_equals_the_torch_path_bit_for_bit(dtype, layout):
         fast = q(x)
         with native.disabled():
             reference = q(x)
-        assert (quantize(x, float(q.step), q.n_min, q.n_max) is None) == (layout == "gaps")
+        assert (quantize(x, q.step.to(dtype), q.n_min, q.n_max) is None) == (layout == "gaps")
     assert fast.stride() == reference.stride() and torch.equal(fast.nan_to_num(7.0), reference.nan_to_num(7.0))
     assert bool(fast[0, 0].isnan().any())

@@ -77,8 +77,8 @@ class Quantizer(nn.Module):
         s = self.step.to(x.dtype)
         if self.training and s.requires_grad:
             s = scale_grad(s, 1.0 / math.sqrt(x.numel() * self.n_max))
-        elif x.device.type == "cpu":  # inference on the CPU: one fused pass where the native kernel takes x
-            fused = quantize(x, s.item(), self.n_min, self.n_max)
+        else:  # inference on the CPU: one fused pass where the native kernel takes x
+            fused = quantize(x, s, self.n_min, self.n_max)
             if fused is not None:
                 return fused
         return round_half_up_ste(x / s).clamp(self.n_min, self.n_max) * s

@@ -10,21 +10,22 @@ import ctypes
 import torch
 
 from .. import native
-from .stbif import dense
+from . import dense
 
 
 def _kernel(dtype: torch.dtype):
     return native.function("quant", "quantize", dtype, *[ctypes.c_void_p] * 2, ctypes.c_int64, *[native.REAL] * 3)
 
 
-def quantize(x: torch.Tensor, step: float, n_min: int, n_max: int) -> torch.Tensor | None:
-    """``x`` quantized with step ``step`` into a tensor of its layout, or ``None`` when the kernel does not take it
-    (autograd on, not the CPU, another dtype, a view with gaps, native kernels off)."""
+def quantize(x: torch.Tensor, step: torch.Tensor, n_min: int, n_max: int) -> torch.Tensor | None:
+    """``x`` quantized with step ``step`` (a 0-d tensor, read only when the kernel runs) into a tensor of its layout,
+    or ``None`` when the kernel does not take it (autograd on, not the CPU, another dtype, a view with gaps, native
+    kernels off)."""
     if x.device.type != "cpu" or torch.is_grad_enabled() or x.numel() == 0 or not dense(x):
         return None
     kernel = _kernel(x.dtype)
     if kernel is None:
         return None
     out = torch.empty_like(x)
-    kernel(native.pointer(x), native.pointer(out), x.numel(), step, n_min, n_max)
+    kernel(native.pointer(x), native.pointer(out), x.numel(), step.item(), n_min, n_max)
     return out

@@ -28,7 +28,7 @@ import torch
 
 from .. import native
 from .stbif_rule import stbif_exact, stbif_scan
-from . import triton_takes
+from . import batch_major, triton_takes
 
 
 def _native_kernel(dtype: torch.dtype):
@@ -118,27 +118,11 @@ def stbif_exact_step(x: torch.Tensor, count: torch.Tensor, threshold: torch.Tens
                      m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The operator on ``x`` and ``count`` alike (``[B, ...]``, batch first), ``threshold`` the neuron's one-element
     buffer; an eager CPU call that the native kernel takes goes straight to it (see :func:`stbif_steps`)."""
-    if x.device.type == "cpu" and not torch.compiler.is_compiling() and _native_exact_takes(x, count):
-        return _native_exact(x, count, threshold.item(), n_min, n_max, m)
+    kernel = None if x.device.type != "cpu" or torch.compiler.is_compiling() else _native_exact_for(x, count)
+    if kernel is not None:
+        return _native_exact(kernel, x, count, threshold.item(), n_min, n_max, m)
     theta = threshold.to(device=x.device, dtype=x.dtype).reshape(1)
     return torch.ops.spiketwin.stbif_exact_step(x, count, theta, n_min, n_max, m)
-
-
-def dense(t: torch.Tensor) -> bool:
-    """Whether ``t`` fills its memory densely (no gaps, no overlaps), in any order of its dimensions: what an
-    elementwise operation gives, and what a kernel can run over in memory order."""
-    expected = 1
-    for stride, size in sorted((st, n) for st, n in zip(t.stride(), t.shape) if n != 1):
-        if stride != expected:
-            return False
-        expected *= size
-    return True
-
-
-def batch_major(t: torch.Tensor) -> bool:
-    """Whether ``t`` is :func:`dense` with dimension 0 outermost (each sample one block), in any order of the other
-    dimensions: the layout of a neuron's count, which elementwise operations give their results."""
-    return dense(t) and t.dim() > 0 and (t.shape[0] == 1 or t.stride(0) * t.shape[0] == t.numel())
 
 
 def _in_order(x: torch.Tensor, count: torch.Tensor) -> bool:
@@ -151,27 +135,29 @@ def _count_layout(x: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     return x if x.stride() == count.stride() else torch.empty_like(count, dtype=x.dtype).copy_(x)
 
 
-def _native_exact_takes(x: torch.Tensor, count: torch.Tensor) -> bool:
-    return (x.device.type == "cpu" and count.device.type == "cpu" and not torch.is_grad_enabled()
-            and _native_exact_kernel(x.dtype, count.dtype) is not None and _in_order(x, count))
+def _native_exact_for(x: torch.Tensor, count: torch.Tensor):
+    """The native kernel that takes ``x`` and ``count`` (CPU, no autograd, :func:`_in_order`), or None."""
+    if x.device.type != "cpu" or count.device.type != "cpu" or torch.is_grad_enabled() or not _in_order(x, count):
+        return None
+    return _native_exact_kernel(x.dtype, count.dtype)
 
 
-def _native_exact(x, count, theta: float, n_min, n_max, m):
-    """The kernel; ``out`` (``x``'s dtype) and ``change`` (``count``'s) take ``count``'s layout (as ``count * θ``
+def _native_exact(kernel, x, count, theta: float, n_min, n_max, m):
+    """Run ``kernel``; ``out`` (``x``'s dtype) and ``change`` (``count``'s) take ``count``'s layout (as ``count * θ``
     would)."""
     x = _count_layout(x, count)
     out, change = torch.empty_like(count, dtype=x.dtype), torch.empty_like(count)
     far = torch.empty(len(x), dtype=torch.bool)
-    _native_exact_kernel(x.dtype, count.dtype)(native.pointer(x), native.pointer(count), native.pointer(out),
-                                  native.pointer(change), native.pointer(far), len(x), x[0].numel(), theta, n_min,
-                                  n_max, m)
+    kernel(native.pointer(x), native.pointer(count), native.pointer(out), native.pointer(change), native.pointer(far),
+           len(x), x[0].numel(), theta, n_min, n_max, m)
     return out, change, far
 
 
 def _stbif_exact_step_cpu(x, count, theta, n_min, n_max, m):
     with torch.no_grad():
-        if _native_exact_takes(x, count):
-            return _native_exact(x, count, theta.item(), n_min, n_max, m)
+        kernel = _native_exact_for(x, count)
+        if kernel is not None:
+            return _native_exact(kernel, x, count, theta.item(), n_min, n_max, m)
         return stbif_exact(x, count, theta, n_min, n_max, m)
 
 
