@@ -123,7 +123,8 @@ def test_vit_exact_and_events_agree_under_every_convention():
     assert [row.name for row in exact["syops"].layers if row.kind == "neurons"] == qann.labels  # neuron updates
     norms = [row for row in exact["spikezip"].layers if row.kind == "layernorm"]  # 2 MACs per element and step
     assert [row.name for row in norms] == [f"blocks.{i}.norm{j}" for i in (0, 1) for j in (1, 2)] + ["norm"]
-    assert all(row.macs == 2 * 17 * 32 * row.steps for row in norms)  # 16 patches + the class token, dim 32
+    rows = {"blocks.1.norm2": 1, "norm": 1}  # after the last attention only the class token is computed (rows.py)
+    assert all(row.macs == 2 * rows.get(row.name, 17) * 32 * row.steps for row in norms)  # 16 patches + class, dim 32
     assert r.totals["sops"] > 0 and r.T == int(to_snn(qann).simulate(x).settle_step.max())
 
 

@@ -139,7 +139,9 @@ def test_vit_snn_equals_qann_float64_for_every_m(config, m):
     report = verify(qann, snn, x)
     assert report.ok and report.max_rel <= 1e-9, str(report)
     steps, seq = snn.simulate(x, step_mode="s"), snn.simulate(x, step_mode="m", chunk=3)
-    assert torch.equal(steps.per_step, seq.per_step) and torch.equal(steps.settle_step, seq.settle_step)
+    assert torch.equal(steps.output, seq.output) and torch.equal(steps.settle_step, seq.settle_step)
+    # running outputs before a sample settles: batches of other compositions, rows rounded alike up to the GEMM
+    torch.testing.assert_close(seq.per_step, steps.per_step, rtol=1e-12, atol=1e-12)
     if m >= config[6]:  # every neuron reaches its count in the step its input arrives: the whole net in one step
         assert (steps.settle_step == 1).all()
 

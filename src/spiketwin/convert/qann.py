@@ -27,6 +27,7 @@ from torch import fx, nn
 from ..inputs import describe
 from ..quant import Quantizer
 from . import graph as G
+from .rows import prune_rows
 
 ACTIVATION_CHOICES = ("keep", "relu")
 KEEPS_SIGN = {G.aten.view, G.aten._unsafe_view, G.aten.reshape, G.aten.permute, G.aten.transpose, G.aten.t,
@@ -206,6 +207,7 @@ def graph_to_qann(model: nn.Module, levels: int = 16, example_inputs=None, activ
             h is None or region.get(u) != h))
         labels.append(f"{G.module_path(value) or '<root>'}:{value.name}")
         dims.append(batch_dim(value, sizes))
+    prune_rows(gm)
     gm.recompile()
     qann = GraphQANN(gm, fixed, labels, dims)
     qann.recipe = {"levels": levels, "neuron": "stbif", "activation": activation}
