@@ -47,7 +47,9 @@ class Quantizer(nn.Module):
     training or not; ``.initialized`` records that, and travels in the state dict. The flag is read once (then
     again after a ``load_state_dict``), not at every forward: on CUDA each read would wait for the device.
     Gradients: straight through ``floor`` inside ``[n_min, n_max]``, zero outside; the step's gradient is LSQ's,
-    scaled by ``1/sqrt(numel * n_max)``.
+    scaled by ``1/sqrt(numel * n_max)``. The output is contiguous whatever the input's layout (attention's q, k, v
+    arrive as strided views): the layout the SNN's neurons give too, since a matrix product may round differently
+    on another layout, and the one the next matrix product would copy its operand into anyway.
     """
 
     nir_refusal = "quantizer: this is a QANN; convert it to an SNN first"
@@ -81,7 +83,7 @@ class Quantizer(nn.Module):
             fused = quantize(x, s, self.n_min, self.n_max)
             if fused is not None:
                 return fused
-        return round_half_up_ste(x / s).clamp(self.n_min, self.n_max) * s
+        return (round_half_up_ste(x / s).clamp(self.n_min, self.n_max) * s).contiguous()
 
     def extra_repr(self) -> str:
         return f"levels={self.levels}, signed={self.signed}, step={self.step.item():.4g}"

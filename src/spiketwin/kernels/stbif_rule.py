@@ -56,6 +56,6 @@ def stbif_exact(x: torch.Tensor, count: torch.Tensor, theta: torch.Tensor, n_min
     accumulated input) by torch operations: the count (updated in place; an integer or ``x``'s dtype) moves toward
     ``x``'s quantizer level; returns ``(count * θ, change, far)``, the change in ``count``'s dtype."""
     change, far = stbif_move(count, stbif_target(x, theta, n_min, n_max), m)
-    change = change.to(count.dtype)
+    change = torch.empty_like(count).copy_(change)  # the count's dtype and layout, as the fused kernels give it
     count.add_(change)
     return count * theta, change, far

@@ -70,7 +70,8 @@ class ExactSTBIF(StatefulModule):
         """One step by the fused operator ``spiketwin::stbif_exact_step`` (:mod:`spiketwin.kernels.stbif`), on
         batch-first views of ``x`` and the count (the batch unknown: all of it as one sample)."""
         if self.count is None:
-            self.count = torch.zeros_like(x, dtype=count_dtype(self.n_min, self.n_max, self.spikes_per_step))
+            self.count = torch.zeros_like(x, dtype=count_dtype(self.n_min, self.n_max, self.spikes_per_step),
+                                          memory_format=torch.contiguous_format)  # the quantizer's output layout
         self.dtype = x.dtype
         dim = self.batch_dim
         first = (lambda t: t.unsqueeze(0)) if dim is None else (lambda t: t.movedim(dim, 0))
