@@ -105,6 +105,23 @@ def test_exact_stbif_native_equals_torch_path_bit_for_bit(dtype, seed, batch_dim
         assert batch_dim == 1 or all(t.is_contiguous() for t in fast[-1][:3])
 
 
+@needs_native
+def test_exact_stbif_native_takes_any_strided_view():
+    """Views with gaps or permuted dimensions (copied to the count's layout first): the torch path's bits, in a
+    contiguous output."""
+    theta = torch.tensor(0.3)
+    base = torch.randn(4, 3, 5, 2, 3, 2, 4, generator=torch.Generator().manual_seed(0)) * 2
+    views = [base[..., 0], base[:, :, ::2, :, :, :, 1].permute(0, 3, 1, 2, 5, 4), base[..., ::3].transpose(1, 4),
+             base[:, 1:, :, :, ::2, :, ::2]]
+    for x in views:
+        inputs = [x, 2 * x, 2 * x]
+        fast = exact_calls(ExactSTBIF(theta, -8, 7), inputs)
+        with native.disabled():
+            reference = exact_calls(ExactSTBIF(theta, -8, 7), inputs)
+        for got, want in zip(fast, reference):
+            assert all(a.is_contiguous() == b.is_contiguous() and torch.equal(a, b) for a, b in zip(got, want))
+
+
 def test_exact_stbif_keeps_the_narrowest_integer_count():
     assert count_dtype(-8, 7, 1) == torch.int8 and count_dtype(0, 255, 1) == torch.int16
     assert count_dtype(0, 127, 200) == torch.int8 and count_dtype(-128, 127, 1) == torch.int16  # -n_min must fit

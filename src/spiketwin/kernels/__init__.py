@@ -10,8 +10,7 @@ see one operator where the torch path runs many: each has a CPU implementation (
 - :mod:`.quantize`: the quantizer's inference pass (native C on the CPU only; a plain function, not an operator:
   the torch path is what autograd, ``torch.compile`` and CUDA see).
 
-Here: when the kernels run (:func:`triton_takes`) and the layouts they run over in memory order (:func:`dense`,
-:func:`batch_major`).
+Here: when the Triton kernels run (:func:`triton_takes`).
 """
 
 from __future__ import annotations
@@ -45,20 +44,3 @@ def triton_takes(*tensors: torch.Tensor) -> bool:
             and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
             and all(t.device == first.device and t.dtype == first.dtype and t.is_contiguous() for t in tensors)
             and triton_enabled())
-
-
-def dense(t: torch.Tensor) -> bool:
-    """Whether ``t`` fills its memory densely (no gaps, no overlaps), in any order of its dimensions: what an
-    elementwise operation gives, and what a kernel can run over in memory order."""
-    expected = 1
-    for stride, size in sorted((st, n) for st, n in zip(t.stride(), t.shape) if n != 1):
-        if stride != expected:
-            return False
-        expected *= size
-    return True
-
-
-def batch_major(t: torch.Tensor) -> bool:
-    """Whether ``t`` is :func:`dense` with dimension 0 outermost (each sample one block), in any order of the other
-    dimensions: the layout of a neuron's count, which elementwise operations give their results."""
-    return dense(t) and t.dim() > 0 and (t.shape[0] == 1 or t.stride(0) * t.shape[0] == t.numel())

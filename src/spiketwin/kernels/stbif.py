@@ -16,8 +16,8 @@ Triton kernel (:mod:`.stbif_triton`). All three give the same bits.
 accumulated input, ``count`` (``[B, ...]``, an integer dtype of :data:`COUNT_DTYPES`, or ``x``'s) moves toward its
 quantizer level by at most ``m`` (in place); ``change`` is the move (``count``'s dtype), ``out = count * theta``
 (``x``'s dtype), ``far`` (``[B]`` bool) marks samples with a neuron still more than ``m`` away. CPU: the native
-kernel, CUDA: the Triton kernel, each for integer counts in batch-major layout (:func:`batch_major`, as elementwise
-results are); else :func:`~spiketwin.kernels.stbif_rule.stbif_exact`. All give the same bits.
+kernel, CUDA: the Triton kernel, each for contiguous integer counts (a strided ``x`` is copied to their layout);
+else :func:`~spiketwin.kernels.stbif_rule.stbif_exact`. All give the same bits.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 
 from .. import native
 from .stbif_rule import stbif_exact, stbif_scan
-from . import batch_major, triton_takes
+from . import triton_takes
 
 
 def _native_kernel(dtype: torch.dtype):
@@ -126,9 +126,9 @@ def stbif_exact_step(x: torch.Tensor, count: torch.Tensor, threshold: torch.Tens
 
 
 def _in_order(x: torch.Tensor, count: torch.Tensor) -> bool:
-    """Whether the fused kernels can run over memory in order: ``count`` batch-major with an integer dtype they
-    take, ``x`` of its shape (:func:`_count_layout` copies it to ``count``'s layout when its strides differ)."""
-    return x.shape == count.shape and count.dtype in COUNT_DTYPES and x.numel() > 0 and batch_major(count)
+    """Whether the fused kernels can run: ``count`` contiguous with an integer dtype they take, ``x`` of its shape
+    (:func:`_count_layout` copies it to ``count``'s layout when its strides differ)."""
+    return x.shape == count.shape and count.dtype in COUNT_DTYPES and x.numel() > 0 and count.is_contiguous()
 
 
 def _count_layout(x: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
@@ -143,8 +143,7 @@ def _native_exact_for(x: torch.Tensor, count: torch.Tensor):
 
 
 def _native_exact(kernel, x, count, theta: float, n_min, n_max, m):
-    """Run ``kernel``; ``out`` (``x``'s dtype) and ``change`` (``count``'s) take ``count``'s layout (as ``count * θ``
-    would)."""
+    """Run ``kernel``; ``out`` (``x``'s dtype) and ``change`` (``count``'s) are contiguous, as ``count``."""
     x = _count_layout(x, count)
     out, change = torch.empty_like(count, dtype=x.dtype), torch.empty_like(count)
     far = torch.empty(len(x), dtype=torch.bool)

@@ -103,7 +103,7 @@ def _stbif_exact_step(x_ptr, count_ptr, out_ptr, change_ptr, far_ptr, theta_ptr,
 def stbif_exact_step(x: torch.Tensor, count: torch.Tensor, theta: torch.Tensor, n_min: int, n_max: int,
                      m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``spiketwin::stbif_exact_step`` by the Triton kernel, over memory in order: ``count`` (``[B, ...]``, updated
-    in place; an integer dtype) batch-major (:func:`spiketwin.kernels.batch_major`), ``x`` with ``count``'s
+    in place; an integer dtype) contiguous, ``x`` with ``count``'s
     strides, ``theta`` a one-element tensor of ``x``'s dtype. Returns ``count * θ`` (``x``'s dtype) and the change
     (``count``'s), both in ``count``'s layout, and the far flags ``[B]`` (bool)."""
     batch = x.shape[0]
