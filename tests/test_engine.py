@@ -238,8 +238,9 @@ def test_moving_a_qann_moves_the_graphs_tensor_making_nodes():
 def test_starting_after_the_settled_head_of_the_graph_changes_no_bit(name, ahead, monkeypatch):
     """``simulate`` starts each step after the neurons at the head of the graph that can no longer move, from the
     values they left (:mod:`spiketwin.convert.resume`): the same outputs, per-step outputs and settle steps as
-    running the whole graph every step, with padded text and samples leaving the batch; also when only the next cut's
-    values are recorded (``AHEAD = 1``: the start advances one recorded cut at a time)."""
+    running the whole graph every step, with padded text and samples leaving the batch (the confirmation forward of
+    the whole batch starts after the head too); also when only the next cut's values are recorded (``AHEAD = 1``: the
+    start advances one recorded cut at a time)."""
     from spiketwin.convert import resume
     from spiketwin.convert.resume import Resume
 
@@ -253,7 +254,7 @@ def test_starting_after_the_settled_head_of_the_graph_changes_no_bit(name, ahead
     monkeypatch.setattr(Resume, "run", lambda self, cut, *a: started.append(cut) or run(self, cut, *a))
     skipping = snn.simulate(inputs)
     whole = snn.simulate(inputs, skip_settled=False)
-    assert len(started) == len(skipping.per_step)
+    assert len(started) - len(skipping.per_step) in (0, 1)  # and the confirmation forward when samples left
     assert max(started) > 0 or name == "gpt2"  # later steps started at a later cut (not in this GPT-2: its 5th
     # neuron moves until the last step)
     assert torch.equal(skipping.output, whole.output) and torch.equal(skipping.per_step, whole.per_step)

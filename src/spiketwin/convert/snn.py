@@ -15,8 +15,9 @@ Two ways to run the same spiking network (``to_snn(qann, state=...)``):
 Early exit: a sample stops when no neuron is short of its target after a step. Dropping settled samples changes
 the batch that later steps compute with, and matrix kernels may round a row differently in another batch; so when
 samples were dropped, the exact-state run ends with one confirmation forward of the whole batch from the final
-counts: if a neuron would still move there, the whole batch steps on until none does. The result is then the
-QANN's forward on that same batch, bit for bit.
+counts (from the settled head's values of the last step on the whole batch, :mod:`spiketwin.convert.resume`): if a
+neuron would still move there, the whole batch steps on until none does. The result is then the QANN's forward on
+that same batch, bit for bit.
 """
 
 from __future__ import annotations
@@ -161,6 +162,7 @@ class GraphSNN(GraphModel):
         parked: list[torch.Tensor | None] = [None] * len(neurons)
         rows: list[torch.Tensor] = []
         dropped = False
+        whole: tuple[int, dict] = (0, {})  # the cut and recorded values of the last step on the whole batch
         t = 0
         while t < max_steps and len(active):
             a_args, a_kwargs = _select(args, kwargs, active, batch) if dropped else (args, kwargs)
@@ -189,6 +191,8 @@ class GraphSNN(GraphModel):
             if staying < len(active):
                 order = torch.argsort(running.to(torch.int8), descending=True, stable=True)  # running first, in order
                 stay, leave = order[:staying], order[staying:]
+                if resume is not None and not dropped:
+                    whole = (cut, dict(resume.values))
                 for i, neuron in enumerate(neurons):
                     parked[i] = self._park(neuron, parked[i], active[leave], leave, batch)
                 for module in stateful_modules(self.model):
@@ -197,7 +201,7 @@ class GraphSNN(GraphModel):
                     resume.keep(stay)
                 active, dropped = active[stay], True
         if dropped and self.state == "exact":  # confirm on the whole batch, with the QANN's arithmetic
-            out = self._confirm(neurons, parked, active, args, kwargs, settle, rows, max_steps)
+            out = self._confirm(neurons, parked, active, args, kwargs, settle, rows, max_steps, resume, whole)
         else:
             out = rows[-1]
             if dropped:
@@ -243,10 +247,18 @@ class GraphSNN(GraphModel):
                     full.index_copy_(neuron.batch_dim, active, neuron.count)
                 neuron.count = full
 
-    def _confirm(self, neurons, parked, active, args, kwargs, settle, rows, max_steps) -> torch.Tensor:
+    def _confirm(self, neurons, parked, active, args, kwargs, settle, rows, max_steps, resume, whole) -> torch.Tensor:
+        """The whole batch's forward from the final counts. It starts at the cut the last step on the whole batch
+        could start at, from that step's recorded values: the neurons before it had settled for every sample, so
+        those values are what the whole batch gives again."""
         self._unpark(neurons, parked, active)
         batch = len(settle)
-        out = logits_of(self(*args, **kwargs))
+        cut, values = whole
+        if cut:
+            resume.values = values
+            for i in resume.order[:resume.ranks[cut]]:
+                neurons[i].pending = None  # not called: on their targets for every sample
+        out = logits_of(self._call(resume, cut, args, kwargs))
         moved = self._pending(neurons, batch, out.device)
         while bool(moved.any()) and len(rows) < max_steps:  # a boundary value rounded differently in this batch
             settle[moved] = -1

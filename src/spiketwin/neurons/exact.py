@@ -74,10 +74,14 @@ class ExactSTBIF(StatefulModule):
                                           memory_format=torch.contiguous_format)  # the quantizer's output layout
         self.dtype = x.dtype
         dim = self.batch_dim
+        if dim == 0:  # batch first already (most neurons): no views to make
+            out, self.change, self.pending = stbif_exact_step(x, self.count, self.threshold, self.n_min, self.n_max,
+                                                              self.spikes_per_step)  # the count moves in place
+            return out
         first = (lambda t: t.unsqueeze(0)) if dim is None else (lambda t: t.movedim(dim, 0))
         back = (lambda t: t.squeeze(0)) if dim is None else (lambda t: t.movedim(0, dim))
         out, change, far = stbif_exact_step(first(x), first(self.count), self.threshold, self.n_min, self.n_max,
-                                            self.spikes_per_step)  # the count moves in place
+                                            self.spikes_per_step)
         self.change = back(change)
         self.pending = far[0] if dim is None else far  # a 0-d flag when the batch dimension is unknown
         return back(out)
