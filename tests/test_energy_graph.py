@@ -118,7 +118,9 @@ def test_vit_exact_and_events_agree_under_every_convention():
     r = exact["spiketwin"]
     names = [row.name for row in r.layers]
     assert names[:4] == ["patch_embed.proj", "blocks.0.attn.qkv", "blocks.0.attn.matmul_qk", "blocks.0.attn.matmul_av"]
-    assert names[-1] == "head" and len(names) == 1 + 6 * 2 + 1
+    assert names[-1] == "head" and len(names) == 1 + 6 * 2 + 1 + 1  # the last qkv is two linears (rows.py): the
+    assert [n for n in names if n.startswith("blocks.1.attn.qkv")] == ["blocks.1.attn.qkv.linear",  # class token's q
+                                                                       "blocks.1.attn.qkv.linear_1"]  # all k and v
     assert r.layers[0].coding == "analog" and all(row.coding == "spike" for row in r.layers[1:])
     assert [row.name for row in exact["syops"].layers if row.kind == "neurons"] == qann.labels  # neuron updates
     norms = [row for row in exact["spikezip"].layers if row.kind == "layernorm"]  # 2 MACs per element and step

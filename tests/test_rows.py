@@ -102,8 +102,9 @@ def test_whole_outputs_untouched():
 
 
 def test_vit_last_block_and_snn():
-    """spiketwin's ViT: after the last attention only the class token is computed; the QANN's quantizers there
-    hold one row, and the exact-state SNN still equals the QANN bit for bit."""
+    """spiketwin's ViT: after the last attention only the class token is computed, and the last fused q, k, v
+    projection splits so that only the class token's q is; the QANN's quantizers there hold one row, and the
+    exact-state SNN still equals the QANN bit for bit (both states: events to 1e-9)."""
     torch.manual_seed(0)
     model = create("vit_mnist", depth=2, embed_dim=16, num_heads=2).to(D)
     x = torch.randn(4, 1, 28, 28, dtype=D)
@@ -117,11 +118,16 @@ def test_vit_last_block_and_snn():
     expected = qann(x)
     for h in hooks:
         h.remove()
+    linears = [tuple(n.meta["val"].shape[1:]) for n in qann.model.graph.nodes
+               if n.target is torch.ops.aten.linear.default]
+    assert (1, 16) in linears and (50, 32) in linears  # the last qkv split: q of the class token, k and v of all
     last = [k for k, label in enumerate(qann.labels) if label.startswith("blocks.1.mlp")]
     assert last and all(sizes[k][1] == 1 for k in last)
     assert sizes[[k for k, label in enumerate(qann.labels) if label.startswith("blocks.0.mlp")][0]][1] == 50
     result = simulate(to_snn(qann), x)
     assert bool((result.output == expected).all())
+    events = simulate(to_snn(qann, state="events"), x)
+    torch.testing.assert_close(events.output, expected, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", ["bert", "vit"])

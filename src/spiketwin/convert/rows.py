@@ -15,11 +15,13 @@ Moved: ``select`` / ``slice`` (step 1) on a dimension that is not the batch, thr
 (broadcasting operands are sliced where they have the dimension), ``layer_norm`` / ``softmax`` / reductions over other
 dimensions, ``linear``, the rows or columns of matrix products, ``transpose`` / ``permute``, views that keep the
 dimension whole, ``cat`` along another dimension. A value with several users is sliced only when all of them take
-the same rows.
+the same rows. A fused projection whose outputs are unbound (timm's ``qkv``) splits by output columns when one
+output is selected from and the others are not (:meth:`_Pruner.split`).
 """
 
 from __future__ import annotations
 
+import functools
 import operator
 import sys
 
@@ -52,6 +54,13 @@ def _val(node) -> torch.Tensor | None:
 
 def _expr(size):
     return size.node.expr if isinstance(size, torch.SymInt) else size
+
+
+def _product_int(sizes) -> int:
+    result = 1
+    for size in sizes:
+        result *= int(size)
+    return result
 
 
 def _view_source(before: list, after: list, dim: int) -> int | None:
@@ -88,9 +97,14 @@ class _Pruner:
 
     def _infer(self, node: fx.Node) -> None:
         """``node``'s value metadata (a fake tensor) for its current arguments."""
-        args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: n.meta.get("val"))
+        args, kwargs = fx.node.map_arg((node.args, node.kwargs), self._fake)
         with self.mode:
             node.meta["val"] = node.target(*args, **kwargs)
+
+    def _fake(self, node: fx.Node):
+        if node.op == "get_attr" and "val" not in node.meta:  # a parameter or buffer
+            node.meta["val"] = self.mode.from_tensor(functools.reduce(getattr, node.target.split("."), self.gm))
+        return node.meta.get("val")
 
     def _slice(self, value: fx.Node, dim: int, start: int, end: int, length: int, like: fx.Node) -> fx.Node:
         """``value`` sliced to rows ``start:end`` of its dimension ``dim`` (``length`` rows), before ``like``."""
@@ -216,6 +230,59 @@ class _Pruner:
                 sliced = self._call(aten.slice.Tensor, (node.args[0], dim, index, end), {}, node)
                 node.args = (sliced, dim, 0)
 
+    def split(self, item: fx.Node) -> bool:
+        """An output of ``unbind(view(linear(x, W, b)))`` that only selected rows are taken from (timm's fused
+        ``q, k, v``, of which the last attention needs one token's ``q``): the projection splits by output columns
+        into one linear for this output and one per run of the others (``W``'s and ``b``'s rows sliced), so that
+        the selection moves on into its own linear and the others' rows are all computed once."""
+        parts, index = item.args
+        if G.packet(parts) is not aten.unbind or not isinstance(index, int) or len(parts.args) < 2:
+            return False
+        view, dim = parts.args[0], parts.args[1]
+        if (G.packet(view) not in VIEWS or len(view.users) != 1 or len(parts.users) < 2
+                or G.packet(view.args[0]) is not aten.linear or len(view.args[0].users) != 1):
+            return False
+        linear = view.args[0]
+        x, weight, bias = (list(linear.args) + [None])[:3]
+        if weight.op != "get_attr" or (bias is not None and bias.op != "get_attr"):
+            return False
+        inner, outer = list(_val(linear).shape), list(_val(view).shape)
+        dim %= len(outer)
+        lead = len(inner) - 1
+        if dim != lead or outer[:lead] != inner[:lead] or any(isinstance(n, torch.SymInt) for n in outer[lead:]):
+            return False  # the unbound dimension must be the first that the projection's features split into
+        width = _product_int(outer[lead + 1:])
+        getitems = {u.args[1]: u for u in parts.users}
+        runs: list[list[int]] = []  # this output alone, the others in runs of neighbours
+        for i in range(outer[dim]):
+            if i != index and runs and runs[-1][-1] == i - 1 and index not in runs[-1]:
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+        for run in runs:
+            lo, hi = run[0] * width, (run[-1] + 1) * width
+            cols = [self._call(aten.slice.Tensor, (t, 0, lo, hi), {}, linear) for t in (weight, bias) if t is not None]
+            part = self._call(aten.linear.default, (x, *cols), {}, linear)
+            part.meta = {**{k: v for k, v in linear.meta.items() if k != "val"}, "val": part.meta["val"]}
+            shape = list(view.args[1])
+            if len(run) == 1:
+                del shape[dim]
+                alone = self._call(view.target, (part, shape), {}, linear)
+                if run[0] in getitems:
+                    getitems[run[0]].replace_all_uses_with(alone)
+                continue
+            shape[dim] = len(run)
+            pieces = self._call(aten.unbind.int, (self._call(view.target, (part, shape), {}, linear), dim), {}, linear)
+            for k, i in enumerate(run):
+                if i in getitems:
+                    with self.graph.inserting_before(linear):
+                        got = self.graph.call_function(operator.getitem, (pieces, k))
+                    got.meta = dict(getitems[i].meta)
+                    getitems[i].replace_all_uses_with(got)
+        for node in (*getitems.values(), parts, view, linear):
+            self.graph.erase_node(node)
+        return True
+
     def _movable(self, node: fx.Node) -> bool:
         """A call a slice may move above: a function's (the rules say which) or a quantizer's, on one tensor."""
         if _val(node) is None or node.target is operator.getitem:
@@ -248,11 +315,18 @@ class _Pruner:
         while changed:
             changed = False
             for node in reversed(list(self.graph.nodes)):
-                if not self._movable(node):
+                if node.op != "call_function" and node.op != "call_module":
                     continue
                 users = list(node.users)
                 cuts = {self.selection(u) for u in users}
                 if not users or len(cuts) != 1 or None in cuts or any(u.args[0] is not node for u in users):
+                    continue
+                if node.target is operator.getitem:
+                    if self.split(node):
+                        changed = any_change = True
+                        break  # the graph changed around this node
+                    continue
+                if not self._movable(node):
                     continue
                 dim, cut = cuts.pop()
                 if not self.rewrite(node, dim, cut):

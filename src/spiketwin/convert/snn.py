@@ -23,6 +23,7 @@ that same batch, bit for bit.
 from __future__ import annotations
 
 import copy
+import inspect
 
 import torch
 from torch import nn
@@ -108,6 +109,8 @@ class GraphSNN(GraphModel):
         try:
             if resume is None:
                 return self.model(*args, **{**self.fixed, **kwargs})
+            if cut == 0:  # the graph from a cut takes its inputs flat: check them against the model's signature
+                inspect.signature(self.model.forward).bind(*args, **{**self.fixed, **kwargs})
             return resume.run(cut, args, {**self.fixed, **kwargs})
         except (AssertionError, RuntimeError, TypeError, ValueError) as error:
             shapes = [f"{tuple(v.shape)} {v.dtype}" for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)]
