@@ -11,9 +11,10 @@ of each step; the arithmetic of what runs is unchanged, so the results are the s
 signal tensors: the residual stream and the neuron's own input, in a transformer; constants such as attention masks
 are made again), and makes the rest of the graph from each cut a module of its own (the same submodules and
 parameters) that takes those values.
-Every step records the values that the next :data:`AHEAD` cuts need, per sample along their batch dimension, so that
-samples that settle can leave the batch (:meth:`Resume.keep`); a step starts at the last cut before which no
-neuron may move and whose values are all recorded.
+A cut before the first neuron skips what the graph computes from the inputs alone (a patch embedding: the input is
+the same at every step). Every step records the values that the next :data:`AHEAD` cuts need, per sample along their
+batch dimension, so that samples that settle can leave the batch (:meth:`Resume.keep`); a step starts at the last
+cut before which no neuron may move and whose values are all recorded.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ class Resume:
             here = position[node]
             carried = [n for n in nodes[:here] if kinds[n] != G.CONST and n.op != "placeholder"
                        and any(position[u] >= here for u in n.users)]
-            if rank and len(carried) <= MAX_CARRIED and not (samples_leave and any(batch_dim(n, sizes) is None
-                                                                                    for n in carried)):
+            if carried and len(carried) <= MAX_CARRIED and not (samples_leave and any(batch_dim(n, sizes) is None
+                                                                                       for n in carried)):
                 cuts.append((here, rank, carried))
         self.ranks = [rank for _, rank, _ in cuts]
         self.carried = [[n.name for n in carried] for _, _, carried in cuts]

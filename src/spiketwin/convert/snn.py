@@ -37,6 +37,9 @@ from .report import EquivalenceReport, compare
 from .resume import Resume
 
 STATES = ("exact", "events")
+LEAVE_AT = 8
+"""Settled samples leave the batch once they are at least ``1 / LEAVE_AT`` of it (or all of it): each leaving gathers
+every neuron's state, which costs more than a few settled samples riding along for a step or two."""
 
 
 def _split(inputs) -> tuple[tuple, dict]:
@@ -138,11 +141,11 @@ class GraphSNN(GraphModel):
         until every sample settles or ``max_steps`` (default 512) run out.
 
         ``chunk`` steps run between two settle checks (default 1 on the CPU, 8 on CUDA: one device-to-host read per
-        chunk); settled samples leave the batch at a check when ``early_exit``. With ``skip_settled`` (exact state),
-        a step starts after the neurons at the head of the graph that can no longer move, from the values they left
-        (:mod:`spiketwin.convert.resume`; decided at each check): the same results, but those neurons are not called
-        (hooks on them see fewer steps; ``skip_settled=False`` runs the whole graph at every step). ``step_mode`` is
-        accepted for the common SNN interface: a step is one call in both modes here.
+        chunk); settled samples leave the batch at a check when ``early_exit`` (in groups, :data:`LEAVE_AT`). With
+        ``skip_settled`` (exact state), a step starts after the neurons at the head of the graph that can no longer
+        move, from the values they left (:mod:`spiketwin.convert.resume`; decided at each check): the same results,
+        but those neurons are not called (hooks on them see fewer steps; ``skip_settled=False`` runs the whole graph
+        at every step). ``step_mode`` is accepted for the common SNN interface: a step is one call in both modes here.
         """
         args, kwargs = _split(inputs)
         batch = _batch(args, kwargs)
@@ -191,7 +194,8 @@ class GraphSNN(GraphModel):
                 if not staying:
                     break
                 continue
-            if staying < len(active):
+            settled = len(active) - staying
+            if settled and (not staying or settled * LEAVE_AT >= len(active)):
                 order = torch.argsort(running.to(torch.int8), descending=True, stable=True)  # running first, in order
                 stay, leave = order[:staying], order[staying:]
                 if resume is not None and not dropped:
