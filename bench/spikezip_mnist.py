@@ -14,7 +14,8 @@ a few images, the median / max settle step, and on one batch the time to the exa
 - the event-driven SNN run by ``simulate`` (early exit), for comparison;
 - the float ANN's forward, for the ceiling column ``(b) / (steps x ANN)``: the ratio ``(b) / SNN`` an SNN would
   reach if each of its steps cost only the network's own operations on the samples still running (neurons and
-  bookkeeping free): every step of the exact-state SNN runs the QANN's graph, whose operations are the ANN's.
+  bookkeeping free): every step of the exact-state SNN runs the QANN's graph, whose operations are the ANN's. The
+  ANN is timed as that graph runs it: traced, after dead-row elimination (``spiketwin.convert.rows``).
   Beside it, ``neurons %``: the share of the SNN's time spent in its neurons' calls (forward hooks, in a run of
   its own; CPU only).
 
@@ -42,6 +43,8 @@ import torch
 from bench.common import print_table, round_robin, save_weights
 from spiketwin.base import reset
 from spiketwin.convert import to_qann, to_snn, verify
+from spiketwin.convert.graph import trace
+from spiketwin.convert.rows import prune_rows
 from spiketwin.data import mnist_split
 from spiketwin.models import create
 from spiketwin.simulate import simulate
@@ -169,11 +172,18 @@ def run_level(levels: int, ann, ann_acc: float, data, timed: torch.Tensor, args)
     return acc_row, time_rows(ann, qann, timed, args)
 
 
+def float_graph(ann: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
+    """``ann`` traced and pruned as ``to_qann`` does it, without quantizers: the operations of an SNN step."""
+    gm, _ = trace(copy.deepcopy(ann).eval(), x[:2])
+    prune_rows(gm)
+    return gm
+
+
 def time_rows(ann, qann, timed: torch.Tensor, args) -> list[list]:
     """One timing row per ``--spikes-per-step`` value ``m``: the exact-state SNN with ``m``-spike neurons (its
     output bit-identical to the QANN's for every ``m``) and the event-driven SNN with the same neurons, beside the
     QANN forward and the reference loop (b), which keeps the paper's neuron (``m = 1``) at T = 64."""
-    ann.eval()
+    ann = float_graph(ann, timed)
     reference = to_snn(qann, state="events")
     snns = {m: (to_snn(qann, spikes_per_step=m), to_snn(qann, state="events", spikes_per_step=m))
             for m in args.spikes_per_step}
