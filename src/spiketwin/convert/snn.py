@@ -157,7 +157,7 @@ class GraphSNN(GraphModel):
             raise ValueError(f"simulate: max_steps and chunk must be >= 1, got {max_steps} and {chunk}")
         self.eval()
         reset(self.model)
-        neurons = self.neurons
+        neurons, droppable = self.neurons, self.droppable
         resume = self._resume() if skip_settled else None
         if resume is not None:
             resume.reset()
@@ -190,7 +190,7 @@ class GraphSNN(GraphModel):
             staying = sum(flags[:len(running)])
             if not early_exit:
                 continue
-            if not self.droppable:  # the whole batch runs until every sample has settled
+            if not droppable:  # the whole batch runs until every sample has settled
                 if not staying:
                     break
                 continue

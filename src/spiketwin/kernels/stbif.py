@@ -146,9 +146,10 @@ def _native_exact(kernel, x, count, theta: float, n_min, n_max, m):
     """Run ``kernel``; ``out`` (``x``'s dtype) and ``change`` (``count``'s) are contiguous, as ``count``."""
     x = _count_layout(x, count)
     out, change = torch.empty_like(count, dtype=x.dtype), torch.empty_like(count)
-    far = torch.empty(len(x), dtype=torch.bool)
+    batch = x.shape[0]
+    far = torch.empty(batch, dtype=torch.bool)
     kernel(native.pointer(x), native.pointer(count), native.pointer(out), native.pointer(change), native.pointer(far),
-           len(x), x[0].numel(), theta, n_min, n_max, m)
+           batch, x.numel() // batch, theta, n_min, n_max, m)
     return out, change, far
 
 

@@ -113,16 +113,16 @@ def function(name: str, symbol: str, dtype: torch.dtype, *argtypes) -> Callable 
     also for a dtype without a variant). Pointers are passed as ``ctypes.c_void_p`` (:func:`pointer`)."""
     if not enabled() or dtype not in _SUFFIX:
         return None
-    return _function(name, f"{symbol}_{_SUFFIX[dtype]}", *(_C_REAL[dtype] if t is REAL else t for t in argtypes))
+    return _function(name, symbol, dtype, argtypes)
 
 
 @functools.cache
-def _function(name: str, symbol: str, *argtypes) -> Callable | None:
+def _function(name: str, symbol: str, dtype: torch.dtype, argtypes: tuple) -> Callable | None:
     lib = library(name)
     if lib is None:
         return None
-    fn = getattr(lib, symbol)
-    fn.argtypes, fn.restype = list(argtypes), None
+    fn = getattr(lib, f"{symbol}_{_SUFFIX[dtype]}")
+    fn.argtypes, fn.restype = [_C_REAL[dtype] if t is REAL else t for t in argtypes], None
     return fn
 
 
