@@ -249,7 +249,8 @@ class _Pruner:
         inner, outer = list(_val(linear).shape), list(_val(view).shape)
         dim %= len(outer)
         lead = len(inner) - 1
-        if dim != lead or outer[:lead] != inner[:lead] or any(isinstance(n, torch.SymInt) for n in outer[lead:]):
+        if (dim != lead or [_expr(n) for n in outer[:lead]] != [_expr(n) for n in inner[:lead]]
+                or any(isinstance(n, torch.SymInt) for n in outer[lead:])):
             return False  # the unbound dimension must be the first that the projection's features split into
         width = _product_int(outer[lead + 1:])
         getitems = {u.args[1]: u for u in parts.users}
