@@ -79,11 +79,9 @@ def _view_source(before: list, after: list, dim: int) -> int | None:
 
 
 class _Pruner:
-    def __init__(self, gm: fx.GraphModule) -> None:
-        self.gm, self.graph = gm, gm.graph
-        placeholders = [_val(n) for n in self.graph.nodes if n.op == "placeholder"]
-        self.mode = detect_fake_mode([v for v in placeholders if v is not None])
-        self.batch = {str(v.shape[0]) for v in placeholders if v is not None and v.dim()}
+    def __init__(self, gm: fx.GraphModule, inputs: list[torch.Tensor], mode) -> None:
+        self.gm, self.graph, self.mode = gm, gm.graph, mode
+        self.batch = {str(v.shape[0]) for v in inputs if v.dim()}
 
     # ---- building nodes
 
@@ -106,9 +104,9 @@ class _Pruner:
             node.meta["val"] = self.mode.from_tensor(functools.reduce(getattr, node.target.split("."), self.gm))
         return node.meta.get("val")
 
-    def _slice(self, value: fx.Node, dim: int, start: int, end: int, length: int, like: fx.Node) -> fx.Node:
-        """``value`` sliced to rows ``start:end`` of its dimension ``dim`` (``length`` rows), before ``like``."""
-        return self._call(aten.slice.Tensor, (value, dim, start, end), {}, like)
+    def _slice(self, value: fx.Node, dim: int, cut: tuple, like: fx.Node) -> fx.Node:
+        """``value`` sliced to rows ``cut = (start, end, length)`` of its dimension ``dim``, before ``like``."""
+        return self._call(aten.slice.Tensor, (value, dim, cut[0], cut[1]), {}, like)
 
     # ---- the rule of each op: the node's inputs sliced so that the op gives rows start:end of output dim ``dim``
 
@@ -119,13 +117,13 @@ class _Pruner:
         aligned = dim - (out_rank - val.dim())
         if aligned < 0 or (not isinstance(val.shape[aligned], torch.SymInt) and val.shape[aligned] == 1):
             return arg
-        return self._slice(arg, aligned, *cut, node)
+        return self._slice(arg, aligned, cut, node)
 
     def rewrite(self, node: fx.Node, dim: int, cut: tuple) -> bool:
         """Make ``node`` compute only rows ``cut = (start, end, length)`` of its dimension ``dim``, from sliced
         inputs (in place: it keeps its name); ``False`` when its op does not act row by row on that dimension."""
         if node.op == "call_module":  # a quantizer: elementwise, its value like its input's
-            node.args = (self._slice(node.args[0], dim, *cut, node),)
+            node.args = (self._slice(node.args[0], dim, cut, node),)
             node.meta["val"] = node.args[0].meta["val"]
             return True
         op, args, out = G.packet(node), node.args, _val(node)
@@ -135,27 +133,27 @@ class _Pruner:
             new = tuple(self._operand(a, rank, dim, cut, node) if isinstance(a, fx.Node) else a for a in args)
         elif op is aten.layer_norm:
             if dim < rank - len(args[1]):
-                new = (self._slice(args[0], dim, *cut, node), *args[1:])
+                new = (self._slice(args[0], dim, cut, node), *args[1:])
         elif op in (aten.softmax, aten._softmax, aten.log_softmax, aten._log_softmax):
             if dim != args[1] % rank:
-                new = (self._slice(args[0], dim, *cut, node), *args[1:])
+                new = (self._slice(args[0], dim, cut, node), *args[1:])
         elif op in REDUCTIONS:
             new = self._reduction(node, dim, cut)
         elif op is aten.linear:
             if dim < rank - 1:
-                new = (self._slice(args[0], dim, *cut, node), *args[1:])
+                new = (self._slice(args[0], dim, cut, node), *args[1:])
         elif op in (aten.matmul, aten.bmm, aten.mm):
             new = self._product(node, dim, cut)
         elif op is aten.transpose:
             a, b = (d % rank for d in args[1:3])
             source = b if dim == a else a if dim == b else dim
-            new = (self._slice(args[0], source, *cut, node), *args[1:])
+            new = (self._slice(args[0], source, cut, node), *args[1:])
         elif op is aten.permute:
-            new = (self._slice(args[0], args[1][dim] % rank, *cut, node), args[1])
+            new = (self._slice(args[0], args[1][dim] % rank, cut, node), args[1])
         elif op in VIEWS:
             new = self._view(node, dim, cut)
         elif op is aten.cat and dim != (args[1] if len(args) > 1 else node.kwargs.get("dim", 0)) % rank:
-            new = ([self._slice(t, dim, *cut, node) for t in args[0]], *args[1:])
+            new = ([self._slice(t, dim, cut, node) for t in args[0]], *args[1:])
         if new is None:
             return False
         node.args = tuple(new)
@@ -173,7 +171,7 @@ class _Pruner:
             d - sum(r < d for r in dims)) == dim)
         if source in dims:
             return None
-        return (self._slice(node.args[0], source, *cut, node), *node.args[1:])
+        return (self._slice(node.args[0], source, cut, node), *node.args[1:])
 
     def _product(self, node: fx.Node, dim: int, cut: tuple):
         a, b = node.args[:2]
@@ -181,9 +179,9 @@ class _Pruner:
         if va is None or vb is None or va.dim() < 2 or vb.dim() < 2:
             return None
         if dim == rank - 2:
-            return (self._slice(a, va.dim() - 2, *cut, node), b)
+            return (self._slice(a, va.dim() - 2, cut, node), b)
         if dim == rank - 1:
-            return (a, self._slice(b, vb.dim() - 1, *cut, node))
+            return (a, self._slice(b, vb.dim() - 1, cut, node))
         return tuple(self._operand(t, rank, dim, cut, node) for t in (a, b))
 
     def _view(self, node: fx.Node, dim: int, cut: tuple):
@@ -193,7 +191,7 @@ class _Pruner:
             return None
         shape = list(node.args[1])
         shape[dim] = cut[2]
-        return (self._slice(node.args[0], source, *cut, node), shape)
+        return (self._slice(node.args[0], source, cut, node), shape)
 
     # ---- the pass
 
@@ -286,11 +284,11 @@ class _Pruner:
 
     def _movable(self, node: fx.Node) -> bool:
         """A call a slice may move above: a function's (the rules say which) or a quantizer's, on one tensor."""
-        if _val(node) is None or node.target is operator.getitem:
+        if _val(node) is None:
             return False
         if node.op == "call_module":
             return isinstance(self.gm.get_submodule(node.target), Quantizer) and len(node.args) == 1
-        return node.op == "call_function"
+        return True
 
     def slices_to_selects(self) -> None:
         """Undo :meth:`selects_to_slices` where the slice did not move: ``select(x, d, i)`` again."""
@@ -346,6 +344,6 @@ class _Pruner:
 def prune_rows(gm: fx.GraphModule) -> bool:
     """Move every row selection of ``gm`` up through the ops that act row by row (module docstring), in place;
     returns whether the graph changed."""
-    if detect_fake_mode([_val(n) for n in gm.graph.nodes if n.op == "placeholder" and _val(n) is not None]) is None:
-        return False
-    return _Pruner(gm).run()
+    inputs = [_val(n) for n in gm.graph.nodes if n.op == "placeholder" and _val(n) is not None]
+    mode = detect_fake_mode(inputs)
+    return mode is not None and _Pruner(gm, inputs, mode).run()

@@ -69,6 +69,13 @@ def _select(args: tuple, kwargs: dict, index: torch.Tensor, batch: int) -> tuple
     return tuple(pick(a) for a in args), {k: pick(v) for k, v in kwargs.items()}
 
 
+def _misfit(error: Exception, args: tuple, kwargs: dict) -> ValueError:
+    """The error for inputs that do not fit the traced model, with their shapes and the tracer's reason."""
+    shapes = [f"{tuple(v.shape)} {v.dtype}" for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)]
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return ValueError(f"simulate: the inputs ({', '.join(shapes)}) do not fit the traced model: {reason}")
+
+
 class GraphSNN(GraphModel):
     """The spiking twin of a :class:`GraphQANN` (build it with ``spiketwin.convert.to_snn(qann)``).
 
@@ -112,14 +119,16 @@ class GraphSNN(GraphModel):
         try:
             if resume is None:
                 return self.model(*args, **{**self.fixed, **kwargs})
-            if cut == 0:  # the graph from a cut takes its inputs flat: check them against the model's signature
-                inspect.signature(self.model.forward).bind(*args, **{**self.fixed, **kwargs})
             return resume.run(cut, args, {**self.fixed, **kwargs})
         except (AssertionError, RuntimeError, TypeError, ValueError) as error:
-            shapes = [f"{tuple(v.shape)} {v.dtype}" for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)]
-            raise ValueError(f"simulate: the inputs ({', '.join(shapes)}) do not fit the traced model: "
-                             f"{str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}"
-                             ) from error
+            raise _misfit(error, args, kwargs) from error
+
+    def _check(self, args: tuple, kwargs: dict) -> None:
+        """Inputs against the model's signature (the graph from a cut takes them flat and would not say)."""
+        try:
+            inspect.signature(self.model.forward).bind(*args, **{**self.fixed, **kwargs})
+        except TypeError as error:
+            raise _misfit(error, args, kwargs) from error
 
     def _resume(self) -> Resume | None:
         """The cuts of the exact state's graph (:mod:`spiketwin.convert.resume`), made once per graph and device."""
@@ -160,6 +169,7 @@ class GraphSNN(GraphModel):
         neurons, droppable = self.neurons, self.droppable
         resume = self._resume() if skip_settled else None
         if resume is not None:
+            self._check(args, kwargs)
             resume.reset()
         cut = 0
         first = next(v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor))

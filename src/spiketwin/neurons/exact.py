@@ -73,20 +73,15 @@ class ExactSTBIF(StatefulModule):
             self.count = torch.zeros_like(x, dtype=count_dtype(self.n_min, self.n_max, self.spikes_per_step),
                                           memory_format=torch.contiguous_format)  # the quantizer's output layout
         dim = self.batch_dim
-        if dim == 0:  # batch first already (most neurons): no views to make
-            out, change, far = stbif_exact_step(x, self.count, self.threshold, self.n_min, self.n_max,
-                                                self.spikes_per_step)  # the count moves in place
-            # plain attributes, set past nn.Module.__setattr__'s registry checks (a few us each, every neuron
-            # and step)
-            vars(self).update(change=change, pending=far, dtype=x.dtype)
-            return out
-        self.dtype = x.dtype
-        first = (lambda t: t.unsqueeze(0)) if dim is None else (lambda t: t.movedim(dim, 0))
-        back = (lambda t: t.squeeze(0)) if dim is None else (lambda t: t.movedim(0, dim))
+        first = (lambda t: t) if dim == 0 else (lambda t: t.unsqueeze(0)) if dim is None else (
+            lambda t: t.movedim(dim, 0))
+        back = (lambda t: t) if dim == 0 else (lambda t: t.squeeze(0)) if dim is None else (
+            lambda t: t.movedim(0, dim))
         out, change, far = stbif_exact_step(first(x), first(self.count), self.threshold, self.n_min, self.n_max,
-                                            self.spikes_per_step)
-        self.change = back(change)
-        self.pending = far[0] if dim is None else far  # a 0-d flag when the batch dimension is unknown
+                                            self.spikes_per_step)  # the count moves in place
+        # plain attributes, set past nn.Module.__setattr__'s registry checks (a few us each, every neuron and step);
+        # pending is a 0-d flag when the batch dimension is unknown
+        vars(self).update(change=back(change), pending=far[0] if dim is None else far, dtype=x.dtype)
         return back(out)
 
     def extra_repr(self) -> str:
