@@ -8,8 +8,8 @@ models settle block after block (a random ViT-S/16: about one block more per ste
 of each step; the arithmetic of what runs is unchanged, so the results are the same bits.
 
 :class:`Resume` cuts the graph before each neuron whose incoming values are few (at most :data:`MAX_CARRIED`
-signal tensors: the residual stream and the neuron's own input, in a transformer; constants such as attention masks
-are made again), and makes the rest of the graph from each cut a module of its own (the same submodules and
+signal tensors: in a transformer the residual stream, the neuron's own input and, before attention's weights
+settle, the value neurons' output that multiplies them; constants such as attention masks are made again), and makes the rest of the graph from each cut a module of its own (the same submodules and
 parameters) that takes those values.
 A cut before the first neuron skips what the graph computes from the inputs alone (a patch embedding: the input is
 the same at every step). Every step records the values that the next :data:`AHEAD` cuts need, per sample along their
@@ -27,8 +27,10 @@ from torch.fx._pytree import tree_flatten_spec
 from . import graph as G
 from .qann import _batch_sizes, batch_dim
 
-MAX_CARRIED = 2
-"""The most signal tensors a cut may carry (each is kept for every sample between steps)."""
+MAX_CARRIED = 3
+"""The most signal tensors a cut may carry (each is kept for every sample between steps). Three admit the cut
+before the attention weights' neurons (residual stream, softmax output, v), the last of a block's attention to
+settle: a ViT on MNIST at 16 levels runs 8 of its 24 steps from there instead of from the block's first norm."""
 AHEAD = 12
 """How many cuts past the one a step starts at have their values recorded (the head settles a few cuts per step
 in a transformer, about six a block; the values of later cuts are not kept, which bounds the memory)."""
