@@ -12,10 +12,11 @@ a few images, the median / max settle step, and on one batch the time to the exa
 - (b) the reference way: one full forward of the event-driven SNN (``state="events"``) per step in a plain Python
   loop, for a fixed T = 64;
 - the event-driven SNN run by ``simulate`` (early exit), for comparison;
-- the float ANN's forward, for the ceiling column ``(b) / (steps x ANN)``: the ratio ``(b) / SNN`` an SNN would
-  reach if each of its steps cost only the network's own operations on the samples still running (neurons and
-  bookkeeping free): every step of the exact-state SNN runs the QANN's graph, whose operations are the ANN's. The
-  ANN is timed as that graph runs it: traced, after dead-row elimination (``spiketwin.convert.rows``).
+- the float ANN's forward, for the column ``(b) / (steps x ANN)``: the ratio ``(b) / SNN`` an SNN would reach if
+  every step ran the network's whole graph on the samples still running, neurons and bookkeeping free (the
+  exact-state SNN runs the QANN's graph, whose operations are the ANN's, but from the first cut that can still
+  move: ``skip_settled``). The ANN is timed as that graph runs it: traced, after dead-row elimination
+  (``spiketwin.convert.rows``).
   Beside it, ``neurons %``: the share of the SNN's time spent in its neurons' calls (forward hooks, in a run of
   its own; CPU only).
 

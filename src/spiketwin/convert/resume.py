@@ -9,8 +9,9 @@ of each step; the arithmetic of what runs is unchanged, so the results are the s
 
 :class:`Resume` cuts the graph before each neuron whose incoming values are few (at most :data:`MAX_CARRIED`
 signal tensors: in a transformer the residual stream, the neuron's own input and, before attention's weights
-settle, the value neurons' output that multiplies them; constants such as attention masks are made again), and makes the rest of the graph from each cut a module of its own (the same submodules and
-parameters) that takes those values.
+settle, the value neurons' output that multiplies them; constants such as attention masks are made again), and
+makes the rest of the graph from each cut a module of its own (the same submodules and parameters) that takes those
+values.
 A cut before the first neuron skips what the graph computes from the inputs alone (a patch embedding: the input is
 the same at every step). Every step records the values that the next :data:`AHEAD` cuts need, per sample along their
 batch dimension, so that samples that settle can leave the batch (:meth:`Resume.keep`); a step starts at the last
