@@ -222,6 +222,19 @@ def test_vit_s_16_224_float32_bit_identical_and_hugging_face_vit_s_float64():
     assert report.ok, str(report)
 
 
+@pytest.mark.parametrize("name", ["bert", "gpt2", "llama", "vit"])
+def test_a_step_can_start_before_every_attention_weights_neurons(name):
+    """The softmax neurons are the last of an attention to settle; a cut before them carries three values (the
+    residual stream or the block's input, v's neuron output, the softmax output) and must exist in every block, or
+    the steps until they settle run from the block's first norm."""
+    torch.manual_seed(3)
+    snn = to_snn(_calibrated(_hf(name).to(D).eval(), _inputs(name, 0), levels=8))
+    cuts = snn._resume()
+    softmax = [i for i, label in enumerate(snn.labels) if label.split(":")[-1].startswith("softmax")]
+    before = {cuts.order[rank]: carried for rank, carried in zip(cuts.ranks, cuts.carried) if rank < len(cuts.order)}
+    assert len(softmax) == 2 and all(i in before and len(before[i]) == 3 for i in softmax), before
+
+
 def test_moving_a_qann_moves_the_graphs_tensor_making_nodes():
     """A traced graph fixes the device of its ``arange`` / ``zeros`` nodes; ``.to(device)`` points them at the new one
     (checked with the meta device, which needs no GPU)."""
