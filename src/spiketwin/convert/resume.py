@@ -34,7 +34,7 @@ before the attention weights' neurons (residual stream, softmax output, v), the 
 settle: a ViT on MNIST at 16 levels runs 8 of its 24 steps from there instead of from the block's first norm."""
 AHEAD = 12
 """How many cuts past the one a step starts at have their values recorded (the head settles a few cuts per step
-in a transformer, about six a block; the values of later cuts are not kept, which bounds the memory)."""
+in a transformer, about seven a block; the values of later cuts are not kept, which bounds the memory)."""
 
 
 class Resume:
