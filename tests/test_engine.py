@@ -247,6 +247,37 @@ def test_moving_a_qann_moves_the_graphs_tensor_making_nodes():
     assert all(p.device.type == "meta" for p in qann.parameters())
 
 
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_the_start_moves_as_far_as_the_values_recorded_between_two_checks_reach(chunk, monkeypatch):
+    """Between two settle checks (``chunk`` steps) the settled head may pass several cuts per step; every step
+    records the values of the next ``AHEAD * chunk`` cuts, so at a check the start moves to the last cut before the
+    first pending neuron, or ``AHEAD * chunk`` cuts on, whichever is nearer (``AHEAD = 1`` here: one cut a step)."""
+    from spiketwin.convert import resume
+    from spiketwin.convert.resume import Resume
+
+    monkeypatch.setattr(resume, "AHEAD", 1)
+    torch.manual_seed(3)
+    qann = _calibrated(_hf("vit").to(D).eval(), _inputs("vit", 0), levels=8)
+    snn, inputs = to_snn(qann), _inputs("vit", 2)
+    moves = []
+    start = Resume.start
+
+    def checked(self, busy):
+        first = busy.index(True) if True in busy else len(busy)
+        before = max(i for i, rank in enumerate(self.ranks) if rank <= first)
+        moves.append((self.current, before, start(self, busy)))
+        self.current = moves[-1][-1]
+        return self.current
+
+    monkeypatch.setattr(Resume, "current", 0, raising=False)
+    monkeypatch.setattr(Resume, "start", checked)
+    result = snn.simulate(inputs, chunk=chunk)
+    assert all(min(before, current + chunk) <= new <= before for current, before, new in moves), moves
+    assert any(before - current >= 2 for current, before, _ in moves)  # the head passed several cuts in a chunk
+    with torch.no_grad():
+        assert torch.equal(result.output, qann(**inputs).logits)
+
+
 @pytest.mark.parametrize("name,ahead", [("bert", 12), ("gpt2", 12), ("llama", 12), ("vit", 12), ("vit", 1)])
 def test_starting_after_the_settled_head_of_the_graph_changes_no_bit(name, ahead, monkeypatch):
     """``simulate`` starts each step after the neurons at the head of the graph that can no longer move, from the

@@ -13,7 +13,8 @@ settle, the value neurons' output that multiplies them; constants such as attent
 makes the rest of the graph from each cut a module of its own (the same submodules and parameters) that takes those
 values.
 A cut before the first neuron skips what the graph computes from the inputs alone (a patch embedding: the input is
-the same at every step). Every step records the values that the next :data:`AHEAD` cuts need, per sample along their
+the same at every step). Every step records the values that the next :data:`AHEAD` cuts per step between two settle
+checks need (the start moves only at a check, by as many steps' worth of settled cuts), per sample along their
 batch dimension, so that samples that settle can leave the batch (:meth:`Resume.keep`); a step starts at the last
 cut before which no neuron may move and whose values are all recorded.
 """
@@ -33,17 +34,19 @@ MAX_CARRIED = 3
 before the attention weights' neurons (residual stream, softmax output, v), the last of a block's attention to
 settle: a ViT on MNIST at 16 levels runs 8 of its 24 steps from there instead of from the block's first norm."""
 AHEAD = 12
-"""How many cuts past the one a step starts at have their values recorded (the head settles a few cuts per step
-in a transformer, about seven a block; the values of later cuts are not kept, which bounds the memory)."""
+"""How many cuts past the one a step starts at have their values recorded, per step between two settle checks (the
+head settles a few cuts per step in a transformer, about seven a block, and the start moves only at a check; the
+values of later cuts are not kept, which bounds the memory)."""
 
 
 class Resume:
     """The cuts of ``gm`` (an exact-state SNN's graph) and the module of the graph from each; cut 0 is the whole
     graph. ``samples_leave``: settled samples leave the batch (:meth:`keep`), so a cut needs the batch dimension of
-    every value it carries."""
+    every value it carries. ``chunk``: the steps between two settle checks (a step records ``AHEAD * chunk`` cuts).
+    """
 
-    def __init__(self, gm: fx.GraphModule, samples_leave: bool = True) -> None:
-        self.code = gm.code
+    def __init__(self, gm: fx.GraphModule, samples_leave: bool = True, chunk: int = 1) -> None:
+        self.code, self.chunk = gm.code, chunk
         nodes = list(gm.graph.nodes)
         position = {n: i for i, n in enumerate(nodes)}
         kinds = G.classify(gm)  # a constant (parameters, masks, positions, shapes) is made again after a cut
@@ -68,7 +71,7 @@ class Resume:
                      for i, (here, _, _) in enumerate(cuts)]
         """Per cut, the recorded values a step from it keeps: made before it (so not made again), needed at or after
         it; every other value it makes again or no longer needs."""
-        self.modules = [_suffix(gm, nodes, here, carried, [n for _, _, later in cuts[i + 1:i + 1 + AHEAD]
+        self.modules = [_suffix(gm, nodes, here, carried, [n for _, _, later in cuts[i + 1:i + 1 + AHEAD * chunk]
                                                            for n in later if position[n] >= here])
                         for i, (here, _, carried) in enumerate(cuts)]
         self.values: dict[str, torch.Tensor] = {}

@@ -130,13 +130,14 @@ class GraphSNN(GraphModel):
         except TypeError as error:
             raise _misfit(error, args, kwargs) from error
 
-    def _resume(self) -> Resume | None:
-        """The cuts of the exact state's graph (:mod:`spiketwin.convert.resume`), made once per graph and device."""
+    def _resume(self, chunk: int = 1) -> Resume | None:
+        """The cuts of the exact state's graph (:mod:`spiketwin.convert.resume`) for ``chunk`` steps between settle
+        checks, made once per graph, device and chunk."""
         if self.state != "exact":
             return None
         cached = self.__dict__.get("_resume_cuts")
-        if cached is None or cached.code != self.model.code:
-            cached = self.__dict__["_resume_cuts"] = Resume(self.model, self.droppable)
+        if cached is None or cached.code != self.model.code or cached.chunk != chunk:
+            cached = self.__dict__["_resume_cuts"] = Resume(self.model, self.droppable, chunk)
         return cached
 
     def _apply(self, fn, *args, **kwargs):
@@ -167,7 +168,7 @@ class GraphSNN(GraphModel):
         self.eval()
         reset(self.model)
         neurons, droppable = self.neurons, self.droppable
-        resume = self._resume() if skip_settled else None
+        resume = self._resume(chunk) if skip_settled else None
         if resume is not None:
             self._check(args, kwargs)
             resume.reset()
