@@ -37,6 +37,7 @@ def test_bench_gpu_runs_its_quick_cpu_sizes_and_writes_every_figure(tmp_path, ca
     assert vit["settled"] and vit["agreement"] == 1.0 and vit["float64_max_rel"] <= 1e-9
     assert vit["float64_agreement"] == 1.0 and vit["snn64_images_s"] > 0
     assert vit["snn_images_s"] > 0 and vit["qann_images_s"] > 0
+    assert (vit["chunk"], vit["other_chunk"]) == (1, 8) and vit["snn_other_chunk_images_s"] > 0
     (multi,) = vit["multi_spike"]
     assert multi["spikes_per_step"] == 4 and multi["bit_identical"] and multi["settle_max"] < vit["settle_max"]
     assert [r["model"] for r in results["spikformer"]] == ["spikformer_cifar10", "spikformer_8_384"]

@@ -46,7 +46,7 @@ class Resume:
     """
 
     def __init__(self, gm: fx.GraphModule, samples_leave: bool = True, chunk: int = 1) -> None:
-        self.code, self.chunk = gm.code, chunk
+        self.code = gm.code
         nodes = list(gm.graph.nodes)
         position = {n: i for i, n in enumerate(nodes)}
         kinds = G.classify(gm)  # a constant (parameters, masks, positions, shapes) is made again after a cut

@@ -135,10 +135,10 @@ class GraphSNN(GraphModel):
         checks, made once per graph, device and chunk."""
         if self.state != "exact":
             return None
-        cached = self.__dict__.get("_resume_cuts")
-        if cached is None or cached.code != self.model.code or cached.chunk != chunk:
-            cached = self.__dict__["_resume_cuts"] = Resume(self.model, self.droppable, chunk)
-        return cached
+        cached = self.__dict__.setdefault("_resume_cuts", {})
+        if chunk not in cached or cached[chunk].code != self.model.code:
+            cached[chunk] = Resume(self.model, self.droppable, chunk)
+        return cached[chunk]
 
     def _apply(self, fn, *args, **kwargs):
         self.__dict__.pop("_resume_cuts", None)  # its modules hold the buffers they were made with
