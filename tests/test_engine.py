@@ -274,6 +274,7 @@ def test_the_start_moves_as_far_as_the_values_recorded_between_two_checks_reach(
     result = snn.simulate(inputs, chunk=chunk)
     assert all(min(before, current + chunk) <= new <= before for current, before, new in moves), moves
     assert any(before - current >= 2 for current, before, _ in moves)  # the head passed several cuts in a chunk
+    assert snn._resume(chunk).values == {}  # nothing recorded is held past the run
     with torch.no_grad():
         assert torch.equal(result.output, qann(**inputs).logits)
 

@@ -224,6 +224,8 @@ class GraphSNN(GraphModel):
             out = rows[-1]
             if dropped:
                 self._unpark(neurons, parked, active)
+        if resume is not None:
+            resume.reset()  # the recorded values are not kept past the run (on CUDA: about every value of a ViT-S)
         per_step = torch.stack(rows)
         steps = torch.arange(1, len(rows) + 1, device=settle.device)[:, None]
         done = (settle >= 0) & (steps >= settle)  # [T, B]: rows at or after a sample's settle step
