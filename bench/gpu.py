@@ -188,6 +188,10 @@ def _vit_level(ann: nn.Module, L: int, calibration: torch.Tensor, x: torch.Tenso
     row["steps"] = len(result.per_step)
     if x.is_cuda:  # the rule: at most one read per chunk of steps (docs/gpu.md)
         row["host_syncs"] = _host_syncs(lambda: simulate(snn, x, max_steps=1024))
+        for chunk in (1, 8):  # a step records the values of more cuts when the start moves less often
+            torch.cuda.reset_peak_memory_stats(x.device)
+            simulate(snn, x, max_steps=1024, chunk=chunk)
+            row[f"peak_mb_chunk{chunk}"] = torch.cuda.max_memory_allocated(x.device) / 2 ** 20
     # float64 beside float32 (both bit-identical to their QANN in the exact state): on GPUs with float64 matrix
     # units (H100/H200) a float64 simulation may cost little more than a float32 one without TF32: measured here
     q64, x64 = copy.deepcopy(qann).double(), x.double()
@@ -328,7 +332,9 @@ def table(results: dict) -> None:
                      f"float64 agree {100 * r['float64_agreement']:.2f}% with the float64 QANN"])
         rows.append([f"  settle check every {r['chunk']} step(s) vs {r['other_chunk']}", f"{r['snn_images_s']:.1f}",
                      f"{r['snn_other_chunk_images_s']:.1f}", _ratio(r["snn_images_s"], r["snn_other_chunk_images_s"]),
-                     "simulate(..., chunk=N): one host read per chunk"])
+                     "simulate(..., chunk=N): one host read per chunk"
+                     + (f"; peak {r['peak_mb_chunk1']:.0f} / {r['peak_mb_chunk8']:.0f} MB with 1 / 8"
+                        if "peak_mb_chunk1" in r else "")])
         for multi in r.get("multi_spike", []):
             rows.append([f"  {multi['spikes_per_step']} spikes/step vs 1", f"{multi['images_s']:.1f}",
                          f"{r['snn_images_s']:.1f}", _ratio(multi["images_s"], r["snn_images_s"]),
