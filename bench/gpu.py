@@ -43,6 +43,7 @@ from bench.common import print_table, round_robin
 from spiketwin import simulate
 from spiketwin.base import reset
 from spiketwin.convert import to_qann, to_snn, verify
+from spiketwin.convert.snn import default_chunk
 from spiketwin.memory import pack
 from spiketwin.models import create
 from spiketwin.simulate import full_float32
@@ -202,9 +203,10 @@ def _vit_level(ann: nn.Module, L: int, calibration: torch.Tensor, x: torch.Tenso
     def whole_graph():  # every step runs the whole graph (no skipping of its settled head)
         with full_float32():
             return snn.simulate(x, max_steps=1024, skip_settled=False)
-    # the settle check (one host read) every step against every 8 (CUDA's default: fewer reads, steps run past the
-    # last settle step until the check) or the other way round on the CPU (default 1)
-    row["chunk"], row["other_chunk"] = (8, 1) if x.is_cuda else (1, 8)
+    # the settle check (one host read) at the default interval against the other of 1 and 8 steps (fewer reads, but
+    # steps run past the last settle step until the check)
+    row["chunk"] = default_chunk(x.device)
+    row["other_chunk"] = 8 if row["chunk"] == 1 else 1
     timings = round_robin([lambda: simulate(snn, x, max_steps=1024), qann_forward,
                            lambda: simulate(snn64, x64, max_steps=1024), whole_graph,
                            lambda: simulate(snn, x, max_steps=1024, chunk=row["other_chunk"]),

@@ -22,6 +22,16 @@ def count_dtype(n_min: int, n_max: int, spikes_per_step: int) -> torch.dtype:
     return next((d for d in COUNT_DTYPES if torch.iinfo(d).max >= most), torch.int64)
 
 
+def _batch_first(t: torch.Tensor, dim: int | None) -> torch.Tensor:
+    """``t`` with its batch dimension ``dim`` first (no batch dimension known: all of ``t`` as one sample)."""
+    return t if dim == 0 else t.unsqueeze(0) if dim is None else t.movedim(dim, 0)
+
+
+def _batch_back(t: torch.Tensor, dim: int | None) -> torch.Tensor:
+    """The inverse of :func:`_batch_first`."""
+    return t if dim == 0 else t.squeeze(0) if dim is None else t.movedim(0, dim)
+
+
 class ExactSTBIF(StatefulModule):
     """ST-BIF neuron on exact states: the count moves toward ``clamp(floor(x/θ + 1/2), n_min, n_max)`` of its current
     accumulated input ``x`` by at most ``spikes_per_step`` per step; the output is ``count * θ`` (the value the QANN's
@@ -73,16 +83,12 @@ class ExactSTBIF(StatefulModule):
             self.count = torch.zeros_like(x, dtype=count_dtype(self.n_min, self.n_max, self.spikes_per_step),
                                           memory_format=torch.contiguous_format)  # the quantizer's output layout
         dim = self.batch_dim
-        first = (lambda t: t) if dim == 0 else (lambda t: t.unsqueeze(0)) if dim is None else (
-            lambda t: t.movedim(dim, 0))
-        back = (lambda t: t) if dim == 0 else (lambda t: t.squeeze(0)) if dim is None else (
-            lambda t: t.movedim(0, dim))
-        out, change, far = stbif_exact_step(first(x), first(self.count), self.threshold, self.n_min, self.n_max,
-                                            self.spikes_per_step)  # the count moves in place
+        out, change, far = stbif_exact_step(_batch_first(x, dim), _batch_first(self.count, dim), self.threshold,
+                                            self.n_min, self.n_max, self.spikes_per_step)  # the count moves in place
         # plain attributes, set past nn.Module.__setattr__'s registry checks (a few us each, every neuron and step);
         # pending is a 0-d flag when the batch dimension is unknown
-        vars(self).update(change=back(change), pending=far[0] if dim is None else far, dtype=x.dtype)
-        return back(out)
+        vars(self).update(change=_batch_back(change, dim), pending=far[0] if dim is None else far, dtype=x.dtype)
+        return _batch_back(out, dim)
 
     def extra_repr(self) -> str:
         return (f"threshold={float(self.threshold):.4g}, n_min={self.n_min}, n_max={self.n_max}, "
