@@ -306,3 +306,42 @@ def test_starting_after_the_settled_head_of_the_graph_changes_no_bit(name, ahead
     assert torch.equal(skipping.settle_step, whole.settle_step)
     with torch.no_grad():
         assert torch.equal(skipping.output, qann(**inputs).logits)
+
+
+@pytest.mark.parametrize("name,chunk", [("bert", 1), ("llama", 1), ("vit", 1), ("vit", 3)])
+def test_reading_the_settle_flags_one_check_late_changes_no_bit(name, chunk, monkeypatch):
+    """``read_late``: each check decides from the flags the check before copied to the host (on CUDA the host then
+    never waits for the steps just queued). Samples leave (one at a time here) and the start moves a check later;
+    outputs, per-step outputs and settle steps stay those of the checks read at once, and the QANN's bits."""
+    from spiketwin.convert import snn as snn_module
+
+    monkeypatch.setattr(snn_module, "LEAVE_AT", 10 ** 6)  # every settled sample leaves at the next decision
+    torch.manual_seed(3)
+    qann = _calibrated(_hf(name).to(D).eval(), _inputs(name, 0), levels=8)
+    snn, inputs = to_snn(qann), _inputs(name, 2)
+    at_once, late = snn.simulate(inputs, chunk=chunk), snn.simulate(inputs, chunk=chunk, read_late=True)
+    assert torch.equal(late.output, at_once.output) and torch.equal(late.per_step, at_once.per_step)
+    assert torch.equal(late.settle_step, at_once.settle_step)
+    assert len(set(at_once.settle_step.tolist())) > 1  # samples settled at different steps, so some left early
+    with torch.no_grad():
+        out = qann(**inputs)
+        assert torch.equal(late.output, getattr(out, "logits", out))
+
+
+def test_a_late_check_moves_the_start_one_check_later(monkeypatch):
+    """Without early exit (no samples leave), the cut each step starts at with ``read_late`` is the one the step
+    before started at when the flags are read at once."""
+    from spiketwin.convert.resume import Resume
+
+    torch.manual_seed(3)
+    qann = _calibrated(_hf("vit").to(D).eval(), _inputs("vit", 0), levels=8)
+    snn, inputs = to_snn(qann), _inputs("vit", 2)
+    started = {}
+    run = Resume.run
+    for late in (False, True):
+        started[late] = []
+        monkeypatch.setattr(Resume, "run",
+                            lambda self, cut, *a, log=started[late]: log.append(cut) or run(self, cut, *a))
+        snn.simulate(inputs, max_steps=24, early_exit=False, read_late=late)
+    assert len(set(started[False])) > 2, started  # the start moved several times
+    assert started[True] == [0, *started[False][:-1]], started

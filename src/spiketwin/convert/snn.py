@@ -152,7 +152,7 @@ class GraphSNN(GraphModel):
 
     @torch.no_grad()
     def simulate(self, inputs, max_steps: int | None = None, step_mode: str = "m", chunk: int | None = None,
-                 early_exit: bool = True, skip_settled: bool = True) -> SimResult:
+                 early_exit: bool = True, skip_settled: bool = True, read_late: bool = False) -> SimResult:
         """Run on ``inputs`` (a tensor ``[B, ...]``, a tuple, or a dict of keyword tensors, as the model is called)
         until every sample settles or ``max_steps`` (default 512) run out.
 
@@ -161,7 +161,11 @@ class GraphSNN(GraphModel):
         ``skip_settled`` (exact state), a step starts after the neurons at the head of the graph that can no longer
         move, from the values they left (:mod:`spiketwin.convert.resume`; decided at each check): the same results,
         but those neurons are not called (hooks on them see fewer steps; ``skip_settled=False`` runs the whole graph
-        at every step). ``step_mode`` is accepted for the common SNN interface: a step is one call in both modes here.
+        at every step). With ``read_late``, a check starts copying its flags to the host and decides from those of
+        the check before (copied while the last chunk ran), so the host never waits for the steps it has just queued
+        (on CUDA the GPU does not idle at a check): samples leave and the start moves one check later, and the check
+        right after samples left decides nothing (its flags are of the batch before). The same results.
+        ``step_mode`` is accepted for the common SNN interface: a step is one call in both modes here.
         """
         args, kwargs = _split(inputs)
         batch = _batch(args, kwargs)
@@ -186,6 +190,7 @@ class GraphSNN(GraphModel):
         rows: list[torch.Tensor] = []
         dropped = False
         whole: tuple[int, dict] = (0, {})  # the cut and recorded values of the last step on the whole batch
+        copied: _HostCopy | None = None  # read_late: the flags the last check started copying
         t = 0
         while t < max_steps and len(active):
             a_args, a_kwargs = _select(args, kwargs, active, batch) if dropped else (args, kwargs)
@@ -201,7 +206,14 @@ class GraphSNN(GraphModel):
             if not early_exit and busy is None:
                 continue
             running = settle[active] < 0
-            flags = torch.cat([running, *([] if busy is None else [busy])]).tolist()  # the one host read of the chunk
+            flags = torch.cat([running, *([] if busy is None else [busy])])
+            if read_late:  # decide from the last check's flags (conservative: the first busy neuron, settled samples
+                copied, previous = _HostCopy(flags, running), copied  # only move on), copy this check's meanwhile
+                if previous is None:
+                    continue
+                flags, running = previous.read(), previous.running
+            else:
+                flags = flags.tolist()  # the one host read of the chunk
             if busy is not None:
                 cut = resume.start(flags[len(running):])
             staying = sum(flags[:len(running)])
@@ -224,6 +236,7 @@ class GraphSNN(GraphModel):
                 if resume is not None:
                     resume.keep(stay)
                 active, dropped = active[stay], True
+                copied = None  # its flags are of the batch before
         if dropped and self.state == "exact":  # confirm on the whole batch, with the QANN's arithmetic
             out = self._confirm(neurons, parked, active, args, kwargs, settle, rows, max_steps, resume, whole)
         else:
@@ -320,3 +333,21 @@ class GraphSNN(GraphModel):
             rtol = 0.0 if self.state == "exact" else 1e-9 if dtype == torch.float64 else 1e-4
         return compare([self.labels[k] for k in keep], [(sums[k], captured[k]) for k in keep], result.output,
                        reference, result.settle_step, rtol, dtype, [self.neurons[k].batch_dim for k in keep])
+
+
+class _HostCopy:
+    """Settle-check flags on their way to the host: on CUDA a non-blocking copy (into pinned memory) and an event
+    after it, so that reading them waits only for the steps queued before the copy."""
+
+    def __init__(self, flags: torch.Tensor, running: torch.Tensor) -> None:
+        self.running = running
+        self.host = flags.to("cpu", non_blocking=True)
+        self.event = None
+        if flags.is_cuda:
+            self.event = torch.cuda.Event()
+            self.event.record()
+
+    def read(self) -> list[bool]:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host.tolist()
