@@ -2,7 +2,7 @@
 
 Each program takes ``BLOCK`` neurons through all T steps, keeping the membrane state (forward) or the running
 gradient (backward) in registers, so every element of the ``[T, N]`` tensors is read or written once. The
-arithmetic is ``lif.c``'s, written out: IEEE-rounded division (``fdiv(ieee_rounding=True)``), a fused
+arithmetic is ``lif.c``'s, written out: IEEE-rounded division (:func:`~.triton_ieee.ieee_div`), a fused
 multiply-add exactly where torch's CPU ``addcmul_`` rounds once, no other contraction (``enable_fp_fusion=False``)
 and ``lif.c``'s exp for the sigmoid surrogate (not the GPU's approximate ``ex2``). Run on CPU tensors with
 ``TRITON_INTERPRET=1`` (set before this module is imported) the kernels give the torch path's bits (forward,
@@ -20,8 +20,12 @@ import torch
 import triton
 import triton.language as tl
 
-# mode bits, as in lif.c (the surrogate codes: 0 sigmoid, 1 ATan)
-NEGATED, SOFT, SHIFT, DETACH, LEAK_MASK = 16, 4, 8, 32, 3
+from .triton_ieee import ieee_div
+
+# mode bits, as in lif.c (the surrogate codes: 0 sigmoid, 1 ATan); constexpr, as a compiled kernel reads no other
+# globals (Triton's interpreter does), and written first in `BIT & MODE` (an int MODE in the interpreter has no `&`
+# for a constexpr)
+NEGATED, SOFT, SHIFT, DETACH, LEAK_MASK = (tl.constexpr(bit) for bit in (16, 4, 8, 32, 3))
 BLOCK = 1024
 _INF = tl.constexpr(float("inf"))
 
@@ -39,11 +43,6 @@ def _real(bits, DTYPE: tl.constexpr):
         return tl.cast(tl.cast(bits, tl.int64), tl.float64, bitcast=True)
     else:
         return tl.cast(tl.cast(bits, tl.int32), tl.float32, bitcast=True)
-
-
-@triton.jit
-def _div(a, b):
-    return tl.math.fdiv(a, b, ieee_rounding=True)
 
 
 @triton.jit
@@ -95,28 +94,28 @@ def _lif_forward(x_ptr, h_ptr, s_ptr, v0_ptr, v_ptr, T, N, tau_bits, vth_bits, v
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
     state = tl.load(v0_ptr + offs, mask=mask, other=0.0)
-    if MODE & NEGATED:  # the default neuron on W = -V (lif.py's _scan_negated)
+    if NEGATED & MODE:  # the default neuron on W = -V (lif.py's _scan_negated)
         state = -state
     for t in range(T):
         at = t * tl.cast(N, tl.int64) + offs
         x = tl.load(x_ptr + at, mask=mask, other=0.0)
-        if MODE & NEGATED:
-            h = state - _div(x + state, tau)  # -H
+        if NEGATED & MODE:
+            h = state - ieee_div(x + state, tau)  # -H
             fired = h <= -vth
             state = tl.where(h > -vth, h, 0.0)
         else:
-            if MODE & SHIFT:
+            if SHIFT & MODE:
                 rest = state - vreset
             else:
                 rest = state
-            if (MODE & LEAK_MASK) == 0:
+            if (LEAK_MASK & MODE) == 0:
                 h = state + x
-            elif (MODE & LEAK_MASK) == 1:
-                h = state + _div(x - rest, tau)
+            elif (LEAK_MASK & MODE) == 1:
+                h = state + ieee_div(x - rest, tau)
             else:
-                h = state - _div(rest, tau) + x
+                h = state - ieee_div(rest, tau) + x
             fired = h >= vth
-            if MODE & SOFT:
+            if SOFT & MODE:
                 state = tl.where(fired, h - vth, h)
             else:
                 state = tl.where(fired, vreset, h)
@@ -124,7 +123,7 @@ def _lif_forward(x_ptr, h_ptr, s_ptr, v0_ptr, v_ptr, T, N, tau_bits, vth_bits, v
             tl.store(h_ptr + at, h, mask=mask)
         if SPIKES:
             tl.store(s_ptr + at, fired.to(dtype), mask=mask)
-    if MODE & NEGATED:
+    if NEGATED & MODE:
         state = -state
     tl.store(v_ptr + offs, state, mask=mask)
 
@@ -134,28 +133,28 @@ def _surrogate(u, KIND: tl.constexpr, alpha, half_alpha, atan_scale):
     """Sigmoid.grad / ATan.grad of spiketwin.surrogate at u = H - V_th, the same operations."""
     if KIND == 1:
         a = atan_scale * u
-        return _div(1.0, 1.0 + a * a) * half_alpha
+        return ieee_div(1.0, 1.0 + a * a) * half_alpha
     else:
-        s = _div(1.0, 1.0 + _exp(-(u * alpha)))
+        s = ieee_div(1.0, 1.0 + _exp(-(u * alpha)))
         return (s * alpha) * (1.0 - s)
 
 
 @triton.jit
 def _grad_h(h, gs, MODE: tl.constexpr, KIND: tl.constexpr, vth, vreset, alpha, half_alpha, atan_scale):
     """(sg * dL/dS, dV/dH) of one step, from the stored H (or -H)."""
-    if MODE & NEGATED:
+    if NEGATED & MODE:
         u = -(h + vth)
     else:
         u = h - vth
     sg = _surrogate(u, KIND, alpha, half_alpha, atan_scale)
-    if MODE & SOFT:
-        if MODE & DETACH:
+    if SOFT & MODE:
+        if DETACH & MODE:
             dv_dh = tl.full(u.shape, 1.0, u.dtype)
         else:
             dv_dh = sg * -vth + 1.0
     else:
         below = (u < 0).to(u.dtype)
-        if MODE & DETACH:
+        if DETACH & MODE:
             dv_dh = below
         else:
             dv_dh = below + (vreset - (u + vth)) * sg
@@ -202,7 +201,7 @@ def forward(x: torch.Tensor, v0: torch.Tensor, h: torch.Tensor | None, spikes: t
     spikes into ``spikes`` (None: not wanted), the final ``V`` into ``v``."""
     n, d = v0.numel(), x.dtype
     _lif_forward[_grid(n, block)](x, x if h is None else h, x if spikes is None else spikes, v0, v, x.shape[0], n,
-                                  real_bits(tau, d), real_bits(vth, d), real_bits(vreset, d), MODE=mode & ~DETACH,
+                                  real_bits(tau, d), real_bits(vth, d), real_bits(vreset, d), MODE=mode & ~DETACH.value,
                                   KEEP_H=h is not None, SPIKES=spikes is not None, BLOCK=block,
                                   enable_fp_fusion=False)
 

@@ -3,7 +3,8 @@ call) and ``spiketwin::stbif_exact_step`` (the exact-state neuron's step, :func:
 
 One program per sample and block of neurons scans the T steps with the arithmetic of the torch path
 (:func:`spiketwin.kernels.stbif_rule.stbif_scan`) and of ``native/stbif.c``, in the same order and precision:
-IEEE division (``ieee_rounding``: Triton's default float32 division is approximate), no fused multiply-add.
+IEEE division (:func:`~.triton_ieee.ieee_div`: Triton's float32 ``/`` is approximate), no fused multiply-add
+(``enable_fp_fusion=False``).
 A block whose sample had no pending neuron before the call and whose inputs are all zero writes zero spikes
 and leaves its state alone (the per-sample skip of the C kernel, per block); the far flags of a step are
 or-ed over a sample's blocks with an atomic max. No host synchronisation.
@@ -18,6 +19,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from .triton_ieee import ieee_div
 
 BLOCK = 1024
 """Neurons per program (fewer when a sample has fewer)."""
@@ -49,7 +52,7 @@ def _stbif_steps(x_ptr, total_ptr, count_ptr, spikes_ptr, far_ptr, was_pending_p
         count = tl.load(count_ptr + b * N + offs, mask=mask, other=0.0)
         for t in range(T):
             total = total + tl.load(x_ptr + (t * B + b) * N + offs, mask=mask, other=0.0)
-            target = tl.floor(tl.fdiv(total, theta, ieee_rounding=True) + 0.5)
+            target = tl.floor(ieee_div(total, theta) + 0.5)
             target = tl.minimum(tl.maximum(target, lo), hi)
             delta = target - count
             far = ((delta > most) | (delta < -most)) & mask
@@ -74,7 +77,8 @@ def stbif_steps(x: torch.Tensor, total: torch.Tensor, count: torch.Tensor, was_p
         block = min(BLOCK, triton.next_power_of_2(n))
         skip = far if was_pending is None else was_pending.contiguous()  # any pointer when there is no skip
         _stbif_steps[(batch, triton.cdiv(n, block))](x, total, count, spikes, far, skip, theta, steps, batch, n,
-                                                     n_min, n_max, m, SKIP=was_pending is not None, BLOCK=block)
+                                                     n_min, n_max, m, SKIP=was_pending is not None, BLOCK=block,
+                                                     enable_fp_fusion=False)
     return spikes, far.bool()
 
 
@@ -88,7 +92,7 @@ def _stbif_exact_step(x_ptr, count_ptr, out_ptr, change_ptr, far_ptr, theta_ptr,
     most = m.to(theta.dtype)
     x = tl.load(x_ptr + b * N + offs, mask=mask, other=0.0)
     count = tl.load(count_ptr + b * N + offs, mask=mask, other=0).to(theta.dtype)
-    target = tl.floor(tl.fdiv(x, theta, ieee_rounding=True) + 0.5)
+    target = tl.floor(ieee_div(x, theta) + 0.5)
     target = tl.minimum(tl.maximum(target, n_min.to(theta.dtype)), n_max.to(theta.dtype))
     delta = target - count
     far = ((delta > most) | (delta < -most)) & mask
@@ -113,5 +117,5 @@ def stbif_exact_step(x: torch.Tensor, count: torch.Tensor, theta: torch.Tensor, 
     if out.numel():
         block = min(BLOCK, triton.next_power_of_2(n))
         _stbif_exact_step[(batch, triton.cdiv(n, block))](x, count, out, change, far, theta, n, n_min, n_max, m,
-                                                          BLOCK=block)
+                                                          BLOCK=block, enable_fp_fusion=False)
     return out, change, far.bool()
