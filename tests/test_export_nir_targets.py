@@ -87,7 +87,8 @@ def scnn(grid: bool) -> nn.Module:
                 m.running_var.uniform_(0.5, 2.0)
                 m.bias.uniform_(0.0, 0.5)
                 if grid:
-                    m.eps, m.running_var[:], m.weight[:] = 0.0, 1.0, 1.0
+                    # var + eps == 1 in float32 (eps below its resolution at 1; torch 2.11 refuses eps = 0)
+                    m.eps, m.running_var[:], m.weight[:] = 1e-12, 1.0, 1.0
                     m.running_mean.mul_(8).round_().div_(8)
                     m.bias.mul_(8).round_().div_(8)
             if isinstance(m, (nn.Conv2d, nn.Linear)):

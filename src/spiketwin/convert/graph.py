@@ -154,6 +154,10 @@ def trace(model: nn.Module, example_inputs) -> tuple[fx.GraphModule, dict]:
             "pass example_inputs exactly as you call the model, e.g. a dict of keyword tensors") from error
     finally:
         model.train(was_training)
+    for node in program.graph.nodes:  # a view that relied on the layout of an op decomposed below (torch 2.11 traces
+        if node.target is aten.view.default:  # nn.MultiheadAttention's sdpa -> permute -> contiguous as a view)
+            node.target = aten.reshape.default  # reshape: the same view, or a copy where the new layout needs one
+    program.graph_module.recompile()
     program = program.run_decompositions({aten.scaled_dot_product_attention.default: _sdpa_math,
                                           aten.einsum.default: _EINSUM})
     unlifted = program.module()
