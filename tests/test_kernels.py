@@ -107,6 +107,41 @@ def test_the_neuron_on_this_machines_device_equals_its_cpu_torch_path(m):
     assert all(torch.equal(a, b) for a, b in zip(fast, slow))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("surrogate", ["atan", "sigmoid"])
+@pytest.mark.parametrize("kwargs", [{}, {"v_reset": None, "detach_reset": False}, {"tau": 1.5, "v_reset": -0.2,
+                                                                                 "decay_input": False}])
+def test_the_lif_neuron_on_this_machines_device_equals_its_cpu_paths(dtype, surrogate, kwargs):
+    """On CUDA the LIF neuron's scan and backward run the compiled Triton kernels, on the CPU the native ones:
+    spikes, final potential and the ATan gradient are the CPU torch path's bits; the sigmoid gradient (which needs
+    an exp) is the native C kernel's, whose exp the Triton kernel computes too."""
+    from spiketwin.neurons import LIF
+    from spiketwin.surrogate import ATan, Sigmoid
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 4, 33, generator=g, dtype=dtype) + 0.6
+    upstream = torch.randn(6, 4, 33, generator=g, dtype=dtype)
+
+    def run(device):
+        neuron = LIF(surrogate=ATan(2.0) if surrogate == "atan" else Sigmoid(4.0), **kwargs)
+        x_dev = x.to(device).requires_grad_()
+        spikes = neuron(x_dev)
+        (spikes * upstream.to(device)).sum().backward()
+        return spikes.detach().cpu(), neuron.v.detach().cpu(), x_dev.grad.cpu()
+
+    fast = run(DEVICE)
+    if surrogate == "atan":
+        with native.disabled():
+            slow = run("cpu")
+    else:
+        if DEVICE == "cpu":
+            pytest.skip("on the CPU both sides would be the native kernel (tests/test_native_lif.py checks it)")
+        if native.library("lif") is None:
+            pytest.skip(f"the sigmoid gradient's reference is the native kernel: {native.status('lif')}")
+        slow = run("cpu")
+    assert all(torch.equal(a, b) for a, b in zip(fast, slow))
+
+
 def exact_case(seed: int, dtype: torch.dtype, strided: bool):
     """An exact-state neuron's accumulated input ``[B, ...]`` (some values on rounding boundaries) and a count partly
     on its target, partly far from it; ``strided``: a permuted layout (as attention's q, k, v have), ``x`` a view of

@@ -27,14 +27,18 @@ BLOCK = 256  # several programs and a ragged last block at N = 700
 
 @pytest.fixture(scope="module")
 def kernels():
-    """lif_triton imported with TRITON_INTERPRET=1 (read when its kernels are decorated), then forgotten."""
+    """lif_triton imported with TRITON_INTERPRET=1 (read when its kernels are decorated, its helpers' too), then
+    forgotten, so that on a GPU machine the operators import the compiled kernels."""
     mp = pytest.MonkeyPatch()
     mp.setenv("TRITON_INTERPRET", "1")
-    sys.modules.pop("spiketwin.kernels.lif_triton", None)
+    modules = ("spiketwin.kernels.lif_triton", "spiketwin.kernels.triton_ieee")
+    for name in modules:
+        sys.modules.pop(name, None)
     try:
         yield importlib.import_module("spiketwin.kernels.lif_triton")
     finally:
-        sys.modules.pop("spiketwin.kernels.lif_triton", None)
+        for name in modules:
+            sys.modules.pop(name, None)
         mp.undo()
 
 
