@@ -154,9 +154,11 @@ def trace(model: nn.Module, example_inputs) -> tuple[fx.GraphModule, dict]:
             "pass example_inputs exactly as you call the model, e.g. a dict of keyword tensors") from error
     finally:
         model.train(was_training)
-    for node in program.graph.nodes:  # a view that relied on the layout of an op decomposed below (torch 2.11 traces
-        if node.target is aten.view.default:  # nn.MultiheadAttention's sdpa -> permute -> contiguous as a view)
-            node.target = aten.reshape.default  # reshape: the same view, or a copy where the new layout needs one
+    # torch 2.11 traces nn.MultiheadAttention's sdpa -> permute -> .contiguous().view() as a bare view, which the sdpa
+    # decomposition below breaks (its output has another layout); a reshape is the same view, or a copy where needed
+    for node in program.graph.nodes:
+        if node.target is aten.view.default:
+            node.target = aten.reshape.default
     program.graph_module.recompile()
     program = program.run_decompositions({aten.scaled_dot_product_attention.default: _sdpa_math,
                                           aten.einsum.default: _EINSUM})

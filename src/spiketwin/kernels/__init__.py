@@ -7,6 +7,7 @@ see one operator where the torch path runs many: each has a CPU implementation (
   ``spiketwin::stbif_exact_step``, the exact-state neuron's step (integer counts).
 - :mod:`.lif`: ``spiketwin::lif_scan`` (with its autograd), ``lif_scan_backward`` and ``lif_affine_scan``, the LIF
   neuron's time scan, its backward and the BatchNorm -> LIF recompute of :mod:`spiketwin.memory`.
+- :mod:`.triton_ieee`: the correctly rounded division the Triton kernels share.
 - :mod:`.quantize`: the quantizer's inference pass (native C on the CPU only; a plain function, not an operator:
   the torch path is what autograd, ``torch.compile`` and CUDA see).
 
