@@ -337,7 +337,8 @@ class GraphSNN(GraphModel):
 
 class _HostCopy:
     """Settle-check flags on their way to the host: on CUDA a non-blocking copy (into pinned memory) and an event
-    after it, so that reading them waits only for the steps queued before the copy."""
+    after it on the flags' device (not necessarily the current one), so that reading them waits only for the steps
+    queued before the copy."""
 
     def __init__(self, flags: torch.Tensor, running: torch.Tensor) -> None:
         self.running = running
@@ -345,7 +346,7 @@ class _HostCopy:
         self.event = None
         if flags.is_cuda:
             self.event = torch.cuda.Event()
-            self.event.record()
+            self.event.record(torch.cuda.current_stream(flags.device))
 
     def read(self) -> list[bool]:
         if self.event is not None:
