@@ -11,11 +11,12 @@ see one operator where the torch path runs many: each has a CPU implementation (
 - :mod:`.quantize`: the quantizer's inference pass (native C on the CPU only; a plain function, not an operator:
   the torch path is what autograd, ``torch.compile`` and CUDA see).
 
-Here: when the Triton kernels run (:func:`triton_takes`).
+Here: when the Triton kernels run (:func:`triton_takes`), and on which device (:func:`launch_device`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
@@ -45,3 +46,10 @@ def triton_takes(*tensors: torch.Tensor) -> bool:
             and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
             and all(t.device == first.device and t.dtype == first.dtype and t.is_contiguous() for t in tensors)
             and triton_enabled())
+
+
+def launch_device(tensor: torch.Tensor):
+    """The context of a Triton launch on ``tensor``: Triton launches on the current CUDA device, so for the launch
+    it becomes ``tensor``'s (a model on ``cuda:1`` while ``cuda:0`` is current); nothing for a CPU tensor (Triton's
+    interpreter)."""
+    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()

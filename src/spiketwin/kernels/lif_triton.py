@@ -20,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import launch_device
 from .triton_ieee import ieee_div
 
 # mode bits, as in lif.c (the surrogate codes: 0 sigmoid, 1 ATan); constexpr, as a compiled kernel reads no other
@@ -200,10 +201,11 @@ def forward(x: torch.Tensor, v0: torch.Tensor, h: torch.Tensor | None, spikes: t
     """The scan over contiguous ``x`` ``[T, N...]`` from ``v0``: ``H`` into ``h`` (None: not kept; may be ``x``),
     spikes into ``spikes`` (None: not wanted), the final ``V`` into ``v``."""
     n, d = v0.numel(), x.dtype
-    _lif_forward[_grid(n, block)](x, x if h is None else h, x if spikes is None else spikes, v0, v, x.shape[0], n,
-                                  real_bits(tau, d), real_bits(vth, d), real_bits(vreset, d), MODE=mode & ~DETACH.value,
-                                  KEEP_H=h is not None, SPIKES=spikes is not None, BLOCK=block,
-                                  enable_fp_fusion=False)
+    with launch_device(x):
+        _lif_forward[_grid(n, block)](x, x if h is None else h, x if spikes is None else spikes, v0, v, x.shape[0], n,
+                                      real_bits(tau, d), real_bits(vth, d), real_bits(vreset, d),
+                                      MODE=mode & ~DETACH.value, KEEP_H=h is not None, SPIKES=spikes is not None,
+                                      BLOCK=block, enable_fp_fusion=False)
 
 
 def backward(h: torch.Tensor, grad_spikes: torch.Tensor, grad_v: torch.Tensor | None, grad_x: torch.Tensor,
@@ -212,6 +214,7 @@ def backward(h: torch.Tensor, grad_spikes: torch.Tensor, grad_v: torch.Tensor | 
     """The scan's gradients from its ``H`` buffer (contiguous ``[T, N...]``) into ``grad_x`` and ``grad_v0``."""
     n, d = grad_v0.numel(), h.dtype
     scalars = (vth, vreset, dh_dv, dh_dx, alpha, alpha / 2, 3.141592653589793 / 2 * alpha)
-    _lif_backward[_grid(n, block)](h, grad_spikes, h if grad_v is None else grad_v, grad_x, grad_v0, h.shape[0], n,
-                                   *(real_bits(s, d) for s in scalars), MODE=mode, KIND=kind,
-                                   HAS_GV=grad_v is not None, BLOCK=block, enable_fp_fusion=False)
+    with launch_device(h):
+        _lif_backward[_grid(n, block)](h, grad_spikes, h if grad_v is None else grad_v, grad_x, grad_v0, h.shape[0],
+                                       n, *(real_bits(s, d) for s in scalars), MODE=mode, KIND=kind,
+                                       HAS_GV=grad_v is not None, BLOCK=block, enable_fp_fusion=False)

@@ -20,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import launch_device
 from .triton_ieee import ieee_div
 
 BLOCK = 1024
@@ -76,9 +77,10 @@ def stbif_steps(x: torch.Tensor, total: torch.Tensor, count: torch.Tensor, was_p
     if spikes.numel():
         block = min(BLOCK, triton.next_power_of_2(n))
         skip = far if was_pending is None else was_pending.contiguous()  # any pointer when there is no skip
-        _stbif_steps[(batch, triton.cdiv(n, block))](x, total, count, spikes, far, skip, theta, steps, batch, n,
-                                                     n_min, n_max, m, SKIP=was_pending is not None, BLOCK=block,
-                                                     enable_fp_fusion=False)
+        with launch_device(x):
+            _stbif_steps[(batch, triton.cdiv(n, block))](x, total, count, spikes, far, skip, theta, steps, batch, n,
+                                                         n_min, n_max, m, SKIP=was_pending is not None, BLOCK=block,
+                                                         enable_fp_fusion=False)
     return spikes, far.bool()
 
 
@@ -116,6 +118,7 @@ def stbif_exact_step(x: torch.Tensor, count: torch.Tensor, theta: torch.Tensor, 
     far = torch.zeros(batch, dtype=torch.int32, device=x.device)
     if out.numel():
         block = min(BLOCK, triton.next_power_of_2(n))
-        _stbif_exact_step[(batch, triton.cdiv(n, block))](x, count, out, change, far, theta, n, n_min, n_max, m,
-                                                          BLOCK=block, enable_fp_fusion=False)
+        with launch_device(x):
+            _stbif_exact_step[(batch, triton.cdiv(n, block))](x, count, out, change, far, theta, n, n_min, n_max, m,
+                                                              BLOCK=block, enable_fp_fusion=False)
     return out, change, far.bool()
