@@ -15,6 +15,7 @@
    Beside the paper's neuron (one spike per step), neurons of ``--spikes-per-step`` spikes (default 4): the same
    exact answer (logits bit-identical to the QANN's, checked) in about a quarter of the steps. How often the host
    reads the settle flags: a check every step, every 8 steps, and every step read one check late (``read_late``).
+   The fused kernels (Triton on CUDA, C on the CPU) against the torch path, here and in training.
 3. Spikformer training (``spikformer_cifar10`` B = 64 at 32 px, ``spikformer_8_384`` B = 16 at 224 px, T = 4): one
    AdamW step on random images: samples/s and peak device memory, beside SpikingJelly 2.0 (the official CIFAR model
    on its neurons, ``bench.spikformer``; its built-in Spikformer for 224 px) with its automatic (fastest available)
@@ -29,9 +30,11 @@ after a warm-up run, CUDA synchronised (``bench.common.round_robin``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import importlib.util
 import json
+import os
 import platform
 import sys
 import time
@@ -41,7 +44,7 @@ import torch
 from torch import nn
 
 from bench.common import print_table, round_robin
-from spiketwin import simulate
+from spiketwin import native, simulate
 from spiketwin.base import reset
 from spiketwin.convert import to_qann, to_snn, verify
 from spiketwin.convert.snn import default_chunk
@@ -51,6 +54,25 @@ from spiketwin.simulate import full_float32
 
 ROOT = Path(__file__).resolve().parents[1]
 HAVE_SJ = importlib.util.find_spec("spikingjelly") is not None
+
+
+@contextlib.contextmanager
+def _unfused(device: torch.device):
+    """The torch path instead of the fused kernels: the Triton kernels off on CUDA (``SPIKETWIN_TRITON=0``), the
+    native C kernels on the CPU (``SPIKETWIN_NATIVE=0`` does the same)."""
+    if device.type != "cuda":
+        with native.disabled():
+            yield
+        return
+    saved = os.environ.get("SPIKETWIN_TRITON")
+    os.environ["SPIKETWIN_TRITON"] = "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["SPIKETWIN_TRITON"]
+        else:
+            os.environ["SPIKETWIN_TRITON"] = saved
 
 
 def _random_params(model: nn.Module, std: float) -> nn.Module:
@@ -210,16 +232,22 @@ def _vit_level(ann: nn.Module, L: int, calibration: torch.Tensor, x: torch.Tenso
     # steps run past the last settle step until the check)
     row["chunk"] = default_chunk(x.device)
     row["other_chunk"] = 8 if row["chunk"] == 1 else 1
+
+    def unfused():  # the same SNN on the torch path: what the fused kernels gain
+        with _unfused(x.device):
+            return simulate(snn, x, max_steps=1024)
+    row["unfused_bit_identical"] = bool(torch.equal(unfused().output, expected))
     timings = round_robin([lambda: simulate(snn, x, max_steps=1024), qann_forward,
                            lambda: simulate(snn64, x64, max_steps=1024), whole_graph,
                            lambda: simulate(snn, x, max_steps=1024, chunk=row["other_chunk"]),
-                           lambda: simulate(snn, x, max_steps=1024, chunk=1, read_late=True),
+                           lambda: simulate(snn, x, max_steps=1024, chunk=1, read_late=True), unfused,
                            *(lambda snn_m=snn_m: simulate(snn_m, x, max_steps=1024) for snn_m in multi.values())],
                           repeats)
     (row["snn_images_s"], row["qann_images_s"], row["snn64_images_s"], row["snn_whole_images_s"],
-     row["snn_other_chunk_images_s"], row["snn_late_images_s"]) = (len(x) / t.seconds for t in timings[:6])
+     row["snn_other_chunk_images_s"], row["snn_late_images_s"], row["snn_unfused_images_s"]) = (
+        len(x) / t.seconds for t in timings[:7])
     row["multi_spike"] = []
-    for (m, snn_m), t in zip(multi.items(), timings[6:]):  # the same exact answer in fewer steps
+    for (m, snn_m), t in zip(multi.items(), timings[7:]):  # the same exact answer in fewer steps
         result = simulate(snn_m, x, max_steps=1024)
         settle = result.settle_step.double()
         row["multi_spike"].append(dict(spikes_per_step=m, images_s=len(x) / t.seconds,
@@ -288,6 +316,8 @@ def spikformer_training(device: torch.device, quick: bool, repeats: int) -> list
         T, img = overrides["T"], overrides["img_size"]
         x, y = torch.rand(batch, 3, img, img, device=device), torch.randint(0, classes, (batch,), device=device)
         row = dict(model=name, batch=batch, T=T, img=img, **_train_steps(model, reset, x, y, repeats))
+        with _unfused(device):  # after the fused steps, not in turn with them (each its own peak memory)
+            row.update({f"unfused_{k}": v for k, v in _train_steps(model, reset, x, y, repeats).items()})
         del model
         if HAVE_SJ:
             row.update(_sj_training(name, overrides, T, img, classes, x, y, repeats))
@@ -346,6 +376,10 @@ def table(results: dict) -> None:
                      "chunk=1, read_late=True: decides from the last check's flags; logits = QANN's: "
                      + ("yes" if r["late_bit_identical"] else "NO")
                      + (f"; {r['host_syncs_late']} host syncs" if "host_syncs_late" in r else "")])
+        rows.append(["  fused kernels vs torch path", f"{r['snn_images_s']:.1f}", f"{r['snn_unfused_images_s']:.1f}",
+                     _ratio(r["snn_images_s"], r["snn_unfused_images_s"]),
+                     "Triton on CUDA, C on the CPU; torch path's logits = QANN's: "
+                     + ("yes" if r["unfused_bit_identical"] else "NO")])
         for multi in r.get("multi_spike", []):
             rows.append([f"  {multi['spikes_per_step']} spikes/step vs 1", f"{multi['images_s']:.1f}",
                          f"{r['snn_images_s']:.1f}", _ratio(multi["images_s"], r["snn_images_s"]),
@@ -361,6 +395,9 @@ def table(results: dict) -> None:
         mem = f"peak {r['peak_mb']:.0f} MB" if r["peak_mb"] is not None else ""
         rows.append([f"{r['model']} B{r['batch']} {r['img']}px T{r['T']} train samples/s", f"{r['samples_s']:.1f}",
                      "", "", mem])
+        unfused_mem = f"; torch path peak {r['unfused_peak_mb']:.0f} MB" if r["unfused_peak_mb"] is not None else ""
+        rows.append(["  fused kernels vs torch path", f"{r['samples_s']:.1f}", f"{r['unfused_samples_s']:.1f}",
+                     _ratio(r["samples_s"], r["unfused_samples_s"]), "run one after the other" + unfused_mem])
         if "sj_samples_s" in r:
             sj_mem = f"; SJ peak {r['sj_peak_mb']:.0f} MB" if r["sj_peak_mb"] is not None else ""
             rows.append([f"  vs {r['sj_side']}", f"{r['samples_s']:.1f}", f"{r['sj_samples_s']:.1f}",
