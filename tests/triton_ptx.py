@@ -46,6 +46,14 @@ class CompileOnly:
         return GPUTarget("cuda", self.cc, 32)
 
 
+def launched_kernels() -> list[str]:
+    """The Triton kernels of spiketwin.kernels (jit functions that take pointers; the others are helpers they call)."""
+    from spiketwin.kernels import lif_triton, stbif_triton
+
+    return sorted(name for module in (lif_triton, stbif_triton) for name, value in vars(module).items()
+                  if isinstance(value, JITFunction) and any(arg.endswith("_ptr") for arg in value.arg_names))
+
+
 def compile_all(cc: int) -> list[dict]:
     compiled = []
     run = JITFunction.run
@@ -83,4 +91,4 @@ def compile_all(cc: int) -> list[dict]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(compile_all(int(sys.argv[1]))))
+    print(json.dumps({"compiled": compile_all(int(sys.argv[1])), "kernels": launched_kernels()}))
