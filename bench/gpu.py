@@ -30,11 +30,9 @@ after a warm-up run, CUDA synchronised (``bench.common.round_robin``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import importlib.util
 import json
-import os
 import platform
 import sys
 import time
@@ -48,6 +46,7 @@ from spiketwin import native, simulate
 from spiketwin.base import reset
 from spiketwin.convert import to_qann, to_snn, verify
 from spiketwin.convert.snn import default_chunk
+from spiketwin.kernels import triton_disabled
 from spiketwin.memory import pack
 from spiketwin.models import create
 from spiketwin.simulate import full_float32
@@ -56,23 +55,10 @@ ROOT = Path(__file__).resolve().parents[1]
 HAVE_SJ = importlib.util.find_spec("spikingjelly") is not None
 
 
-@contextlib.contextmanager
 def _unfused(device: torch.device):
-    """The torch path instead of the fused kernels: the Triton kernels off on CUDA (``SPIKETWIN_TRITON=0``), the
-    native C kernels on the CPU (``SPIKETWIN_NATIVE=0`` does the same)."""
-    if device.type != "cuda":
-        with native.disabled():
-            yield
-        return
-    saved = os.environ.get("SPIKETWIN_TRITON")
-    os.environ["SPIKETWIN_TRITON"] = "0"
-    try:
-        yield
-    finally:
-        if saved is None:
-            del os.environ["SPIKETWIN_TRITON"]
-        else:
-            os.environ["SPIKETWIN_TRITON"] = saved
+    """The torch path instead of the fused kernels: the Triton kernels off on CUDA, the native C kernels on the CPU
+    (as ``SPIKETWIN_TRITON=0`` / ``SPIKETWIN_NATIVE=0`` would)."""
+    return triton_disabled() if device.type == "cuda" else native.disabled()
 
 
 def _random_params(model: nn.Module, std: float) -> nn.Module:
@@ -210,7 +196,8 @@ def _vit_level(ann: nn.Module, L: int, calibration: torch.Tensor, x: torch.Tenso
                agreement=_agreement(result.output, expected),
                max_rel_logits=float((result.output - expected).abs().max() / expected.abs().max()))
     row["steps"] = len(result.per_step)
-    row["late_bit_identical"] = bool(torch.equal(simulate(snn, x, max_steps=1024, read_late=True).output, expected))
+    row["late_bit_identical"] = bool(torch.equal(simulate(snn, x, max_steps=1024, chunk=1, read_late=True).output,
+                                                 expected))
     if x.is_cuda:  # the rule: at most one read per chunk of steps (docs/gpu.md)
         row["host_syncs"] = _host_syncs(lambda: simulate(snn, x, max_steps=1024))
         row["host_syncs_late"] = _host_syncs(lambda: simulate(snn, x, max_steps=1024, chunk=1, read_late=True))

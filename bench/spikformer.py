@@ -168,16 +168,11 @@ def training_step(side: str, batch: int, T: int) -> tuple[nn.Module, callable]:
         optimizer.step()
         reset(model)
 
-    def torch_path_step() -> None:  # the native kernels read SPIKETWIN_NATIVE at every call
-        before = os.environ.get("SPIKETWIN_NATIVE")
-        os.environ["SPIKETWIN_NATIVE"] = "0"
-        try:
+    def torch_path_step() -> None:
+        from spiketwin import native  # imported per side, as in build()
+
+        with native.disabled():  # as SPIKETWIN_NATIVE=0 would
             step()
-        finally:
-            if before is None:
-                del os.environ["SPIKETWIN_NATIVE"]
-            else:
-                os.environ["SPIKETWIN_NATIVE"] = before
     return model, torch_path_step if side == "spiketwin-torch" else step
 
 

@@ -81,6 +81,17 @@ def test_operator_passes_torch_registration_checks():
                               (x, total.clone(), count.clone(), pending, theta, -8, 7, 2))
 
 
+def test_triton_can_be_switched_off_for_a_block(monkeypatch):
+    from spiketwin.kernels import triton_disabled, triton_enabled
+
+    monkeypatch.setattr("spiketwin.kernels._triton_installed", lambda: True)
+    with triton_disabled():
+        with triton_disabled():
+            assert not triton_enabled()
+        assert not triton_enabled()
+    assert triton_enabled()
+
+
 @pytest.mark.parametrize("m", [1, 4])
 def test_the_neuron_on_this_machines_device_equals_its_cpu_torch_path(m):
     """On CUDA the neuron's sequence call runs the Triton kernel, on the CPU the native one: chunked calls with

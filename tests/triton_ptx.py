@@ -21,13 +21,10 @@ from triton.runtime import driver
 from triton.runtime.jit import JITFunction
 
 from spiketwin.kernels import lif as lif_ops
-from spiketwin.neurons.lif import LIFParams, lif_mode
+from spiketwin.neurons.lif import lif_mode
+from test_lif_triton import PARAMS  # every leak, reset and form of the LIF neuron the interpreter tests check
 
 FLOAT_OP = re.compile(r"^\s*(?:@!?%p\d+\s+)?([a-z][a-z0-9]*(?:\.[a-z0-9]+)*)\s", re.M)
-PARAMS = [LIFParams(), LIFParams(2.0, 0.5, 0.0), LIFParams(3.0, 1.0, None, True, False),
-          LIFParams(1.5, 0.8, -0.2, False, False), LIFParams(4.0, 1.2, None, False, True),
-          LIFParams(2.5, 0.7, 0.3, True, True), LIFParams(None, 1.0, 0.0), LIFParams(None, 0.6, None, True, False)]
-"""Every leak, reset and form of the LIF neuron (as ``tests/test_lif_triton.py`` checks them in the interpreter)."""
 
 
 class CompileOnly:

@@ -207,8 +207,9 @@ class GraphSNN(GraphModel):
                 continue
             running = settle[active] < 0
             flags = torch.cat([running, *([] if busy is None else [busy])])
-            if read_late:  # decide from the last check's flags (conservative: the first busy neuron, settled samples
-                copied, previous = _HostCopy(flags, running), copied  # only move on), copy this check's meanwhile
+            if read_late:  # copy this check's flags, decide from the last check's (older flags are only
+                # conservative: the first busy neuron moves only down the graph, a settled sample stays settled)
+                copied, previous = _HostCopy(flags, running), copied
                 if previous is None:
                     continue
                 flags, running = previous.read(), previous.running

@@ -27,10 +27,25 @@ TRITON_DTYPES = (torch.float32, torch.float64)
 """The dtypes the Triton kernels compute in (others take the torch path)."""
 
 
+_triton_disabled = 0  # depth of nested ``triton_disabled()`` blocks
+
+
 def triton_enabled() -> bool:
-    """Whether the Triton kernels may run: the ``triton`` package is installed and ``SPIKETWIN_TRITON`` is not
-    ``0`` (set it to compare against the torch path on a GPU)."""
-    return os.environ.get("SPIKETWIN_TRITON", "1") != "0" and _triton_installed()
+    """Whether the Triton kernels may run: the ``triton`` package is installed, ``SPIKETWIN_TRITON`` is not ``0``
+    (set it to compare against the torch path on a GPU) and no :func:`triton_disabled` block is open."""
+    return _triton_disabled == 0 and os.environ.get("SPIKETWIN_TRITON", "1") != "0" and _triton_installed()
+
+
+@contextlib.contextmanager
+def triton_disabled():
+    """Within the block CUDA takes the torch path (to compare both paths in one process), as
+    :func:`spiketwin.native.disabled` does for the CPU's native kernels."""
+    global _triton_disabled
+    _triton_disabled += 1
+    try:
+        yield
+    finally:
+        _triton_disabled -= 1
 
 
 @functools.cache
