@@ -123,6 +123,7 @@ def evaluate_per_step(snn: nn.Module, x: Inputs, y: torch.Tensor, batch_size: in
     """
     if count(x) != len(y) or len(y) == 0:
         raise ValueError(f"evaluate_per_step: x has {count(x)} samples, y {len(y)}; need as many, at least one")
+    y = y.cpu()  # the results are scored and kept on the CPU, whatever device the labels came on
     device = next(snn.parameters()).device
     rank, world = process_group(device)
     mine = range(rank * batch_size, len(y), world * batch_size)

@@ -209,16 +209,16 @@ def _theta(node, gm: fx.GraphModule) -> torch.Tensor | None:
 
 def until_settled(max_steps: int = 512) -> Callable[[nn.Module, object], None]:
     """``run`` for :func:`spiketwin.energy.report` on a graph SNN: one step at a time on the whole batch until no
-    neuron is pending (every sample settled) or ``max_steps`` run out. Settle checks every step on the CPU, every 8
-    steps on CUDA (a host read each)."""
+    neuron is pending (every sample settled) or ``max_steps`` run out. The check reads the host at every step, on
+    CUDA too (one read, all neurons' flags at once): the report's ``T`` is the settle step on every device, where
+    a check every few steps would count the silent steps up to the next check into ``T`` and the firing rates."""
 
     def run(snn: nn.Module, inputs) -> None:
         args, kwargs = _split(inputs)
-        first = next(v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor))
-        every = 8 if first.is_cuda else 1
-        for t in range(1, max_steps + 1):
+        for _ in range(max_steps):
             snn(*args, **kwargs)
-            if t % every == 0 and not any(bool(n.pending.any()) for n in snn.neurons if n.pending is not None):
+            pending = [n.pending.any() for n in snn.neurons if n.pending is not None]
+            if not pending or not bool(torch.stack(pending).any()):
                 return
     return run
 

@@ -1,0 +1,141 @@
+"""spiketwin's CUDA code paths, run without a GPU on the stand-in device of ``stand_in_cuda.py``: the same results as
+on the CPU, nothing left on the CPU, and the host reads the GPU would wait for counted (docs/gpu.md's rule: one per
+chunk of steps in the time loop)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from spiketwin.convert import to_snn, verify
+from spiketwin.data import load_digits
+from spiketwin.energy import report as energy_report
+from spiketwin.energy import simulation_run
+from spiketwin.models import create
+from spiketwin.simulate import evaluate_per_step
+from spiketwin.train import TrainConfig, evaluate, fit
+from stand_in_cuda import DeviceMismatch, stand_in_cuda
+
+pytest.importorskip("triton", reason="the gpu extra (triton) is not installed")
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="a real GPU is here: tests/test_kernels.py uses it")
+
+
+def _on_cuda(inputs):
+    if isinstance(inputs, dict):
+        return {k: v.to("cuda") if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    return inputs.to("cuda")
+
+
+def _calls(monkeypatch, module, name: str) -> list:
+    """Count the calls of ``module.name`` (a Triton launch wrapper)."""
+    calls, original = [], getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a, **k: calls.append(1) or original(*a, **k))
+    return calls
+
+
+def test_the_stand_in_refuses_what_cuda_refuses():
+    with stand_in_cuda() as reads:
+        x = torch.ones(3, device="cuda")
+        assert x.is_cuda and x.device == torch.device("cuda", 0)
+        with pytest.raises(DeviceMismatch):
+            x + torch.ones(3)
+        assert float((x * torch.tensor(2.0)).sum()) == 6.0  # a 0-dim CPU tensor is a scalar, as on CUDA
+        with pytest.raises(TypeError):
+            x.numpy()
+        assert not x.cpu().is_cuda
+        assert [what for what, _ in reads] == ["aten._local_scalar_dense.default", "copy to the host"]
+
+
+@pytest.mark.parametrize("name", ["vit", "llama", "bert"])
+def test_engine_snn_on_cuda_same_bits_and_one_host_read_per_chunk(name, monkeypatch):
+    """The conversion engine's SNN on the CUDA path (the exact-step operator's CUDA implementation, its Triton kernel):
+    the CPU's output, per-step output and settle steps bit for bit; the time loop reads the host once per chunk of 8
+    steps, and never with ``read_late`` (which copies without blocking)."""
+    from spiketwin.kernels import stbif_triton
+    from test_engine import D, _calibrated, _hf, _inputs
+
+    torch.manual_seed(3)
+    qann = _calibrated(_hf(name).to(D).eval(), _inputs(name, 0), levels=32)
+    snn, inputs = to_snn(qann), _inputs(name, 2)
+    on_cpu = snn.simulate(inputs)
+    steps = int(on_cpu.settle_step.max())
+    assert steps >= 10, steps  # enough steps for a read per step to show
+    launches = _calls(monkeypatch, stbif_triton, "stbif_exact_step")
+    with stand_in_cuda() as reads:
+        snn.to("cuda")
+        for late in (False, True):
+            reads.clear()
+            result = snn.simulate(_on_cuda(inputs), read_late=late, chunk=1 if late else None)
+            per_run = 4  # input check, confirmation, end: docs/gpu.md's table
+            checks = 0 if late else math.ceil(steps / 8) + 1
+            assert len(reads) <= checks + per_run, reads
+            assert result.output.is_cuda
+            for field in ("output", "per_step", "settle_step"):
+                assert torch.equal(getattr(result, field).cpu(), getattr(on_cpu, field)), field
+    assert launches, "the Triton kernel did not run"
+
+
+def test_spikformer_training_on_cuda_equals_the_cpu_kernels(monkeypatch):
+    """``fit`` on the CUDA path (the LIF operators' Triton kernels, the BatchNorm -> LIF recompute of
+    ``memory.pack``) gives the parameters that the CPU's native kernels give, bit for bit; two host reads an epoch."""
+    from spiketwin.kernels import lif_triton
+
+    x, y, x_test, y_test = load_digits()
+    torch.manual_seed(0)
+    model = create("spikformer_cifar10", img_size=8, in_channels=1, dim=32, depth=1, num_heads=2, T=2)
+    on_gpu = copy.deepcopy(model)
+    config = TrainConfig(epochs=1, lr=2e-3, batch_size=16, seed=1)
+    fit(model, x[:48], y[:48], config)
+    forward, backward = _calls(monkeypatch, lif_triton, "forward"), _calls(monkeypatch, lif_triton, "backward")
+    with stand_in_cuda() as reads:
+        on_gpu.to("cuda")
+        fit(on_gpu, x[:48], y[:48], config)
+        assert len(reads) <= 2, reads
+        assert evaluate(on_gpu, x_test[:32], y_test[:32]) == evaluate(model, x_test[:32], y_test[:32])
+    for (name, a), b in zip(model.state_dict().items(), on_gpu.state_dict().values()):
+        assert torch.equal(a, b.cpu()), name
+    assert forward and backward, "the Triton LIF kernels did not run"
+
+
+def test_evaluation_verification_and_energy_on_cuda_equal_the_cpu():
+    """``evaluate_per_step`` (labels on the GPU too), ``verify`` and the energy report (one read a step: its ``T`` is
+    the settle step, as on the CPU) of a ViT SNN on the CUDA path: the CPU's figures."""
+    from test_engine import D, _calibrated, _hf, _inputs
+
+    torch.manual_seed(4)
+    qann = _calibrated(_hf("vit").to(D).eval(), _inputs("vit", 0), levels=8)
+    snn, x = to_snn(qann), _inputs("vit", 1)["pixel_values"]
+    y = torch.arange(len(x)) % 5
+    on_cpu = (evaluate_per_step(snn, {"pixel_values": x}, y, batch_size=2), verify(qann, snn, {"pixel_values": x}),
+              energy_report(snn, {"pixel_values": x}))
+    with stand_in_cuda() as reads:
+        snn.to("cuda"), qann.to("cuda")
+        got = (evaluate_per_step(snn, {"pixel_values": _on_cuda(x)}, _on_cuda(y), batch_size=2),
+               verify(qann, snn, {"pixel_values": _on_cuda(x)}))
+        reads.clear()
+        got += (energy_report(snn, {"pixel_values": _on_cuda(x)}),)
+        during = [read for read in reads if "(finish)" not in read[1]]  # the counts come to the host after the run
+        assert len(during) <= on_cpu[2].T + 2, during
+    assert got[2].to_dict() == on_cpu[2].to_dict()
+    for field in ("accuracy", "settle_step", "prediction"):
+        assert torch.equal(getattr(got[0], field).cpu(), getattr(on_cpu[0], field)), field
+    assert got[1].ok and got[1].max_rel == on_cpu[1].max_rel == 0.0
+
+
+def test_ilif_snn_and_energy_on_cuda_equal_the_cpu():
+    """SpikeConverter's iLIF SNN (pipelined) and its energy report on the CUDA path."""
+    from test_spikeconverter import convert, random_cnn
+
+    qann, snn, x = convert(random_cnn("resnet", 3), 4, 3)
+    on_cpu = snn.simulate(x, pipelined=True)
+    energy = energy_report(snn, x, run=simulation_run(64))
+    with stand_in_cuda() as reads:
+        snn.to("cuda")
+        result = snn.simulate(_on_cuda(x), pipelined=True)
+        assert len(reads) <= 1, reads  # the input check
+        got = energy_report(snn, _on_cuda(x), run=simulation_run(64))
+    assert torch.equal(result.output.cpu(), on_cpu.output)
+    assert got.to_dict() == energy.to_dict()
