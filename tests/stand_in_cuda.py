@@ -15,7 +15,9 @@ Every operation on them runs on the CPU. What it checks that a CPU run cannot:
 
 What it cannot check: the GPU's own arithmetic (cuBLAS, cuDNN, compiled Triton code: ``tests/test_kernels_compile.py``
 reads the compiled kernels' instructions), timing, streams. ``torch.cuda.Event`` / ``current_stream`` / ``device``
-are stand-ins too (the host copy of ``read_late`` and the launch context of the Triton kernels).
+are stand-ins too (the host copy of ``read_late`` and the launch context of the Triton kernels). Tracing a model
+that sits on the stand-in (``torch.export``, so ``to_qann``) aborts the process inside PyTorch's fake tensors, which
+need a CUDA build for a cuda tensor that requires gradients: convert on the CPU, then move.
 """
 
 from __future__ import annotations

@@ -49,9 +49,9 @@ def test_the_stand_in_refuses_what_cuda_refuses():
         assert [what for what, _ in reads] == ["aten._local_scalar_dense.default", "copy to the host"]
 
 
-@pytest.mark.parametrize("name", ["vit", "llama", "bert"])
-def test_engine_snn_on_cuda_same_bits_and_one_host_read_per_chunk(name, monkeypatch):
-    """The conversion engine's SNN on the CUDA path (the exact-step operator's CUDA implementation, its Triton kernel):
+@pytest.mark.parametrize("name,state", [("vit", "exact"), ("llama", "exact"), ("bert", "exact"), ("vit", "events")])
+def test_engine_snn_on_cuda_same_bits_and_one_host_read_per_chunk(name, state, monkeypatch):
+    """The conversion engine's SNN on the CUDA path (the neuron operators' CUDA implementations, their Triton kernels):
     the CPU's output, per-step output and settle steps bit for bit; the time loop reads the host once per chunk of 8
     steps, and never with ``read_late`` (which copies without blocking)."""
     from spiketwin.kernels import stbif_triton
@@ -59,11 +59,11 @@ def test_engine_snn_on_cuda_same_bits_and_one_host_read_per_chunk(name, monkeypa
 
     torch.manual_seed(3)
     qann = _calibrated(_hf(name).to(D).eval(), _inputs(name, 0), levels=32)
-    snn, inputs = to_snn(qann), _inputs(name, 2)
+    snn, inputs = to_snn(qann, state=state), _inputs(name, 2)
     on_cpu = snn.simulate(inputs)
     steps = int(on_cpu.settle_step.max())
     assert steps >= 10, steps  # enough steps for a read per step to show
-    launches = _calls(monkeypatch, stbif_triton, "stbif_exact_step")
+    launches = _calls(monkeypatch, stbif_triton, "stbif_exact_step" if state == "exact" else "stbif_steps")
     with stand_in_cuda() as reads:
         snn.to("cuda")
         for late in (False, True):
