@@ -147,10 +147,26 @@ def _run(func, args, kwargs):
     if on_device and _triton[0] and func.namespace == "spiketwin":  # the operator's CUDA implementation
         with _Dispatch():  # its own factory calls with device="cuda"
             return func.redispatch(torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA), *args, **kwargs)
-    out = func(*tree_map(_plain, args), **tree_map(_plain, kwargs))
+    plain_args, plain_kwargs = tree_map(_plain, args), tree_map(_plain, kwargs)
+    out = func(*plain_args, **plain_kwargs)
+    if on_device and func._schema.is_mutable:
+        _follow((args, kwargs), (plain_args, plain_kwargs))
+        returns = func._schema.returns
+        if len(returns) == 1 and returns[0].alias_info is not None and returns[0].alias_info.is_write:
+            return args[0]  # an in-place operator returns its tensor
     if to_host or not (on_device or _cuda(device)):
         return out
     return tree_map(_stand_in, out)
+
+
+def _follow(stand_ins, plain) -> None:
+    """After an in-place operator: the shape, strides and storage that it gave the plain views (``set_``,
+    ``resize_``: Tensor.__deepcopy__ uses them) onto the stand-ins they were made of."""
+    for t, p in zip(tree_leaves(stand_ins), tree_leaves(plain)):
+        if isinstance(t, StandIn) and (t.shape, t.stride(), t.storage_offset(), t.untyped_storage().data_ptr()) != (
+                p.shape, p.stride(), p.storage_offset(), p.untyped_storage().data_ptr()):
+            with torch._C._DisableTorchDispatch():
+                torch.Tensor.set_(t, p.untyped_storage(), p.storage_offset(), p.shape, p.stride())
 
 
 class _Dispatch(TorchDispatchMode):

@@ -139,3 +139,25 @@ def test_ilif_snn_and_energy_on_cuda_equal_the_cpu():
         got = energy_report(snn, _on_cuda(x), run=simulation_run(64))
     assert torch.equal(result.output.cpu(), on_cpu.output)
     assert got.to_dict() == energy.to_dict()
+
+
+def test_nir_export_of_a_model_on_cuda_equals_the_cpu_export(tmp_path):
+    """``to_nir`` of a LIF/IF network on the GPU (it copies the model, runs it, reads its weights back): the CPU's
+    graph, array for array."""
+    nir = pytest.importorskip("nir", reason="the nir extra is not installed")
+    import numpy as np
+
+    from spiketwin.export import to_nir
+    from test_export_nir import make
+
+    net, x = make(0), torch.rand(6, 3, 2, 6, 6, dtype=torch.float64) * 2
+    to_nir(net, x, tmp_path / "cpu.nir")
+    with stand_in_cuda():
+        net.to("cuda")
+        to_nir(net, x.to("cuda"), tmp_path / "cuda.nir")
+    cpu, cuda = nir.read(tmp_path / "cpu.nir"), nir.read(tmp_path / "cuda.nir")
+    assert cpu.nodes.keys() == cuda.nodes.keys() and cpu.edges == cuda.edges
+    for name, node in cpu.nodes.items():
+        for field, value in vars(node).items():
+            if isinstance(value, np.ndarray):
+                assert np.array_equal(value, getattr(cuda.nodes[name], field)), (name, field)
