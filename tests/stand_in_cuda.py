@@ -87,9 +87,10 @@ class StandIn(torch.Tensor):
                     _reads.note("copy to the host")
                 with torch._C.DisableTorchFunctionSubclass():
                     return _plain(func(*args, **kwargs)).clone()
-            if target is not None and target.type == "cuda" and "dtype" not in kwargs \
-                    and not any(isinstance(a, torch.dtype) for a in args):
-                return args[0]  # already there
+            if target is not None and target.type == "cuda":  # already there: what else the call asks (a dtype)
+                rest = [a for a in args[1:] if not isinstance(a, (str, torch.device, torch.Tensor))]
+                with torch._C.DisableTorchFunctionSubclass():
+                    return torch.Tensor.to(args[0], *rest, **{k: v for k, v in kwargs.items() if k != "device"})
         with torch._C.DisableTorchFunctionSubclass():
             return func(*args, **kwargs)
 

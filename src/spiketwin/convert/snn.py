@@ -256,14 +256,18 @@ class GraphSNN(GraphModel):
 
     @staticmethod
     def _pending(neurons, batch: int, device) -> torch.Tensor:
-        pending = torch.zeros(batch, dtype=torch.bool, device=device)
+        """``[B]``: whether some neuron of a sample is still away from its target (one ``any`` over the neurons'
+        stacked flags: two kernels a step on a GPU, not one per neuron)."""
+        flags = []
         for neuron in neurons:
-            flags = neuron.pending
-            if flags is None:
+            f = neuron.pending
+            if f is None:
                 continue
-            flags = flags[:, -1] if flags.dim() == 2 else flags  # STBIF: [B, steps of the last call]
-            pending = pending | (flags.any() if neuron.batch_dim is None else flags)
-        return pending
+            f = f[:, -1] if f.dim() == 2 else f  # STBIF: [B, steps of the last call]
+            flags.append(f.any().expand(batch) if neuron.batch_dim is None else f)
+        if not flags:
+            return torch.zeros(batch, dtype=torch.bool, device=device)
+        return torch.stack(flags).any(0)
 
     @staticmethod
     def _park(neuron, parked, rows, leave, batch):
