@@ -23,8 +23,9 @@
 
 Only the public API is used (``spiketwin.convert``, ``spiketwin.simulate``, ``spiketwin.models.create``). TF32 stays
 off everywhere (spiketwin's simulator turns it off; this script also keeps it off for every side's matrix products).
-Prints one table; writes every figure as JSON (``--json``). Timings: medians of ``--repeats`` runs taken in turns
-after a warm-up run, CUDA synchronised (``bench.common.round_robin``).
+Prints one table; writes every figure as JSON (``--json``). A part that raises does not stop the others: its
+traceback goes into the JSON (``errors``) and the table, and the exit status is non-zero. Timings: medians of
+``--repeats`` runs taken in turns after a warm-up run, CUDA synchronised (``bench.common.round_robin``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import json
 import platform
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -391,6 +393,8 @@ def table(results: dict) -> None:
                          _ratio(r["samples_s"], r["sj_samples_s"]), mem + sj_mem])
         elif "sj_error" in r:
             rows.append(["  vs SpikingJelly", "", "error", "", r["sj_error"][:60]])
+    for part, text in results["errors"].items():
+        rows.append([f"{part}: FAILED", "", "", "", text.strip().splitlines()[-1][:60]])
     env = results["env"]
     print_table(f"bench.gpu on {env['device_name']} (torch {env['torch']}; SpikingJelly "
                 f"{'present' if HAVE_SJ else 'absent'}; {env['seconds']:.0f} s)",
@@ -424,7 +428,8 @@ def main(argv: list[str]) -> None:
     began = time.perf_counter()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     results = dict(env=dict(device=str(device), device_name=name, torch=torch.__version__, quick=quick,
-                            spikingjelly=HAVE_SJ, seconds=0.0, argv=list(argv)), exactness=[], vit=[], spikformer=[])
+                            spikingjelly=HAVE_SJ, seconds=0.0, argv=list(argv)), exactness=[], vit=[], spikformer=[],
+                   errors={})
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     parts = {"exact": ("exactness", lambda: exactness(device, quick)),
@@ -433,15 +438,21 @@ def main(argv: list[str]) -> None:
              "spikformer": ("spikformer", lambda: spikformer_training(device, quick, args.repeats))}
     for part in [p for p in parts if p in args.parts]:
         key, run = parts[part]
-        results[key] = run()
+        try:
+            results[key] = run()
+        except Exception:  # the next part still runs: on a lent GPU every minute counts
+            results["errors"][part] = traceback.format_exc(limit=-6)
+            print(f"bench.gpu: {part} FAILED:\n{results['errors'][part]}", file=sys.stderr, flush=True)
         results["env"]["seconds"] = time.perf_counter() - began
         out.write_text(json.dumps(results, indent=1) + "\n")  # after every part: a run cut short keeps what it did
         print(f"bench.gpu: {part} done at {results['env']['seconds']:.0f} s", flush=True)
     table(results)
     print(f"bench.gpu: wrote {out}")
     failed = [r["check"] for r in results["exactness"] if not r["ok"]]
-    if failed:
-        sys.exit(f"bench.gpu: exactness FAILED on {device}: {', '.join(failed)}")
+    if failed or results["errors"]:
+        sys.exit(f"bench.gpu on {device}: " + "; ".join(
+            ([f"exactness FAILED: {', '.join(failed)}"] if failed else [])
+            + [f"{part} raised {text.strip().splitlines()[-1]}" for part, text in results["errors"].items()]))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ lives at the repository root
 
 from bench.common import Timing, median_seconds, round_robin  # noqa: E402
@@ -45,3 +47,22 @@ def test_bench_gpu_runs_its_quick_cpu_sizes_and_writes_every_figure(tmp_path, ca
     assert [r["model"] for r in results["spikformer"]] == ["spikformer_cifar10", "spikformer_8_384"]
     assert all(r["samples_s"] > 0 and r["unfused_samples_s"] > 0 for r in results["spikformer"])
     assert results["env"]["quick"] and "bench.gpu on cpu" in capsys.readouterr().out
+
+
+def test_bench_gpu_runs_the_next_part_after_one_raises(tmp_path, monkeypatch, capsys):
+    import json
+
+    from bench import gpu
+
+    ran = []
+
+    def boom(*args):
+        raise RuntimeError("boom")
+    monkeypatch.setattr(gpu, "vit_snn", boom)
+    monkeypatch.setattr(gpu, "spikformer_training", lambda *args: ran.append(1) or [])
+    out = tmp_path / "gpu.json"
+    with pytest.raises(SystemExit, match="vit raised RuntimeError: boom"):
+        gpu.main(["--device", "cpu", "--quick", "--parts", "vit", "spikformer", "--json", str(out)])
+    results = json.loads(out.read_text())
+    assert ran and "RuntimeError: boom" in results["errors"]["vit"] and results["vit"] == []
+    assert "vit: FAILED" in capsys.readouterr().out
