@@ -181,6 +181,22 @@ def _host_syncs(fn) -> int:
     return sum("synchroniz" in str(w.message) for w in caught)
 
 
+def _device_work(fn) -> dict:
+    """The work one call of ``fn`` gives the GPU, from ``torch.profiler``: its kernels and copies, their summed time
+    and the call's wall time (both under the profiler, which slows the host a little). A GPU busy for a small share
+    of the wall time waits for the host: what fewer launches or CUDA graphs would gain."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        began = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - began
+    device = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return dict(kernels=len(device), busy_s=sum(e.time_range.elapsed_us() for e in device) / 1e6, wall_s=wall)
+
+
 def _vit_level(ann: nn.Module, L: int, calibration: torch.Tensor, x: torch.Tensor, repeats: int,
                spikes_per_step: list[int]) -> dict:
     qann = _calibrated(ann, L, calibration)
@@ -203,6 +219,10 @@ def _vit_level(ann: nn.Module, L: int, calibration: torch.Tensor, x: torch.Tenso
     if x.is_cuda:  # the rule: at most one read per chunk of steps (docs/gpu.md)
         row["host_syncs"] = _host_syncs(lambda: simulate(snn, x, max_steps=1024))
         row["host_syncs_late"] = _host_syncs(lambda: simulate(snn, x, max_steps=1024, chunk=1, read_late=True))
+        try:  # a diagnostic: its failure must not cost the figures
+            row["device_work"] = _device_work(lambda: simulate(snn, x, max_steps=1024))
+        except Exception as e:
+            row["device_work"] = dict(error=f"{type(e).__name__}: {str(e)[:200]}")
         for chunk in (1, 8):  # a step records the values of more cuts when the start moves less often
             torch.cuda.reset_peak_memory_stats(x.device)
             simulate(snn, x, max_steps=1024, chunk=chunk)
@@ -339,6 +359,15 @@ def _ratio(a, b) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 
 
+def _work(work: dict | None, steps: int) -> str:
+    if not work:
+        return ""
+    if "error" in work:
+        return f"; profiler: {work['error'][:40]}"
+    return (f"; GPU busy {100 * work['busy_s'] / work['wall_s']:.0f}% of the wall time, "
+            f"{work['kernels'] / steps:.0f} kernels a step (profiled)")
+
+
 def table(results: dict) -> None:
     rows = [[f"exact: {r['check']}", "OK" if r["ok"] else "FAILED", f"max rel {r['max_rel']:.1e}", "", ""]
             for r in results["exactness"]]
@@ -346,7 +375,8 @@ def table(results: dict) -> None:
         what = f"{r['model']} L{r['levels']} B{r['batch']} images/s"
         detail = (f"settle med {r['settle_median']:g} max {r['settle_max']}; agree {100 * r['agreement']:.2f}%; "
                   f"f64 {r['float64_max_rel']:.0e}"
-                  + (f"; {r['host_syncs']} host syncs in {r['steps']} steps" if "host_syncs" in r else ""))
+                  + (f"; {r['host_syncs']} host syncs in {r['steps']} steps" if "host_syncs" in r else "")
+                  + _work(r.get("device_work"), r["steps"]))
         rows.append([what + " vs QANN", f"{r['snn_images_s']:.1f}", f"{r['qann_images_s']:.1f}",
                      _ratio(r["snn_images_s"], r["qann_images_s"]), detail])
         rows.append(["  settled head skipped vs whole graph", f"{r['snn_images_s']:.1f}",

@@ -47,6 +47,15 @@ def test_bench_gpu_runs_its_quick_cpu_sizes_and_writes_every_figure(tmp_path, ca
     assert [r["model"] for r in results["spikformer"]] == ["spikformer_cifar10", "spikformer_8_384"]
     assert all(r["samples_s"] > 0 and r["unfused_samples_s"] > 0 for r in results["spikformer"])
     assert results["env"]["quick"] and "bench.gpu on cpu" in capsys.readouterr().out
+    # what only a CUDA run writes: the table must print it (the first GPU run is the first to read these keys)
+    vit.update(host_syncs=3, host_syncs_late=2, peak_mb_chunk1=10.0, peak_mb_chunk8=20.0,
+               device_work=dict(kernels=300 * vit["steps"], busy_s=0.5, wall_s=1.0))
+    for r in results["spikformer"]:
+        r.update(peak_mb=100.0, unfused_peak_mb=120.0)
+    gpu.table(results)
+    out = capsys.readouterr().out
+    assert "3 host syncs in" in out and "GPU busy 50% of the wall time, 300 kernels a step" in out
+    assert "peak 10 / 20 MB with 1 / 8" in out and "torch path peak 120 MB" in out
 
 
 def test_bench_gpu_runs_the_next_part_after_one_raises(tmp_path, monkeypatch, capsys):
