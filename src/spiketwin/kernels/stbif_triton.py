@@ -6,8 +6,10 @@ One program per sample and block of neurons scans the T steps with the arithmeti
 IEEE division (:func:`~.triton_ieee.ieee_div`: Triton's float32 ``/`` is approximate), no fused multiply-add
 (``enable_fp_fusion=False``).
 A block whose sample had no pending neuron before the call and whose inputs are all zero writes zero spikes
-and leaves its state alone (the per-sample skip of the C kernel, per block); the far flags of a step are
-or-ed over a sample's blocks with an atomic max. No host synchronisation.
+and leaves its state alone (the per-sample skip of the C kernel, per block). Each block writes its own far flag
+(every block, so the buffer needs no zeroing) and the wrapper ors a sample's blocks: one reduction, none for a
+sample of one block, where zeroing a shared flag for atomics and casting it to bool took two kernels a call. No
+host synchronisation.
 
 Importing this module needs the ``triton`` package. ``TRITON_INTERPRET=1`` runs the kernel on CPU tensors; Triton
 reads it when it is first imported (its own library functions are compiled or interpreted from then on), so
@@ -45,9 +47,12 @@ def _stbif_steps(x_ptr, total_ptr, count_ptr, spikes_ptr, far_ptr, was_pending_p
                 xt = tl.load(x_ptr + (t * B + b) * N + offs, mask=mask, other=0.0)
                 nonzero = tl.maximum(nonzero, (xt != 0).to(tl.int32))
             quiet = tl.max(nonzero, axis=0) == 0
+    blocks = tl.num_programs(1)
+    block = tl.program_id(1)
     if quiet:
         for t in range(T):
             tl.store(spikes_ptr + (t * B + b) * N + offs, tl.zeros([BLOCK], dtype=theta.dtype), mask=mask)
+            tl.store(far_ptr + (b * T + t) * blocks + block, False)  # no neuron is far: none moved
     else:
         total = tl.load(total_ptr + b * N + offs, mask=mask, other=0.0)
         count = tl.load(count_ptr + b * N + offs, mask=mask, other=0.0)
@@ -57,7 +62,7 @@ def _stbif_steps(x_ptr, total_ptr, count_ptr, spikes_ptr, far_ptr, was_pending_p
             target = tl.minimum(tl.maximum(target, lo), hi)
             delta = target - count
             far = ((delta > most) | (delta < -most)) & mask
-            tl.atomic_max(far_ptr + b * T + t, tl.max(far.to(tl.int32), axis=0))
+            tl.store(far_ptr + (b * T + t) * blocks + block, tl.max(far.to(tl.int32), axis=0) != 0)
             delta = tl.minimum(tl.maximum(delta, -most), most)
             count = count + delta
             tl.store(spikes_ptr + (t * B + b) * N + offs, delta * theta, mask=mask)
@@ -73,15 +78,16 @@ def stbif_steps(x: torch.Tensor, total: torch.Tensor, count: torch.Tensor, was_p
     steps, batch = x.shape[:2]
     n = x[0, 0].numel() if batch else 0
     spikes = torch.empty_like(x)
-    far = torch.zeros((batch, steps), dtype=torch.int32, device=x.device)
-    if spikes.numel():
-        block = min(BLOCK, triton.next_power_of_2(n))
-        skip = far if was_pending is None else was_pending.contiguous()  # any pointer when there is no skip
-        with launch_device(x):
-            _stbif_steps[(batch, triton.cdiv(n, block))](x, total, count, spikes, far, skip, theta, steps, batch, n,
-                                                         n_min, n_max, m, SKIP=was_pending is not None, BLOCK=block,
-                                                         enable_fp_fusion=False)
-    return spikes, far.bool()
+    if not spikes.numel():
+        return spikes, torch.zeros((batch, steps), dtype=torch.bool, device=x.device)
+    block = min(BLOCK, triton.next_power_of_2(n))
+    blocks = triton.cdiv(n, block)
+    far = torch.empty((batch, steps, blocks), dtype=torch.bool, device=x.device)  # every block writes its flags
+    skip = far if was_pending is None else was_pending.contiguous()  # any pointer when there is no skip
+    with launch_device(x):
+        _stbif_steps[(batch, blocks)](x, total, count, spikes, far, skip, theta, steps, batch, n, n_min, n_max, m,
+                                      SKIP=was_pending is not None, BLOCK=block, enable_fp_fusion=False)
+    return spikes, _any_block(far)
 
 
 @triton.jit(do_not_specialize=["N", "n_min", "n_max", "m"])
@@ -98,7 +104,7 @@ def _stbif_exact_step(x_ptr, count_ptr, out_ptr, change_ptr, far_ptr, theta_ptr,
     target = tl.minimum(tl.maximum(target, n_min.to(theta.dtype)), n_max.to(theta.dtype))
     delta = target - count
     far = ((delta > most) | (delta < -most)) & mask
-    tl.atomic_max(far_ptr + b, tl.max(far.to(tl.int32), axis=0))
+    tl.store(far_ptr + b * tl.num_programs(1) + tl.program_id(1), tl.max(far.to(tl.int32), axis=0) != 0)
     delta = tl.minimum(tl.maximum(delta, -most), most)
     count = count + delta
     tl.store(count_ptr + b * N + offs, count.to(count_ptr.dtype.element_ty), mask=mask)
@@ -115,10 +121,17 @@ def stbif_exact_step(x: torch.Tensor, count: torch.Tensor, theta: torch.Tensor, 
     batch = x.shape[0]
     n = x.numel() // batch if batch else 0
     out, change = torch.empty_like(count, dtype=x.dtype), torch.empty_like(count)
-    far = torch.zeros(batch, dtype=torch.int32, device=x.device)
-    if out.numel():
-        block = min(BLOCK, triton.next_power_of_2(n))
-        with launch_device(x):
-            _stbif_exact_step[(batch, triton.cdiv(n, block))](x, count, out, change, far, theta, n, n_min, n_max, m,
-                                                              BLOCK=block, enable_fp_fusion=False)
-    return out, change, far.bool()
+    if not out.numel():
+        return out, change, torch.zeros(batch, dtype=torch.bool, device=x.device)
+    block = min(BLOCK, triton.next_power_of_2(n))
+    blocks = triton.cdiv(n, block)
+    far = torch.empty((batch, blocks), dtype=torch.bool, device=x.device)  # every block writes its flag
+    with launch_device(x):
+        _stbif_exact_step[(batch, blocks)](x, count, out, change, far, theta, n, n_min, n_max, m, BLOCK=block,
+                                           enable_fp_fusion=False)
+    return out, change, _any_block(far)
+
+
+def _any_block(far: torch.Tensor) -> torch.Tensor:
+    """The per-block far flags ``[..., blocks]`` or-ed over the blocks (a view when there is one)."""
+    return far[..., 0] if far.shape[-1] == 1 else far.any(-1)
