@@ -49,8 +49,9 @@ def test_the_stand_in_refuses_what_cuda_refuses():
         assert [what for what, _ in reads] == ["aten._local_scalar_dense.default", "copy to the host"]
 
 
-@pytest.mark.parametrize("name,state", [("vit", "exact"), ("llama", "exact"), ("bert", "exact"), ("vit", "events")])
-def test_engine_snn_on_cuda_same_bits_and_one_host_read_per_chunk(name, state, monkeypatch):
+@pytest.mark.parametrize("name,state,m", [("vit", "exact", 1), ("llama", "exact", 1), ("bert", "exact", 1),
+                                          ("vit", "events", 1), ("vit", "exact", 4)])
+def test_engine_snn_on_cuda_same_bits_and_one_host_read_per_chunk(name, state, m, monkeypatch):
     """The conversion engine's SNN on the CUDA path (the neuron operators' CUDA implementations, their Triton kernels):
     the CPU's output, per-step output and settle steps bit for bit; the time loop reads the host once per chunk of 8
     steps, and never with ``read_late`` (which copies without blocking)."""
@@ -59,10 +60,10 @@ def test_engine_snn_on_cuda_same_bits_and_one_host_read_per_chunk(name, state, m
 
     torch.manual_seed(3)
     qann = _calibrated(_hf(name).to(D).eval(), _inputs(name, 0), levels=32)
-    snn, inputs = to_snn(qann, state=state), _inputs(name, 2)
+    snn, inputs = to_snn(qann, state=state, spikes_per_step=m), _inputs(name, 2)
     on_cpu = snn.simulate(inputs)
     steps = int(on_cpu.settle_step.max())
-    assert steps >= 10, steps  # enough steps for a read per step to show
+    assert steps >= (10 if m == 1 else 3), steps  # with m = 1, enough steps for a read per step to show
     launches = _calls(monkeypatch, stbif_triton, "stbif_exact_step" if state == "exact" else "stbif_steps")
     with stand_in_cuda() as reads:
         snn.to("cuda")
