@@ -364,6 +364,8 @@ def _work(work: dict | None, steps: int) -> str:
         return ""
     if "error" in work:
         return f"; profiler: {work['error'][:40]}"
+    if not work["kernels"]:  # CUPTI unavailable: the profiler records no device events, which is not an idle GPU
+        return "; profiler saw no kernels"
     return (f"; GPU busy {100 * work['busy_s'] / work['wall_s']:.0f}% of the wall time, "
             f"{work['kernels'] / steps:.0f} kernels a step (profiled)")
 

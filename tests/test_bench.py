@@ -56,6 +56,9 @@ def test_bench_gpu_runs_its_quick_cpu_sizes_and_writes_every_figure(tmp_path, ca
     out = capsys.readouterr().out
     assert "3 host syncs in" in out and "GPU busy 50% of the wall time, 300 kernels a step" in out
     assert "peak 10 / 20 MB with 1 / 8" in out and "torch path peak 120 MB" in out
+    vit["device_work"] = dict(kernels=0, busy_s=0.0, wall_s=1.0)
+    gpu.table(results)
+    assert "profiler saw no kernels" in capsys.readouterr().out
 
 
 def test_bench_gpu_runs_the_next_part_after_one_raises(tmp_path, monkeypatch, capsys):
