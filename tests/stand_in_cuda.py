@@ -9,8 +9,8 @@ Every operation on them runs on the CPU. What it checks that a CPU run cannot:
 - device placement: an operation mixing a stand-in with a CPU tensor of one or more dimensions raises
   :class:`DeviceMismatch` (as CUDA would; a 0-dimensional CPU tensor is allowed, as CUDA allows it);
 - host reads: ``reads`` lists every read a GPU would wait for (``item`` / ``bool`` / ``int`` / ``float``,
-  ``tolist``, ``nonzero``, boolean-mask selection, ``equal``, a blocking copy to the CPU), each with the spiketwin
-  source line that made it;
+  ``tolist``, ``nonzero``, boolean-mask selection and indexing, ``equal``, a blocking copy to the CPU), each with
+  the spiketwin source line that made it;
 - the CUDA registrations of spiketwin's operators and the Triton kernels, called as on a GPU.
 
 What it cannot check: the GPU's own arithmetic (cuBLAS, cuDNN, compiled Triton code: ``tests/test_kernels_compile.py``
@@ -36,6 +36,9 @@ _SYNCHRONISING = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.non
                   torch.ops.aten.masked_select.default, torch.ops.aten.equal.default,
                   torch.ops.aten.is_nonzero.default}
 """Operators whose CUDA implementations wait for the device: they return host values or a size known only there."""
+_ACROSS_DEVICES = {torch.ops.aten.copy_.default, torch.ops.aten.index.Tensor, torch.ops.aten.index_put_.default,
+                   torch.ops.aten._index_put_impl_.default}
+"""Operators CUDA lets take CPU tensors beside cuda ones: a copy between devices, CPU index tensors."""
 
 
 class DeviceMismatch(RuntimeError):
@@ -70,6 +73,9 @@ class StandIn(torch.Tensor):
 
     def get_device(self) -> int:
         return 0
+
+    def __repr__(self, **kwargs) -> str:
+        return f"{_plain(self)!r} (stand-in cuda:0)"
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
@@ -131,12 +137,15 @@ def _stand_in(t):
 def _run(func, args, kwargs):
     leaves = tree_leaves((args, kwargs))
     on_device = any(isinstance(t, StandIn) for t in leaves)
-    if on_device:
+    if on_device and func not in _ACROSS_DEVICES:
         for t in leaves:
             if isinstance(t, torch.Tensor) and not isinstance(t, StandIn) and t.dim() > 0:
                 raise DeviceMismatch(f"{func}: a CPU tensor of shape {tuple(t.shape)} beside cuda tensors")
-        if func in _SYNCHRONISING:
-            _reads.note(str(func))
+    if on_device and func in _SYNCHRONISING:
+        _reads.note(str(func))
+    if on_device and func in _ACROSS_DEVICES and func is not torch.ops.aten.copy_.default \
+            and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in tree_leaves(args[1])):
+        _reads.note(f"{func} with a boolean mask")  # its size is known only after a nonzero on the device
     device = kwargs.get("device")
     if _cuda(device):
         kwargs = {**kwargs, "device": torch.device("cpu")}
