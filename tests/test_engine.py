@@ -71,6 +71,21 @@ def _calibrated(model: nn.Module, inputs, levels: int = 16, **options):
 ARCHS = ["bert", "roberta", "distilbert", "gpt2", "llama", "vit", "deit"]
 
 
+def assert_same_run(a, b) -> None:
+    """Two simulations of the same inputs whose batches lost settled samples at different steps (another chunk, a
+    late read, another device): the same output and settle steps, bit for bit, and the same per-step outputs from a
+    sample's settle step on; before it a running sample computed beside other samples, and a matrix product may
+    round its row differently in another batch (docs/spikezip.md), so there they agree to a few ulps."""
+    assert torch.equal(a.output, b.output) and torch.equal(a.settle_step, b.settle_step)
+    assert a.per_step.shape == b.per_step.shape
+    steps = torch.arange(1, len(a.per_step) + 1)[:, None]
+    settled = (a.settle_step >= 0) & (steps >= a.settle_step)  # [T, B]
+    settled = settled[(..., *[None] * (a.per_step.dim() - 2))].expand_as(a.per_step)
+    assert torch.equal(a.per_step[settled], b.per_step[settled])
+    scale = float(a.output.abs().max())
+    torch.testing.assert_close(a.per_step, b.per_step, rtol=0, atol=64 * torch.finfo(a.output.dtype).eps * scale)
+
+
 @pytest.mark.parametrize("name", ARCHS)
 def test_hugging_face_models_convert_exactly(name):
     torch.manual_seed(ARCHS.index(name))
@@ -312,7 +327,8 @@ def test_starting_after_the_settled_head_of_the_graph_changes_no_bit(name, ahead
 def test_reading_the_settle_flags_one_check_late_changes_no_bit(name, chunk, monkeypatch):
     """``read_late``: each check decides from the flags the check before copied to the host (on CUDA the host then
     never waits for the steps just queued). Samples leave (one at a time here) and the start moves a check later;
-    outputs, per-step outputs and settle steps stay those of the checks read at once, and the QANN's bits."""
+    outputs and settle steps stay those of the checks read at once (per-step outputs too, to round-off before a
+    sample settles, as samples leave later), and the QANN's bits."""
     from spiketwin.convert import snn as snn_module
 
     monkeypatch.setattr(snn_module, "LEAVE_AT", 10 ** 6)  # every settled sample leaves at the next decision
@@ -320,8 +336,7 @@ def test_reading_the_settle_flags_one_check_late_changes_no_bit(name, chunk, mon
     qann = _calibrated(_hf(name).to(D).eval(), _inputs(name, 0), levels=8)
     snn, inputs = to_snn(qann), _inputs(name, 2)
     at_once, late = snn.simulate(inputs, chunk=chunk), snn.simulate(inputs, chunk=chunk, read_late=True)
-    assert torch.equal(late.output, at_once.output) and torch.equal(late.per_step, at_once.per_step)
-    assert torch.equal(late.settle_step, at_once.settle_step)
+    assert_same_run(late, at_once)
     assert len(set(at_once.settle_step.tolist())) > 1  # samples settled at different steps, so some left early
     with torch.no_grad():
         out = qann(**inputs)
