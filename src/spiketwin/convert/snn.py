@@ -164,7 +164,9 @@ class GraphSNN(GraphModel):
         at every step). With ``read_late``, a check starts copying its flags to the host and decides from those of
         the check before (copied while the last chunk ran), so the host never waits for the steps it has just queued
         (on CUDA the GPU does not idle at a check): samples leave and the start moves one check later, and the check
-        right after samples left decides nothing (its flags are of the batch before). The same results.
+        right after samples left decides nothing (its flags are of the batch before). The same output and settle
+        steps, whatever ``chunk`` and ``read_late``; per-step outputs before a sample settles were computed beside
+        the samples still in its batch then, and may differ in the last bits.
         ``step_mode`` is accepted for the common SNN interface: a step is one call in both modes here.
         """
         args, kwargs = _split(inputs)
