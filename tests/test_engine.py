@@ -7,6 +7,8 @@ the same spike trains; text batches with padding give every real token the resul
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -103,6 +105,41 @@ def test_hugging_face_models_convert_exactly(name):
         report_events = verify(qann, events, inputs)
         assert report_events.ok, str(report_events)
         assert torch.equal(report.settle_step, report_events.settle_step)
+
+
+def _cast(inputs: dict, dtype: torch.dtype) -> dict:
+    return {k: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in inputs.items()}
+
+
+@pytest.mark.parametrize("name,dtype", [("gpt2", torch.bfloat16), ("vit", torch.float16)])
+def test_a_qann_moved_to_another_dtype_computes_as_one_traced_in_it(name, dtype):
+    """A graph traced in float32 fixes float32 in its casts and tensor-making nodes; moved to bfloat16 or float16 it
+    must compute as the same model traced in that dtype with the same quantizer steps does, bit for bit (not fail
+    on a float32 cast before a half-precision matrix product, nor compute partly in float32)."""
+    torch.manual_seed(4)
+    model = _hf(name).eval()
+    moved = copy.deepcopy(_calibrated(model, _cast(_inputs(name, 0), torch.float32))).to(dtype)
+    traced = to_qann(copy.deepcopy(model).to(dtype), example_inputs=_cast(_inputs(name, 0), dtype)).eval()
+    traced.load_state_dict(moved.state_dict())
+    inputs = _cast(_inputs(name, 1), dtype)
+    with torch.no_grad():
+        expected = traced(**inputs).logits
+        assert expected.dtype == dtype and torch.equal(moved(**inputs).logits, expected)
+
+
+@pytest.mark.parametrize("name,dtype,traced_in", [("bert", torch.bfloat16, "float32"), ("llama", torch.float16, "half"),
+                                                  ("vit", torch.bfloat16, "half")])
+def test_half_precision_snn_is_bit_identical(name, dtype, traced_in):
+    """The exact state in bfloat16 / float16 (the QANN traced in it, or traced in float32 and moved): every neuron's
+    summed output and the logits equal the QANN's bit for bit, as in float32 and float64."""
+    torch.manual_seed(5)
+    model = _hf(name).eval()
+    if traced_in == "float32":
+        qann = _calibrated(model, _cast(_inputs(name, 0), torch.float32)).to(dtype)
+    else:
+        qann = _calibrated(model.to(dtype), _cast(_inputs(name, 0), dtype))
+    report = verify(qann, to_snn(qann), _cast(_inputs(name, 1), dtype))
+    assert report.ok and report.max_rel == 0.0, str(report)
 
 
 @pytest.mark.parametrize("name", ["bert", "vit", "roberta"])

@@ -340,3 +340,18 @@ def retarget(gm: fx.GraphModule, device: torch.device) -> None:
             changed = True
     if changed:
         gm.recompile()
+
+
+def retype(gm: fx.GraphModule, old: torch.dtype, new: torch.dtype) -> None:
+    """Turn every dtype argument of the graph that names ``old`` (casts, tensor-making nodes, masks: fixed when the
+    model was traced in ``old``) into ``new``, so that the graph computes in the floating dtype its parameters were
+    moved to, as it computed in ``old`` before."""
+    swap = lambda a: new if isinstance(a, torch.dtype) and a == old else a
+    changed = False
+    for node in gm.graph.nodes:
+        args, kwargs = fx.node.map_aggregate(node.args, swap), fx.node.map_aggregate(node.kwargs, swap)
+        if args != node.args or kwargs != node.kwargs:
+            node.args, node.kwargs = args, kwargs
+            changed = True
+    if changed:
+        gm.recompile()

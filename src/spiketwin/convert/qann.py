@@ -136,7 +136,9 @@ def swap_activations(gm: fx.GraphModule) -> None:
 
 class GraphModel(nn.Module):
     """A module around a traced graph (the attribute named by ``graph_attribute``) whose tensor-making nodes follow
-    ``.to(device)``."""
+    ``.to(device)``, and whose casts and tensor-making nodes follow its parameters to another floating dtype
+    (``.to(dtype)``, ``.double()``, ``.bfloat16()``...: a graph traced in float32 then computes in float64 or
+    bfloat16 throughout, where a model's own code may keep a part in float32 when it is traced in bfloat16)."""
 
     graph_attribute = "model"
 
@@ -145,6 +147,19 @@ class GraphModel(nn.Module):
         if device is not None:
             G.retarget(getattr(self, self.graph_attribute), device)
         return super().to(*args, **kwargs)
+
+    def _apply(self, fn, *args, **kwargs):
+        before = self._float_dtype()
+        result = super()._apply(fn, *args, **kwargs)
+        after = self._float_dtype()
+        if before is not None and after != before:
+            G.retype(getattr(self, self.graph_attribute), before, after)
+        return result
+
+    def _float_dtype(self) -> torch.dtype | None:
+        """The dtype of the first floating-point parameter or buffer: the dtype the graph computes in."""
+        tensors = (*self.parameters(), *self.buffers())
+        return next((t.dtype for t in tensors if t.is_floating_point()), None)
 
 
 class GraphQANN(GraphModel):
