@@ -11,7 +11,8 @@
    ``spiketwin.simulate`` to the exact answer (every sample runs until it has settled) beside the QANN's forward, and
    beside SpikingJelly 2.0's SpikeZIP-TF recipe at its T = 64 (same ANN weights, its own QANN calibrated the same
    way; ``--sj-batch`` images per call, as its whole T-step sequence is one call) when ``spikingjelly`` imports.
-   Float32 agreement of predictions with each side's own QANN; spiketwin's SNN also checked in float64 on 2 images.
+   Float32 agreement of predictions with each side's own QANN; spiketwin's SNN also checked in float64 on 2 images,
+   and timed in float64 and in bfloat16 (the bf16 QANN's exact twin, its matrix products on tensor cores).
    Beside the paper's neuron (one spike per step), neurons of ``--spikes-per-step`` spikes (default 4): the same
    exact answer (logits bit-identical to the QANN's, checked) in about a quarter of the steps. How often the host
    reads the settle flags: a check every step, every 8 steps, and every step read one check late (``read_late``).
@@ -234,6 +235,17 @@ def _vit_level(ann: nn.Module, L: int, calibration: torch.Tensor, x: torch.Tenso
     row["float64_max_rel"] = verify(q64, snn64, x64[:2]).max_rel
     with torch.no_grad():
         row["float64_agreement"] = _agreement(simulate(snn64, x64, max_steps=1024).output, q64(x64))
+    # bfloat16 beside float32: the SNN is the bf16 QANN's exact twin (same bits), its matrix products on tensor cores
+    # (whether a bf16 QANN is as good a model as its float32 one is a question for trained weights and real data:
+    # bench.spikezip_mnist; on random weights and images the predictions are near-ties)
+    q16, x16 = copy.deepcopy(qann).bfloat16(), x.bfloat16()
+    snn16 = to_snn(q16)
+    with torch.no_grad():
+        expected16 = q16(x16)
+    result16 = simulate(snn16, x16, max_steps=1024)
+    row.update(bf16_bit_identical=bool(torch.equal(result16.output, expected16)),
+               bf16_settle_median=float(result16.settle_step.double().median()))
+
     def whole_graph():  # every step runs the whole graph (no skipping of its settled head)
         with full_float32():
             return snn.simulate(x, max_steps=1024, skip_settled=False)
@@ -250,13 +262,14 @@ def _vit_level(ann: nn.Module, L: int, calibration: torch.Tensor, x: torch.Tenso
                            lambda: simulate(snn64, x64, max_steps=1024), whole_graph,
                            lambda: simulate(snn, x, max_steps=1024, chunk=row["other_chunk"]),
                            lambda: simulate(snn, x, max_steps=1024, chunk=1, read_late=True), unfused,
+                           lambda: simulate(snn16, x16, max_steps=1024),
                            *(lambda snn_m=snn_m: simulate(snn_m, x, max_steps=1024) for snn_m in multi.values())],
                           repeats)
     (row["snn_images_s"], row["qann_images_s"], row["snn64_images_s"], row["snn_whole_images_s"],
-     row["snn_other_chunk_images_s"], row["snn_late_images_s"], row["snn_unfused_images_s"]) = (
-        len(x) / t.seconds for t in timings[:7])
+     row["snn_other_chunk_images_s"], row["snn_late_images_s"], row["snn_unfused_images_s"], row["snn16_images_s"]) = (
+        len(x) / t.seconds for t in timings[:8])
     row["multi_spike"] = []
-    for (m, snn_m), t in zip(multi.items(), timings[7:]):  # the same exact answer in fewer steps
+    for (m, snn_m), t in zip(multi.items(), timings[8:]):  # the same exact answer in fewer steps
         result = simulate(snn_m, x, max_steps=1024)
         settle = result.settle_step.double()
         row["multi_spike"].append(dict(spikes_per_step=m, images_s=len(x) / t.seconds,
@@ -387,6 +400,10 @@ def table(results: dict) -> None:
         rows.append(["  float64 SNN images/s vs float32", f"{r['snn64_images_s']:.1f}", f"{r['snn_images_s']:.1f}",
                      _ratio(r["snn64_images_s"], r["snn_images_s"]),
                      f"float64 agree {100 * r['float64_agreement']:.2f}% with the float64 QANN"])
+        rows.append(["  bfloat16 SNN images/s vs float32", f"{r['snn16_images_s']:.1f}", f"{r['snn_images_s']:.1f}",
+                     _ratio(r["snn16_images_s"], r["snn_images_s"]),
+                     f"logits = bf16 QANN's: {'yes' if r['bf16_bit_identical'] else 'NO'}; settle med "
+                     f"{r['bf16_settle_median']:g}"])
         rows.append([f"  settle check every {r['chunk']} step(s) vs {r['other_chunk']}", f"{r['snn_images_s']:.1f}",
                      f"{r['snn_other_chunk_images_s']:.1f}", _ratio(r["snn_images_s"], r["snn_other_chunk_images_s"]),
                      "simulate(..., chunk=N): one host read per chunk"

@@ -42,6 +42,7 @@ def test_bench_gpu_runs_its_quick_cpu_sizes_and_writes_every_figure(tmp_path, ca
     assert (vit["chunk"], vit["other_chunk"]) == (1, 8) and vit["snn_other_chunk_images_s"] > 0
     assert vit["late_bit_identical"] and vit["snn_late_images_s"] > 0
     assert vit["unfused_bit_identical"] and vit["snn_unfused_images_s"] > 0
+    assert vit["bf16_bit_identical"] and vit["snn16_images_s"] > 0 and vit["bf16_settle_median"] > 0
     (multi,) = vit["multi_spike"]
     assert multi["spikes_per_step"] == 4 and multi["bit_identical"] and multi["settle_max"] < vit["settle_max"]
     assert [r["model"] for r in results["spikformer"]] == ["spikformer_cifar10", "spikformer_8_384"]
