@@ -50,18 +50,20 @@ def test_the_stand_in_refuses_what_cuda_refuses():
         assert [what for what, _ in reads] == ["aten._local_scalar_dense.default", "copy to the host"]
 
 
-@pytest.mark.parametrize("name,state,m", [("vit", "exact", 1), ("llama", "exact", 1), ("bert", "exact", 1),
-                                          ("vit", "events", 1), ("vit", "exact", 4)])
-def test_engine_snn_on_cuda_same_bits_and_one_host_read_per_chunk(name, state, m, monkeypatch):
+@pytest.mark.parametrize("name,state,m,dtype", [("vit", "exact", 1, "float64"), ("llama", "exact", 1, "float64"),
+                                                ("bert", "exact", 1, "float64"), ("vit", "events", 1, "float64"),
+                                                ("vit", "exact", 4, "float64"), ("vit", "exact", 1, "bfloat16")])
+def test_engine_snn_on_cuda_same_bits_and_one_host_read_per_chunk(name, state, m, dtype, monkeypatch):
     """The conversion engine's SNN on the CUDA path (the neuron operators' CUDA implementations, their Triton kernels):
     the CPU's output and settle steps bit for bit (per-step outputs: ``assert_same_run``); the time loop reads the
-    host once per chunk of 8 steps, and never with ``read_late`` (which copies without blocking)."""
+    host once per chunk of 8 steps, and never with ``read_late`` (which copies without blocking). In bfloat16 the
+    CPU takes the torch path (its native kernels are float32 / float64) and CUDA the Triton kernel."""
     from spiketwin.kernels import stbif_triton
-    from test_engine import D, _calibrated, _hf, _inputs, assert_same_run
+    from test_engine import D, _calibrated, _cast, _hf, _inputs, assert_same_run
 
     torch.manual_seed(3)
-    qann = _calibrated(_hf(name).to(D).eval(), _inputs(name, 0), levels=32)
-    snn, inputs = to_snn(qann, state=state, spikes_per_step=m), _inputs(name, 2)
+    qann = _calibrated(_hf(name).to(D).eval(), _inputs(name, 0), levels=32).to(getattr(torch, dtype))
+    snn, inputs = to_snn(qann, state=state, spikes_per_step=m), _cast(_inputs(name, 2), getattr(torch, dtype))
     on_cpu = snn.simulate(inputs)
     steps = int(on_cpu.settle_step.max())
     assert steps >= (10 if m == 1 else 3), steps  # with m = 1, enough steps for a read per step to show

@@ -167,7 +167,7 @@ def exact_case(seed: int, dtype: torch.dtype, strided: bool):
     return x, count, theta.reshape(1)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("m", [1, 3])
 @pytest.mark.parametrize("strided", [False, True])
 def test_triton_exact_step_equals_the_torch_path_bit_for_bit(dtype, m, strided, monkeypatch):
@@ -182,6 +182,28 @@ def test_triton_exact_step_equals_the_torch_path_bit_for_bit(dtype, m, strided, 
     got = stbif_triton.stbif_exact_step(x, count, theta, -8, 7, m)
     for a, b in zip((*got, count), (*want, want_count)):
         assert a.dtype == b.dtype and a.stride() == b.stride() and torch.equal(a.cpu(), b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_triton_exact_step_rounds_each_half_precision_result_as_torch_does(dtype):
+    """In half precision torch computes each operation of the step in float32 and rounds its result (x / θ, + 1/2,
+    the count cast for the difference, count · θ); the kernel must round at each of those places, ties to even:
+    200,000 inputs at every scale of the levels (up to where the dtype's ulp is 2), many of them on or next to a
+    level's boundary, counts the dtype cannot hold exactly, and θ that divides nothing evenly."""
+    stbif_triton = triton_module("stbif_triton")
+    g = torch.Generator().manual_seed(11)
+    theta = torch.tensor([0.0371], dtype=dtype)
+    # levels past float16's and bfloat16's exact integers (2048 and 256), where their ulp is 1 and more
+    levels = torch.randint(-2200, 2200, (200, 1000), generator=g).to(torch.float32)
+    x = ((levels + 0.5 + torch.randn(200, 1000, generator=g) * 0.01) * theta.float()).to(dtype)
+    x[::3] = (torch.randn(67, 1000, generator=g) * 3).to(dtype)
+    count = torch.randint(-2048, 2048, (200, 1000), generator=g, dtype=torch.int16)
+    want_count = count.clone()
+    want = stbif_exact(x, want_count, theta[0], -2048, 2047, 2)
+    x, count, theta = (t.to(DEVICE) for t in (x, count, theta))
+    got = stbif_triton.stbif_exact_step(x, count, theta, -2048, 2047, 2)
+    for a, b in zip((*got, count), (*want, want_count)):
+        assert a.dtype == b.dtype and torch.equal(a.cpu(), b)
 
 
 @pytest.mark.parametrize("strided", [False, True])

@@ -65,6 +65,11 @@ def compile_all(cc: int) -> list[dict]:
     driver.set_active(CompileOnly(cc))
     from spiketwin.kernels import lif_triton, stbif_triton
 
+    for dtype in (torch.float16, torch.bfloat16):  # the exact step alone takes half precision
+        x, theta = torch.randn(2, 5, dtype=dtype), torch.ones(1, dtype=dtype)
+        for count in (torch.int8, torch.int16, torch.int32):
+            variant = f"{dtype} {count}"
+            stbif_triton.stbif_exact_step(x, torch.zeros(2, 5, dtype=count), theta, -8, 7, 2)
     for dtype in (torch.float32, torch.float64):
         x, theta = torch.randn(3, 2, 5, dtype=dtype), torch.ones(1, dtype=dtype)
         for pending in (None, torch.ones(2, dtype=torch.bool)):

@@ -24,7 +24,8 @@ import os
 import torch
 
 TRITON_DTYPES = (torch.float32, torch.float64)
-"""The dtypes the Triton kernels compute in (others take the torch path)."""
+"""The dtypes the Triton kernels compute in (others take the torch path; the exact-state step also takes float16 and
+bfloat16)."""
 
 
 _triton_disabled = 0  # depth of nested ``triton_disabled()`` blocks
@@ -53,11 +54,11 @@ def _triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def triton_takes(*tensors: torch.Tensor) -> bool:
-    """Whether a Triton kernel runs on these tensors: CUDA, one dtype of :data:`TRITON_DTYPES`, contiguous, no
-    autograd."""
+def triton_takes(*tensors: torch.Tensor, dtypes: tuple[torch.dtype, ...] = TRITON_DTYPES) -> bool:
+    """Whether a Triton kernel runs on these tensors: CUDA, one dtype of ``dtypes`` (default :data:`TRITON_DTYPES`),
+    contiguous, no autograd."""
     first = tensors[0]
-    return (first.device.type == "cuda" and first.dtype in TRITON_DTYPES
+    return (first.device.type == "cuda" and first.dtype in dtypes
             and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
             and all(t.device == first.device and t.dtype == first.dtype and t.is_contiguous() for t in tensors)
             and triton_enabled())

@@ -110,6 +110,10 @@ def _native_exact_kernel(dtype: torch.dtype, count_dtype: torch.dtype):
                            *[ctypes.c_int64] * 2, *[native.REAL] * 4)
 
 
+EXACT_STEP_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+"""The dtypes of ``x`` that the exact step's Triton kernel takes (half precision: computed in float32, each result
+rounded as torch's half-precision operations round it)."""
+
 _LIBRARY.define("stbif_exact_step(Tensor x, Tensor(a!) count, Tensor theta, int n_min, int n_max, int m) "
                 "-> (Tensor, Tensor, Tensor)")
 
@@ -163,7 +167,7 @@ def _stbif_exact_step_cpu(x, count, theta, n_min, n_max, m):
 
 def _stbif_exact_step_cuda(x, count, theta, n_min, n_max, m):
     with torch.no_grad():
-        if not (_in_order(x, count) and triton_takes(theta) and theta.dtype == x.dtype):
+        if not (_in_order(x, count) and triton_takes(theta, dtypes=EXACT_STEP_DTYPES) and theta.dtype == x.dtype):
             return stbif_exact(x, count, theta, n_min, n_max, m)
         from .stbif_triton import stbif_exact_step as triton_step  # needs the triton package
 

@@ -4,7 +4,8 @@ call) and ``spiketwin::stbif_exact_step`` (the exact-state neuron's step, :func:
 One program per sample and block of neurons scans the T steps with the arithmetic of the torch path
 (:func:`spiketwin.kernels.stbif_rule.stbif_scan`) and of ``native/stbif.c``, in the same order and precision:
 IEEE division (:func:`~.triton_ieee.ieee_div`: Triton's float32 ``/`` is approximate), no fused multiply-add
-(``enable_fp_fusion=False``).
+(``enable_fp_fusion=False``). The exact step also takes float16 and bfloat16 ``x``: it computes in float32 and
+rounds each result to the half dtype where torch's half-precision operations round theirs (:func:`_rounded`).
 A block whose sample had no pending neuron before the call and whose inputs are all zero writes zero spikes
 and leaves its state alone (the per-sample skip of the C kernel, per block). Each block writes its own far flag
 (every block, so the buffer needs no zeroing) and the wrapper ors a sample's blocks: one reduction, none for a
@@ -90,26 +91,48 @@ def stbif_steps(x: torch.Tensor, total: torch.Tensor, count: torch.Tensor, was_p
     return spikes, _any_block(far)
 
 
+HALF_KINDS = {torch.float16: 1, torch.bfloat16: 2}
+"""The half-precision dtypes of the exact step (``HALF`` in the kernel: 0 for float32 / float64)."""
+
+
+@triton.jit
+def _rounded(v, HALF: tl.constexpr):
+    """Float32 ``v`` rounded to nearest (ties to even) in float16 (``HALF`` 1) or bfloat16 (2), kept in float32: what
+    a torch operation on half-precision tensors stores (it computes in float32 and rounds the result). bfloat16 by
+    the bits (Triton's interpreter truncates a float32 -> bfloat16 cast, where the GPU rounds)."""
+    if HALF == 1:
+        return v.to(tl.float16).to(tl.float32)
+    elif HALF == 2:
+        bits = v.to(tl.int32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
+        return bits.to(tl.float32, bitcast=True)
+    else:
+        return v
+
+
 @triton.jit(do_not_specialize=["N", "n_min", "n_max", "m"])
 def _stbif_exact_step(x_ptr, count_ptr, out_ptr, change_ptr, far_ptr, theta_ptr, N, n_min, n_max, m,
-                      BLOCK: tl.constexpr):
+                      BLOCK: tl.constexpr, HALF: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
     theta = tl.load(theta_ptr)
-    most = m.to(theta.dtype)
     x = tl.load(x_ptr + b * N + offs, mask=mask, other=0.0)
-    count = tl.load(count_ptr + b * N + offs, mask=mask, other=0).to(theta.dtype)
-    target = tl.floor(ieee_div(x, theta) + 0.5)
-    target = tl.minimum(tl.maximum(target, n_min.to(theta.dtype)), n_max.to(theta.dtype))
-    delta = target - count
+    if HALF:  # float32 arithmetic, each result rounded to x's dtype as torch's half-precision operations round it
+        theta, x = theta.to(tl.float32), x.to(tl.float32)
+    most = m.to(theta.dtype)
+    count = tl.load(count_ptr + b * N + offs, mask=mask, other=0)
+    target = tl.floor(_rounded(_rounded(ieee_div(x, theta), HALF) + 0.5, HALF))
+    target = _rounded(tl.minimum(tl.maximum(target, n_min.to(theta.dtype)), n_max.to(theta.dtype)), HALF)
+    delta = _rounded(target - _rounded(count.to(theta.dtype), HALF), HALF)
     far = ((delta > most) | (delta < -most)) & mask
     tl.store(far_ptr + b * tl.num_programs(1) + tl.program_id(1), tl.max(far.to(tl.int32), axis=0) != 0)
-    delta = tl.minimum(tl.maximum(delta, -most), most)
-    count = count + delta
-    tl.store(count_ptr + b * N + offs, count.to(count_ptr.dtype.element_ty), mask=mask)
+    delta = _rounded(tl.minimum(tl.maximum(delta, -most), most), HALF)
+    count = count + delta.to(count.dtype)
+    tl.store(count_ptr + b * N + offs, count, mask=mask)
     tl.store(change_ptr + b * N + offs, delta.to(change_ptr.dtype.element_ty), mask=mask)
-    tl.store(out_ptr + b * N + offs, count * theta, mask=mask)
+    out = _rounded(_rounded(count.to(theta.dtype), HALF) * theta, HALF)
+    tl.store(out_ptr + b * N + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def stbif_exact_step(x: torch.Tensor, count: torch.Tensor, theta: torch.Tensor, n_min: int, n_max: int,
@@ -128,7 +151,7 @@ def stbif_exact_step(x: torch.Tensor, count: torch.Tensor, theta: torch.Tensor, 
     far = torch.empty((batch, blocks), dtype=torch.bool, device=x.device)  # every block writes its flag
     with launch_device(x):
         _stbif_exact_step[(batch, blocks)](x, count, out, change, far, theta, n, n_min, n_max, m, BLOCK=block,
-                                           enable_fp_fusion=False)
+                                           HALF=HALF_KINDS.get(x.dtype, 0), enable_fp_fusion=False)
     return out, change, _any_block(far)
 
 
