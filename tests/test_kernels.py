@@ -188,8 +188,9 @@ def test_triton_exact_step_equals_the_torch_path_bit_for_bit(dtype, m, strided, 
 def test_triton_exact_step_rounds_each_half_precision_result_as_torch_does(dtype):
     """In half precision torch computes each operation of the step in float32 and rounds its result (x / θ, + 1/2,
     the count cast for the difference, count · θ); the kernel must round at each of those places, ties to even:
-    200,000 inputs at every scale of the levels (up to where the dtype's ulp is 2), many of them on or next to a
-    level's boundary, counts the dtype cannot hold exactly, and θ that divides nothing evenly."""
+    200,000 inputs at every scale of the levels (up to ±2200, past the integers float16 and bfloat16 hold exactly),
+    many of them on or next to a level's boundary, counts the dtype cannot hold exactly, and θ that divides nothing
+    evenly."""
     stbif_triton = triton_module("stbif_triton")
     g = torch.Generator().manual_seed(11)
     theta = torch.tensor([0.0371], dtype=dtype)
