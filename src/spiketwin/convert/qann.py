@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import itertools
 
 import torch
 from torch import fx, nn
@@ -158,7 +159,7 @@ class GraphModel(nn.Module):
 
     def _float_dtype(self) -> torch.dtype | None:
         """The dtype of the first floating-point parameter or buffer: the dtype the graph computes in."""
-        tensors = (*self.parameters(), *self.buffers())
+        tensors = itertools.chain(self.parameters(), self.buffers())
         return next((t.dtype for t in tensors if t.is_floating_point()), None)
 
 

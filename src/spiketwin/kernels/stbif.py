@@ -28,7 +28,7 @@ import torch
 
 from .. import native
 from .stbif_rule import stbif_exact, stbif_scan
-from . import triton_takes
+from . import TRITON_DTYPES, triton_takes
 
 
 def _native_kernel(dtype: torch.dtype):
@@ -110,7 +110,7 @@ def _native_exact_kernel(dtype: torch.dtype, count_dtype: torch.dtype):
                            *[ctypes.c_int64] * 2, *[native.REAL] * 4)
 
 
-EXACT_STEP_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+EXACT_STEP_DTYPES = (*TRITON_DTYPES, torch.float16, torch.bfloat16)
 """The dtypes of ``x`` that the exact step's Triton kernel takes (half precision: computed in float32, each result
 rounded as torch's half-precision operations round it)."""
 
