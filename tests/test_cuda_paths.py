@@ -185,3 +185,23 @@ def test_training_resumes_on_cuda_from_its_checkpoint(tmp_path):
         fit(resumed, x[:32], y[:32], TrainConfig(epochs=2, out_dir=str(tmp_path), resume=True, **config))
     for (name, want), got in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert got.is_cuda and torch.equal(got.cpu(), want), name
+
+
+@pytest.mark.parametrize("name", ["llama", "bert"])
+def test_a_converted_model_follows_cuda_and_cpu_as_it_follows_to(name):
+    """``.cuda()`` and ``.cpu()`` (which do not call ``.to()``) move the traced graph's tensor-making nodes (Llama's
+    position ``arange``, BERT's mask ``full``: their device was fixed when the model was traced) with the parameters:
+    the QANN and SNN there give the CPU's bits."""
+    from test_engine import D, _calibrated, _hf, _inputs
+
+    torch.manual_seed(5)
+    qann = _calibrated(_hf(name).to(D).eval(), _inputs(name, 0))
+    snn, inputs = to_snn(qann), _inputs(name, 1)
+    assert any(isinstance(n.kwargs.get("device"), torch.device) for n in snn.model.graph.nodes), "nothing to move"
+    want = qann(**inputs).logits, snn.simulate(inputs).output
+    with stand_in_cuda():
+        qann.cuda(), snn.cuda()
+        got = qann(**_on_cuda(inputs)).logits, snn.simulate(_on_cuda(inputs)).output
+        assert all(torch.equal(g.cpu(), w) for g, w in zip(got, want))
+        qann.cpu(), snn.cpu()
+        assert all(torch.equal(g, w) for g, w in zip((qann(**inputs).logits, snn.simulate(inputs).output), want))

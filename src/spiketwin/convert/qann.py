@@ -136,31 +136,34 @@ def swap_activations(gm: fx.GraphModule) -> None:
 
 
 class GraphModel(nn.Module):
-    """A module around a traced graph (the attribute named by ``graph_attribute``) whose tensor-making nodes follow
-    ``.to(device)``, and whose casts and tensor-making nodes follow its parameters to another floating dtype
-    (``.to(dtype)``, ``.double()``, ``.bfloat16()``...: a graph traced in float32 then computes in float64 or
-    bfloat16 throughout, where a model's own code may keep a part in float32 when it is traced in bfloat16)."""
+    """A module around a traced graph (the attribute named by ``graph_attribute``) that follows its parameters and
+    buffers wherever they are moved (``.to()``, ``.cuda()``, ``.cpu()``, ``.double()``, ``.bfloat16()``...): its
+    tensor-making nodes to their device, its casts and tensor-making nodes to their floating dtype (a graph traced in
+    float32 then computes in float64 or bfloat16 throughout, where a model's own code may keep a part in float32 when
+    it is traced in bfloat16)."""
 
     graph_attribute = "model"
 
-    def to(self, *args, **kwargs):
-        device = torch._C._nn._parse_to(*args, **kwargs)[0]
-        if device is not None:
-            G.retarget(getattr(self, self.graph_attribute), device)
-        return super().to(*args, **kwargs)
-
     def _apply(self, fn, *args, **kwargs):
-        before = self._float_dtype()
+        device, dtype = self._device_and_dtype()
         result = super()._apply(fn, *args, **kwargs)
-        after = self._float_dtype()
-        if before is not None and after != before:
-            G.retype(getattr(self, self.graph_attribute), before, after)
+        new_device, new_dtype = self._device_and_dtype()
+        graph = getattr(self, self.graph_attribute)
+        if new_device is not None and new_device != device:
+            G.retarget(graph, new_device)
+        if dtype is not None and new_dtype != dtype:
+            G.retype(graph, dtype, new_dtype)
         return result
 
-    def _float_dtype(self) -> torch.dtype | None:
-        """The dtype of the first floating-point parameter or buffer: the dtype the graph computes in."""
-        tensors = itertools.chain(self.parameters(), self.buffers())
-        return next((t.dtype for t in tensors if t.is_floating_point()), None)
+    def _device_and_dtype(self) -> tuple[torch.device | None, torch.dtype | None]:
+        """The device of the first parameter or buffer, and the dtype of the first floating one: where and in what
+        the graph computes."""
+        device = None
+        for tensor in itertools.chain(self.parameters(), self.buffers()):
+            device = device or tensor.device
+            if tensor.is_floating_point():
+                return device, tensor.dtype
+        return device, None
 
 
 class GraphQANN(GraphModel):
