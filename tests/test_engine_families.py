@@ -54,6 +54,8 @@ def _model(name: str):
 
 
 CAUSAL = ("qwen2", "gemma", "phi", "gpt-neox", "bloom")
+DYNAMIC = {"swin": "batch", "mobilevit": "batch"}
+"""Models traced with only the batch dynamic: symbolic image sizes through Swin's windows took torch.export 116 s."""
 IMAGE_SIZE = {"beit": 16, "dinov2": 16, "swin": 16, "convnext": 32, "resnet": 32, "mobilevit": 32, "segformer": 32}
 
 
@@ -68,7 +70,7 @@ def _inputs(name: str, seed: int) -> dict:
                                   "beit", "dinov2", "swin", "convnext", "mobilevit", "segformer"])
 def test_other_architectures_convert_exactly_without_new_code(name):
     torch.manual_seed(0)
-    qann = _calibrated(_model(name).to(D).eval(), _inputs(name, 0))
+    qann = _calibrated(_model(name).to(D).eval(), _inputs(name, 0), dynamic=DYNAMIC.get(name, "all"))
     inputs = _inputs(name, 1)
     report = verify(qann, to_snn(qann), inputs)
     assert report.ok and report.max_rel == 0.0, str(report)
@@ -174,3 +176,28 @@ def test_plain_pytorch_modules_convert_exactly(name):
     if name == "einsum-attention":  # its two products are counted as products of two spike trains
         kinds = [row.kind for row in report_energy(to_snn(qann), x1).layers]
         assert kinds.count("product") == 2, kinds
+
+
+@pytest.mark.parametrize("dynamic", ["all", "batch"])
+def test_dynamic_says_which_input_sizes_the_qann_and_snn_take(dynamic):
+    """``dynamic="all"``: the QANN and its SNN run any batch and sequence length (as a QANN traced at that size);
+    ``dynamic="batch"``: any batch, and another sequence length fails with the guard that names the input's
+    dimension and the traced size."""
+    torch.manual_seed(0)
+    model = _EncoderClassifier(True, "gelu").to(D).eval()
+    x0 = torch.randn(3, 6, 8, dtype=D)
+    qann = _calibrated(model, x0, dynamic=dynamic)
+    assert qann.recipe["dynamic"] == dynamic
+    snn = to_snn(qann)
+    for x in (torch.randn(5, 6, 8, dtype=D), torch.randn(2, 9, 8, dtype=D)):
+        if x.shape[1] != 6 and dynamic == "batch":
+            for run in (qann, snn):
+                with pytest.raises(ValueError, match=r"\(2, 9, 8\).*do not fit.*Guard failed: x\.size\(\)\[1\] == 6"):
+                    run(x)
+            continue
+        assert verify(qann, snn, x).max_rel == 0.0
+        traced_there = to_qann(model, example_inputs=x, dynamic=dynamic)
+        traced_there.load_state_dict(qann.state_dict())
+        assert torch.equal(qann(x), traced_there(x))  # computes what a QANN traced at this size computes
+    with pytest.raises(ValueError, match="dynamic must be one of"):
+        to_qann(model, example_inputs=x0, dynamic="sequence")

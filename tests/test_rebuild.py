@@ -21,8 +21,8 @@ from spiketwin.models import create  # noqa: E402
 from spiketwin.rebuild import from_checkpoint  # noqa: E402
 
 
-def _calibrated(model, x, levels=8):
-    qann = to_qann(model, levels, example_inputs=x)
+def _calibrated(model, x, levels=8, **options):
+    qann = to_qann(model, levels, example_inputs=x, **options)
     call(qann.train(), x)
     return qann.eval()
 
@@ -56,7 +56,7 @@ def test_registry_model_qann_and_snn_checkpoints(tmp_path):
     path = checkpoint.save(qann, tmp_path / "q.safetensors", {"model": "vit_digits", "stage": "qann",
                                                               "overrides": {"depth": 1, "embed_dim": 16}})
     info = checkpoint.read_info(path)
-    assert info["qann"] == {"levels": 8, "neuron": "stbif", "activation": "keep",
+    assert info["qann"] == {"levels": 8, "neuron": "stbif", "activation": "keep", "dynamic": "all",
                             "example_inputs": {"tensor": {"shape": [3, 1, 8, 8], "dtype": "float32"}}}
     rebuilt, _ = from_checkpoint(path)
     _same_qann(rebuilt, qann, torch.rand(5, 1, 8, 8))
@@ -68,6 +68,18 @@ def test_registry_model_qann_and_snn_checkpoints(tmp_path):
     _same_qann(from_checkpoint(snn_path, snn=False)[0], qann, x)
     with pytest.raises(ValueError, match=r"info\['snn'\] takes"):
         checkpoint.save(qann, tmp_path / "x.safetensors", {**info, "snn": {"steps": 3}})
+
+
+def test_a_checkpoint_keeps_which_input_sizes_the_qann_was_traced_for(tmp_path):
+    """``dynamic="batch"`` is part of the recipe: the rebuilt QANN is traced the same way (any batch, the example's
+    image size)."""
+    torch.manual_seed(0)
+    qann = _calibrated(create("vit_digits", depth=1, embed_dim=16), torch.rand(3, 1, 8, 8), dynamic="batch")
+    path = checkpoint.save(qann, tmp_path / "q.safetensors", {"model": "vit_digits", "stage": "qann",
+                                                              "overrides": {"depth": 1, "embed_dim": 16}})
+    rebuilt, info = from_checkpoint(path)
+    assert info["qann"]["dynamic"] == rebuilt.recipe["dynamic"] == "batch"
+    _same_qann(rebuilt, qann, torch.rand(5, 1, 8, 8))
 
 
 def _tiny_bert(directory):

@@ -105,10 +105,17 @@ _EINSUM = torch.export.default_decompositions()[aten.einsum.default]
 as they see ``matmul``'s (``einsum`` itself holds its operands in a list)."""
 
 
-def _dynamic(value):
-    """``torch.export`` dynamic-shape spec: every dimension of every tensor ``Dim.AUTO``, anything else static."""
+DYNAMIC_CHOICES = ("all", "batch")
+"""What a traced graph lets vary from call to call: every dimension of every input tensor (``"all"``: batch, sequence
+length, image size), or only the first (``"batch"``: other sizes are fixed to the example's, which ``torch.export``
+reasons about far faster where a model computes with its image size: windows, padding, strides)."""
+
+
+def _dynamic(value, dynamic: str):
+    """``torch.export`` dynamic-shape spec of one input: its dynamic dimensions ``Dim.AUTO`` (free unless the model's
+    code fixes them), the others static; non-tensors static."""
     if isinstance(value, torch.Tensor):
-        return {d: torch.export.Dim.AUTO for d in range(value.dim())}
+        return {d: torch.export.Dim.AUTO for d in range(value.dim() if dynamic == "all" else min(value.dim(), 1))}
     return None
 
 
@@ -119,12 +126,16 @@ def _at_least_two(value):
     return value
 
 
-def trace(model: nn.Module, example_inputs) -> tuple[fx.GraphModule, dict]:
-    """``model`` (eval mode) as an ATen :class:`torch.fx.GraphModule` that runs for any batch size / sequence length.
+def trace(model: nn.Module, example_inputs, dynamic: str = "all") -> tuple[fx.GraphModule, dict]:
+    """``model`` (eval mode) as an ATen :class:`torch.fx.GraphModule` that runs for any batch size, and with
+    ``dynamic="all"`` any sequence length or image size the model's code allows (:data:`DYNAMIC_CHOICES`; a call
+    with another size of a fixed dimension fails the graph's own guard, which names the input and the size).
 
     ``example_inputs``: a tensor, a tuple of positional inputs, or a dict of keyword inputs. Non-tensor keyword
     values (``use_cache=False``) are fixed into the graph and returned as the second value, to pass at every call.
     """
+    if dynamic not in DYNAMIC_CHOICES:
+        raise ValueError(f"to_qann: dynamic must be one of {DYNAMIC_CHOICES}, got {dynamic!r}")
     if isinstance(example_inputs, dict):
         args, kwargs = (), dict(example_inputs)
     elif isinstance(example_inputs, (tuple, list)):
@@ -139,7 +150,8 @@ def trace(model: nn.Module, example_inputs) -> tuple[fx.GraphModule, dict]:
     except TypeError as error:
         raise ConversionError(f"to_qann: example_inputs do not match {type(model).__name__}.forward: "
                               f"{error}") from error
-    shapes = {name: ({k: _dynamic(v) for k, v in value.items()} if isinstance(value, dict) else _dynamic(value))
+    shapes = {name: ({k: _dynamic(v, dynamic) for k, v in value.items()} if isinstance(value, dict)
+                     else _dynamic(value, dynamic))
               for name, value in bound.items()}
     was_training = model.training
     model.eval()

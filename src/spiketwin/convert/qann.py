@@ -135,6 +135,14 @@ def swap_activations(gm: fx.GraphModule) -> None:
     gm.recompile()
 
 
+def misfit(who: str, error: Exception, args: tuple, kwargs: dict) -> ValueError:
+    """The error for inputs that do not fit the traced model, with their shapes and the tracer's reason (a guard of
+    the graph: ``x.size()[1] == 6`` for a dimension traced fixed)."""
+    shapes = [f"{tuple(v.shape)} {v.dtype}" for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)]
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return ValueError(f"{who}: the inputs ({', '.join(shapes)}) do not fit the traced model: {reason}")
+
+
 class GraphModel(nn.Module):
     """A module around a traced graph (the attribute named by ``graph_attribute``) that follows its parameters and
     buffers wherever they are moved (``.to()``, ``.cuda()``, ``.cpu()``, ``.double()``, ``.bfloat16()``...): its
@@ -182,7 +190,10 @@ class GraphQANN(GraphModel):
         self.recipe: dict = {}
 
     def forward(self, *args, **kwargs):
-        return self.model(*args, **{**self.fixed, **kwargs})
+        try:
+            return self.model(*args, **{**self.fixed, **kwargs})
+        except AssertionError as error:  # a guard of the graph: a size traced fixed (to_qann's dynamic)
+            raise misfit(type(self).__name__, error, args, kwargs) from error
 
     def quantizers(self) -> list[tuple[str, Quantizer]]:
         return list(zip(self.labels, self.model.quantizers))
@@ -195,13 +206,14 @@ class GraphQANN(GraphModel):
                              "initialised; run the QANN on a batch (calibration or QAT) first")
 
 
-def graph_to_qann(model: nn.Module, levels: int = 16, example_inputs=None, activation: str = "keep") -> GraphQANN:
+def graph_to_qann(model: nn.Module, levels: int = 16, example_inputs=None, activation: str = "keep",
+                  dynamic: str = "all") -> GraphQANN:
     """Trace ``model`` (a copy; the original is untouched) and insert quantizers where SpikeZIP-TF puts them."""
     if activation not in ACTIVATION_CHOICES:
         raise ValueError(f"to_qann: activation must be one of {ACTIVATION_CHOICES}, got {activation!r}")
     if example_inputs is None:
         example_inputs = _infer_inputs(model)
-    gm, fixed = G.trace(copy.deepcopy(model), example_inputs)
+    gm, fixed = G.trace(copy.deepcopy(model), example_inputs, dynamic)
     if activation == "relu":
         swap_activations(gm)
     kinds = G.classify(gm)
@@ -229,7 +241,7 @@ def graph_to_qann(model: nn.Module, levels: int = 16, example_inputs=None, activ
     prune_rows(gm)
     gm.recompile()
     qann = GraphQANN(gm, fixed, labels, dims)
-    qann.recipe = {"levels": levels, "neuron": "stbif", "activation": activation}
+    qann.recipe = {"levels": levels, "neuron": "stbif", "activation": activation, "dynamic": dynamic}
     try:
         qann.recipe["example_inputs"] = describe(example_inputs)
     except TypeError:  # inputs a checkpoint cannot describe (checkpoint.save says so if asked)

@@ -32,7 +32,7 @@ from ..base import reset, stateful_modules
 from ..neurons import ExactSTBIF
 from ..simulate import SimResult
 from ..utils import logits_of
-from .qann import GraphModel, GraphQANN
+from .qann import GraphModel, GraphQANN, misfit
 from .report import EquivalenceReport, compare
 from .resume import Resume
 
@@ -73,13 +73,6 @@ def _batch(args: tuple, kwargs: dict) -> int:
 def _select(args: tuple, kwargs: dict, index: torch.Tensor, batch: int) -> tuple[tuple, dict]:
     pick = lambda v: v.index_select(0, index) if isinstance(v, torch.Tensor) and v.dim() and len(v) == batch else v
     return tuple(pick(a) for a in args), {k: pick(v) for k, v in kwargs.items()}
-
-
-def _misfit(error: Exception, args: tuple, kwargs: dict) -> ValueError:
-    """The error for inputs that do not fit the traced model, with their shapes and the tracer's reason."""
-    shapes = [f"{tuple(v.shape)} {v.dtype}" for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)]
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return ValueError(f"simulate: the inputs ({', '.join(shapes)}) do not fit the traced model: {reason}")
 
 
 class GraphSNN(GraphModel):
@@ -127,14 +120,14 @@ class GraphSNN(GraphModel):
                 return self.model(*args, **{**self.fixed, **kwargs})
             return resume.run(cut, args, {**self.fixed, **kwargs})
         except (AssertionError, RuntimeError, TypeError, ValueError) as error:
-            raise _misfit(error, args, kwargs) from error
+            raise misfit("simulate", error, args, kwargs) from error
 
     def _check(self, args: tuple, kwargs: dict) -> None:
         """Inputs against the model's signature (the graph from a cut takes them flat and would not say)."""
         try:
             inspect.signature(self.model.forward).bind(*args, **{**self.fixed, **kwargs})
         except TypeError as error:
-            raise _misfit(error, args, kwargs) from error
+            raise misfit("simulate", error, args, kwargs) from error
 
     def _resume(self, chunk: int = 1) -> Resume | None:
         """The cuts of the exact state's graph (:mod:`spiketwin.convert.resume`) for ``chunk`` steps between settle

@@ -112,10 +112,11 @@ def _places(gm: fx.GraphModule, kinds: dict) -> list[tuple[fx.Node, bool]]:
 
 
 def to_ilif_qann(model: nn.Module, levels: int, calibration: torch.Tensor | None = None,
-                 percentile: float = DEFAULT_PERCENTILE, activation: str | None = None) -> SpikeConverterQANN:
+                 percentile: float = DEFAULT_PERCENTILE, activation: str | None = None,
+                 dynamic: str = "all") -> SpikeConverterQANN:
     """The QANN of ``model`` for an iLIF SNN with ``T = log2(levels)`` steps per phase (the module docstring says
-    where its quantizers go). ``calibration``: a few hundred training inputs ``[N, ...]``. ``model`` is not
-    modified."""
+    where its quantizers go). ``calibration``: a few hundred training inputs ``[N, ...]``; ``dynamic``: which input
+    dimensions may vary (:data:`spiketwin.convert.graph.DYNAMIC_CHOICES`). ``model`` is not modified."""
     levels = int(levels)
     if levels < 2 or levels & (levels - 1):
         raise ValueError(f"to_qann(neuron='ilif'): levels must be 2**T (T >= 1 steps per phase), got {levels}")
@@ -134,7 +135,7 @@ def to_ilif_qann(model: nn.Module, levels: int, calibration: torch.Tensor | None
     if placed:
         raise G.ConversionError(f"to_qann(neuron='ilif'): {type(model).__name__} already holds quantizers "
                                 f"({', '.join(placed[:4])}); pass the float model, the conversion places its own")
-    gm, fixed = G.trace(copy.deepcopy(model), calibration)
+    gm, fixed = G.trace(copy.deepcopy(model), calibration, dynamic)
     if fixed:
         raise G.ConversionError("to_qann(neuron='ilif'): the model must take one tensor (the image)")
     if activation == "relu":
@@ -175,7 +176,7 @@ def to_ilif_qann(model: nn.Module, levels: int, calibration: torch.Tensor | None
     gm.graph.lint()
     gm.recompile()
     qann = SpikeConverterQANN(gm, levels.bit_length() - 1)
-    qann.recipe = {"levels": levels, "neuron": "ilif", "activation": activation}
+    qann.recipe = {"levels": levels, "neuron": "ilif", "activation": activation, "dynamic": dynamic}
     return qann
 
 
