@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml requirements-dev.txt requirements-nodeps.txt
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 
 demo: $(STAMP)
 	$(PY) -m spiketwin.demo
