@@ -90,8 +90,10 @@ def test_hugging_face_vit_on_digits_from_train_to_verify(tmp_path, capsys):
                          "--out", str(ann))
     assert code == 0, err
     data = ["--limit", "30"]
-    qann, snn, _ = _journey(capsys, tmp_path, ["--checkpoint", str(ann)], data, ["--spikes-per-step", "3"])
+    qann, snn, _ = _journey(capsys, tmp_path, ["--checkpoint", str(ann), "--dynamic", "batch"], data,
+                            ["--spikes-per-step", "3"])
     assert qann["qann"]["example_inputs"] == {"tensor": {"shape": [2, 1, 8, 8], "dtype": "float32"}}
+    assert qann["qann"]["dynamic"] == snn["qann"]["dynamic"] == "batch"
     assert snn["snn"] == {"spikes_per_step": 3}
 
 

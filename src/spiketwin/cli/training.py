@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from .. import checkpoint
+from ..convert.graph import DYNAMIC_CHOICES
 from .data import add_data_options, first_samples, load_data
 from .model import add_model_options, load_model
 from .usage import Command, UsageError, rank
@@ -99,6 +100,9 @@ def _qat_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--levels", type=int, default=16, help="quantization levels (default: 16)")
     p.add_argument("--neuron", default="stbif", choices=("stbif", "ilif"),
                    help="stbif: SpikeZIP-TF; ilif: SpikeConverter (default: stbif)")
+    p.add_argument("--dynamic", default="all", choices=DYNAMIC_CHOICES,
+                   help="input dimensions the traced QANN lets vary: all (batch, sequence length, image size) or "
+                        "batch (the rest fixed; traces windowed vision models such as Swin far faster) (default: all)")
 
 
 def cmd_qat(args) -> None:
@@ -108,15 +112,14 @@ def cmd_qat(args) -> None:
     torch.manual_seed(args.seed)
     data = load_data(args)
     ann, info = load_model(args, stages=("ann",), data=data[0])
-    kwargs = {"levels": args.levels, "neuron": args.neuron}
-    x_first = first_samples(data[0], 256)[0]
+    recipe = {"levels": args.levels, "neuron": args.neuron, "dynamic": args.dynamic}  # the checkpoint keeps it
+    x_first, inputs = first_samples(data[0], 256)[0], {}
     if args.neuron == "ilif":
-        kwargs["calibration"] = to(x_first, args.device)
+        inputs["calibration"] = to(x_first, args.device)
     elif "hf" in info:  # traced on two training samples, as the data calls it (a Hugging Face model: by keyword)
-        kwargs["example_inputs"] = to(select(x_first, slice(0, 2)), args.device)
-    qann = to_qann(ann, **kwargs)
-    kwargs = {"levels": args.levels, "neuron": args.neuron}  # what the checkpoint keeps (an engine QANN adds its own)
-    info = {**info, "stage": "qann", "qann": kwargs}
+        inputs["example_inputs"] = to(select(x_first, slice(0, 2)), args.device)
+    qann = to_qann(ann, **recipe, **inputs)
+    info = {**info, "stage": "qann", "qann": recipe}  # an engine QANN adds its own recipe when saved
     if isinstance(x_first, torch.Tensor):
         info["input_shape"] = list(x_first.shape[1:])
     fit(qann, data, args, info)
