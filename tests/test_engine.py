@@ -282,7 +282,7 @@ def test_a_step_can_start_before_every_attention_weights_neurons(name):
     torch.manual_seed(3)
     snn = to_snn(_calibrated(_hf(name).to(D).eval(), _inputs(name, 0), levels=8))
     cuts = snn._resume()
-    softmax = [i for i, label in enumerate(snn.labels) if label.split(":")[-1].startswith("softmax")]
+    softmax = [i for i, label in enumerate(snn.labels) if "softmax" in label.split(":")[-1]]  # masked: _safe_softmax
     before = {cuts.order[rank]: carried for rank, carried in zip(cuts.ranks, cuts.carried) if rank < len(cuts.order)}
     assert len(softmax) == 2 and all(i in before and len(before[i]) == 3 for i in softmax), before
 

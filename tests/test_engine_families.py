@@ -2,8 +2,10 @@
 blocks differ from the seven of ``test_engine.py`` (factorised and shared layers, relative position biases,
 disentangled attention, ALiBi, layer scale, parallel attention and MLP, partial rotary embeddings, GELU-tanh and
 SwiGLU gates, shifted windows, spatially reduced attention, depthwise convolutions, channel-last LayerNorm,
-convolutions unfolded into patches). Float64: the exact-state SNN's logits and every neuron's summed output are
-bit-identical to the QANN's on new inputs, the event-driven SNN equals them to 1e-9 relative.
+convolutions unfolded into patches, sliding-window layers, pooled queries, an encoder-decoder, audio front ends), one
+output of encoders without a head, and queries that see no key. Float64: the exact-state SNN's logits and every
+neuron's summed output are bit-identical to the QANN's on new inputs, the event-driven SNN equals them to 1e-9
+relative.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from test_engine import D, _calibrated, _text_inputs
 from torch import nn
 
 from spiketwin.convert import to_qann, to_snn, verify
+from spiketwin.convert.graph import ConversionError
 from spiketwin.energy import report as report_energy
 
 transformers = pytest.importorskip("transformers", reason="the nlp extra (transformers) is not installed")
@@ -47,27 +50,54 @@ def _model(name: str):
             embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=5)),
         "mobilevit": lambda: T.MobileViTForImageClassification(T.MobileViTConfig(
             image_size=32, hidden_sizes=[16, 16, 16], neck_hidden_sizes=[8, 8, 16, 16, 16, 16, 32], num_labels=5)),
+        "gemma2": lambda: T.Gemma2ForCausalLM(T.Gemma2Config(num_key_value_heads=1, head_dim=8, **LAYERS, **TEXT)),
+        "modernbert": lambda: T.ModernBertForSequenceClassification(T.ModernBertConfig(
+            global_attn_every_n_layers=2, local_attention=4, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+            cls_token_id=1, sep_token_id=2, **LAYERS, **TEXT)),
+        "funnel": lambda: T.FunnelForSequenceClassification(T.FunnelConfig(
+            vocab_size=64, block_sizes=[1, 1], d_model=16, n_head=2, d_head=8, d_inner=32)),
+        "t5": lambda: T.T5ForConditionalGeneration(T.T5Config(
+            vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)),
+        "whisper": lambda: T.WhisperForAudioClassification(T.WhisperConfig(
+            d_model=16, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=32, num_mel_bins=8,
+            max_source_positions=8, num_labels=3)),
+        "wav2vec2": lambda: T.Wav2Vec2ForSequenceClassification(T.Wav2Vec2Config(
+            conv_dim=(8, 8), conv_stride=(4, 2), conv_kernel=(8, 4), num_conv_pos_embeddings=4,
+            num_conv_pos_embedding_groups=2, vocab_size=8, num_labels=3, **LAYERS)),
+        "levit": lambda: T.LevitForImageClassification(T.LevitConfig(
+            image_size=32, hidden_sizes=[16, 32, 32], num_attention_heads=[1, 2, 2], depths=[1, 1, 1],
+            key_dim=[8, 8, 8], num_labels=5)),
         "segformer": lambda: T.SegformerForImageClassification(T.SegformerConfig(
             num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[8, 16], num_attention_heads=[1, 2],
             patch_sizes=[3, 3], strides=[2, 2], mlp_ratios=[2, 2], num_labels=5)),
     }[name]()
 
 
-CAUSAL = ("qwen2", "gemma", "phi", "gpt-neox", "bloom")
+CAUSAL = ("qwen2", "gemma", "phi", "gpt-neox", "bloom", "gemma2")
 DYNAMIC = {"swin": "batch", "mobilevit": "batch"}
 """Models traced with only the batch dynamic: symbolic image sizes through Swin's windows took torch.export 116 s."""
-IMAGE_SIZE = {"beit": 16, "dinov2": 16, "swin": 16, "convnext": 32, "resnet": 32, "mobilevit": 32, "segformer": 32}
+IMAGE_SIZE = {"beit": 16, "dinov2": 16, "swin": 16, "convnext": 32, "resnet": 32, "mobilevit": 32, "segformer": 32,
+              "levit": 32}
+AUDIO = {"whisper": ("input_features", (8, 16)), "wav2vec2": ("input_values", (200,))}
+"""Whisper takes log-mel features [B, mel bins, frames], wav2vec 2.0 the waveform [B, samples]."""
 
 
 def _inputs(name: str, seed: int) -> dict:
     if name in IMAGE_SIZE:
         size = IMAGE_SIZE[name]
         return {"pixel_values": torch.randn(3, 3, size, size, dtype=D, generator=torch.Generator().manual_seed(seed))}
-    return _text_inputs(name in CAUSAL, seed)
+    if name in AUDIO:
+        key, shape = AUDIO[name]
+        return {key: torch.randn(3, *shape, dtype=D, generator=torch.Generator().manual_seed(seed))}
+    inputs = _text_inputs(name in CAUSAL, seed)
+    if name == "t5":  # an encoder-decoder: the decoder reads the first tokens
+        inputs = {"input_ids": inputs["input_ids"], "decoder_input_ids": inputs["input_ids"][:, :5], "use_cache": False}
+    return inputs
 
 
 @pytest.mark.parametrize("name", ["albert", "mpnet", "deberta-v2", "qwen2", "gemma", "phi", "gpt-neox", "bloom",
-                                  "beit", "dinov2", "swin", "convnext", "mobilevit", "segformer"])
+                                  "gemma2", "modernbert", "funnel", "t5", "whisper", "wav2vec2",
+                                  "beit", "dinov2", "swin", "convnext", "mobilevit", "segformer", "levit"])
 def test_other_architectures_convert_exactly_without_new_code(name):
     torch.manual_seed(0)
     qann = _calibrated(_model(name).to(D).eval(), _inputs(name, 0), dynamic=DYNAMIC.get(name, "all"))
@@ -77,26 +107,61 @@ def test_other_architectures_convert_exactly_without_new_code(name):
     assert verify(qann, to_snn(qann, state="events"), inputs).ok
 
 
-class _Logits(torch.nn.Module):
-    """A Hugging Face vision model as the iLIF SNN takes it: one input tensor in, the logits out."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=pixel_values).logits
-
-
 @pytest.mark.parametrize("name", ["resnet", "convnext"])
 def test_ilif_converts_hugging_face_vision_models(name):
     """SpikeConverter on the same front end: a ResNet (BatchNorm folded, residual adds, max pooling; each ReLU a
-    quantizer) and a ConvNeXt (GELU, LayerNorm: the engine's placement) convert with no code of their own."""
+    quantizer) and a ConvNeXt (GELU, LayerNorm: the engine's placement) convert with no code of their own, called as
+    they are (``pixel_values`` first; ``output="logits"`` keeps the logits of their output object)."""
     torch.manual_seed(0)
-    qann = to_qann(_Logits(_model(name).to(D).eval()), levels=2 ** 4, neuron="ilif",
-                   calibration=_inputs(name, 0)["pixel_values"])
+    calibration = _inputs(name, 0)["pixel_values"]
+    qann = to_qann(_model(name).to(D).eval(), levels=2 ** 4, neuron="ilif", calibration=calibration, output="logits")
     report = verify(qann, to_snn(qann), _inputs(name, 1)["pixel_values"])
     assert report.ok and report.max_rel < 1e-12, str(report)
+
+
+HEADLESS = {
+    "clip-vision": (lambda: transformers.CLIPVisionModelWithProjection(transformers.CLIPVisionConfig(
+        image_size=16, patch_size=4, projection_dim=8, **LAYERS)), "image_embeds"),
+    "bert": (lambda: transformers.BertModel(transformers.BertConfig(**LAYERS, **TEXT)), "last_hidden_state"),
+}
+
+
+@pytest.mark.parametrize("name", list(HEADLESS))
+def test_one_output_of_a_model_without_logits_converts_exactly(name):
+    """``output=`` keeps one output of an encoder without a head (CLIP's image embedding, BERT's last hidden state):
+    the QANN returns the tensor a QANN of the whole output returns there, bit for bit, with only the quantizers that
+    tensor needs (not the CLS row BERT's pooler reads), and its SNN is exact."""
+    make, output = HEADLESS[name]
+    inputs = (lambda seed: _inputs("beit", seed)) if name == "clip-vision" else (lambda seed: _text_inputs(False, seed))
+    torch.manual_seed(0)
+    model = make().to(D).eval()
+    whole, one = _calibrated(model, inputs(0)), _calibrated(model, inputs(0), output=output)
+    assert set(one.labels) <= set(whole.labels)
+    steps = dict(whole.quantizers())  # calibrated on the rows each graph computes: CLIP's last layer, the CLS row
+    for label, quantizer in one.quantizers():
+        quantizer.load_state_dict(steps[label].state_dict())
+    with torch.no_grad():
+        assert torch.equal(one(**inputs(1)), whole(**inputs(1))[output])
+    if name == "bert":
+        assert [label for label in whole.labels if label not in one.labels] == ["pooler:select"]
+    report = verify(one, to_snn(one), inputs(1))
+    assert report.ok and report.max_rel == 0.0, str(report)
+    assert verify(one, to_snn(one, state="events"), inputs(1)).ok
+
+
+def test_output_names_one_tensor_of_what_the_model_returns():
+    model = HEADLESS["bert"][0]().to(D).eval()
+    with pytest.raises(ConversionError, match=r"output='logits' is not one tensor of the model's "
+                                              r"BaseModelOutputWithPooling.*its outputs: \['last_hidden_state', "
+                                              r"'pooler_output'\]"):
+        to_qann(model, example_inputs=_text_inputs(False, 0), output="logits")
+    with pytest.raises(ConversionError, match="output=2 is not one tensor"):
+        to_qann(model, example_inputs=_text_inputs(False, 0), output=2)
+    with pytest.raises(ConversionError, match="output=0, but the model returns one tensor"):
+        to_qann(nn.Linear(4, 3).to(D), example_inputs=torch.randn(2, 4, dtype=D), output=0)
+    whole = _calibrated(model, _text_inputs(False, 0))  # without output=: which tensor to compare is not known
+    with pytest.raises(TypeError, match=r"with tensors \['last_hidden_state', 'pooler_output'\].*output=NAME"):
+        verify(whole, to_snn(whole), _text_inputs(False, 1))
 
 
 class _EncoderClassifier(nn.Module):
@@ -134,15 +199,22 @@ class _EinsumAttention(nn.Module):
         return self.head(torch.einsum("bnm,bmd->bnd", attention, v).mean(1))
 
 
-class _CausalAttention(nn.Module):
-    def __init__(self) -> None:
+class _SdpaAttention(nn.Module):
+    """Causal ``scaled_dot_product_attention`` (the last token read), or with a mask that lets each query see only the
+    tokens before it (all tokens read): the first sees none, and PyTorch's sdpa gives it zeros."""
+
+    def __init__(self, earlier_only: bool) -> None:
         super().__init__()
-        self.qkv, self.head = nn.Linear(8, 24), nn.Linear(8, 4)
+        self.qkv, self.head, self.earlier_only = nn.Linear(8, 24), nn.Linear(8, 4), earlier_only
 
     def forward(self, x):
         q, k, v = self.qkv(x).unflatten(-1, (3, 2, 4)).permute(2, 0, 3, 1, 4)
-        out = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.head(out.transpose(1, 2).flatten(2))[:, -1]
+        if not self.earlier_only:
+            out = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return self.head(out.transpose(1, 2).flatten(2))[:, -1]
+        earlier = torch.ones(x.size(1), x.size(1), dtype=torch.bool, device=x.device).tril(-1)
+        out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=earlier)
+        return self.head(out.transpose(1, 2).flatten(2)).mean(1)
 
 
 class _GroupNormCNN(nn.Module):
@@ -159,13 +231,16 @@ class _GroupNormCNN(nn.Module):
 PLAIN = {"encoder-post-norm": (lambda: _EncoderClassifier(False, "relu"), (6, 8)),
          "encoder-pre-norm-gelu": (lambda: _EncoderClassifier(True, "gelu"), (6, 8)),
          "multihead-attention": (_MultiheadAttention, (6, 8)), "einsum-attention": (_EinsumAttention, (6, 8)),
-         "causal-sdpa": (_CausalAttention, (6, 8)), "group-norm-cnn": (_GroupNormCNN, (3, 8, 8))}
+         "causal-sdpa": (lambda: _SdpaAttention(False), (6, 8)),
+         "earlier-tokens-sdpa": (lambda: _SdpaAttention(True), (6, 8)),
+         "group-norm-cnn": (_GroupNormCNN, (3, 8, 8))}
 
 
 @pytest.mark.parametrize("name", list(PLAIN))
 def test_plain_pytorch_modules_convert_exactly(name):
     """PyTorch's own blocks (``nn.TransformerEncoder``, ``nn.MultiheadAttention``), attention written with ``einsum``
-    (PyTorch's decomposition: permutes, reshapes, ``bmm``) or causal ``scaled_dot_product_attention``, GroupNorm."""
+    (PyTorch's decomposition: permutes, reshapes, ``bmm``) or causal ``scaled_dot_product_attention``, a mask that
+    leaves a query no key (its row of weights is zeros, as in PyTorch's sdpa, not NaN), GroupNorm."""
     make, shape = PLAIN[name]
     torch.manual_seed(0)
     x0, x1 = (torch.randn(3, *shape, dtype=D, generator=torch.Generator().manual_seed(s)) for s in (0, 1))
@@ -176,6 +251,23 @@ def test_plain_pytorch_modules_convert_exactly(name):
     if name == "einsum-attention":  # its two products are counted as products of two spike trains
         kinds = [row.kind for row in report_energy(to_snn(qann), x1).layers]
         assert kinds.count("product") == 2, kinds
+
+
+def test_a_left_padded_causal_model_converts_exactly():
+    """Left padding (batched generation): a causal model's padded queries see no key. PyTorch's sdpa gives them zeros
+    and so does the traced graph; with a plain softmax they were NaN, which made the calibrated steps NaN."""
+    def inputs(seed):
+        ids = torch.randint(3, 60, (3, 9), generator=torch.Generator().manual_seed(seed))
+        mask = torch.ones(3, 9, dtype=torch.long)
+        mask[1, :3] = 0
+        mask[2, :5] = 0
+        return {"input_ids": ids, "attention_mask": mask, "use_cache": False}
+
+    torch.manual_seed(0)
+    qann = _calibrated(_model("qwen2").to(D).eval(), inputs(0))
+    assert all(bool(torch.isfinite(q.step).all()) for _, q in qann.quantizers())
+    report = verify(qann, to_snn(qann), inputs(1))
+    assert report.ok and report.max_rel == 0.0, str(report)
 
 
 @pytest.mark.parametrize("dynamic", ["all", "batch"])

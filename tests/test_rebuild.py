@@ -56,7 +56,7 @@ def test_registry_model_qann_and_snn_checkpoints(tmp_path):
     path = checkpoint.save(qann, tmp_path / "q.safetensors", {"model": "vit_digits", "stage": "qann",
                                                               "overrides": {"depth": 1, "embed_dim": 16}})
     info = checkpoint.read_info(path)
-    assert info["qann"] == {"levels": 8, "neuron": "stbif", "activation": "keep", "dynamic": "all",
+    assert info["qann"] == {"levels": 8, "neuron": "stbif", "activation": "keep", "dynamic": "all", "output": None,
                             "example_inputs": {"tensor": {"shape": [3, 1, 8, 8], "dtype": "float32"}}}
     rebuilt, _ = from_checkpoint(path)
     _same_qann(rebuilt, qann, torch.rand(5, 1, 8, 8))
@@ -80,6 +80,24 @@ def test_a_checkpoint_keeps_which_input_sizes_the_qann_was_traced_for(tmp_path):
     rebuilt, info = from_checkpoint(path)
     assert info["qann"]["dynamic"] == rebuilt.recipe["dynamic"] == "batch"
     _same_qann(rebuilt, qann, torch.rand(5, 1, 8, 8))
+
+
+def test_a_checkpoint_keeps_which_output_the_qann_returns(tmp_path):
+    """``output="pooler_output"`` of a Hugging Face encoder without a head: the rebuilt QANN returns that tensor."""
+    from spiketwin.models.huggingface import describe as describe_hf
+
+    transformers = pytest.importorskip("transformers", reason="Hugging Face models need transformers")
+    torch.manual_seed(0)
+    model = transformers.BertModel(transformers.BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1,
+                                                           num_attention_heads=2, intermediate_size=24))
+    x = {"input_ids": torch.randint(0, 40, (3, 6))}
+    qann = _calibrated(model, x, output="pooler_output")
+    path = checkpoint.save(qann, tmp_path / "q.safetensors", {"model": "BertModel", "hf": describe_hf(model),
+                                                              "stage": "qann"})
+    rebuilt, info = from_checkpoint(path)
+    assert info["qann"]["output"] == rebuilt.recipe["output"] == "pooler_output"
+    assert call(rebuilt, x).shape == (3, 16)
+    _same_qann(rebuilt, qann, {"input_ids": torch.randint(0, 40, (2, 4))})
 
 
 def _tiny_bert(directory):

@@ -353,7 +353,7 @@ def test_clear_errors():
         to_qann(model, levels=12, neuron="ilif", calibration=x)
     with pytest.raises(ValueError, match="calibration="):
         to_qann(model, levels=16, neuron="ilif")
-    with pytest.raises(ValueError, match="got dict; the iLIF SNN takes one input tensor: wrap"):
+    with pytest.raises(ValueError, match="got dict; the iLIF SNN takes one input tensor, the model's first argument"):
         to_qann(model, levels=16, neuron="ilif", calibration={"pixel_values": x})
     with pytest.raises(ValueError, match="BatchNorm 'bn'"):
         to_qann(BNFirst(), levels=4, neuron="ilif", calibration=torch.rand(4, 4))

@@ -103,5 +103,7 @@ def logits_of(out, who: str = "simulate") -> torch.Tensor:
     tensors = [v for v in (out.values() if isinstance(out, dict) else out) if isinstance(v, torch.Tensor)]
     if len(tensors) == 1:
         return tensors[0]
-    raise TypeError(f"{who}: the model returns {type(out).__name__} with {len(tensors)} tensors and no 'logits'; "
-                    "return the logits tensor (or an object with .logits)")
+    what = (f"tensors {[k for k, v in out.items() if isinstance(v, torch.Tensor)]}" if isinstance(out, dict)
+            else f"{len(tensors)} tensors")
+    raise TypeError(f"{who}: the model returns {type(out).__name__} with {what} and no 'logits'; return one "
+                    "tensor (or an object with .logits); to_qann(..., output=NAME) keeps one output of a model")

@@ -14,7 +14,8 @@ NEURONS = ("stbif", "ilif")
 
 
 def to_qann(model: nn.Module, levels: int = 16, neuron: str = "stbif", example_inputs=None,
-            activation: str | None = None, dynamic: str = "all", **kwargs) -> nn.Module:
+            activation: str | None = None, dynamic: str = "all", output: str | int | None = None,
+            **kwargs) -> nn.Module:
     """A new model with quantizers in the places ``neuron``'s conversion needs; train it like any model.
 
     ``neuron="stbif"`` (SpikeZIP-TF) converts any ``nn.Module`` that ``torch.export`` can trace: ``example_inputs``
@@ -24,6 +25,9 @@ def to_qann(model: nn.Module, levels: int = 16, neuron: str = "stbif", example_i
     ``dynamic="all"`` (default) lets every input dimension vary where the model allows (batch, sequence length, image
     size); ``dynamic="batch"`` fixes all but the batch to the example's, and traces far faster a model that computes
     with its image size (a small Swin: 3.8 s instead of 116 s; :data:`spiketwin.convert.graph.DYNAMIC_CHOICES`).
+    ``output`` keeps one of several outputs (a field name such as ``"pooler_output"`` or ``"image_embeds"``, or a
+    tuple index): the QANN and its SNN return that tensor alone, and what only the other outputs need is not
+    converted (an encoder without a classification head; :func:`spiketwin.convert.graph.keep_output`).
 
     ``neuron="ilif"`` (SpikeConverter) traces the same way from ``calibration=`` (a few hundred training inputs,
     which also set the quantizer steps; ``percentile=``), swaps GELU-like activations for ReLU by default
@@ -36,12 +40,13 @@ def to_qann(model: nn.Module, levels: int = 16, neuron: str = "stbif", example_i
 
         if example_inputs is not None:
             raise TypeError("to_qann(neuron='ilif'): the model is traced on calibration=, not example_inputs")
-        return to_ilif_qann(model, levels, activation=activation, dynamic=dynamic, **kwargs)
+        return to_ilif_qann(model, levels, activation=activation, dynamic=dynamic, output=output, **kwargs)
     from .qann import graph_to_qann
 
     if kwargs:
         raise TypeError(f"to_qann: unexpected options {sorted(kwargs)} for neuron='stbif'")
-    return graph_to_qann(model, levels, example_inputs, "keep" if activation is None else activation, dynamic)
+    return graph_to_qann(model, levels, example_inputs, "keep" if activation is None else activation, dynamic,
+                         output)
 
 
 def to_snn(qann: nn.Module, **options) -> nn.Module:

@@ -2,7 +2,8 @@
 
 :func:`trace` runs ``torch.export`` on the model in eval mode (every dimension of every tensor input dynamic,
 so the graph runs for any batch size and sequence length), decomposes ``scaled_dot_product_attention`` into
-``matmul -> scale -> mask -> softmax -> matmul`` and drops shape/dtype assertion nodes.
+``matmul -> scale -> mask -> softmax -> matmul`` (a masked softmax is PyTorch's ``_safe_softmax``, as in its own
+sdpa) and drops shape/dtype assertion nodes.
 
 :func:`classify` says, for every node, how it depends on the input *signal* (SPEC A, "any model"):
 
@@ -25,6 +26,7 @@ import math
 import operator
 import torch
 from torch import fx, nn
+from torch.utils import _pytree as pytree
 
 from ..memory import float_saves
 
@@ -52,7 +54,8 @@ LINEAR_OPS = {
 (the divisor) is constant; ``where`` / ``masked_fill`` / ``index`` only with constant conditions and indices."""
 ACTIVATIONS_TO_RELU = {aten.gelu, aten.silu, aten.hardswish, aten.mish, aten.elu}
 """What ``activation="relu"`` replaces by a ReLU (SpikeZIP-TF's GELU -> ReLU swap)."""
-NONNEG_OPS = {aten.relu, aten.relu6, aten.softmax, aten._softmax, aten.sigmoid, aten.exp, aten.abs, aten.hardsigmoid}
+NONNEG_OPS = {aten.relu, aten.relu6, aten.softmax, aten._softmax, aten._safe_softmax, aten.sigmoid, aten.exp, aten.abs,
+              aten.hardsigmoid}
 DROPPED = {aten._assert_tensor_metadata, aten._assert_scalar, aten.sym_constrain_range_for_size}
 
 
@@ -82,7 +85,9 @@ def module_path(node: fx.Node) -> str:
 
 
 def _sdpa_math(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-    """``scaled_dot_product_attention`` as the engine classifies it: two products, a scale, a constant mask, softmax."""
+    """``scaled_dot_product_attention`` as the engine classifies it: two products, a scale, a constant mask, softmax.
+    With a mask, ``_safe_softmax`` as PyTorch's own sdpa: a query whose every key is masked attends to nothing (a
+    row of zeros, where a plain softmax gives NaN: padded queries of sliding-window or left-padded attention)."""
     if dropout_p:
         raise ConversionError("scaled_dot_product_attention with dropout_p > 0: trace the model in eval mode")
     scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else scale
@@ -97,7 +102,8 @@ def _sdpa_math(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=No
         if attn_mask.dtype == torch.bool:
             attn_mask = torch.zeros(attn_mask.shape, dtype=q.dtype, device=q.device).masked_fill(~attn_mask, -math.inf)
         scores = scores + attn_mask
-    return torch.matmul(torch.softmax(scores, -1), v)
+    masked = is_causal or attn_mask is not None
+    return torch.matmul(aten._safe_softmax(scores, -1) if masked else torch.softmax(scores, -1), v)
 
 
 _EINSUM = torch.export.default_decompositions()[aten.einsum.default]
@@ -126,13 +132,36 @@ def _at_least_two(value):
     return value
 
 
-def trace(model: nn.Module, example_inputs, dynamic: str = "all") -> tuple[fx.GraphModule, dict]:
+def keep_output(gm: fx.GraphModule, output: str | int, who: str) -> None:
+    """Make ``gm`` (a ``torch.export`` graph: flat outputs, rebuilt into the model's output object by its output
+    spec) return one of its model's outputs alone, in place; what only the others needed is then dead. ``output``
+    names a field of an output object or dict (``"pooler_output"``) or indexes an output tuple."""
+    codegen = gm.graph._codegen
+    leaves = list(gm.graph.output_node().args[0])
+    tree = pytree.tree_unflatten(list(range(len(leaves))), codegen.pytree_info.out_spec)
+    if isinstance(tree, int):
+        raise ConversionError(f"{who}: output={output!r}, but the model returns one tensor; leave output unset")
+    try:
+        index = tree[output]
+    except (KeyError, IndexError, TypeError):
+        index = None
+    if not isinstance(index, int):
+        names = list(tree.keys()) if hasattr(tree, "keys") else list(range(len(tree)))
+        raise ConversionError(f"{who}: output={output!r} is not one tensor of the model's {type(tree).__name__}; "
+                              f"its outputs: {names}")
+    gm.graph.output_node().args = ((leaves[index],),)
+    codegen.pytree_info = codegen.pytree_info._replace(out_spec=pytree.tree_flatten(0)[1])
+
+
+def trace(model: nn.Module, example_inputs, dynamic: str = "all",
+          output: str | int | None = None) -> tuple[fx.GraphModule, dict]:
     """``model`` (eval mode) as an ATen :class:`torch.fx.GraphModule` that runs for any batch size, and with
     ``dynamic="all"`` any sequence length or image size the model's code allows (:data:`DYNAMIC_CHOICES`; a call
     with another size of a fixed dimension fails the graph's own guard, which names the input and the size).
 
     ``example_inputs``: a tensor, a tuple of positional inputs, or a dict of keyword inputs. Non-tensor keyword
     values (``use_cache=False``) are fixed into the graph and returned as the second value, to pass at every call.
+    ``output``: keep only this output of the model (:func:`keep_output`), e.g. an encoder's ``"pooler_output"``.
     """
     if dynamic not in DYNAMIC_CHOICES:
         raise ValueError(f"to_qann: dynamic must be one of {DYNAMIC_CHOICES}, got {dynamic!r}")
@@ -176,6 +205,8 @@ def trace(model: nn.Module, example_inputs, dynamic: str = "all") -> tuple[fx.Gr
                                           aten.einsum.default: _EINSUM})
     unlifted = program.module()
     gm = fx.GraphModule(unlifted, unlifted.graph)
+    if output is not None:
+        keep_output(gm, output, f"to_qann({type(model).__name__})")
     for node in list(gm.graph.nodes):
         if node.op == "call_function" and packet(node) in DROPPED and not node.users:
             gm.graph.erase_node(node)

@@ -179,7 +179,8 @@ class GraphQANN(GraphModel):
 
     ``.model`` is the :class:`torch.fx.GraphModule` (the original parameter names, plus ``quantizers.i``);
     ``.labels[i]`` names quantizer ``i`` by the module and node it follows (``blocks.0.attn:softmax``). It returns
-    what the original model returns (a Hugging Face output object stays one). ``.recipe`` holds the ``to_qann``
+    what the original model returns (a Hugging Face output object stays one), or the one output ``to_qann``'s
+    ``output=`` kept. ``.recipe`` holds the ``to_qann``
     options it was made with, its example inputs as :func:`spiketwin.inputs.describe` gives them (JSON: what a
     checkpoint keeps to make it again, :mod:`spiketwin.checkpoint`).
     """
@@ -207,13 +208,13 @@ class GraphQANN(GraphModel):
 
 
 def graph_to_qann(model: nn.Module, levels: int = 16, example_inputs=None, activation: str = "keep",
-                  dynamic: str = "all") -> GraphQANN:
+                  dynamic: str = "all", output: str | int | None = None) -> GraphQANN:
     """Trace ``model`` (a copy; the original is untouched) and insert quantizers where SpikeZIP-TF puts them."""
     if activation not in ACTIVATION_CHOICES:
         raise ValueError(f"to_qann: activation must be one of {ACTIVATION_CHOICES}, got {activation!r}")
     if example_inputs is None:
         example_inputs = _infer_inputs(model)
-    gm, fixed = G.trace(copy.deepcopy(model), example_inputs, dynamic)
+    gm, fixed = G.trace(copy.deepcopy(model), example_inputs, dynamic, output)
     if activation == "relu":
         swap_activations(gm)
     kinds = G.classify(gm)
@@ -241,7 +242,8 @@ def graph_to_qann(model: nn.Module, levels: int = 16, example_inputs=None, activ
     prune_rows(gm)
     gm.recompile()
     qann = GraphQANN(gm, fixed, labels, dims)
-    qann.recipe = {"levels": levels, "neuron": "stbif", "activation": activation, "dynamic": dynamic}
+    qann.recipe = {"levels": levels, "neuron": "stbif", "activation": activation, "dynamic": dynamic,
+                   "output": output}
     try:
         qann.recipe["example_inputs"] = describe(example_inputs)
     except TypeError:  # inputs a checkpoint cannot describe (checkpoint.save says so if asked)

@@ -134,7 +134,7 @@ class _Pruner:
         elif op is aten.layer_norm:
             if dim < rank - len(args[1]):
                 new = (self._slice(args[0], dim, cut, node), *args[1:])
-        elif op in (aten.softmax, aten._softmax, aten.log_softmax, aten._log_softmax):
+        elif op in (aten.softmax, aten._softmax, aten._safe_softmax, aten.log_softmax, aten._log_softmax):
             if dim != args[1] % rank:
                 new = (self._slice(args[0], dim, cut, node), *args[1:])
         elif op in REDUCTIONS:

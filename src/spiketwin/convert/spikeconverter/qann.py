@@ -113,19 +113,20 @@ def _places(gm: fx.GraphModule, kinds: dict) -> list[tuple[fx.Node, bool]]:
 
 def to_ilif_qann(model: nn.Module, levels: int, calibration: torch.Tensor | None = None,
                  percentile: float = DEFAULT_PERCENTILE, activation: str | None = None,
-                 dynamic: str = "all") -> SpikeConverterQANN:
+                 dynamic: str = "all", output: str | int | None = None) -> SpikeConverterQANN:
     """The QANN of ``model`` for an iLIF SNN with ``T = log2(levels)`` steps per phase (the module docstring says
     where its quantizers go). ``calibration``: a few hundred training inputs ``[N, ...]``; ``dynamic``: which input
-    dimensions may vary (:data:`spiketwin.convert.graph.DYNAMIC_CHOICES`). ``model`` is not modified."""
+    dimensions may vary (:data:`spiketwin.convert.graph.DYNAMIC_CHOICES`); ``output``: which of several outputs the
+    QANN returns (``"logits"`` of a Hugging Face model, :func:`spiketwin.convert.graph.keep_output`). ``model`` is not
+    modified."""
     levels = int(levels)
     if levels < 2 or levels & (levels - 1):
         raise ValueError(f"to_qann(neuron='ilif'): levels must be 2**T (T >= 1 steps per phase), got {levels}")
     if calibration is None or not isinstance(calibration, torch.Tensor):
         raise ValueError("to_qann(neuron='ilif') needs calibration=<tensor of a few hundred training inputs> "
                          "to set each quantizer's step from the activations, got "
-                         f"{type(calibration).__name__}; the iLIF SNN takes one input tensor: wrap a model called "
-                         "with keywords (a Hugging Face model's pixel_values=) in a module whose forward takes the "
-                         "tensor and returns the logits")
+                         f"{type(calibration).__name__}; the iLIF SNN takes one input tensor, the model's first "
+                         "argument (a Hugging Face vision model's pixel_values, with output='logits')")
     if not 0 < percentile <= 100:
         raise ValueError(f"to_qann(neuron='ilif'): percentile must be in (0, 100], got {percentile}")
     activation = "relu" if activation is None else activation
@@ -135,7 +136,7 @@ def to_ilif_qann(model: nn.Module, levels: int, calibration: torch.Tensor | None
     if placed:
         raise G.ConversionError(f"to_qann(neuron='ilif'): {type(model).__name__} already holds quantizers "
                                 f"({', '.join(placed[:4])}); pass the float model, the conversion places its own")
-    gm, fixed = G.trace(copy.deepcopy(model), calibration, dynamic)
+    gm, fixed = G.trace(copy.deepcopy(model), calibration, dynamic, output)
     if fixed:
         raise G.ConversionError("to_qann(neuron='ilif'): the model must take one tensor (the image)")
     if activation == "relu":
@@ -176,7 +177,8 @@ def to_ilif_qann(model: nn.Module, levels: int, calibration: torch.Tensor | None
     gm.graph.lint()
     gm.recompile()
     qann = SpikeConverterQANN(gm, levels.bit_length() - 1)
-    qann.recipe = {"levels": levels, "neuron": "ilif", "activation": activation, "dynamic": dynamic}
+    qann.recipe = {"levels": levels, "neuron": "ilif", "activation": activation, "dynamic": dynamic,
+                   "output": output}
     return qann
 
 
