@@ -2,10 +2,10 @@
 blocks differ from the seven of ``test_engine.py`` (factorised and shared layers, relative position biases,
 disentangled attention, ALiBi, layer scale, parallel attention and MLP, partial rotary embeddings, GELU-tanh and
 SwiGLU gates, shifted windows, spatially reduced attention, depthwise convolutions, channel-last LayerNorm,
-convolutions unfolded into patches, sliding-window layers, pooled queries, an encoder-decoder, audio front ends), one
-output of encoders without a head, and queries that see no key. Float64: the exact-state SNN's logits and every
-neuron's summed output are bit-identical to the QANN's on new inputs, the event-driven SNN equals them to 1e-9
-relative.
+convolutions unfolded into patches, sliding-window layers, pooled queries, an encoder-decoder, audio front ends, a
+selective state-space scan), one output of encoders without a head, and queries that see no key. Float64: the
+exact-state SNN's logits and every neuron's summed output are bit-identical to the QANN's on new inputs, the
+event-driven SNN equals them to 1e-9 relative.
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ def _model(name: str):
         "mobilevit": lambda: T.MobileViTForImageClassification(T.MobileViTConfig(
             image_size=32, hidden_sizes=[16, 16, 16], neck_hidden_sizes=[8, 8, 16, 16, 16, 16, 32], num_labels=5)),
         "gemma2": lambda: T.Gemma2ForCausalLM(T.Gemma2Config(num_key_value_heads=1, head_dim=8, **LAYERS, **TEXT)),
+        "mamba": lambda: T.MambaForCausalLM(T.MambaConfig(
+            vocab_size=64, hidden_size=16, num_hidden_layers=2, state_size=4, expand=2)),
         "modernbert": lambda: T.ModernBertForSequenceClassification(T.ModernBertConfig(
             global_attn_every_n_layers=2, local_attention=4, pad_token_id=0, bos_token_id=1, eos_token_id=2,
             cls_token_id=1, sep_token_id=2, **LAYERS, **TEXT)),
@@ -73,7 +75,7 @@ def _model(name: str):
     }[name]()
 
 
-CAUSAL = ("qwen2", "gemma", "phi", "gpt-neox", "bloom", "gemma2")
+CAUSAL = ("qwen2", "gemma", "phi", "gpt-neox", "bloom", "gemma2", "mamba")
 DYNAMIC = {"swin": "batch", "mobilevit": "batch"}
 """Models traced with only the batch dynamic: symbolic image sizes through Swin's windows took torch.export 116 s."""
 IMAGE_SIZE = {"beit": 16, "dinov2": 16, "swin": 16, "convnext": 32, "resnet": 32, "mobilevit": 32, "segformer": 32,
@@ -96,7 +98,7 @@ def _inputs(name: str, seed: int) -> dict:
 
 
 @pytest.mark.parametrize("name", ["albert", "mpnet", "deberta-v2", "qwen2", "gemma", "phi", "gpt-neox", "bloom",
-                                  "gemma2", "modernbert", "funnel", "t5", "whisper", "wav2vec2",
+                                  "gemma2", "mamba", "modernbert", "funnel", "t5", "whisper", "wav2vec2",
                                   "beit", "dinov2", "swin", "convnext", "mobilevit", "segformer", "levit"])
 def test_other_architectures_convert_exactly_without_new_code(name):
     torch.manual_seed(0)
