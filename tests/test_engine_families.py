@@ -255,6 +255,48 @@ def test_plain_pytorch_modules_convert_exactly(name):
         assert kinds.count("product") == 2, kinds
 
 
+class _Contrastive(nn.Module):
+    """Two towers and their similarity matrix ``[B, B]`` (CLIP's image-text logits): each row reads every sample."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.image, self.text = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8)), \
+            nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8))
+
+    def forward(self, x):
+        return self.image(x) @ self.text(x).T
+
+
+class _BatchCentred(nn.Module):
+    """Each sample's features minus the batch mean: a reduction over the batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.head = nn.Linear(8, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = self.embed(x)
+        return self.head(nn.functional.gelu(h - h.mean(0)))
+
+
+@pytest.mark.parametrize("make", [_Contrastive, _BatchCentred], ids=["contrastive", "batch-centred"])
+def test_a_model_whose_samples_mix_lets_them_settle_together(make):
+    """No output row is done before every sample is, so no sample leaves the batch early: the SNN gives the QANN's
+    output on the whole batch (samples leaving made it crash on ``[B, B]`` and compute another batch mean)."""
+    torch.manual_seed(0)
+    x0 = torch.randn(6, 8, dtype=D)
+    x1 = torch.randn(6, 8, dtype=D) * torch.tensor([0.01, 3.0, 0.1, 1.0, 0.02, 2.0], dtype=D)[:, None]
+    qann = _calibrated(make().to(D), x0)
+    snn = to_snn(qann)
+    assert not snn.droppable and snn.labels
+    result = snn.simulate(x1, max_steps=256)
+    with torch.no_grad():
+        assert torch.equal(result.output, qann(x1))
+    assert len(set(result.settle_step.tolist())) == 1, result.settle_step
+    assert verify(qann, to_snn(qann, state="events"), x1).ok
+    assert to_snn(_calibrated(_SdpaAttention(True).to(D), torch.randn(3, 6, 8, dtype=D))).droppable  # per sample
+
+
 def test_a_left_padded_causal_model_converts_exactly():
     """Left padding (batched generation): a causal model's padded queries see no key. PyTorch's sdpa gives them zeros
     and so does the traced graph; with a plain softmax they were NaN, which made the calibrated steps NaN."""

@@ -117,6 +117,34 @@ def batch_dim(node: fx.Node, batch_sizes: set[str]) -> int | None:
     return dims[0] if len(dims) == 1 else None
 
 
+SHAPE_ONLY = {G.aten.new_ones, G.aten.new_zeros, G.aten.new_empty, G.aten.new_full, G.aten.zeros_like,
+              G.aten.ones_like, G.aten.empty_like, G.aten.full_like}
+"""Ops that read only their input's shape, dtype and device, not its values."""
+
+
+def mixes_samples(gm: fx.GraphModule, batch_sizes: set[str]) -> bool:
+    """Whether some value of ``gm`` that differs from sample to sample combines samples: the batch size is in two of
+    its dimensions (CLIP's image-text logits ``[B, B]``) or in none (a reduction over the batch). No sample of such a
+    model is done before every sample is, so none may leave the batch early."""
+    varies: set[fx.Node] = set()
+    for node in gm.graph.nodes:
+        val = node.meta.get("val")
+        if not isinstance(val, torch.Tensor):  # a tuple of values (split, max pooling with indices): its items say
+            if isinstance(val, (tuple, list)) and any(a in varies for a in node.all_input_nodes):
+                varies.add(node)
+            continue
+        holding = [size for size in val.shape if isinstance(size, torch.SymInt) and
+                   {str(s) for s in size.node.expr.free_symbols} & batch_sizes]
+        if node.op == "placeholder":
+            if len(holding) == 1:
+                varies.add(node)
+        elif G.packet(node) not in SHAPE_ONLY and any(a in varies for a in node.all_input_nodes):
+            if len(holding) != 1:
+                return True
+            varies.add(node)
+    return False
+
+
 def _batch_sizes(gm: fx.GraphModule) -> set[str]:
     sizes = set()
     for node in gm.graph.nodes:
@@ -227,6 +255,7 @@ def graph_to_qann(model: nn.Module, levels: int = 16, example_inputs=None, activ
     memo: dict = {}
     gm.add_module("quantizers", nn.ModuleList())
     sizes = _batch_sizes(gm)
+    mixed = mixes_samples(gm, sizes)
     labels, dims = [], []
     for i, value in enumerate(values):
         gm.quantizers.append(Quantizer(levels, not nonnegative(value, memo)).to(device=param.device,
@@ -238,7 +267,7 @@ def graph_to_qann(model: nn.Module, levels: int = 16, example_inputs=None, activ
         value.replace_all_uses_with(qnode, delete_user_cb=lambda u, q=qnode, h=home: u is not q and (
             h is None or region.get(u) != h))
         labels.append(f"{G.module_path(value) or '<root>'}:{value.name}")
-        dims.append(batch_dim(value, sizes))
+        dims.append(None if mixed else batch_dim(value, sizes))  # None: the samples settle together
     prune_rows(gm)
     gm.recompile()
     qann = GraphQANN(gm, fixed, labels, dims)
