@@ -151,6 +151,23 @@ def test_one_output_of_a_model_without_logits_converts_exactly(name):
     assert verify(one, to_snn(one, state="events"), inputs(1)).ok
 
 
+def test_clip_image_text_logits_convert_exactly():
+    """The whole CLIP (a text and a vision tower, images x texts logits, kept with ``output=``): exact, and its samples
+    settle together (each logit reads an image and a text)."""
+    config = transformers.CLIPConfig(text_config={**LAYERS, **TEXT}, vision_config=dict(image_size=16, patch_size=4,
+                                                                                         **LAYERS), projection_dim=8)
+
+    def inputs(seed):
+        return {**_text_inputs(False, seed), **_inputs("beit", seed)}
+
+    torch.manual_seed(0)
+    qann = _calibrated(transformers.CLIPModel(config).to(D).eval(), inputs(0), output="logits_per_image")
+    snn = to_snn(qann)
+    report = verify(qann, snn, inputs(1))
+    assert report.ok and report.max_rel == 0.0 and not snn.droppable, str(report)
+    assert verify(qann, to_snn(qann, state="events"), inputs(1)).ok
+
+
 def test_output_names_one_tensor_of_what_the_model_returns():
     model = HEADLESS["bert"][0]().to(D).eval()
     with pytest.raises(ConversionError, match=r"output='logits' is not one tensor of the model's "
