@@ -136,8 +136,8 @@ def keep_output(gm: fx.GraphModule, output: str | int, who: str) -> None:
     """Make ``gm`` (a ``torch.export`` graph: flat outputs, rebuilt into the model's output object by its output
     spec) return one of its model's outputs alone, in place; what only the others needed is then dead. ``output``
     names a field of an output object or dict (``"pooler_output"``) or indexes an output tuple."""
-    codegen = gm.graph._codegen
-    leaves = list(gm.graph.output_node().args[0])
+    codegen, out = gm.graph._codegen, gm.graph.output_node()
+    leaves = list(out.args[0])
     tree = pytree.tree_unflatten(list(range(len(leaves))), codegen.pytree_info.out_spec)
     if isinstance(tree, int):
         raise ConversionError(f"{who}: output={output!r}, but the model returns one tensor; leave output unset")
@@ -149,7 +149,7 @@ def keep_output(gm: fx.GraphModule, output: str | int, who: str) -> None:
         names = list(tree.keys()) if hasattr(tree, "keys") else list(range(len(tree)))
         raise ConversionError(f"{who}: output={output!r} is not one tensor of the model's {type(tree).__name__}; "
                               f"its outputs: {names}")
-    gm.graph.output_node().args = ((leaves[index],),)
+    out.args = ((leaves[index],),)
     codegen.pytree_info = codegen.pytree_info._replace(out_spec=pytree.tree_flatten(0)[1])
 
 

@@ -133,16 +133,20 @@ def mixes_samples(gm: fx.GraphModule, batch_sizes: set[str]) -> bool:
             if isinstance(val, (tuple, list)) and any(a in varies for a in node.all_input_nodes):
                 varies.add(node)
             continue
-        holding = [size for size in val.shape if isinstance(size, torch.SymInt) and
-                   {str(s) for s in size.node.expr.free_symbols} & batch_sizes]
         if node.op == "placeholder":
-            if len(holding) == 1:
+            if _batch_axes(val, batch_sizes) == 1:
                 varies.add(node)
         elif G.packet(node) not in SHAPE_ONLY and any(a in varies for a in node.all_input_nodes):
-            if len(holding) != 1:
+            if _batch_axes(val, batch_sizes) != 1:
                 return True
             varies.add(node)
     return False
+
+
+def _batch_axes(val: torch.Tensor, batch_sizes: set[str]) -> int:
+    """How many dimensions of ``val`` have a size that involves a batch size (``s0`` or ``4*s0``)."""
+    return sum(isinstance(size, torch.SymInt) and bool({str(s) for s in size.node.expr.free_symbols} & batch_sizes)
+               for size in val.shape)
 
 
 def _batch_sizes(gm: fx.GraphModule) -> set[str]:
@@ -208,9 +212,9 @@ class GraphQANN(GraphModel):
     ``.model`` is the :class:`torch.fx.GraphModule` (the original parameter names, plus ``quantizers.i``);
     ``.labels[i]`` names quantizer ``i`` by the module and node it follows (``blocks.0.attn:softmax``). It returns
     what the original model returns (a Hugging Face output object stays one), or the one output ``to_qann``'s
-    ``output=`` kept. ``.recipe`` holds the ``to_qann``
-    options it was made with, its example inputs as :func:`spiketwin.inputs.describe` gives them (JSON: what a
-    checkpoint keeps to make it again, :mod:`spiketwin.checkpoint`).
+    ``output=`` kept. ``.recipe`` holds the ``to_qann`` options it was made with, its example inputs as
+    :func:`spiketwin.inputs.describe` gives them (JSON: what a checkpoint keeps to make it again,
+    :mod:`spiketwin.checkpoint`).
     """
 
     def __init__(self, model: fx.GraphModule, fixed: dict, labels: list[str], batch_dims: list[int | None]) -> None:
