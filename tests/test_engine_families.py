@@ -272,6 +272,30 @@ def test_plain_pytorch_modules_convert_exactly(name):
         assert kinds.count("product") == 2, kinds
 
 
+class _OnesMasked(nn.Module):
+    """A mask made with ``new_ones`` on a signal tensor: it reads only the tensor's dtype and device (its size is
+    given), so it is a constant (Funnel's attention mask)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.gate, self.head = nn.Linear(8, 16), nn.Linear(8, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = self.embed(x)
+        return self.head(self.gate(x) * h.new_ones(h.shape[-1]).cumsum(0))
+
+
+def test_a_tensor_made_with_new_ones_on_a_signal_is_a_constant():
+    """The mask multiplies as a constant (no neuron for it, no product of two spike trains): one quantizer, before
+    the head, and the SNN exact."""
+    torch.manual_seed(0)
+    x0, x1 = torch.randn(3, 8, dtype=D), torch.randn(3, 8, dtype=D)
+    qann = _calibrated(_OnesMasked().to(D), x0)
+    assert len(qann.labels) == 1, qann.labels
+    report = verify(qann, to_snn(qann), x1)
+    assert report.ok and report.max_rel == 0.0, str(report)
+
+
 class _Contrastive(nn.Module):
     """Two towers and their similarity matrix ``[B, B]`` (CLIP's image-text logits): each row reads every sample."""
 

@@ -57,6 +57,10 @@ ACTIVATIONS_TO_RELU = {aten.gelu, aten.silu, aten.hardswish, aten.mish, aten.elu
 NONNEG_OPS = {aten.relu, aten.relu6, aten.softmax, aten._softmax, aten._safe_softmax, aten.sigmoid, aten.exp, aten.abs,
               aten.hardsigmoid}
 DROPPED = {aten._assert_tensor_metadata, aten._assert_scalar, aten.sym_constrain_range_for_size}
+NEW_TENSOR_FILL = {aten.new_ones: 1, aten.new_zeros: 0, aten.new_empty: 0}
+"""``x.new_ones(size)`` & co (and ``new_full``): a tensor of a given size that reads only ``x``'s dtype and device.
+The tracer makes each a ``full`` of the traced dtype and device (which the graph's moves retarget), so that it does
+not read ``x``: a constant, not a function of the signal (Funnel's mask)."""
 
 
 class ConversionError(TypeError):
@@ -210,6 +214,11 @@ def trace(model: nn.Module, example_inputs, dynamic: str = "all",
     for node in list(gm.graph.nodes):
         if node.op == "call_function" and packet(node) in DROPPED and not node.users:
             gm.graph.erase_node(node)
+        elif node.op == "call_function" and packet(node) in (*NEW_TENSOR_FILL, aten.new_full):
+            fill = node.args[2] if packet(node) is aten.new_full else NEW_TENSOR_FILL[packet(node)]
+            val = node.meta["val"]
+            node.target, node.args = aten.full.default, (node.args[1], fill)
+            node.kwargs = {"dtype": val.dtype, "device": val.device}
     gm.graph.eliminate_dead_code()
     gm.recompile()
     return gm, fixed

@@ -117,11 +117,6 @@ def batch_dim(node: fx.Node, batch_sizes: set[str]) -> int | None:
     return dims[0] if len(dims) == 1 else None
 
 
-SHAPE_ONLY = {G.aten.new_ones, G.aten.new_zeros, G.aten.new_empty, G.aten.new_full, G.aten.zeros_like,
-              G.aten.ones_like, G.aten.empty_like, G.aten.full_like}
-"""Ops that read only their input's shape, dtype and device, not its values."""
-
-
 def mixes_samples(gm: fx.GraphModule, batch_sizes: set[str]) -> bool:
     """Whether some value of ``gm`` that differs from sample to sample combines samples: the batch size is in two of
     its dimensions (CLIP's image-text logits ``[B, B]``) or in none (a reduction over the batch). No sample of such a
@@ -136,7 +131,7 @@ def mixes_samples(gm: fx.GraphModule, batch_sizes: set[str]) -> bool:
         if node.op == "placeholder":
             if _batch_axes(val, batch_sizes) == 1:
                 varies.add(node)
-        elif G.packet(node) not in SHAPE_ONLY and any(a in varies for a in node.all_input_nodes):
+        elif any(a in varies for a in node.all_input_nodes):
             if _batch_axes(val, batch_sizes) != 1:
                 return True
             varies.add(node)
