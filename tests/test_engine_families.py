@@ -69,13 +69,27 @@ def _model(name: str):
         "levit": lambda: T.LevitForImageClassification(T.LevitConfig(
             image_size=32, hidden_sizes=[16, 32, 32], num_attention_heads=[1, 2, 2], depths=[1, 1, 1],
             key_dim=[8, 8, 8], num_labels=5)),
+        "mixtral": lambda: T.MixtralForCausalLM(T.MixtralConfig(
+            num_local_experts=4, num_experts_per_tok=2, num_key_value_heads=1, **LAYERS, **TEXT)),
+        "qwen2-moe": lambda: T.Qwen2MoeForCausalLM(T.Qwen2MoeConfig(
+            num_experts=4, num_experts_per_tok=2, moe_intermediate_size=8, shared_expert_intermediate_size=16,
+            num_key_value_heads=1, **LAYERS, **TEXT)),
+        "gpt-oss": lambda: T.GptOssForCausalLM(T.GptOssConfig(
+            num_local_experts=4, num_experts_per_tok=2, num_key_value_heads=1, head_dim=8, sliding_window=4,
+            layer_types=["sliding_attention", "full_attention"], **LAYERS, **TEXT)),
+        "deepseek-v3": lambda: T.DeepseekV3ForCausalLM(T.DeepseekV3Config(
+            n_routed_experts=4, num_experts_per_tok=2, n_group=2, topk_group=1, moe_intermediate_size=8,
+            first_k_dense_replace=1, kv_lora_rank=8, q_lora_rank=8, qk_rope_head_dim=8, qk_nope_head_dim=8,
+            v_head_dim=8, num_key_value_heads=2, **LAYERS, **TEXT)),
         "segformer": lambda: T.SegformerForImageClassification(T.SegformerConfig(
             num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[8, 16], num_attention_heads=[1, 2],
             patch_sizes=[3, 3], strides=[2, 2], mlp_ratios=[2, 2], num_labels=5)),
     }[name]()
 
 
-CAUSAL = ("qwen2", "gemma", "phi", "gpt-neox", "bloom", "gemma2", "mamba")
+CAUSAL = ("qwen2", "gemma", "phi", "gpt-neox", "bloom", "gemma2", "mamba", "mixtral", "qwen2-moe", "gpt-oss",
+          "deepseek-v3")
+MIXTURES = ("mixtral", "qwen2-moe", "gpt-oss", "deepseek-v3")
 DYNAMIC = {"swin": "batch", "mobilevit": "batch"}
 """Models traced with only the batch dynamic: symbolic image sizes through Swin's windows took torch.export 116 s."""
 IMAGE_SIZE = {"beit": 16, "dinov2": 16, "swin": 16, "convnext": 32, "resnet": 32, "mobilevit": 32, "segformer": 32,
@@ -98,8 +112,9 @@ def _inputs(name: str, seed: int) -> dict:
 
 
 @pytest.mark.parametrize("name", ["albert", "mpnet", "deberta-v2", "qwen2", "gemma", "phi", "gpt-neox", "bloom",
-                                  "gemma2", "mamba", "modernbert", "funnel", "t5", "whisper", "wav2vec2",
-                                  "beit", "dinov2", "swin", "convnext", "mobilevit", "segformer", "levit"])
+                                  "gemma2", "mamba", "modernbert", "funnel", "t5", "whisper", "wav2vec2", "mixtral",
+                                  "qwen2-moe", "gpt-oss", "deepseek-v3", "beit", "dinov2", "swin", "convnext",
+                                  "mobilevit", "segformer", "levit"])
 def test_other_architectures_convert_exactly_without_new_code(name):
     torch.manual_seed(0)
     qann = _calibrated(_model(name).to(D).eval(), _inputs(name, 0), dynamic=DYNAMIC.get(name, "all"))
@@ -107,6 +122,31 @@ def test_other_architectures_convert_exactly_without_new_code(name):
     report = verify(qann, to_snn(qann), inputs)
     assert report.ok and report.max_rel == 0.0, str(report)
     assert verify(qann, to_snn(qann, state="events"), inputs).ok
+    if name in MIXTURES:  # the experts spike: neurons inside them, not one analog function around the whole layer
+        assert sum(".experts" in label for label in qann.labels) >= 3, qann.labels
+
+
+@pytest.mark.parametrize("name", ["mixtral", "gpt-oss"])
+def test_experts_traced_densely_compute_what_the_sparse_layer_does(name):
+    """Mixtures of experts trace with every expert on every token, weighted by the router's top-k weights scattered
+    into a dense gate (``convert.experts``): the same logits as transformers' sparse dispatch (its ``eager``
+    implementation; its default grouped matrix product takes no float64), and the model's own implementation is
+    back after the trace."""
+    from spiketwin.convert.experts import dense_experts
+
+    torch.manual_seed(0)
+    model = _model(name).to(D).eval()
+    before = model.config._experts_implementation
+    inputs = _inputs(name, 1)
+    model.config._experts_implementation = "eager"
+    sparse = model(**inputs).logits
+    with dense_experts(model):
+        dense = model(**inputs).logits
+    assert model.config._experts_implementation == "eager"
+    torch.testing.assert_close(dense, sparse, rtol=1e-12, atol=1e-12)
+    model.config._experts_implementation = before
+    to_qann(model, example_inputs=_inputs(name, 0))
+    assert model.config._experts_implementation == before
 
 
 @pytest.mark.parametrize("name", ["resnet", "convnext"])
@@ -236,6 +276,23 @@ class _SdpaAttention(nn.Module):
         return self.head(out.transpose(1, 2).flatten(2)).mean(1)
 
 
+class _SwitchExperts(nn.Module):
+    """A top-1 mixture of experts written densely (Switch Transformer's routing): the router's ``argmax`` picks each
+    token's expert, its probability weights that expert's output. The integer choice stays inside the gate's
+    non-linear function."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.router, self.head = nn.Linear(8, 16), nn.Linear(16, 3), nn.Linear(16, 4)
+        self.experts = nn.ModuleList(nn.Sequential(nn.Linear(16, 16), nn.ReLU()) for _ in range(3))
+
+    def forward(self, x):
+        h = self.embed(x)
+        probs = self.router(h).softmax(-1)
+        gate = probs * nn.functional.one_hot(probs.argmax(-1), len(self.experts)).to(probs.dtype)
+        return self.head(h + sum(gate[..., e, None] * expert(h) for e, expert in enumerate(self.experts))).mean(1)
+
+
 class _GroupNormCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -252,7 +309,7 @@ PLAIN = {"encoder-post-norm": (lambda: _EncoderClassifier(False, "relu"), (6, 8)
          "multihead-attention": (_MultiheadAttention, (6, 8)), "einsum-attention": (_EinsumAttention, (6, 8)),
          "causal-sdpa": (lambda: _SdpaAttention(False), (6, 8)),
          "earlier-tokens-sdpa": (lambda: _SdpaAttention(True), (6, 8)),
-         "group-norm-cnn": (_GroupNormCNN, (3, 8, 8))}
+         "switch-experts": (_SwitchExperts, (6, 8)), "group-norm-cnn": (_GroupNormCNN, (3, 8, 8))}
 
 
 @pytest.mark.parametrize("name", list(PLAIN))

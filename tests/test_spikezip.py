@@ -213,4 +213,4 @@ class _ArgmaxHead(nn.Module):
         self.vit = create("vit_digits")
 
     def forward(self, x):
-        return self.vit(x).argmax(-1).float()
+        return self.vit(x).argmax(-1)

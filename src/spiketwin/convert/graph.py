@@ -29,6 +29,7 @@ from torch import fx, nn
 from torch.utils import _pytree as pytree
 
 from ..memory import float_saves
+from .experts import dense_experts
 
 aten = torch.ops.aten
 
@@ -189,7 +190,7 @@ def trace(model: nn.Module, example_inputs, dynamic: str = "all",
     was_training = model.training
     model.eval()
     try:
-        with float_saves():  # a model packed for training (spiketwin.memory.pack) traces as the plain model
+        with float_saves(), dense_experts(model):  # a packed model traces as the plain one, experts densely
             program = torch.export.export(model, args, kwargs, dynamic_shapes=shapes, strict=False)
     except Exception as error:  # torch.export raises many types; the message says what failed and where
         raise ConversionError(
@@ -292,6 +293,7 @@ def classify(gm: fx.GraphModule) -> dict[fx.Node, str]:
     """The kind of every node of ``gm`` (see the module docstring); a node the rules cannot cover raises
     :class:`ConversionError` naming it, its source line and what would work instead."""
     kinds: dict[fx.Node, str] = {}
+    integers: list[fx.Node] = []
     for node in gm.graph.nodes:
         if node.op == "placeholder":
             kinds[node] = SOURCE if _is_float(node) else CONST
@@ -313,12 +315,25 @@ def classify(gm: fx.GraphModule) -> dict[fx.Node, str]:
             else:
                 kinds[node] = _kind_of_call(node, signal)
             if kinds[node] != CONST and not _is_float(node):
-                raise ConversionError(
-                    f"node '{node.name}' ({packet(node)}, {where(node)}) turns the signal into a "
-                    f"{node.meta.get('val').dtype if isinstance(node.meta.get('val'), torch.Tensor) else 'non-tensor'} "
-                    "value; a spiking network carries real values only (compute masks and indices from the integer "
-                    "inputs instead)")
+                integers.append(node)
+    if integers:
+        _check_integers_stay_in_regions(gm, kinds, integers)
     return kinds
+
+
+def _check_integers_stay_in_regions(gm: fx.GraphModule, kinds: dict[fx.Node, str], integers: list[fx.Node]) -> None:
+    """A signal may become integers (a router's top-k indices) only inside one non-linear region, which the SNN
+    evaluates as one function of its real-valued inputs; an integer that leaves it would be a spike train of
+    integers."""
+    region = regions(gm, kinds)
+    for node in integers:
+        if node not in region or any(kinds[user] != CONST and region.get(user) != region[node] for user in node.users):
+            val = node.meta.get("val")
+            raise ConversionError(
+                f"node '{node.name}' ({packet(node)}, {where(node)}) turns the signal into a "
+                f"{val.dtype if isinstance(val, torch.Tensor) else 'non-tensor'} value that leaves the non-linear "
+                "function computing it; a spiking network carries real values only (compute masks and indices from "
+                "the integer inputs instead)")
 
 
 def regions(gm: fx.GraphModule, kinds: dict[fx.Node, str]) -> dict[fx.Node, int]:
