@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_engine import D, _calibrated, _text_inputs
+from test_engine import D, _calibrated, _hf, _text_inputs
+from test_engine import _inputs as _core_inputs
 from torch import nn
 
+from spiketwin import simulate
 from spiketwin.convert import to_qann, to_snn, verify
 from spiketwin.convert.graph import ConversionError
 from spiketwin.energy import report as report_energy
+from spiketwin.inputs import select
 
 transformers = pytest.importorskip("transformers", reason="the nlp extra (transformers) is not installed")
 
@@ -147,6 +150,49 @@ def test_experts_traced_densely_compute_what_the_sparse_layer_does(name):
     model.config._experts_implementation = before
     to_qann(model, example_inputs=_inputs(name, 0))
     assert model.config._experts_implementation == before
+
+
+@pytest.mark.parametrize("name", ["gpt2", "mixtral", "swin"])
+def test_samples_folded_into_one_dimension_settle_one_by_one(name):
+    """GPT-2's Conv1D and a mixture of experts flatten ``[B, L, H]`` to ``[B*L, H]``, Swin folds its windows into
+    the batch; the neurons there read such a value with the samples unfolded (``convert.samples``), so each sample
+    leaves the batch at its own settle step, the one it has when simulated alone (before, the batch's samples
+    settled together at the last one's step)."""
+    torch.manual_seed(0)
+    model, inputs = (_hf(name), _core_inputs) if name == "gpt2" else (_model(name), _inputs)
+    qann = _calibrated(model.to(D).eval(), inputs(name, 0), dynamic=DYNAMIC.get(name, "all"))
+    snn, x = to_snn(qann), inputs(name, 1)
+    assert snn.droppable
+    together = simulate(snn, x)
+    alone = [int(simulate(snn, select(x, torch.tensor([b]))).settle_step[0]) for b in range(3)]
+    assert together.settle_step.tolist() == alone and len(set(alone)) > 1, (together.settle_step, alone)
+    assert torch.equal(together.output, qann(**x).logits)
+    assert all(dim is not None for dim in qann.batch_dims)
+
+
+class _FoldedMixing(nn.Module):
+    """Tokens flattened to ``[B*L, H]``, then a softmax or a roll along that dimension: rows of one sample read rows
+    of another."""
+
+    def __init__(self, op: str) -> None:
+        super().__init__()
+        self.embed, self.mix, self.head, self.op = nn.Linear(8, 16), nn.Linear(16, 16), nn.Linear(16, 4), op
+
+    def forward(self, x):
+        h = self.embed(x).flatten(0, 1)
+        h = h.softmax(0) if self.op == "softmax" else h.roll(1, 0)
+        return self.head(self.mix(h).unflatten(0, (x.shape[0], -1))).mean(1)
+
+
+@pytest.mark.parametrize("op", ["softmax", "roll"])
+def test_samples_that_an_op_mixes_along_their_folded_dimension_stay_together(op):
+    torch.manual_seed(0)
+    x0, x1 = (torch.randn(3, 5, 8, dtype=D, generator=torch.Generator().manual_seed(s)) for s in (0, 1))
+    qann = _calibrated(_FoldedMixing(op).to(D).eval(), x0)
+    snn = to_snn(qann)
+    assert not snn.droppable
+    report = verify(qann, snn, x1)
+    assert report.ok and report.max_rel == 0.0, str(report)
 
 
 @pytest.mark.parametrize("name", ["resnet", "convnext"])

@@ -32,7 +32,8 @@ class SimResult:
     - ``per_step``: ``[T, B, ...]`` the running output after each step (``per_step[t]`` is the prediction if
       the simulation stopped after step ``t + 1``); steps after a sample settled repeat its final value.
     - ``settle_step``: ``[B]`` int64, the number of steps a sample needed to reach its exact final output,
-      ``-1`` where ``max_steps`` ran out first.
+      ``-1`` where ``max_steps`` ran out first. Where a neuron's state cannot be kept per sample (the SNN's
+      ``droppable`` is False: a model that mixes samples, docs/spikezip.md) every sample gets the batch's last.
     """
 
     output: torch.Tensor

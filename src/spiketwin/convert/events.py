@@ -25,7 +25,7 @@ from torch import fx, nn
 from ..base import StatefulModule
 from ..neurons import STBIF
 from . import graph as G
-from .qann import _batch_sizes, batch_dim
+from .samples import batch_dim, batch_sizes
 
 AFFINE = {G.aten.add, G.aten.sub, G.aten.rsub, G.aten.where, G.aten.masked_fill, G.aten.cat, G.aten.stack,
           G.aten.constant_pad_nd, G.aten.batch_norm, G.aten._native_batch_norm_legit_no_training, G.aten.addmm,
@@ -161,7 +161,7 @@ def to_events(gm: fx.GraphModule, spikes_per_step: int, neuron_batch_dims: list[
     """Rewrite the QANN graph ``gm`` (a copy, changed in place) into the event-driven SNN; returns it."""
     kinds = G.classify(gm)
     region = G.regions(gm, kinds)
-    sizes = _batch_sizes(gm)
+    sizes = batch_sizes(gm)
     gm.add_module("events", nn.ModuleList())
     for node in list(gm.graph.nodes):
         kind, dim = kinds.get(node), batch_dim(node, sizes)

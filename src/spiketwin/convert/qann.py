@@ -29,6 +29,7 @@ from ..inputs import describe
 from ..quant import Quantizer
 from . import graph as G
 from .rows import prune_rows
+from .samples import batch_dim, batch_sizes, folded_samples, mixes_samples, refold, unfold
 
 ACTIVATION_CHOICES = ("keep", "relu")
 KEEPS_SIGN = {G.aten.view, G.aten._unsafe_view, G.aten.reshape, G.aten.permute, G.aten.transpose, G.aten.t,
@@ -106,52 +107,6 @@ def placement(gm: fx.GraphModule, kinds: dict, region: dict) -> list[fx.Node]:
                     wanted[arg] = None
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     return sorted(wanted, key=order.__getitem__)
-
-
-def batch_dim(node: fx.Node, batch_sizes: set[str]) -> int | None:
-    """The dimension of ``node``'s value that is the batch (its traced size is an input's first dimension)."""
-    val = node.meta.get("val")
-    if not isinstance(val, torch.Tensor):
-        return None
-    dims = [d for d, size in enumerate(val.shape) if str(size) in batch_sizes]
-    return dims[0] if len(dims) == 1 else None
-
-
-def mixes_samples(gm: fx.GraphModule, batch_sizes: set[str]) -> bool:
-    """Whether some value of ``gm`` that differs from sample to sample combines samples: the batch size is in two of
-    its dimensions (CLIP's image-text logits ``[B, B]``) or in none (a reduction over the batch). No sample of such a
-    model is done before every sample is, so none may leave the batch early."""
-    varies: set[fx.Node] = set()
-    for node in gm.graph.nodes:
-        val = node.meta.get("val")
-        if not isinstance(val, torch.Tensor):  # a tuple of values (split, max pooling with indices): its items say
-            if isinstance(val, (tuple, list)) and any(a in varies for a in node.all_input_nodes):
-                varies.add(node)
-            continue
-        if node.op == "placeholder":
-            if _batch_axes(val, batch_sizes) == 1:
-                varies.add(node)
-        elif any(a in varies for a in node.all_input_nodes):
-            if _batch_axes(val, batch_sizes) != 1:
-                return True
-            varies.add(node)
-    return False
-
-
-def _batch_axes(val: torch.Tensor, batch_sizes: set[str]) -> int:
-    """How many dimensions of ``val`` have a size that involves a batch size (``s0`` or ``4*s0``)."""
-    return sum(isinstance(size, torch.SymInt) and bool({str(s) for s in size.node.expr.free_symbols} & batch_sizes)
-               for size in val.shape)
-
-
-def _batch_sizes(gm: fx.GraphModule) -> set[str]:
-    sizes = set()
-    for node in gm.graph.nodes:
-        val = node.meta.get("val")
-        if node.op == "placeholder" and isinstance(val, torch.Tensor) and val.dim() and isinstance(val.shape[0],
-                                                                                                     torch.SymInt):
-            sizes.add(str(val.shape[0]))
-    return sizes
 
 
 def swap_activations(gm: fx.GraphModule) -> None:
@@ -253,20 +208,25 @@ def graph_to_qann(model: nn.Module, levels: int = 16, example_inputs=None, activ
     param = next(model.parameters(), torch.empty(0))
     memo: dict = {}
     gm.add_module("quantizers", nn.ModuleList())
-    sizes = _batch_sizes(gm)
+    sizes = batch_sizes(gm)
     mixed = mixes_samples(gm, sizes)
+    folds = {} if mixed else folded_samples(gm, sizes)
     labels, dims = [], []
     for i, value in enumerate(values):
         gm.quantizers.append(Quantizer(levels, not nonnegative(value, memo)).to(device=param.device,
                                                                                dtype=param.dtype))
-        with gm.graph.inserting_after(value):
-            qnode = gm.graph.call_module(f"quantizers.{i}", (value,))
-        qnode.meta = {k: v for k, v in value.meta.items() if k in ("val", "stack_trace", "nn_module_stack")}
+        fold = folds.get(value)  # [B*L, H]: the neuron reads [B, L, H], one sample per index of its batch dimension
+        read = value if fold is None else unfold(gm, value, fold, sizes)
+        with gm.graph.inserting_after(read):
+            qnode = gm.graph.call_module(f"quantizers.{i}", (read,))
+        qnode.meta = {k: v for k, v in read.meta.items() if k in ("val", "stack_trace", "nn_module_stack")}
+        out = qnode if fold is None else refold(gm, qnode, fold)
         home = region.get(value)
-        value.replace_all_uses_with(qnode, delete_user_cb=lambda u, q=qnode, h=home: u is not q and (
+        reader = qnode if fold is None else read
+        value.replace_all_uses_with(out, delete_user_cb=lambda u, q=reader, h=home: u is not q and (
             h is None or region.get(u) != h))
         labels.append(f"{G.module_path(value) or '<root>'}:{value.name}")
-        dims.append(None if mixed else batch_dim(value, sizes))  # None: the samples settle together
+        dims.append(None if mixed else fold if fold is not None else batch_dim(value, sizes))  # None: all together
     prune_rows(gm)
     gm.recompile()
     qann = GraphQANN(gm, fixed, labels, dims)

@@ -27,7 +27,7 @@ from torch import fx
 from torch.fx._pytree import tree_flatten_spec
 
 from . import graph as G
-from .qann import _batch_sizes, batch_dim
+from .samples import batch_dim, batch_sizes, folded_samples
 
 MAX_CARRIED = 3
 """The most signal tensors a cut may carry (each is kept for every sample between steps). Three admit the cut
@@ -50,7 +50,8 @@ class Resume:
         nodes = list(gm.graph.nodes)
         position = {n: i for i, n in enumerate(nodes)}
         kinds = G.classify(gm)  # a constant (parameters, masks, positions, shapes) is made again after a cut
-        sizes = _batch_sizes(gm)
+        sizes = batch_sizes(gm)
+        folds = folded_samples(gm, sizes)
         info = getattr(gm.graph._codegen, "pytree_info", None)
         self.in_spec, self.out_spec = (info.in_spec, info.out_spec) if info is not None else (None, None)
         neurons = [n for n in nodes if n.op == "call_module" and str(n.target).startswith("quantizers.")]
@@ -61,12 +62,14 @@ class Resume:
             here = position[node]
             carried = [n for n in nodes[:here] if kinds[n] != G.CONST and n.op != "placeholder"
                        and any(position[u] >= here for u in n.users)]
-            if carried and len(carried) <= MAX_CARRIED and not (samples_leave and any(batch_dim(n, sizes) is None
-                                                                                       for n in carried)):
+            if carried and len(carried) <= MAX_CARRIED and not (samples_leave and any(
+                    batch_dim(n, sizes) is None and n not in folds for n in carried)):
                 cuts.append((here, rank, carried))
         self.ranks = [rank for _, rank, _ in cuts]
         self.carried = [[n.name for n in carried] for _, _, carried in cuts]
-        self.dims = {n.name: batch_dim(n, sizes) for _, _, carried in cuts for n in carried}
+        self.dims = {n.name: (folds[n], True) if n in folds else (batch_dim(n, sizes), False)
+                     for _, _, carried in cuts for n in carried}
+        """Per carried value: the dimension that holds the samples, and whether they are folded with others."""
         self.kept = [{n.name for _, _, later in cuts[i:] for n in later if position[n] < here}
                      for i, (here, _, _) in enumerate(cuts)]
         """Per cut, the recorded values a step from it keeps: made before it (so not made again), needed at or after
@@ -101,9 +104,9 @@ class Resume:
             return out
         return pytree.tree_unflatten(list(out) if isinstance(out, (list, tuple)) else [out], self.out_spec)
 
-    def keep(self, index: torch.Tensor) -> None:
-        """Keep only the samples ``index`` in the recorded values."""
-        self.values = {k: v.index_select(self.dims[k], index) for k, v in self.values.items()}
+    def keep(self, index: torch.Tensor, batch: int) -> None:
+        """Keep only the samples ``index`` (of ``batch``) in the recorded values."""
+        self.values = {k: _keep(v, *self.dims[k], index, batch) for k, v in self.values.items()}
 
     def reset(self) -> None:
         self.values = {}
@@ -136,3 +139,11 @@ def _suffix(gm: fx.GraphModule, nodes: list[fx.Node], here: int, carried: list[f
             env[node] = graph.node_copy(node, value)
     graph.output((outputs, {n.name: env[n] for n in dict.fromkeys(recorded)}))
     return fx.GraphModule(gm, graph)
+
+
+def _keep(value: torch.Tensor, dim: int, folded: bool, index: torch.Tensor, batch: int) -> torch.Tensor:
+    """The samples ``index`` of ``value``, whose dimension ``dim`` holds ``batch`` samples (``folded``: sample-major
+    with other dimensions, ``[B*L, H]``)."""
+    if not folded:
+        return value.index_select(dim, index)
+    return value.unflatten(dim, (batch, -1)).index_select(dim, index).flatten(dim, dim + 1)

@@ -230,7 +230,7 @@ class GraphSNN(GraphModel):
                 for module in stateful_modules(self.model):
                     module.keep(stay)
                 if resume is not None:
-                    resume.keep(stay)
+                    resume.keep(stay, len(active))
                 active, dropped = active[stay], True
                 copied = None  # its flags are of the batch before
         if dropped and self.state == "exact":  # confirm on the whole batch, with the QANN's arithmetic

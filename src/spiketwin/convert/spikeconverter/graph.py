@@ -28,7 +28,7 @@ from ...ops import MatMul
 from ...quant import Quantizer
 from .. import graph as G
 from ..events import constant_part
-from ..qann import _batch_sizes
+from ..samples import batch_sizes
 from .operators import Clock, Clocked, Delay, PerPeriod, PeriodBias, PeriodOp, SpikeMaxPool2d
 
 LAYERS = {G.aten.linear: nn.Linear, G.aten.conv1d: nn.Conv1d, G.aten.conv2d: nn.Conv2d}
@@ -96,7 +96,7 @@ def layer_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
 
 def _check_batch_first(gm: fx.GraphModule, kinds: dict) -> None:
     """Time folding needs dimension 0 of every signal to hold the batch (dynamic in the traced graph)."""
-    symbols = [re.compile(rf"\b{re.escape(s)}\b") for s in _batch_sizes(gm)]
+    symbols = [re.compile(rf"\b{re.escape(s)}\b") for s in batch_sizes(gm)]
     for node, kind in kinds.items():
         val = node.meta.get("val")
         if kind in (G.CONST, G.OUTPUT) or not isinstance(val, torch.Tensor):
