@@ -41,7 +41,7 @@ def dense_forward(self: nn.Module, hidden_states: torch.Tensor, top_k_index: tor
     h = _linear(hidden_states, up, bias, self.is_transposed)
     h = self._apply_gate(h) if self.has_gate else self.act_fn(h)
     h = _linear(h, self.down_proj, self.down_proj_bias if self.has_bias else None, self.is_transposed)
-    if self.has_post_expert_norm:
+    if getattr(self, "has_post_expert_norm", False):  # older transformers (5.17) have none
         h = self.post_expert_norm(h)
     return (h * gates[..., None]).sum(1).to(hidden_states.dtype)
 
