@@ -226,7 +226,7 @@ def graph_to_qann(model: nn.Module, levels: int = 16, example_inputs=None, activ
         value.replace_all_uses_with(out, delete_user_cb=lambda u, q=reader, h=home: u is not q and (
             h is None or region.get(u) != h))
         labels.append(f"{G.module_path(value) or '<root>'}:{value.name}")
-        dims.append(None if mixed else fold if fold is not None else batch_dim(value, sizes))  # None: all together
+        dims.append(None if mixed else batch_dim(read, sizes))  # None: the samples settle together
     prune_rows(gm)
     gm.recompile()
     qann = GraphQANN(gm, fixed, labels, dims)
