@@ -63,13 +63,12 @@ class Resume:
             carried = [n for n in nodes[:here] if kinds[n] != G.CONST and n.op != "placeholder"
                        and any(position[u] >= here for u in n.users)]
             if carried and len(carried) <= MAX_CARRIED and not (samples_leave and any(
-                    batch_dim(n, sizes) is None and n not in folds for n in carried)):
+                    folds.get(n, batch_dim(n, sizes)) is None for n in carried)):
                 cuts.append((here, rank, carried))
         self.ranks = [rank for _, rank, _ in cuts]
         self.carried = [[n.name for n in carried] for _, _, carried in cuts]
-        self.dims = {n.name: (folds[n], True) if n in folds else (batch_dim(n, sizes), False)
-                     for _, _, carried in cuts for n in carried}
-        """Per carried value: the dimension that holds the samples, and whether they are folded with others."""
+        self.dims = {n.name: folds.get(n, batch_dim(n, sizes)) for _, _, carried in cuts for n in carried}
+        """Per carried value: the dimension that holds the samples (alone, or folded with others: ``[B*L, H]``)."""
         self.kept = [{n.name for _, _, later in cuts[i:] for n in later if position[n] < here}
                      for i, (here, _, _) in enumerate(cuts)]
         """Per cut, the recorded values a step from it keeps: made before it (so not made again), needed at or after
@@ -106,7 +105,7 @@ class Resume:
 
     def keep(self, index: torch.Tensor, batch: int) -> None:
         """Keep only the samples ``index`` (of ``batch``) in the recorded values."""
-        self.values = {k: _keep(v, *self.dims[k], index, batch) for k, v in self.values.items()}
+        self.values = {k: _keep(v, self.dims[k], index, batch) for k, v in self.values.items()}
 
     def reset(self) -> None:
         self.values = {}
@@ -141,9 +140,9 @@ def _suffix(gm: fx.GraphModule, nodes: list[fx.Node], here: int, carried: list[f
     return fx.GraphModule(gm, graph)
 
 
-def _keep(value: torch.Tensor, dim: int, folded: bool, index: torch.Tensor, batch: int) -> torch.Tensor:
-    """The samples ``index`` of ``value``, whose dimension ``dim`` holds ``batch`` samples (``folded``: sample-major
-    with other dimensions, ``[B*L, H]``)."""
-    if not folded:
+def _keep(value: torch.Tensor, dim: int, index: torch.Tensor, batch: int) -> torch.Tensor:
+    """The samples ``index`` of ``value``, whose dimension ``dim`` holds ``batch`` samples, alone or folded
+    sample-major with other dimensions (``[B*L, H]``: a longer dimension)."""
+    if value.shape[dim] == batch:
         return value.index_select(dim, index)
     return value.unflatten(dim, (batch, -1)).index_select(dim, index).flatten(dim, dim + 1)
