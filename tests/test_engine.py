@@ -251,6 +251,25 @@ def test_uncovered_node_and_untraceable_model_get_clear_errors():
         to_qann(nn.Linear(3, 3))
 
 
+def test_python_values_among_keyword_inputs_are_fixed_into_the_graph():
+    """BERT takes ``return_dict`` through ``**kwargs``, where torch.export cannot give a mix of tensors and Python
+    values dynamic shapes: such a value is fixed into the graph, which is then called without it or with that value."""
+    torch.manual_seed(0)
+    inputs = {**_inputs("bert", 0), "return_dict": False}
+    qann = _calibrated(_hf("bert").to(D).eval(), inputs)
+    tensors = {k: v for k, v in inputs.items() if k != "return_dict"}
+    out = qann(**inputs)
+    assert isinstance(out, tuple) and torch.equal(out[0], qann(**tensors)[0])
+    snn = to_snn(qann)
+    report = verify(qann, snn, inputs)
+    assert report.ok and report.max_rel == 0.0, str(report)
+    wrong = {**inputs, "return_dict": True}
+    with pytest.raises(ValueError, match="return_dict=True was fixed to False when the model was traced"):
+        qann(**wrong)
+    with pytest.raises(ValueError, match="return_dict=True was fixed to False when the model was traced"):
+        snn.simulate(wrong)
+
+
 @pytest.mark.slow
 def test_vit_s_16_224_float32_bit_identical_and_hugging_face_vit_s_float64():
     """Issue 19's scale check (spiketwin's ViT-S/16-224, random weights, 16 levels: float32 logits bit-identical

@@ -165,7 +165,8 @@ def trace(model: nn.Module, example_inputs, dynamic: str = "all",
     with another size of a fixed dimension fails the graph's own guard, which names the input and the size).
 
     ``example_inputs``: a tensor, a tuple of positional inputs, or a dict of keyword inputs. Non-tensor keyword
-    values (``use_cache=False``) are fixed into the graph and returned as the second value, to pass at every call.
+    values (``use_cache=False``) are fixed into the graph, which does not take them; they are returned as the second
+    value (:meth:`GraphModel.graph_kwargs` accepts them again at a call only with the same value).
     ``output``: keep only this output of the model (:func:`keep_output`), e.g. an encoder's ``"pooler_output"``.
     """
     if dynamic not in DYNAMIC_CHOICES:
@@ -179,16 +180,21 @@ def trace(model: nn.Module, example_inputs, dynamic: str = "all",
     args = tuple(_at_least_two(a) for a in args)
     kwargs = {k: _at_least_two(v) for k, v in kwargs.items()}
     fixed = {k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor)}
+    kwargs = {k: v for k, v in kwargs.items() if k not in fixed}
     try:
-        bound = inspect.signature(model.forward).bind(*args, **kwargs).arguments
+        inspect.signature(model.forward).bind(*args, **kwargs, **fixed)
     except TypeError as error:
         raise ConversionError(f"to_qann: example_inputs do not match {type(model).__name__}.forward: "
                               f"{error}") from error
+    bound = inspect.signature(model.forward).bind_partial(*args, **kwargs).arguments
     shapes = {name: ({k: _dynamic(v, dynamic) for k, v in value.items()} if isinstance(value, dict)
                      else _dynamic(value, dynamic))
               for name, value in bound.items()}
     was_training = model.training
     model.eval()
+    # the fixed values reach forward through a hook, not as inputs: torch.export cannot give dynamic shapes to inputs
+    # that mix tensors and Python values under **kwargs (BERT's return_dict=False: "Must provide a tree_name")
+    hook = model.register_forward_pre_hook(lambda _, a, k: (a, {**k, **fixed}), with_kwargs=True)
     try:
         with float_saves(), dense_experts(model):  # a packed model traces as the plain one, experts densely
             program = torch.export.export(model, args, kwargs, dynamic_shapes=shapes, strict=False)
@@ -199,6 +205,7 @@ def trace(model: nn.Module, example_inputs, dynamic: str = "all",
             "(no data-dependent Python control flow on tensor values, no unsupported Python objects as inputs); "
             "pass example_inputs exactly as you call the model, e.g. a dict of keyword tensors") from error
     finally:
+        hook.remove()
         model.train(was_training)
     # torch 2.11 traces nn.MultiheadAttention's sdpa -> permute -> .contiguous().view() as a bare view, which the sdpa
     # decomposition below breaks (its output has another layout); a reshape is the same view, or a copy where needed

@@ -145,6 +145,15 @@ class GraphModel(nn.Module):
             G.retype(graph, dtype, new_dtype)
         return result
 
+    def graph_kwargs(self, who: str, kwargs: dict) -> dict:
+        """The keyword inputs of a call that the graph takes: a non-tensor one was fixed into the graph when it was
+        traced (``self.fixed``, e.g. ``use_cache=False``) and is accepted again only with that value."""
+        for name, value in kwargs.items():
+            if name in self.fixed and (isinstance(value, torch.Tensor) or value != self.fixed[name]):
+                raise ValueError(f"{who}: {name}={value!r} was fixed to {self.fixed[name]!r} when the model was "
+                                 f"traced; convert again with {name}={value!r} in example_inputs")
+        return {k: v for k, v in kwargs.items() if k not in self.fixed}
+
     def _device_and_dtype(self) -> tuple[torch.device | None, torch.dtype | None]:
         """The device of the first parameter or buffer, and the dtype of the first floating one: where and in what
         the graph computes."""
@@ -174,7 +183,7 @@ class GraphQANN(GraphModel):
 
     def forward(self, *args, **kwargs):
         try:
-            return self.model(*args, **{**self.fixed, **kwargs})
+            return self.model(*args, **self.graph_kwargs(type(self).__name__, kwargs))
         except AssertionError as error:  # a guard of the graph: a size traced fixed (to_qann's dynamic)
             raise misfit(type(self).__name__, error, args, kwargs) from error
 

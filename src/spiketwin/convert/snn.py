@@ -115,17 +115,18 @@ class GraphSNN(GraphModel):
 
     def _call(self, resume: Resume | None, cut: int, args: tuple, kwargs: dict):
         """One step: the whole graph, or the graph from cut ``cut`` of ``resume``."""
+        kwargs = self.graph_kwargs("simulate", kwargs)
         try:
             if resume is None:
-                return self.model(*args, **{**self.fixed, **kwargs})
-            return resume.run(cut, args, {**self.fixed, **kwargs})
+                return self.model(*args, **kwargs)
+            return resume.run(cut, args, kwargs)
         except (AssertionError, RuntimeError, TypeError, ValueError) as error:
             raise misfit("simulate", error, args, kwargs) from error
 
     def _check(self, args: tuple, kwargs: dict) -> None:
         """Inputs against the model's signature (the graph from a cut takes them flat and would not say)."""
         try:
-            inspect.signature(self.model.forward).bind(*args, **{**self.fixed, **kwargs})
+            inspect.signature(self.model.forward).bind(*args, **self.graph_kwargs("simulate", kwargs))
         except TypeError as error:
             raise misfit("simulate", error, args, kwargs) from error
 
