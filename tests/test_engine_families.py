@@ -157,17 +157,20 @@ def test_samples_folded_into_one_dimension_settle_one_by_one(name):
     """GPT-2's Conv1D and a mixture of experts flatten ``[B, L, H]`` to ``[B*L, H]``, Swin folds its windows into
     the batch; the neurons there read such a value with the samples unfolded (``convert.samples``), so each sample
     leaves the batch at its own settle step, the one it has when simulated alone (before, the batch's samples
-    settled together at the last one's step)."""
+    settled together at the last one's step). The event-driven SNN's running sums and differences there keep their
+    samples folded and drop them the same way."""
     torch.manual_seed(0)
     model, inputs = (_hf(name), _core_inputs) if name == "gpt2" else (_model(name), _inputs)
     qann = _calibrated(model.to(D).eval(), inputs(name, 0), dynamic=DYNAMIC.get(name, "all"))
-    snn, x = to_snn(qann), inputs(name, 1)
-    assert snn.droppable
-    together = simulate(snn, x)
-    alone = [int(simulate(snn, select(x, torch.tensor([b]))).settle_step[0]) for b in range(3)]
-    assert together.settle_step.tolist() == alone and len(set(alone)) > 1, (together.settle_step, alone)
-    assert torch.equal(together.output, qann(**x).logits)
+    x = inputs(name, 1)
     assert all(dim is not None for dim in qann.batch_dims)
+    for state in ("exact", "events"):
+        snn = to_snn(qann, state=state)
+        assert snn.droppable, state
+        together = simulate(snn, x)
+        alone = [int(simulate(snn, select(x, torch.tensor([b]))).settle_step[0]) for b in range(3)]
+        assert together.settle_step.tolist() == alone and len(set(alone)) > 1, (state, together.settle_step, alone)
+        torch.testing.assert_close(together.output, qann(**x).logits, rtol=1e-9 if state == "events" else 0, atol=0)
 
 
 class _FoldedMixing(nn.Module):
@@ -252,6 +255,18 @@ def test_clip_image_text_logits_convert_exactly():
     report = verify(qann, snn, inputs(1))
     assert report.ok and report.max_rel == 0.0 and not snn.droppable, str(report)
     assert verify(qann, to_snn(qann, state="events"), inputs(1)).ok
+
+
+def test_a_sliced_example_input_does_not_fix_the_layout_of_later_inputs():
+    """T5's example decoder ids are a slice (``ids[:, :5]``, not contiguous) and torch.export guards the strides it
+    traces: traced as given, the QANN refused contiguous ids ("Guard failed: decoder_input_ids.stride()[0] != ...").
+    Examples are traced contiguous; both layouts then give the same logits."""
+    torch.manual_seed(0)
+    x, y = _inputs("t5", 0), _inputs("t5", 1)
+    assert not x["decoder_input_ids"].is_contiguous()
+    qann = _calibrated(_model("t5").to(D).eval(), x)
+    contiguous = {k: v.contiguous() if isinstance(v, torch.Tensor) else v for k, v in y.items()}
+    assert torch.equal(qann(**contiguous).logits, qann(**y).logits)
 
 
 def test_output_names_one_tensor_of_what_the_model_returns():

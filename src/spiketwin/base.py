@@ -22,6 +22,14 @@ def check_step_mode(step_mode: str) -> str:
     return step_mode
 
 
+def keep_samples(value: torch.Tensor, dim: int, index: torch.Tensor, batch: int | None = None) -> torch.Tensor:
+    """The samples ``index`` of ``value``, whose dimension ``dim`` holds the ``batch`` samples alone or folded
+    sample-major with other dimensions (``[B*L, H]``: a longer dimension; ``batch=None``: alone)."""
+    if batch is None or value.shape[dim] == batch:
+        return value.index_select(dim, index)
+    return value.unflatten(dim, (batch, -1)).index_select(dim, index).flatten(dim, dim + 1)
+
+
 class StatefulModule(nn.Module):
     """Base of every module that keeps state across time steps.
 
@@ -46,15 +54,16 @@ class StatefulModule(nn.Module):
         for name in self.state_names:
             setattr(self, name, None)
 
-    def keep(self, index: torch.Tensor) -> None:
-        """Keep only the samples ``index`` (a 1-D index into the batch, along ``batch_dim``) in every state tensor."""
+    def keep(self, index: torch.Tensor, batch: int | None = None) -> None:
+        """Keep only the samples ``index`` (a 1-D index into the batch of ``batch`` samples, along ``batch_dim``,
+        where they may be folded with other dimensions: :func:`keep_samples`) in every state tensor."""
         if self.batch_dim is None:
             raise RuntimeError(f"{type(self).__name__}.keep: the batch dimension of its state is unknown; run the "
                                "whole batch")
         for name in self.state_names:
             value = getattr(self, name)
             if isinstance(value, torch.Tensor) and value.dim() > 0:
-                setattr(self, name, value.index_select(self.batch_dim, index))
+                setattr(self, name, keep_samples(value, self.batch_dim, index, batch))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.step_mode == "s":

@@ -14,7 +14,8 @@ Every signal value of the QANN graph becomes its per-step increment, and each no
 - a quantizer becomes an :class:`~spiketwin.neurons.STBIF` neuron that integrates the increments.
 
 Summed over steps, every value equals the QANN's (exactly, in exact arithmetic). Each module keeps its state per
-sample along ``batch_dim`` so that settled samples can leave the batch.
+sample along ``batch_dim`` (alone, or folded with other dimensions: ``[B*L, H]``) so that settled samples can leave
+the batch.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from torch import fx, nn
 from ..base import StatefulModule
 from ..neurons import STBIF
 from . import graph as G
-from .samples import batch_dim, batch_sizes
+from .samples import batch_dim, batch_sizes, folded_samples
 
 AFFINE = {G.aten.add, G.aten.sub, G.aten.rsub, G.aten.where, G.aten.masked_fill, G.aten.cat, G.aten.stack,
           G.aten.constant_pad_nd, G.aten.batch_norm, G.aten._native_batch_norm_legit_no_training, G.aten.addmm,
@@ -84,6 +85,9 @@ class EnterOnce(_SampleState):
     """The analog input: its value at the first step, zeros afterwards."""
 
     state_names = ("started",)
+
+    def __init__(self) -> None:
+        super().__init__(batch_dim=0)  # no per-sample state (a position embedding has no batch at all)
 
     def single_step(self, x: torch.Tensor) -> torch.Tensor:
         if self.started is None:
@@ -153,7 +157,7 @@ def _insert(gm: fx.GraphModule, module: nn.Module, after: fx.Node, args: tuple) 
     gm.events.append(module)
     with gm.graph.inserting_after(after):
         node = gm.graph.call_module(f"events.{index}", args)
-    node.meta = {k: v for k, v in after.meta.items() if k in ("val", "stack_trace", "nn_module_stack")}
+    node.meta = {k: v for k, v in after.meta.items() if k in ("val", "batch_dim", "stack_trace", "nn_module_stack")}
     return node
 
 
@@ -162,25 +166,34 @@ def to_events(gm: fx.GraphModule, spikes_per_step: int, neuron_batch_dims: list[
     kinds = G.classify(gm)
     region = G.regions(gm, kinds)
     sizes = batch_sizes(gm)
+    folds = folded_samples(gm, sizes)
+    for node in gm.graph.nodes:  # where its samples are, alone or folded (``[B*L, H]``); inserted nodes copy it
+        node.meta["batch_dim"] = folds.get(node, batch_dim(node, sizes))
     gm.add_module("events", nn.ModuleList())
     for node in list(gm.graph.nodes):
-        kind, dim = kinds.get(node), batch_dim(node, sizes)
+        kind, dim = kinds.get(node), node.meta["batch_dim"]
         if kind == G.SOURCE:
-            new = _insert(gm, EnterOnce(dim), node, (node,))
+            new = _insert(gm, EnterOnce(), node, (node,))
             node.replace_all_uses_with(new, delete_user_cb=lambda u, n=new: u is not n)
         elif node in region or node.op != "call_function":
             continue
         elif kind == G.BILINEAR:
             if node.kwargs or len(node.args) != 2:
                 raise G.ConversionError(f"node '{node.name}' ({G.where(node)}): a product with extra arguments")
-            new = _insert(gm, SESA(node.target, {}, dim), node, tuple(node.args))
+            same = all(a.meta["batch_dim"] == dim for a in node.args)  # a, b and their product keep samples alike
+            new = _insert(gm, SESA(node.target, {}, dim if same else None), node, tuple(node.args))
             node.replace_all_uses_with(new, delete_user_cb=lambda u, n=new: u is not n)
             gm.graph.erase_node(node)
         elif kind in (G.LINEAR, G.WEIGHTED):
             _replace_constants_once(gm, node, kinds)
     for members in _region_members(region).values():
-        _wrap_region(gm, members, kinds, sizes)
+        _wrap_region(gm, members, kinds)
     gm.quantizers = nn.ModuleList(_neuron(q, spikes_per_step, d) for q, d in zip(gm.quantizers, neuron_batch_dims))
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module" and str(node.target).startswith("quantizers."):
+            dim = neuron_batch_dims[int(str(node.target).split(".")[1])]
+            if dim not in (0, None):
+                _batch_first(gm, node, dim)
     gm.graph.lint()
     gm.recompile()
     return gm
@@ -188,8 +201,21 @@ def to_events(gm: fx.GraphModule, spikes_per_step: int, neuron_batch_dims: list[
 
 def _neuron(quantizer: nn.Module, spikes_per_step: int, dim: int | None) -> STBIF:
     neuron = STBIF.from_quantizer(quantizer, step_mode="s", spikes_per_step=spikes_per_step)
-    neuron.batch_dim = 0 if dim == 0 else None
+    neuron.batch_dim = None if dim is None else 0  # its input has the batch first (:func:`_batch_first`)
     return neuron
+
+
+def _batch_first(gm: fx.GraphModule, neuron: fx.Node, dim: int) -> None:
+    """Give ``neuron`` its input with the batch dimension ``dim`` moved first, and move it back after: an event
+    neuron keeps its samples along dimension 0 (it is elementwise, so no value changes)."""
+    where = {k: v for k, v in neuron.meta.items() if k in ("stack_trace", "nn_module_stack")}
+    with gm.graph.inserting_before(neuron):
+        front = gm.graph.call_function(G.aten.movedim.int, (neuron.args[0], dim, 0))
+    neuron.args = (front,)
+    with gm.graph.inserting_after(neuron):
+        back = gm.graph.call_function(G.aten.movedim.int, (neuron, 0, dim))
+    neuron.replace_all_uses_with(back, delete_user_cb=lambda u: u is not back)
+    front.meta, back.meta = dict(where), dict(where)
 
 
 def _replace_constants_once(gm: fx.GraphModule, node: fx.Node, kinds: dict) -> None:
@@ -225,7 +251,7 @@ def _region_members(region: dict) -> dict[int, list[fx.Node]]:
     return groups
 
 
-def _wrap_region(gm: fx.GraphModule, members: list[fx.Node], kinds: dict, sizes: set[str]) -> None:
+def _wrap_region(gm: fx.GraphModule, members: list[fx.Node], kinds: dict) -> None:
     inside = set(members)
     accumulated: dict[fx.Node, fx.Node] = {}
     for node in members:
@@ -233,11 +259,11 @@ def _wrap_region(gm: fx.GraphModule, members: list[fx.Node], kinds: dict, sizes:
             if arg in inside or kinds.get(arg) == G.CONST:
                 continue
             if arg not in accumulated:
-                accumulated[arg] = _insert(gm, Accumulate(batch_dim(arg, sizes)), arg, (arg,))
+                accumulated[arg] = _insert(gm, Accumulate(arg.meta["batch_dim"]), arg, (arg,))
             node.replace_input_with(arg, accumulated[arg])
     for node in members:
         outside = [u for u in node.users if u not in inside]
         if outside:
-            diff = _insert(gm, Difference(batch_dim(node, sizes)), node, (node,))
+            diff = _insert(gm, Difference(node.meta["batch_dim"]), node, (node,))
             for user in outside:
                 user.replace_input_with(node, diff)

@@ -130,11 +130,24 @@ def _dynamic(value, dynamic: str):
     return None
 
 
-def _at_least_two(value):
-    """Tensors with a batch of one are repeated to two, so that export does not specialise the batch size to 1."""
-    if isinstance(value, torch.Tensor) and value.dim() > 0 and len(value) == 1:
+def _example(value):
+    """An example input as export should see it: tensors contiguous (export guards the strides it traced: a sliced
+    example, ``ids[:, :5]``, would refuse every contiguous input), and with a batch of one repeated to two, so that
+    the batch size is not specialised to 1."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    if value.dim() > 0 and len(value) == 1:
         return value.expand(2, *value.shape[1:]).clone()
-    return value
+    return value.contiguous()
+
+
+def _views_to_reshapes(gm: fx.GraphModule) -> None:
+    """Every ``view`` of ``gm`` as a ``reshape``: the same view where the input's layout allows one, a copy where
+    not, so that the graph computes on inputs and states in any layout."""
+    for node in gm.graph.nodes:
+        if node.target is aten.view.default:
+            node.target = aten.reshape.default
+    gm.recompile()
 
 
 def keep_output(gm: fx.GraphModule, output: str | int, who: str) -> None:
@@ -177,8 +190,8 @@ def trace(model: nn.Module, example_inputs, dynamic: str = "all",
         args, kwargs = tuple(example_inputs), {}
     else:
         args, kwargs = (example_inputs,), {}
-    args = tuple(_at_least_two(a) for a in args)
-    kwargs = {k: _at_least_two(v) for k, v in kwargs.items()}
+    args = tuple(_example(a) for a in args)
+    kwargs = {k: _example(v) for k, v in kwargs.items()}
     fixed = {k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor)}
     kwargs = {k: v for k, v in kwargs.items() if k not in fixed}
     try:
@@ -208,15 +221,13 @@ def trace(model: nn.Module, example_inputs, dynamic: str = "all",
         hook.remove()
         model.train(was_training)
     # torch 2.11 traces nn.MultiheadAttention's sdpa -> permute -> .contiguous().view() as a bare view, which the sdpa
-    # decomposition below breaks (its output has another layout); a reshape is the same view, or a copy where needed
-    for node in program.graph.nodes:
-        if node.target is aten.view.default:
-            node.target = aten.reshape.default
-    program.graph_module.recompile()
+    # decomposition below breaks (its output has another layout)
+    _views_to_reshapes(program.graph_module)
     program = program.run_decompositions({aten.scaled_dot_product_attention.default: _sdpa_math,
                                           aten.einsum.default: _EINSUM})
     unlifted = program.module()
     gm = fx.GraphModule(unlifted, unlifted.graph)
+    _views_to_reshapes(gm)  # the decompositions' views too: the SNN's states may have another layout than traced
     if output is not None:
         keep_output(gm, output, f"to_qann({type(model).__name__})")
     for node in list(gm.graph.nodes):

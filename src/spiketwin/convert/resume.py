@@ -26,6 +26,7 @@ import torch.utils._pytree as pytree
 from torch import fx
 from torch.fx._pytree import tree_flatten_spec
 
+from ..base import keep_samples
 from . import graph as G
 from .samples import batch_dim, batch_sizes, folded_samples
 
@@ -105,7 +106,7 @@ class Resume:
 
     def keep(self, index: torch.Tensor, batch: int) -> None:
         """Keep only the samples ``index`` (of ``batch``) in the recorded values."""
-        self.values = {k: _keep(v, self.dims[k], index, batch) for k, v in self.values.items()}
+        self.values = {k: keep_samples(v, self.dims[k], index, batch) for k, v in self.values.items()}
 
     def reset(self) -> None:
         self.values = {}
@@ -139,10 +140,3 @@ def _suffix(gm: fx.GraphModule, nodes: list[fx.Node], here: int, carried: list[f
     graph.output((outputs, {n.name: env[n] for n in dict.fromkeys(recorded)}))
     return fx.GraphModule(gm, graph)
 
-
-def _keep(value: torch.Tensor, dim: int, index: torch.Tensor, batch: int) -> torch.Tensor:
-    """The samples ``index`` of ``value``, whose dimension ``dim`` holds ``batch`` samples, alone or folded
-    sample-major with other dimensions (``[B*L, H]``: a longer dimension)."""
-    if value.shape[dim] == batch:
-        return value.index_select(dim, index)
-    return value.unflatten(dim, (batch, -1)).index_select(dim, index).flatten(dim, dim + 1)

@@ -229,7 +229,7 @@ class GraphSNN(GraphModel):
                 for i, neuron in enumerate(neurons):
                     parked[i] = self._park(neuron, parked[i], active[leave], leave, batch)
                 for module in stateful_modules(self.model):
-                    module.keep(stay)
+                    module.keep(stay, len(active))
                 if resume is not None:
                     resume.keep(stay, len(active))
                 active, dropped = active[stay], True
@@ -328,6 +328,9 @@ class GraphSNN(GraphModel):
             qann.train(was_training)
         result = self.simulate(inputs, max_steps=max_steps, step_mode=step_mode)
         sums = [n.value for n in self.neurons]
+        if self.state == "events":  # its neurons read their values with the batch first (``events._batch_first``)
+            captured = {k: v if d in (0, None) else v.movedim(d, 0)
+                        for k, v in captured.items() for d in [qann.batch_dims[k]]}
         keep = [k for k, s in enumerate(sums) if s is not None and k in captured]
         dtype = reference.dtype
         if rtol is None:

@@ -36,10 +36,10 @@ from .collect import Call, Needs, Operand, Run, Stats, conv_uses
 
 COUNTED = G.WEIGHT_OPS | G.PRODUCT_OPS
 MOVES = {G.aten.view, G.aten._unsafe_view, G.aten.reshape, G.aten.permute, G.aten.transpose, G.aten.t,
-         G.aten.unsqueeze, G.aten.squeeze, G.aten.flatten, G.aten.unflatten, G.aten.expand, G.aten.repeat,
-         G.aten.repeat_interleave, G.aten.slice, G.aten.select, G.aten.narrow, G.aten.clone, G.aten.contiguous,
-         G.aten.alias, G.aten.detach, G.aten.split, G.aten.split_with_sizes, G.aten.chunk, G.aten.unbind,
-         operator.getitem}
+         G.aten.movedim, G.aten.unsqueeze, G.aten.squeeze, G.aten.flatten, G.aten.unflatten, G.aten.expand,
+         G.aten.repeat, G.aten.repeat_interleave, G.aten.slice, G.aten.select, G.aten.narrow, G.aten.clone,
+         G.aten.contiguous, G.aten.alias, G.aten.detach, G.aten.split, G.aten.split_with_sizes, G.aten.chunk,
+         G.aten.unbind, operator.getitem}
 """Ops that only move or copy a tensor's values: an operand computed by them from a neuron carries its spikes."""
 CONV_OPS = {G.aten.conv1d, G.aten.conv2d, G.aten.conv3d}
 TRANSPOSED = {G.aten.conv_transpose1d, G.aten.conv_transpose2d, G.aten.conv_transpose3d}

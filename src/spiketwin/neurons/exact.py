@@ -71,8 +71,8 @@ class ExactSTBIF(StatefulModule):
         super().reset()
         self.change = self.pending = None
 
-    def keep(self, index: torch.Tensor) -> None:
-        super().keep(index)
+    def keep(self, index: torch.Tensor, batch: int | None = None) -> None:
+        super().keep(index, batch)
         if self.pending is not None:
             self.pending = self.pending.index_select(0, index)
 
