@@ -240,6 +240,43 @@ def test_one_output_of_a_model_without_logits_converts_exactly(name):
     assert verify(one, to_snn(one, state="events"), inputs(1)).ok
 
 
+def test_a_graph_that_refuses_a_batch_of_one_keeps_a_settled_sample_beside_the_last_running_one():
+    """SigLIP's attention-pooling head traces with a guard that refuses one image (torch.export traces two or more):
+    samples leaving the batch must not leave one alone."""
+    torch.manual_seed(0)
+    model = transformers.SiglipVisionModel(transformers.SiglipVisionConfig(image_size=16, patch_size=4, **LAYERS))
+    qann = _calibrated(model.to(D).eval(), _inputs("beit", 0), output="pooler_output")
+    x = _inputs("beit", 1)
+    with pytest.raises(ValueError, match="do not fit the traced model: Guard failed"):
+        qann(**select(x, torch.tensor([0])))
+    for state in ("exact", "events"):
+        report = verify(qann, to_snn(qann, state=state), x)
+        assert report.ok and (state == "events" or report.max_rel == 0.0), str(report)
+        steps = sorted(report.settle_step.tolist())
+        assert steps[-1] > steps[-2], steps  # one sample ran after every other had settled
+
+
+def test_an_encoder_decoder_returning_a_cache_is_told_to_pass_use_cache_false():
+    """BART returns its key-value cache unless told not to, which torch.export cannot return; the error says what to
+    pass, and with it BART's classifier (the decoder's last end-of-sequence token) converts exactly."""
+    config = transformers.BartConfig(vocab_size=64, d_model=16, encoder_layers=1, decoder_layers=1,
+                                     encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+                                     decoder_ffn_dim=32, max_position_embeddings=32)
+    torch.manual_seed(0)
+    model = transformers.BartForSequenceClassification(config).to(D).eval()
+
+    def inputs(seed):
+        ids = _text_inputs(False, seed)["input_ids"].clone()
+        ids[:, -1] = config.eos_token_id
+        return {"input_ids": ids}
+
+    with pytest.raises(ConversionError, match="EncoderDecoderCache.*needs use_cache=False among example_inputs"):
+        to_qann(model, example_inputs=inputs(0))
+    qann = _calibrated(model, {**inputs(0), "use_cache": False})
+    report = verify(qann, to_snn(qann), inputs(1))
+    assert report.ok and report.max_rel == 0.0, str(report)
+
+
 def test_clip_image_text_logits_convert_exactly():
     """The whole CLIP (a text and a vision tower, images x texts logits, kept with ``output=``): exact, and its samples
     settle together (each logit reads an image and a text)."""

@@ -212,11 +212,13 @@ def trace(model: nn.Module, example_inputs, dynamic: str = "all",
         with float_saves(), dense_experts(model):  # a packed model traces as the plain one, experts densely
             program = torch.export.export(model, args, kwargs, dynamic_shapes=shapes, strict=False)
     except Exception as error:  # torch.export raises many types; the message says what failed and where
+        cache = ("; a model that returns a key-value cache needs use_cache=False among example_inputs"
+                 if "Cache" in str(error) else "")
         raise ConversionError(
             f"to_qann: torch.export could not trace {type(model).__name__}: {type(error).__name__}: "
             f"{str(error).splitlines()[0] if str(error) else ''}. The forward must be traceable with example_inputs "
             "(no data-dependent Python control flow on tensor values, no unsupported Python objects as inputs); "
-            "pass example_inputs exactly as you call the model, e.g. a dict of keyword tensors") from error
+            f"pass example_inputs exactly as you call the model, e.g. a dict of keyword tensors{cache}") from error
     finally:
         hook.remove()
         model.train(was_training)

@@ -40,6 +40,9 @@ STATES = ("exact", "events")
 LEAVE_AT = 8
 """Settled samples leave the batch once they are at least ``1 / LEAVE_AT`` of it (or all of it): each leaving gathers
 every neuron's state, which costs more than a few settled samples riding along for a step or two."""
+FEWEST = 2
+"""A batch that samples leave keeps at least this many while any runs (settled ones ride along): torch.export traces
+a batch of two or more, and some graphs guard against one (SigLIP's attention-pooling head: "Guard failed")."""
 
 
 def default_chunk(device: torch.device | None) -> int:
@@ -220,10 +223,11 @@ class GraphSNN(GraphModel):
                 if not staying:
                     break
                 continue
-            settled = len(active) - staying
+            kept = min(len(active), max(staying, FEWEST)) if staying else 0
+            settled = len(active) - kept
             if settled and (not staying or settled * LEAVE_AT >= len(active)):
                 order = torch.argsort(running.to(torch.int8), descending=True, stable=True)  # running first, in order
-                stay, leave = order[:staying], order[staying:]
+                stay, leave = order[:kept], order[kept:]
                 if resume is not None and not dropped:
                     whole = (cut, dict(resume.values))
                 for i, neuron in enumerate(neurons):
