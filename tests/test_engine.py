@@ -242,11 +242,25 @@ class _Untraceable(nn.Module):
         return -self.fc(x)
 
 
+class _ReturnsACache(nn.Module):
+    class KeyValueCache:
+        """Stands for a key-value cache: an object torch.export cannot return."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.fc(x), self.KeyValueCache()
+
+
 def test_uncovered_node_and_untraceable_model_get_clear_errors():
     with pytest.raises(ConversionError, match=r"argmax.*test_engine.py.*torch.int64 value that leaves"):
         to_qann(_Argmax(), example_inputs=torch.randn(2, 4))
     with pytest.raises(ConversionError, match="torch.export could not trace _Untraceable.*control flow"):
         to_qann(_Untraceable(), example_inputs=torch.randn(2, 4))
+    with pytest.raises(ConversionError, match="KeyValueCache.*needs use_cache=False among example_inputs"):
+        to_qann(_ReturnsACache(), example_inputs=torch.randn(2, 4))
     with pytest.raises(ValueError, match="example_inputs"):
         to_qann(nn.Linear(3, 3))
 
@@ -268,6 +282,17 @@ def test_python_values_among_keyword_inputs_are_fixed_into_the_graph():
         qann(**wrong)
     with pytest.raises(ValueError, match="return_dict=True was fixed to False when the model was traced"):
         snn.simulate(wrong)
+
+
+def test_a_causal_model_is_traced_without_its_key_value_cache_unless_told():
+    """GPT-2 returns a key-value cache by default, which torch.export cannot return: traced from its token ids alone,
+    it gets ``use_cache=False`` (a cache serves generation, not a spiking forward) and converts exactly."""
+    torch.manual_seed(0)
+    inputs = {"input_ids": _text_inputs(True, 0)["input_ids"]}
+    qann = _calibrated(_hf("gpt2").to(D).eval(), inputs)
+    assert qann.fixed == {"use_cache": False}
+    report = verify(qann, to_snn(qann), {"input_ids": _text_inputs(True, 1)["input_ids"]})
+    assert report.ok and report.max_rel == 0.0, str(report)
 
 
 @pytest.mark.slow

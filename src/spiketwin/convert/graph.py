@@ -179,7 +179,8 @@ def trace(model: nn.Module, example_inputs, dynamic: str = "all",
 
     ``example_inputs``: a tensor, a tuple of positional inputs, or a dict of keyword inputs. Non-tensor keyword
     values (``use_cache=False``) are fixed into the graph, which does not take them; they are returned as the second
-    value (:meth:`GraphModel.graph_kwargs` accepts them again at a call only with the same value).
+    value (:meth:`GraphModel.graph_kwargs` accepts them again at a call only with the same value). A forward with a
+    ``use_cache`` parameter that the example does not set is traced with ``use_cache=False``.
     ``output``: keep only this output of the model (:func:`keep_output`), e.g. an encoder's ``"pooler_output"``.
     """
     if dynamic not in DYNAMIC_CHOICES:
@@ -194,12 +195,15 @@ def trace(model: nn.Module, example_inputs, dynamic: str = "all",
     kwargs = {k: _example(v) for k, v in kwargs.items()}
     fixed = {k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor)}
     kwargs = {k: v for k, v in kwargs.items() if k not in fixed}
+    signature = inspect.signature(model.forward)
     try:
-        inspect.signature(model.forward).bind(*args, **kwargs, **fixed)
+        given = signature.bind(*args, **kwargs, **fixed).arguments
     except TypeError as error:
         raise ConversionError(f"to_qann: example_inputs do not match {type(model).__name__}.forward: "
                               f"{error}") from error
-    bound = inspect.signature(model.forward).bind_partial(*args, **kwargs).arguments
+    if "use_cache" in signature.parameters and "use_cache" not in given:
+        fixed["use_cache"] = False  # a key-value cache serves generation; torch.export cannot return one
+    bound = signature.bind_partial(*args, **kwargs).arguments
     shapes = {name: ({k: _dynamic(v, dynamic) for k, v in value.items()} if isinstance(value, dict)
                      else _dynamic(value, dynamic))
               for name, value in bound.items()}

@@ -133,6 +133,8 @@ class GraphModel(nn.Module):
     it is traced in bfloat16)."""
 
     graph_attribute = "model"
+    fixed: dict
+    """Python values traced into the graph (``use_cache=False``), in subclasses that take them: :meth:`graph_kwargs`."""
 
     def _apply(self, fn, *args, **kwargs):
         device, dtype = self._device_and_dtype()
