@@ -253,7 +253,7 @@ def graph_to_qann(model: nn.Module, levels: int = 16, example_inputs=None, activ
 def _infer_inputs(model: nn.Module):
     """Example inputs for models that say their input shape: spiketwin's ViT / CNNs (``img_size``, ``in_chans``),
     Hugging Face vision models (``config.image_size``) and text models (``config.vocab_size``: ``input_ids`` and,
-    when the model takes them, ``attention_mask`` and ``use_cache=False``)."""
+    when the model takes one, ``attention_mask``; :func:`~spiketwin.convert.graph.trace` sets ``use_cache=False``)."""
     param = next(model.parameters(), torch.empty(0))
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "image_size"):
@@ -264,8 +264,6 @@ def _infer_inputs(model: nn.Module):
         accepted = inspect.signature(model.forward).parameters
         if "attention_mask" in accepted:
             inputs["attention_mask"] = torch.ones(2, 8, dtype=torch.int64)
-        if "use_cache" in accepted:
-            inputs["use_cache"] = False
         return inputs
     size = getattr(model, "img_size", None) or getattr(getattr(model, "patch_embed", None), "img_size", None)
     channels = getattr(model, "in_chans", None) or getattr(model, "in_channels", None) or getattr(
