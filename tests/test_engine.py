@@ -295,6 +295,68 @@ def test_a_causal_model_is_traced_without_its_key_value_cache_unless_told():
     assert report.ok and report.max_rel == 0.0, str(report)
 
 
+class _MaskInKwargs(nn.Module):
+    """Takes its mask under ``**kwargs`` and writes into its input, as some models' forwards do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 8), nn.Linear(8, 3)
+
+    def forward(self, x, scale: float = 1.0, **kwargs):
+        x.mul_(scale)
+        return self.fc2((self.fc1(x) * kwargs["mask"]).relu())
+
+
+def test_tensors_under_var_keyword_are_inputs_and_inputs_written_in_place_stay_unchanged():
+    """torch.export 2.13 fails on tensors under ``**kwargs`` ("Must provide a tree_name"; FNet's ignored
+    ``attention_mask``); they are traced as named inputs (the model keeps its own ``forward``). A forward that
+    writes into its input leaves the caller's tensor alone once converted: the graph computes from its own copy."""
+    torch.manual_seed(0)
+    model = _MaskInKwargs().to(D)
+    x, mask = torch.randn(3, 4, dtype=D), (torch.rand(3, 8) > 0.3).to(D)
+    qann = _calibrated(model, {"x": x, "mask": mask, "scale": 2.0})
+    assert "forward" not in vars(model)
+    before = x.clone()
+    y = qann(x=x, mask=mask)
+    assert torch.equal(x, before)
+    expected = model(x.clone(), 2.0, mask=mask)  # the float model; the QANN is its quantized twin
+    torch.testing.assert_close(y, expected, rtol=0.2, atol=0.2)
+    assert not torch.equal(qann(x=x, mask=torch.zeros_like(mask)), y)  # the mask reaches the graph
+    report = verify(qann, to_snn(qann), {"x": x, "mask": mask})
+    assert report.ok and report.max_rel == 0.0, str(report)
+    assert torch.equal(x, before)
+
+
+class _RescalesOnFirstCall(nn.Module):
+    """Halves a weight in place on its first call in eval mode, as RWKV rescales its layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.rescaled = nn.Linear(4, 8), nn.Linear(8, 3), False
+
+    def forward(self, x):
+        if not self.training and not self.rescaled:
+            with torch.no_grad():
+                self.fc2.weight.div_(2)
+            self.rescaled = True
+        return self.fc2(self.fc1(x).relu())
+
+
+def test_a_model_that_changes_its_own_weights_is_refused_until_they_stop_changing():
+    """A forward that writes into its parameters or buffers keeps state from call to call; the graph would write
+    again at every call (QAT: "a leaf Variable that requires grad is being used in an in-place operation"). It is
+    refused by name; once the model has made its one-time change, it converts exactly."""
+    torch.manual_seed(0)
+    model, x = _RescalesOnFirstCall().to(D).eval(), torch.randn(3, 4, dtype=D)
+    with pytest.raises(ConversionError, match=r"_RescalesOnFirstCall.forward changes its own fc2.weight in place"):
+        to_qann(model, example_inputs=x)
+    with torch.no_grad():
+        model(x)
+    qann = _calibrated(model, x)
+    report = verify(qann, to_snn(qann), torch.randn(3, 4, dtype=D))
+    assert report.ok and report.max_rel == 0.0, str(report)
+
+
 @pytest.mark.slow
 def test_vit_s_16_224_float32_bit_identical_and_hugging_face_vit_s_float64():
     """Issue 19's scale check (spiketwin's ViT-S/16-224, random weights, 16 levels: float32 logits bit-identical

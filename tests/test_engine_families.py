@@ -1,11 +1,11 @@
 """Other architectures of the same families convert without new code (issue 13): tiny random Hugging Face models whose
 blocks differ from the seven of ``test_engine.py`` (factorised and shared layers, relative position biases,
-disentangled attention, ALiBi, layer scale, parallel attention and MLP, partial rotary embeddings, GELU-tanh and
-SwiGLU gates, shifted windows, spatially reduced attention, depthwise convolutions, channel-last LayerNorm,
-convolutions unfolded into patches, sliding-window layers, pooled queries, an encoder-decoder, audio front ends, a
-selective state-space scan), one output of encoders without a head, and queries that see no key. Float64: the
-exact-state SNN's logits and every neuron's summed output are bit-identical to the QANN's on new inputs, the
-event-driven SNN equals them to 1e-9 relative.
+disentangled attention, Fourier token mixing, ALiBi, layer scale, parallel attention and MLP, partial rotary
+embeddings, GELU-tanh and SwiGLU gates, shifted windows, spatially reduced attention, depthwise convolutions,
+channel-last LayerNorm, convolutions unfolded into patches, sliding-window layers, pooled queries, an
+encoder-decoder, audio front ends, a selective state-space scan), one output of encoders without a head, and queries
+that see no key. Float64: the exact-state SNN's logits and every neuron's summed output are bit-identical to the
+QANN's on new inputs, the event-driven SNN equals them to 1e-9 relative.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ def _model(name: str):
     return {
         "albert": lambda: T.AlbertForSequenceClassification(T.AlbertConfig(embedding_size=8, **LAYERS, **TEXT)),
         "mpnet": lambda: T.MPNetForSequenceClassification(T.MPNetConfig(**LAYERS, **TEXT)),
+        "fnet": lambda: T.FNetForSequenceClassification(T.FNetConfig(  # attention_mask lands in its **kwargs
+            vocab_size=64, hidden_size=16, num_hidden_layers=1, intermediate_size=32, max_position_embeddings=64)),
         "qwen2": lambda: T.Qwen2ForCausalLM(T.Qwen2Config(num_key_value_heads=1, **LAYERS, **TEXT)),
         "gemma": lambda: T.GemmaForCausalLM(T.GemmaConfig(num_key_value_heads=1, head_dim=8, **LAYERS, **TEXT)),
         "phi": lambda: T.PhiForCausalLM(T.PhiConfig(**LAYERS, **TEXT)),
@@ -114,7 +116,7 @@ def _inputs(name: str, seed: int) -> dict:
     return inputs
 
 
-@pytest.mark.parametrize("name", ["albert", "mpnet", "deberta-v2", "qwen2", "gemma", "phi", "gpt-neox", "bloom",
+@pytest.mark.parametrize("name", ["albert", "mpnet", "fnet", "deberta-v2", "qwen2", "gemma", "phi", "gpt-neox", "bloom",
                                   "gemma2", "mamba", "modernbert", "funnel", "t5", "whisper", "wav2vec2", "mixtral",
                                   "qwen2-moe", "gpt-oss", "deepseek-v3", "beit", "dinov2", "swin", "convnext",
                                   "mobilevit", "segformer", "levit"])

@@ -21,6 +21,7 @@ function of its inputs: one accumulate-apply-difference operator in the SNN.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import operator
@@ -141,6 +142,33 @@ def _example(value):
     return value.contiguous()
 
 
+@contextlib.contextmanager
+def _named_inputs(model: nn.Module, signature: inspect.Signature, loose: list[str]):
+    """While tracing, the tensors ``loose`` that ``model.forward`` takes under ``**kwargs`` (an ``attention_mask``
+    that FNet ignores) are parameters of their own, by an instance ``forward`` with that signature that calls the
+    model's own (module paths unchanged): ``torch.export`` 2.13 flattens such inputs twice and fails ("Must provide a
+    tree_name when there might be a mismatch")."""
+    if not loose:
+        yield
+        return
+    own, forward = model.__dict__.get("forward"), model.forward
+    params = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    params += [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=None) for k in loose]
+
+    def named(*a, **k):
+        return forward(*a, **k)
+
+    named.__signature__ = signature.replace(parameters=params)
+    model.forward = named
+    try:
+        yield
+    finally:
+        if own is None:
+            del model.forward
+        else:
+            model.forward = own
+
+
 def _views_to_reshapes(gm: fx.GraphModule) -> None:
     """Every ``view`` of ``gm`` as a ``reshape``: the same view where the input's layout allows one, a copy where
     not, so that the graph computes on inputs and states in any layout."""
@@ -204,6 +232,9 @@ def trace(model: nn.Module, example_inputs, dynamic: str = "all",
     if "use_cache" in signature.parameters and "use_cache" not in given:
         fixed["use_cache"] = False  # a key-value cache serves generation; torch.export cannot return one
     bound = signature.bind_partial(*args, **kwargs).arguments
+    var = next((name for name, p in signature.parameters.items() if p.kind is inspect.Parameter.VAR_KEYWORD), None)
+    loose = list(bound.pop(var, {}))  # tensors under **kwargs: named inputs while tracing (_named_inputs)
+    bound.update({k: kwargs[k] for k in loose})
     shapes = {name: ({k: _dynamic(v, dynamic) for k, v in value.items()} if isinstance(value, dict)
                      else _dynamic(value, dynamic))
               for name, value in bound.items()}
@@ -213,7 +244,8 @@ def trace(model: nn.Module, example_inputs, dynamic: str = "all",
     # that mix tensors and Python values under **kwargs (BERT's return_dict=False: "Must provide a tree_name")
     hook = model.register_forward_pre_hook(lambda _, a, k: (a, {**k, **fixed}), with_kwargs=True)
     try:
-        with float_saves(), dense_experts(model):  # a packed model traces as the plain one, experts densely
+        # a packed model traces as the plain one, experts densely, tensors under **kwargs by name
+        with float_saves(), dense_experts(model), _named_inputs(model, signature, loose):
             program = torch.export.export(model, args, kwargs, dynamic_shapes=shapes, strict=False)
     except Exception as error:  # torch.export raises many types; the message says what failed and where
         cache = ("; a model that returns a key-value cache needs use_cache=False among example_inputs"
@@ -231,6 +263,13 @@ def trace(model: nn.Module, example_inputs, dynamic: str = "all",
     _views_to_reshapes(program.graph_module)
     program = program.run_decompositions({aten.scaled_dot_product_attention.default: _sdpa_math,
                                           aten.einsum.default: _EINSUM})
+    spec = program.graph_signature
+    state = sorted({*spec.buffers_to_mutate.values(), *getattr(spec, "parameters_to_mutate", {}).values()})
+    if state:
+        raise ConversionError(
+            f"to_qann: {type(model).__name__}.forward changes its own {', '.join(state)} in place: state kept from "
+            "call to call, which a QANN (a function of its inputs) cannot carry. A model that does so on its first "
+            "call only (RWKV rescales its weights) converts after one call in eval mode")
     unlifted = program.module()
     gm = fx.GraphModule(unlifted, unlifted.graph)
     _views_to_reshapes(gm)  # the decompositions' views too: the SNN's states may have another layout than traced
@@ -239,6 +278,8 @@ def trace(model: nn.Module, example_inputs, dynamic: str = "all",
     for node in list(gm.graph.nodes):
         if node.op == "call_function" and packet(node) in DROPPED and not node.users:
             gm.graph.erase_node(node)
+        elif node.target is aten.copy_.default and node.args[0].op == "placeholder" and not node.users:
+            gm.graph.erase_node(node)  # a forward writing into its input: the graph computes the same from its copy
         elif node.op == "call_function" and packet(node) in (*NEW_TENSOR_FILL, aten.new_full):
             fill = node.args[2] if packet(node) is aten.new_full else NEW_TENSOR_FILL[packet(node)]
             val = node.meta["val"]
