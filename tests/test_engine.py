@@ -328,33 +328,43 @@ def test_tensors_under_var_keyword_are_inputs_and_inputs_written_in_place_stay_u
 
 
 class _RescalesOnFirstCall(nn.Module):
-    """Halves a weight in place on its first call in eval mode, as RWKV rescales its layers."""
+    """Halves a weight in place on its first call in eval mode, as RWKV rescales its layers; or, with ``every``,
+    counts its calls in a buffer."""
 
-    def __init__(self) -> None:
+    def __init__(self, every: bool = False) -> None:
         super().__init__()
-        self.fc1, self.fc2, self.rescaled = nn.Linear(4, 8), nn.Linear(8, 3), False
+        self.fc1, self.fc2, self.rescaled, self.every = nn.Linear(4, 8), nn.Linear(8, 3), False, every
+        self.register_buffer("calls", torch.zeros(()))
 
     def forward(self, x):
         if not self.training and not self.rescaled:
             with torch.no_grad():
                 self.fc2.weight.div_(2)
             self.rescaled = True
+        if self.every:
+            self.calls.add_(1)
         return self.fc2(self.fc1(x).relu())
 
 
-def test_a_model_that_changes_its_own_weights_is_refused_until_they_stop_changing():
-    """A forward that writes into its parameters or buffers keeps state from call to call; the graph would write
-    again at every call (QAT: "a leaf Variable that requires grad is being used in an in-place operation"). It is
-    refused by name; once the model has made its one-time change, it converts exactly."""
+def test_a_model_that_changes_its_own_weights_on_its_first_call_converts_as_it_computes_after():
+    """A forward that writes into its parameters keeps state from call to call; traced as it is, the graph would
+    write again at every call (QAT: "a leaf Variable that requires grad is being used in an in-place operation").
+    A change made on the first call only (RWKV) is made once on the traced copy, which is traced again: the QANN
+    computes what the model computes, the user's model is left as it was. A change at every call is refused."""
     torch.manual_seed(0)
     model, x = _RescalesOnFirstCall().to(D).eval(), torch.randn(3, 4, dtype=D)
-    with pytest.raises(ConversionError, match=r"_RescalesOnFirstCall.forward changes its own fc2.weight in place"):
-        to_qann(model, example_inputs=x)
-    with torch.no_grad():
-        model(x)
+    weight = model.fc2.weight.clone()
     qann = _calibrated(model, x)
+    assert torch.equal(model.fc2.weight, weight) and not model.rescaled
+    twin = _RescalesOnFirstCall().to(D).eval()
+    twin.load_state_dict(model.state_dict())
+    twin.fc2.weight.data.div_(2)
+    twin.rescaled = True
+    assert torch.equal(qann.model.fc2.weight, twin.fc2.weight)
     report = verify(qann, to_snn(qann), torch.randn(3, 4, dtype=D))
     assert report.ok and report.max_rel == 0.0, str(report)
+    with pytest.raises(ConversionError, match=r"_RescalesOnFirstCall.forward changes its own calls in place at every"):
+        to_qann(_RescalesOnFirstCall(every=True), example_inputs=torch.randn(3, 4))
 
 
 @pytest.mark.slow

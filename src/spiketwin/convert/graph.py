@@ -199,6 +199,43 @@ def keep_output(gm: fx.GraphModule, output: str | int, who: str) -> None:
     codegen.pytree_info = codegen.pytree_info._replace(out_spec=pytree.tree_flatten(0)[1])
 
 
+def _export(model: nn.Module, args: tuple, kwargs: dict, fixed: dict, shapes: dict,
+            named) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``model`` in eval mode, ``fixed`` Python values passed to its forward by a hook, the tensors
+    under ``**kwargs`` by name (``named``: :func:`_named_inputs`), ``scaled_dot_product_attention`` and ``einsum``
+    decomposed."""
+    was_training = model.training
+    model.eval()
+    # the fixed values reach forward through a hook, not as inputs: torch.export cannot give dynamic shapes to inputs
+    # that mix tensors and Python values under **kwargs (BERT's return_dict=False: "Must provide a tree_name")
+    hook = model.register_forward_pre_hook(lambda _, a, k: (a, {**k, **fixed}), with_kwargs=True)
+    try:
+        with float_saves(), dense_experts(model), named:  # a packed model traces as the plain one, experts densely
+            program = torch.export.export(model, args, kwargs, dynamic_shapes=shapes, strict=False)
+    except Exception as error:  # torch.export raises many types; the message says what failed and where
+        cache = ("; a model that returns a key-value cache needs use_cache=False among example_inputs"
+                 if "Cache" in str(error) else "")
+        raise ConversionError(
+            f"to_qann: torch.export could not trace {type(model).__name__}: {type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}. The forward must be traceable with example_inputs "
+            "(no data-dependent Python control flow on tensor values, no unsupported Python objects as inputs); "
+            f"pass example_inputs exactly as you call the model, e.g. a dict of keyword tensors{cache}") from error
+    finally:
+        hook.remove()
+        model.train(was_training)
+    # torch 2.11 traces nn.MultiheadAttention's sdpa -> permute -> .contiguous().view() as a bare view, which the sdpa
+    # decomposition below breaks (its output has another layout)
+    _views_to_reshapes(program.graph_module)
+    return program.run_decompositions({aten.scaled_dot_product_attention.default: _sdpa_math,
+                                       aten.einsum.default: _EINSUM})
+
+
+def _changed_state(program: torch.export.ExportedProgram) -> list[str]:
+    """The parameters and buffers that the traced forward writes into (state kept from call to call)."""
+    spec = program.graph_signature
+    return sorted({*spec.buffers_to_mutate.values(), *getattr(spec, "parameters_to_mutate", {}).values()})
+
+
 def trace(model: nn.Module, example_inputs, dynamic: str = "all",
           output: str | int | None = None) -> tuple[fx.GraphModule, dict]:
     """``model`` (eval mode) as an ATen :class:`torch.fx.GraphModule` that runs for any batch size, and with
@@ -210,6 +247,9 @@ def trace(model: nn.Module, example_inputs, dynamic: str = "all",
     value (:meth:`GraphModel.graph_kwargs` accepts them again at a call only with the same value). A forward with a
     ``use_cache`` parameter that the example does not set is traced with ``use_cache=False``.
     ``output``: keep only this output of the model (:func:`keep_output`), e.g. an encoder's ``"pooler_output"``.
+    A forward that writes into its own parameters or buffers on its first call in eval mode only (RWKV rescales
+    its weights) is called once on copies of the example inputs and traced again (``model`` keeps the change); one
+    that writes at every call is refused.
     """
     if dynamic not in DYNAMIC_CHOICES:
         raise ValueError(f"to_qann: dynamic must be one of {DYNAMIC_CHOICES}, got {dynamic!r}")
@@ -238,38 +278,18 @@ def trace(model: nn.Module, example_inputs, dynamic: str = "all",
     shapes = {name: ({k: _dynamic(v, dynamic) for k, v in value.items()} if isinstance(value, dict)
                      else _dynamic(value, dynamic))
               for name, value in bound.items()}
-    was_training = model.training
-    model.eval()
-    # the fixed values reach forward through a hook, not as inputs: torch.export cannot give dynamic shapes to inputs
-    # that mix tensors and Python values under **kwargs (BERT's return_dict=False: "Must provide a tree_name")
-    hook = model.register_forward_pre_hook(lambda _, a, k: (a, {**k, **fixed}), with_kwargs=True)
-    try:
-        # a packed model traces as the plain one, experts densely, tensors under **kwargs by name
-        with float_saves(), dense_experts(model), _named_inputs(model, signature, loose):
-            program = torch.export.export(model, args, kwargs, dynamic_shapes=shapes, strict=False)
-    except Exception as error:  # torch.export raises many types; the message says what failed and where
-        cache = ("; a model that returns a key-value cache needs use_cache=False among example_inputs"
-                 if "Cache" in str(error) else "")
-        raise ConversionError(
-            f"to_qann: torch.export could not trace {type(model).__name__}: {type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''}. The forward must be traceable with example_inputs "
-            "(no data-dependent Python control flow on tensor values, no unsupported Python objects as inputs); "
-            f"pass example_inputs exactly as you call the model, e.g. a dict of keyword tensors{cache}") from error
-    finally:
-        hook.remove()
+    program = _export(model, args, kwargs, fixed, shapes, _named_inputs(model, signature, loose))
+    if _changed_state(program):  # on the first call only (RWKV rescales its weights)? make the change, trace again
+        was_training = model.training
+        copies, copied = pytree.tree_map_only(torch.Tensor, torch.clone, (args, kwargs))
+        with torch.no_grad():
+            model.eval()(*copies, **copied, **fixed)
         model.train(was_training)
-    # torch 2.11 traces nn.MultiheadAttention's sdpa -> permute -> .contiguous().view() as a bare view, which the sdpa
-    # decomposition below breaks (its output has another layout)
-    _views_to_reshapes(program.graph_module)
-    program = program.run_decompositions({aten.scaled_dot_product_attention.default: _sdpa_math,
-                                          aten.einsum.default: _EINSUM})
-    spec = program.graph_signature
-    state = sorted({*spec.buffers_to_mutate.values(), *getattr(spec, "parameters_to_mutate", {}).values()})
-    if state:
-        raise ConversionError(
-            f"to_qann: {type(model).__name__}.forward changes its own {', '.join(state)} in place: state kept from "
-            "call to call, which a QANN (a function of its inputs) cannot carry. A model that does so on its first "
-            "call only (RWKV rescales its weights) converts after one call in eval mode")
+        program = _export(model, args, kwargs, fixed, shapes, _named_inputs(model, signature, loose))
+        if state := _changed_state(program):
+            raise ConversionError(
+                f"to_qann: {type(model).__name__}.forward changes its own {', '.join(state)} in place at every call: "
+                "state kept from call to call, which a QANN (a function of its inputs) cannot carry")
     unlifted = program.module()
     gm = fx.GraphModule(unlifted, unlifted.graph)
     _views_to_reshapes(gm)  # the decompositions' views too: the SNN's states may have another layout than traced
