@@ -42,7 +42,8 @@ LEAVE_AT = 8
 every neuron's state, which costs more than a few settled samples riding along for a step or two."""
 FEWEST = 2
 """A batch that samples leave keeps at least this many while any runs (settled ones ride along): torch.export traces
-a batch of two or more, and some graphs guard against one (SigLIP's attention-pooling head: "Guard failed")."""
+a batch of two or more, and some graphs guard against one (SigLIP's traced with every dimension dynamic: "Guard
+failed")."""
 
 
 def default_chunk(device: torch.device | None) -> int:
