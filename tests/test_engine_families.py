@@ -18,7 +18,7 @@ from torch import nn
 
 from spiketwin import simulate
 from spiketwin.convert import to_qann, to_snn, verify
-from spiketwin.convert.graph import ConversionError
+from spiketwin.convert.graph import ConversionError, tensor_args
 from spiketwin.energy import report as report_energy
 from spiketwin.inputs import select
 
@@ -129,6 +129,22 @@ def test_other_architectures_convert_exactly_without_new_code(name):
     assert verify(qann, to_snn(qann, state="events"), inputs).ok
     if name in MIXTURES:  # the experts spike: neurons inside them, not one analog function around the whole layer
         assert sum(".experts" in label for label in qann.labels) >= 3, qann.labels
+
+
+def test_a_product_written_with_baddbmm_multiplies_spike_trains():
+    """BLOOM adds its ALiBi bias to ``q @ kᵀ`` with ``baddbmm``; traced as PyTorch decomposes it
+    (``beta * bias + alpha * bmm``), both attention products multiply neurons' outputs, as in every other model,
+    instead of ``q @ kᵀ`` being part of one non-linear function with the softmax."""
+
+    def from_neuron(node) -> bool:  # through reshapes and transposes
+        while node.op == "call_function" and len(tensor_args(node)) == 1:
+            node = tensor_args(node)[0]
+        return node.op == "call_module" and str(node.target).startswith("quantizers.")
+
+    torch.manual_seed(0)
+    qann = _calibrated(_model("bloom").to(D).eval(), _inputs("bloom", 0))
+    products = [n for n in qann.model.graph.nodes if n.target is torch.ops.aten.bmm.default]
+    assert len(products) == 4 and all(from_neuron(a) for n in products for a in n.args), products
 
 
 @pytest.mark.parametrize("name", ["mixtral", "gpt-oss"])

@@ -3,7 +3,7 @@
 :func:`trace` runs ``torch.export`` on the model in eval mode (every dimension of every tensor input dynamic,
 so the graph runs for any batch size and sequence length), decomposes ``scaled_dot_product_attention`` into
 ``matmul -> scale -> mask -> softmax -> matmul`` (a masked softmax is PyTorch's ``_safe_softmax``, as in its own
-sdpa) and drops shape/dtype assertion nodes.
+sdpa) and ``einsum`` / ``baddbmm`` into matrix products, and drops shape/dtype assertion nodes.
 
 :func:`classify` says, for every node, how it depends on the input *signal* (SPEC A, "any model"):
 
@@ -112,9 +112,11 @@ def _sdpa_math(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=No
     return torch.matmul(aten._safe_softmax(scores, -1) if masked else torch.softmax(scores, -1), v)
 
 
-_EINSUM = torch.export.default_decompositions()[aten.einsum.default]
-"""``einsum`` as PyTorch's own decomposition writes it (permutes, reshapes, ``bmm``), so the rules see its products
-as they see ``matmul``'s (``einsum`` itself holds its operands in a list)."""
+_PRODUCTS = {op: torch.export.default_decompositions()[op] for op in (aten.einsum.default, aten.baddbmm.default)}
+"""``einsum`` and ``baddbmm`` as PyTorch's own decompositions write them (permutes, reshapes, ``bmm``; ``baddbmm``:
+``beta * input + alpha * bmm``), so the rules see their products as they see ``matmul``'s (``einsum`` holds its
+operands in a list; BLOOM adds its ALiBi bias to ``q @ kᵀ`` with ``baddbmm``, which would otherwise be one non-linear
+function with the softmax)."""
 
 
 DYNAMIC_CHOICES = ("all", "batch")
@@ -226,8 +228,7 @@ def _export(model: nn.Module, args: tuple, kwargs: dict, fixed: dict, shapes: di
     # torch 2.11 traces nn.MultiheadAttention's sdpa -> permute -> .contiguous().view() as a bare view, which the sdpa
     # decomposition below breaks (its output has another layout)
     _views_to_reshapes(program.graph_module)
-    return program.run_decompositions({aten.scaled_dot_product_attention.default: _sdpa_math,
-                                       aten.einsum.default: _EINSUM})
+    return program.run_decompositions({aten.scaled_dot_product_attention.default: _sdpa_math, **_PRODUCTS})
 
 
 def _changed_state(program: torch.export.ExportedProgram) -> list[str]:
