@@ -204,8 +204,8 @@ def keep_output(gm: fx.GraphModule, output: str | int, who: str) -> None:
 def _export(model: nn.Module, args: tuple, kwargs: dict, fixed: dict, shapes: dict,
             named) -> torch.export.ExportedProgram:
     """``torch.export`` of ``model`` in eval mode, ``fixed`` Python values passed to its forward by a hook, the tensors
-    under ``**kwargs`` by name (``named``: :func:`_named_inputs`), ``scaled_dot_product_attention`` and ``einsum``
-    decomposed."""
+    under ``**kwargs`` by name (``named``: :func:`_named_inputs`), ``scaled_dot_product_attention`` and the ops of
+    :data:`_PRODUCTS` decomposed."""
     was_training = model.training
     model.eval()
     # the fixed values reach forward through a hook, not as inputs: torch.export cannot give dynamic shapes to inputs
