@@ -8,6 +8,8 @@ the same spike trains; text batches with padding give every real token the resul
 from __future__ import annotations
 
 import copy
+import re
+import warnings
 
 import pytest
 import torch
@@ -365,6 +367,37 @@ def test_a_model_that_changes_its_own_weights_on_its_first_call_converts_as_it_c
     assert report.ok and report.max_rel == 0.0, str(report)
     with pytest.raises(ConversionError, match=r"_RescalesOnFirstCall.forward changes its own calls in place at every"):
         to_qann(_RescalesOnFirstCall(every=True), example_inputs=torch.randn(3, 4))
+
+
+class _WeightsInAFunction(nn.Module):
+    """Weights applied by ops the rules do not know as products (``nn.Bilinear``, ``tensordot``), or, with
+    ``linear``, by a linear layer."""
+
+    def __init__(self, linear: bool = False) -> None:
+        super().__init__()
+        self.fc, self.linear = nn.Linear(4, 6), linear
+        self.bilinear, self.w, self.out = nn.Bilinear(6, 6, 6), nn.Parameter(torch.randn(6, 6)), nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = self.fc(x).relu()
+        if self.linear:
+            return self.out(nn.functional.linear(h, self.w))
+        return self.out(self.bilinear(h, h) + torch.tensordot(h, self.w.t(), dims=([1], [0])))
+
+
+def test_weights_applied_inside_a_non_linear_function_are_named_in_a_warning():
+    """An op the rules do not know as a product becomes part of a non-linear function: the SNN stays exact, but
+    those weights do not act on spikes; the user is told which, and where."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, dtype=D)
+    with pytest.warns(UserWarning, match=r"aten.bilinear in bilinear .* the signal by bilinear.weight") as seen:
+        qann = _calibrated(_WeightsInAFunction().to(D), x)
+    assert any(re.search(r"aten.tensordot in the model .*test_engine.py.* by w inside", str(w.message)) for w in seen)
+    report = verify(qann, to_snn(qann), x)
+    assert report.ok and report.max_rel == 0.0, str(report)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="to_qann")
+        _calibrated(_WeightsInAFunction(linear=True).to(D), x)
 
 
 @pytest.mark.slow

@@ -170,6 +170,19 @@ def test_experts_traced_densely_compute_what_the_sparse_layer_does(name):
     assert model.config._experts_implementation == before
 
 
+def test_a_sparse_mixture_path_is_named_in_a_warning(monkeypatch):
+    """Without the dense route, transformers' grouped expert product becomes part of one non-linear function: exact,
+    but the experts' weights do not act on spikes. The warning names them."""
+    import contextlib
+
+    import spiketwin.convert.graph as graph
+
+    monkeypatch.setattr(graph, "dense_experts", lambda model: contextlib.nullcontext())
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match=r"in model.layers.0.mlp.experts .* by model.layers.0.mlp.experts.gate_up_pr"):
+        to_qann(_model("mixtral").to(D).eval(), example_inputs=_inputs("mixtral", 0))
+
+
 @pytest.mark.parametrize("name", ["gpt2", "mixtral", "swin"])
 def test_samples_folded_into_one_dimension_settle_one_by_one(name):
     """GPT-2's Conv1D and a mixture of experts flatten ``[B, L, H]`` to ``[B*L, H]``, Swin folds its windows into

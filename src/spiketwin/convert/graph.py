@@ -25,6 +25,8 @@ import contextlib
 import inspect
 import math
 import operator
+import warnings
+
 import torch
 from torch import fx, nn
 from torch.utils import _pytree as pytree
@@ -481,6 +483,28 @@ def regions(gm: fx.GraphModule, kinds: dict[fx.Node, str]) -> dict[fx.Node, int]
         if node in parent:
             ids[node] = numbering.setdefault(find(node), len(numbering))
     return ids
+
+
+def warn_weights_in_regions(gm: fx.GraphModule, kinds: dict[fx.Node, str], region: dict[fx.Node, int]) -> None:
+    """Warn where a non-linear region multiplies the signal by a weight matrix with an op the rules do not know as a
+    product (``tensordot``, ``nn.Bilinear``, a sparse mixture's grouped product): the SNN stays exact, but computes
+    that product inside one analog function of its inputs instead of on spikes."""
+    parameters = dict(gm.named_parameters())
+
+    def weight(node: fx.Node) -> str | None:  # a parameter matrix, through constant reshapes and transposes
+        while node.op == "call_function" and kinds.get(node) == CONST and len(tensor_args(node)) == 1:
+            node = tensor_args(node)[0]
+        named = str(node.target) if node.op == "get_attr" else ""
+        return named if named in parameters and parameters[named].dim() >= 2 else None
+
+    for node in gm.graph.nodes:
+        if node in region and kinds.get(node) == NONLINEAR and node.op == "call_function":
+            weights = [w for w in map(weight, tensor_args(node)) if w]
+            if weights:
+                warnings.warn(f"to_qann: {packet(node)} in {module_path(node) or 'the model'} ({where(node)}) "
+                              f"multiplies the signal by {', '.join(weights)} "
+                              "inside a non-linear function: the SNN is exact but does not spike there (a product "
+                              "written with linear, matmul or einsum would)", stacklevel=4)
 
 
 def retarget(gm: fx.GraphModule, device: torch.device) -> None:

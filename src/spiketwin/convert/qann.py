@@ -212,6 +212,7 @@ def graph_to_qann(model: nn.Module, levels: int = 16, example_inputs=None, activ
         swap_activations(gm)
     kinds = G.classify(gm)
     region = G.regions(gm, kinds)
+    G.warn_weights_in_regions(gm, kinds, region)
     values = placement(gm, kinds, region)
     if not values:
         raise G.ConversionError(f"to_qann: {type(model).__name__} has no weighted or bilinear op on a signal, so there "
