@@ -147,23 +147,21 @@ def _example(value):
 
 
 @contextlib.contextmanager
-def _named_inputs(model: nn.Module, signature: inspect.Signature, loose: list[str]):
-    """While tracing, the tensors ``loose`` that ``model.forward`` takes under ``**kwargs`` (an ``attention_mask``
-    that FNet ignores) are parameters of their own, by an instance ``forward`` with that signature that calls the
-    model's own (module paths unchanged): ``torch.export`` 2.13 flattens such inputs twice and fails ("Must provide a
-    tree_name when there might be a mismatch")."""
-    if not loose:
-        yield
-        return
+def _traced_forward(model: nn.Module, signature: inspect.Signature, loose: list[str], fixed: dict):
+    """While tracing, ``model.forward`` is an instance ``forward`` that calls the model's own (module paths unchanged)
+    with the ``fixed`` Python values added, under a signature in which the tensors ``loose`` that it takes under
+    ``**kwargs`` (an ``attention_mask`` that FNet ignores) are parameters of their own. torch.export 2.13 flattens
+    tensors under ``**kwargs`` twice and fails ("Must provide a tree_name when there might be a mismatch"), and cannot
+    give dynamic shapes to inputs that mix tensors and Python values there (BERT's ``return_dict=False``)."""
     own, forward = model.__dict__.get("forward"), model.forward
     params = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
     params += [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=None) for k in loose]
 
-    def named(*a, **k):
-        return forward(*a, **k)
+    def traced(*a, **k):
+        return forward(*a, **k, **fixed)
 
-    named.__signature__ = signature.replace(parameters=params)
-    model.forward = named
+    traced.__signature__ = signature.replace(parameters=params)
+    model.forward = traced
     try:
         yield
     finally:
@@ -203,18 +201,13 @@ def keep_output(gm: fx.GraphModule, output: str | int, who: str) -> None:
     codegen.pytree_info = codegen.pytree_info._replace(out_spec=pytree.tree_flatten(0)[1])
 
 
-def _export(model: nn.Module, args: tuple, kwargs: dict, fixed: dict, shapes: dict,
-            named) -> torch.export.ExportedProgram:
-    """``torch.export`` of ``model`` in eval mode, ``fixed`` Python values passed to its forward by a hook, the tensors
-    under ``**kwargs`` by name (``named``: :func:`_named_inputs`), ``scaled_dot_product_attention`` and the ops of
-    :data:`_PRODUCTS` decomposed."""
+def _export(model: nn.Module, args: tuple, kwargs: dict, shapes: dict, forward) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``model`` in eval mode through ``forward`` (:func:`_traced_forward`), with
+    ``scaled_dot_product_attention`` and the ops of :data:`_PRODUCTS` decomposed."""
     was_training = model.training
     model.eval()
-    # the fixed values reach forward through a hook, not as inputs: torch.export cannot give dynamic shapes to inputs
-    # that mix tensors and Python values under **kwargs (BERT's return_dict=False: "Must provide a tree_name")
-    hook = model.register_forward_pre_hook(lambda _, a, k: (a, {**k, **fixed}), with_kwargs=True)
     try:
-        with float_saves(), dense_experts(model), named:  # a packed model traces as the plain one, experts densely
+        with float_saves(), dense_experts(model), forward:  # a packed model traces as the plain one, experts densely
             program = torch.export.export(model, args, kwargs, dynamic_shapes=shapes, strict=False)
     except Exception as error:  # torch.export raises many types; the message says what failed and where
         cache = ("; a model that returns a key-value cache needs use_cache=False among example_inputs"
@@ -225,7 +218,6 @@ def _export(model: nn.Module, args: tuple, kwargs: dict, fixed: dict, shapes: di
             "(no data-dependent Python control flow on tensor values, no unsupported Python objects as inputs); "
             f"pass example_inputs exactly as you call the model, e.g. a dict of keyword tensors{cache}") from error
     finally:
-        hook.remove()
         model.train(was_training)
     # torch 2.11 traces nn.MultiheadAttention's sdpa -> permute -> .contiguous().view() as a bare view, which the sdpa
     # decomposition below breaks (its output has another layout)
@@ -276,19 +268,19 @@ def trace(model: nn.Module, example_inputs, dynamic: str = "all",
         fixed["use_cache"] = False  # a key-value cache serves generation; torch.export cannot return one
     bound = signature.bind_partial(*args, **kwargs).arguments
     var = next((name for name, p in signature.parameters.items() if p.kind is inspect.Parameter.VAR_KEYWORD), None)
-    loose = list(bound.pop(var, {}))  # tensors under **kwargs: named inputs while tracing (_named_inputs)
-    bound.update({k: kwargs[k] for k in loose})
+    loose = bound.pop(var, {})  # tensors under **kwargs: named inputs while tracing (_traced_forward)
+    bound.update(loose)
     shapes = {name: ({k: _dynamic(v, dynamic) for k, v in value.items()} if isinstance(value, dict)
                      else _dynamic(value, dynamic))
               for name, value in bound.items()}
-    program = _export(model, args, kwargs, fixed, shapes, _named_inputs(model, signature, loose))
+    program = _export(model, args, kwargs, shapes, _traced_forward(model, signature, list(loose), fixed))
     if _changed_state(program):  # on the first call only (RWKV rescales its weights)? make the change, trace again
         was_training = model.training
         copies, copied = pytree.tree_map_only(torch.Tensor, torch.clone, (args, kwargs))
         with torch.no_grad():
             model.eval()(*copies, **copied, **fixed)
         model.train(was_training)
-        program = _export(model, args, kwargs, fixed, shapes, _named_inputs(model, signature, loose))
+        program = _export(model, args, kwargs, shapes, _traced_forward(model, signature, list(loose), fixed))
         if state := _changed_state(program):
             raise ConversionError(
                 f"to_qann: {type(model).__name__}.forward changes its own {', '.join(state)} in place at every call: "
