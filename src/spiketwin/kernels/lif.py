@@ -95,10 +95,21 @@ def launch_backward(h: torch.Tensor, grad_spikes: torch.Tensor, grad_v: torch.Te
 
 
 # ---------------------------------------------------------------- the operators
+# Registered at the dispatcher's level (Library.define / impl), as spiketwin::stbif_steps is: a call costs a few
+# us, where torch.library.custom_op's Python wrapper cost ~60 us more per forward and backward of a neuron (the
+# host time of a training step on a GPU, measured in docs/gpu.md)
 
-@torch.library.custom_op("spiketwin::lif_scan", mutates_args=(), device_types=("cpu", "cuda"))
-def lif_scan(x: torch.Tensor, v: torch.Tensor, mode: int, tau: float, vth: float, vreset: float, kind: int,
-             alpha: float, keep_h: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+_LIBRARY = torch.library.Library("spiketwin", "FRAGMENT")
+_LIBRARY.define("lif_scan(Tensor x, Tensor v, int mode, float tau, float vth, float vreset, int kind, float alpha, "
+                "bool keep_h) -> (Tensor, Tensor, Tensor)")
+_LIBRARY.define("lif_scan_backward(Tensor h, Tensor grad_spikes, Tensor? grad_v, int mode, int kind, float vth, "
+                "float vreset, float dh_dv, float dh_dx, float alpha) -> (Tensor, Tensor)")
+_LIBRARY.define("lif_affine_scan(Tensor z, Tensor scale, Tensor shift, Tensor v, int steps, int mode, float tau, "
+                "float vth, float vreset) -> Tensor")
+
+
+def _lif_scan(x: torch.Tensor, v: torch.Tensor, mode: int, tau: float, vth: float, vreset: float, kind: int,
+              alpha: float, keep_h: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Spikes, final ``V`` and (``keep_h``) the ``H`` buffer of the scan; ``kind`` / ``alpha`` (the surrogate)
     are for backward only."""
     x, v = x.contiguous(), v.contiguous()
@@ -108,15 +119,13 @@ def lif_scan(x: torch.Tensor, v: torch.Tensor, mode: int, tau: float, vth: float
     return spikes, v_final, h
 
 
-@lif_scan.register_fake
-def _(x, v, mode, tau, vth, vreset, kind, alpha, keep_h):
+def _lif_scan_fake(x, v, mode, tau, vth, vreset, kind, alpha, keep_h):
     return torch.empty_like(x), torch.empty_like(v), torch.empty_like(x) if keep_h else x.new_empty(0)
 
 
-@torch.library.custom_op("spiketwin::lif_scan_backward", mutates_args=(), device_types=("cpu", "cuda"))
-def lif_scan_backward(h: torch.Tensor, grad_spikes: torch.Tensor, grad_v: torch.Tensor | None, mode: int, kind: int,
-                      vth: float, vreset: float, dh_dv: float, dh_dx: float,
-                      alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _lif_scan_backward(h: torch.Tensor, grad_spikes: torch.Tensor, grad_v: torch.Tensor | None, mode: int, kind: int,
+                       vth: float, vreset: float, dh_dv: float, dh_dx: float,
+                       alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(dL/dX, dL/dV_0)`` of the scan from its ``H`` buffer, dL/dspikes and dL/dV_T (``None``: not used)."""
     grad_spikes = grad_spikes.contiguous()
     grad_v = None if grad_v is None else grad_v.contiguous()
@@ -126,8 +135,7 @@ def lif_scan_backward(h: torch.Tensor, grad_spikes: torch.Tensor, grad_v: torch.
     return grad_x, grad_v0
 
 
-@lif_scan_backward.register_fake
-def _(h, grad_spikes, grad_v, mode, kind, vth, vreset, dh_dv, dh_dx, alpha):
+def _lif_scan_backward_fake(h, grad_spikes, grad_v, mode, kind, vth, vreset, dh_dv, dh_dx, alpha):
     return torch.empty_like(h), torch.empty_like(h[0])
 
 
@@ -157,12 +165,8 @@ def _backward(ctx, grad_spikes, grad_v, _grad_h):
     return grad_x, grad_v0, None, None, None, None, None, None, None
 
 
-lif_scan.register_autograd(_backward, setup_context=_setup_context)
-
-
-@torch.library.custom_op("spiketwin::lif_affine_scan", mutates_args=(), device_types="cpu")
-def lif_affine_scan(z: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, v: torch.Tensor, steps: int,
-                    mode: int, tau: float, vth: float, vreset: float) -> torch.Tensor:
+def _lif_affine_scan(z: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, v: torch.Tensor, steps: int,
+                     mode: int, tau: float, vth: float, vreset: float) -> torch.Tensor:
     """``H`` ``[steps, *v.shape]`` of the scan of ``z * scale[c] + shift[c]`` (rounded once, as torch's CPU
     ``batch_norm`` computes its output from these terms) from state ``v``; ``z`` is ``[steps * R, C, ...]``."""
     z = z.contiguous()
@@ -175,6 +179,39 @@ def lif_affine_scan(z: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, v
     return h
 
 
-@lif_affine_scan.register_fake
-def _(z, scale, shift, v, steps, mode, tau, vth, vreset):
+def _lif_affine_scan_fake(z, scale, shift, v, steps, mode, tau, vth, vreset):
     return z.new_empty((steps, *v.shape))
+
+
+for _name, _impl, _fake, _devices in (("lif_scan", _lif_scan, _lif_scan_fake, ("CPU", "CUDA")),
+                                      ("lif_scan_backward", _lif_scan_backward, _lif_scan_backward_fake,
+                                       ("CPU", "CUDA")),
+                                      ("lif_affine_scan", _lif_affine_scan, _lif_affine_scan_fake, ("CPU",))):
+    for _device in _devices:
+        _LIBRARY.impl(_name, _impl, _device)
+    torch.library.register_fake(f"spiketwin::{_name}", _fake, lib=_LIBRARY)
+torch.library.register_autograd("spiketwin::lif_scan", _backward, setup_context=_setup_context, lib=_LIBRARY)
+
+lif_scan = torch.ops.spiketwin.lif_scan.default
+"""``spiketwin::lif_scan(x, v, mode, tau, vth, vreset, kind, alpha, keep_h) -> (spikes, v_final, h)``."""
+
+
+class LIFScanFunction(torch.autograd.Function):
+    """:data:`lif_scan` with the same autograd formula, applied as an ``autograd.Function``: what the neurons call
+    when gradients are needed.
+    The operator's own autograd (``register_autograd``) re-reads its arguments against the schema on every call
+    with gradients (``fill_defaults``, ~30 us a call on these CPUs); inside ``forward`` gradients are off, so the
+    operator runs directly. ``torch.compile`` and ``torch.export`` trace through it to the operator."""
+
+    @staticmethod
+    def forward(ctx, *inputs):  # ctx first: a separate setup_context makes apply() bind the arguments again too
+        output = lif_scan(*inputs)
+        _setup_context(ctx, inputs, output)
+        return output
+
+    backward = staticmethod(_backward)
+
+lif_scan_backward = torch.ops.spiketwin.lif_scan_backward.default
+"""``spiketwin::lif_scan_backward(h, grad_spikes, grad_v, mode, kind, vth, vreset, dh_dv, dh_dx, alpha)``."""
+lif_affine_scan = torch.ops.spiketwin.lif_affine_scan.default
+"""``spiketwin::lif_affine_scan(z, scale, shift, v, steps, mode, tau, vth, vreset) -> h`` (CPU only)."""

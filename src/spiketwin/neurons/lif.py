@@ -214,8 +214,8 @@ def lif_sequence(x_seq: torch.Tensor, v: torch.Tensor, p: LIFParams,
     kind = _KERNEL_SURROGATES.get(type(surrogate))
     if (kind is None and keep_h) or v.shape != x_seq.shape[1:] or not lif_ops.runs_on(x_seq, v):
         return _LIFScan.apply(x_seq.contiguous(), v, p, surrogate)
-    spikes, v_final, _ = lif_ops.lif_scan(x_seq, v, lif_mode(p), *_scalars(p), kind or 0,
-                                          getattr(surrogate, "alpha", 1.0), keep_h)
+    scan = lif_ops.LIFScanFunction.apply if keep_h else lif_ops.lif_scan
+    spikes, v_final, _ = scan(x_seq, v, lif_mode(p), *_scalars(p), kind or 0, getattr(surrogate, "alpha", 1.0), keep_h)
     return spikes, v_final
 
 
