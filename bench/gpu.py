@@ -20,7 +20,8 @@
 3. Spikformer training (``spikformer_cifar10`` B = 64 at 32 px, ``spikformer_8_384`` B = 16 at 224 px, T = 4): one
    AdamW step on random images: samples/s and peak device memory, beside SpikingJelly 2.0 (the official CIFAR model
    on its neurons, ``bench.spikformer``; its built-in Spikformer for 224 px) with its automatic (fastest available)
-   neuron backend, when it imports.
+   neuron backend, when it imports. Each spiketwin model is trained as ``fit`` trains it (``spiketwin.memory.pack``)
+   and plain (``pack_memory=False``): what the packing saves in memory and costs in time.
 
 Only the public API is used (``spiketwin.convert``, ``spiketwin.simulate``, ``spiketwin.models.create``). TF32 stays
 off everywhere (spiketwin's simulator turns it off; this script also keeps it off for every side's matrix products).
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import importlib.util
 import json
 import platform
@@ -305,7 +307,14 @@ def _sj_vit(ann: nn.Module, heads: int, L: int, calibration: torch.Tensor, x: to
 # ---------------------------------------------------------------- 3. Spikformer training
 
 def _train_steps(model: nn.Module, reset_fn, x: torch.Tensor, y: torch.Tensor, repeats: int) -> dict:
+    """Samples/s of one AdamW step, and its peak device memory: the model, its gradients, the optimizer's state and
+    what the step keeps for backward, above what the device held before (the earlier parts leave tensors there)."""
     device = x.device
+    if device.type == "cuda":
+        gc.collect()
+        on_device = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers())
+                        if t.device == device)
+        base = torch.cuda.memory_allocated(device) - on_device
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
@@ -320,7 +329,7 @@ def _train_steps(model: nn.Module, reset_fn, x: torch.Tensor, y: torch.Tensor, r
         torch.cuda.reset_peak_memory_stats(device)
     with full_float32():
         seconds = round_robin([step], repeats)[0].seconds
-    peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else None
+    peak = (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20 if device.type == "cuda" else None
     return dict(samples_s=len(x) / seconds, peak_mb=peak)
 
 
@@ -341,6 +350,10 @@ def spikformer_training(device: torch.device, quick: bool, repeats: int) -> list
         with _unfused(device):  # after the fused steps, not in turn with them (each its own peak memory)
             row.update({f"unfused_{k}": v for k, v in _train_steps(model, reset, x, y, repeats).items()})
         del model
+        torch.manual_seed(30)
+        plain = create(name, **overrides)  # what pack costs and saves: the same steps with float saves, no recompute
+        row.update({f"plain_{k}": v for k, v in _train_steps(plain, reset, x, y, repeats).items()})
+        del plain
         if HAVE_SJ:
             row.update(_sj_training(name, overrides, T, img, classes, x, y, repeats))
         rows.append(row)
@@ -436,10 +449,15 @@ def table(results: dict) -> None:
         unfused_mem = f"; torch path peak {r['unfused_peak_mb']:.0f} MB" if r["unfused_peak_mb"] is not None else ""
         rows.append(["  fused kernels vs torch path", f"{r['samples_s']:.1f}", f"{r['unfused_samples_s']:.1f}",
                      _ratio(r["samples_s"], r["unfused_samples_s"]), "run one after the other" + unfused_mem])
+        plain_mem = f"peak {r['plain_peak_mb']:.0f} MB" if r["plain_peak_mb"] is not None else ""
+        rows.append(["  memory.pack vs plain model", f"{r['samples_s']:.1f}", f"{r['plain_samples_s']:.1f}",
+                     _ratio(r["samples_s"], r["plain_samples_s"]), f"plain (pack_memory=False) {plain_mem}"])
         if "sj_samples_s" in r:
             sj_mem = f"; SJ peak {r['sj_peak_mb']:.0f} MB" if r["sj_peak_mb"] is not None else ""
             rows.append([f"  vs {r['sj_side']}", f"{r['samples_s']:.1f}", f"{r['sj_samples_s']:.1f}",
                          _ratio(r["samples_s"], r["sj_samples_s"]), mem + sj_mem])
+            rows.append([f"  plain vs {r['sj_side']}", f"{r['plain_samples_s']:.1f}", f"{r['sj_samples_s']:.1f}",
+                         _ratio(r["plain_samples_s"], r["sj_samples_s"]), plain_mem + sj_mem])
         elif "sj_error" in r:
             rows.append(["  vs SpikingJelly", "", "error", "", r["sj_error"][:60]])
     for part, text in results["errors"].items():

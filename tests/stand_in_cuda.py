@@ -14,8 +14,9 @@ Every operation on them runs on the CPU. What it checks that a CPU run cannot:
 - the CUDA registrations of spiketwin's operators and the Triton kernels, called as on a GPU.
 
 What it cannot check: the GPU's own arithmetic (cuBLAS, cuDNN, compiled Triton code: ``tests/test_kernels_compile.py``
-reads the compiled kernels' instructions), timing, streams. ``torch.cuda.Event`` / ``current_stream`` / ``device``
-are stand-ins too (the host copy of ``read_late`` and the launch context of the Triton kernels). Tracing a model
+reads the compiled kernels' instructions), timing, streams. ``torch.cuda.Event`` / ``current_stream`` /
+``current_device`` / ``device`` are stand-ins too (the host copy of ``read_late`` and the launch context of the
+Triton kernels). Tracing a model
 that sits on the stand-in (``torch.export``, so ``to_qann``) aborts the process inside PyTorch's fake tensors, which
 need a CUDA build for a cuda tensor that requires gradients: convert on the CPU, then move.
 """
@@ -222,7 +223,7 @@ def stand_in_cuda(triton: bool = True) -> Iterator[Reads]:
     from spiketwin.kernels import triton_disabled
 
     patched = {"_lazy_init": lambda: None, "Event": _Event, "current_stream": lambda device=None: None,
-               "device": _DeviceContext}
+               "current_device": lambda: 0, "device": _DeviceContext}
     saved = {name: getattr(torch.cuda, name) for name in patched}
     overwrite = torch.__future__.get_overwrite_module_params_on_conversion()
     _reads.clear()

@@ -191,9 +191,9 @@ class GraphSNN(GraphModel):
         dropped = False
         whole: tuple[int, dict] = (0, {})  # the cut and recorded values of the last step on the whole batch
         copied: _HostCopy | None = None  # read_late: the flags the last check started copying
+        a_args, a_kwargs = args, kwargs  # the inputs of the samples still running
         t = 0
         while t < max_steps and len(active):
-            a_args, a_kwargs = _select(args, kwargs, active, batch) if dropped else (args, kwargs)
             for _ in range(min(chunk, max_steps - t)):
                 out = logits_of(self._call(resume, cut, a_args, a_kwargs))
                 row = out.new_zeros((batch, *out.shape[1:])) if not rows else rows[-1].clone()
@@ -238,6 +238,7 @@ class GraphSNN(GraphModel):
                 if resume is not None:
                     resume.keep(stay, len(active))
                 active, dropped = active[stay], True
+                a_args, a_kwargs = _select(args, kwargs, active, batch)
                 copied = None  # its flags are of the batch before
         if dropped and self.state == "exact":  # confirm on the whole batch, with the QANN's arithmetic
             out = self._confirm(neurons, parked, active, args, kwargs, settle, rows, max_steps, resume, whole)

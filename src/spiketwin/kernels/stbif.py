@@ -121,10 +121,18 @@ _LIBRARY.define("stbif_exact_step(Tensor x, Tensor(a!) count, Tensor theta, int 
 def stbif_exact_step(x: torch.Tensor, count: torch.Tensor, threshold: torch.Tensor, n_min: int, n_max: int,
                      m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The operator on ``x`` and ``count`` alike (``[B, ...]``, batch first), ``threshold`` the neuron's one-element
-    buffer; an eager CPU call that the native kernel takes goes straight to it (see :func:`stbif_steps`)."""
-    kernel = None if x.device.type != "cpu" or torch.compiler.is_compiling() else _native_exact_for(x, count)
-    if kernel is not None:
-        return _native_exact(kernel, x, count, threshold.item(), n_min, n_max, m)
+    buffer. An eager call that a fused kernel takes goes straight to it (the native kernel on the CPU, see
+    :func:`stbif_steps`; the Triton kernel on CUDA, where the dispatcher and the operator's checks cost ~35 us of
+    host time a call on the GPU machine, a third of the call, more than the kernel's GPU time)."""
+    if not torch.compiler.is_compiling():
+        if x.device.type == "cpu":
+            kernel = _native_exact_for(x, count)
+            if kernel is not None:
+                return _native_exact(kernel, x, count, threshold.item(), n_min, n_max, m)
+        elif not (torch.is_grad_enabled() and x.requires_grad):
+            theta = threshold.to(device=x.device, dtype=x.dtype).reshape(1)
+            if _triton_exact_takes(x, count, theta):
+                return _triton_exact(x, count, theta, n_min, n_max, m)
     theta = threshold.to(device=x.device, dtype=x.dtype).reshape(1)
     return torch.ops.spiketwin.stbif_exact_step(x, count, theta, n_min, n_max, m)
 
@@ -165,13 +173,22 @@ def _stbif_exact_step_cpu(x, count, theta, n_min, n_max, m):
         return stbif_exact(x, count, theta, n_min, n_max, m)
 
 
+def _triton_exact_takes(x: torch.Tensor, count: torch.Tensor, theta: torch.Tensor) -> bool:
+    """Whether the Triton kernel takes the exact step on these CUDA tensors (:func:`_in_order`, a dtype it takes)."""
+    return _in_order(x, count) and theta.dtype == x.dtype and triton_takes(theta, dtypes=EXACT_STEP_DTYPES)
+
+
+def _triton_exact(x, count, theta, n_min, n_max, m):
+    from .stbif_triton import stbif_exact_step as triton_step  # needs the triton package
+
+    return triton_step(_count_layout(x, count), count, theta, n_min, n_max, m)
+
+
 def _stbif_exact_step_cuda(x, count, theta, n_min, n_max, m):
     with torch.no_grad():
-        if not (_in_order(x, count) and triton_takes(theta, dtypes=EXACT_STEP_DTYPES) and theta.dtype == x.dtype):
+        if not _triton_exact_takes(x, count, theta):
             return stbif_exact(x, count, theta, n_min, n_max, m)
-        from .stbif_triton import stbif_exact_step as triton_step  # needs the triton package
-
-        return triton_step(_count_layout(x, count), count, theta, n_min, n_max, m)
+        return _triton_exact(x, count, theta, n_min, n_max, m)
 
 
 def _stbif_exact_step_fake(x, count, theta, n_min, n_max, m):

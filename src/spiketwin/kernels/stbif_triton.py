@@ -7,10 +7,11 @@ IEEE division (:func:`~.triton_ieee.ieee_div`: Triton's float32 ``/`` is approxi
 (``enable_fp_fusion=False``). The exact step also takes float16 and bfloat16 ``x``: it computes in float32 and
 rounds each result to the half dtype where torch's half-precision operations round theirs (:func:`_rounded`).
 A block whose sample had no pending neuron before the call and whose inputs are all zero writes zero spikes
-and leaves its state alone (the per-sample skip of the C kernel, per block). Each block writes its own far flag
-(every block, so the buffer needs no zeroing) and the wrapper ors a sample's blocks: one reduction, none for a
-sample of one block, where zeroing a shared flag for atomics and casting it to bool took two kernels a call. No
-host synchronisation.
+and leaves its state alone (the per-sample skip of the C kernel, per block). A sample's far flag: written by its
+block when it has one; when it has several, set by each block that has a far neuron, on a buffer of zeros (the
+same value from every writer, so plain stores do): one fill a call, where a flag per block and their ``any``
+took a reduction (25 us of host time a call on the GPU machine, more than the kernel's launch). No host
+synchronisation.
 
 Importing this module needs the ``triton`` package. ``TRITON_INTERPRET=1`` runs the kernel on CPU tensors; Triton
 reads it when it is first imported (its own library functions are compiled or interpreted from then on), so
@@ -32,7 +33,7 @@ BLOCK = 1024
 
 @triton.jit(do_not_specialize=["T", "B", "N", "n_min", "n_max", "m"])  # else a 1 becomes a constant (no .to)
 def _stbif_steps(x_ptr, total_ptr, count_ptr, spikes_ptr, far_ptr, was_pending_ptr, theta_ptr, T, B, N,
-                 n_min, n_max, m, SKIP: tl.constexpr, BLOCK: tl.constexpr):
+                 n_min, n_max, m, SKIP: tl.constexpr, BLOCK: tl.constexpr, ONE_BLOCK: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
@@ -48,12 +49,11 @@ def _stbif_steps(x_ptr, total_ptr, count_ptr, spikes_ptr, far_ptr, was_pending_p
                 xt = tl.load(x_ptr + (t * B + b) * N + offs, mask=mask, other=0.0)
                 nonzero = tl.maximum(nonzero, (xt != 0).to(tl.int32))
             quiet = tl.max(nonzero, axis=0) == 0
-    blocks = tl.num_programs(1)
-    block = tl.program_id(1)
     if quiet:
         for t in range(T):
             tl.store(spikes_ptr + (t * B + b) * N + offs, tl.zeros([BLOCK], dtype=theta.dtype), mask=mask)
-            tl.store(far_ptr + (b * T + t) * blocks + block, False)  # no neuron is far: none moved
+            if ONE_BLOCK:
+                tl.store(far_ptr + b * T + t, False)  # no neuron is far: none moved
     else:
         total = tl.load(total_ptr + b * N + offs, mask=mask, other=0.0)
         count = tl.load(count_ptr + b * N + offs, mask=mask, other=0.0)
@@ -62,8 +62,11 @@ def _stbif_steps(x_ptr, total_ptr, count_ptr, spikes_ptr, far_ptr, was_pending_p
             target = tl.floor(ieee_div(total, theta) + 0.5)
             target = tl.minimum(tl.maximum(target, lo), hi)
             delta = target - count
-            far = ((delta > most) | (delta < -most)) & mask
-            tl.store(far_ptr + (b * T + t) * blocks + block, tl.max(far.to(tl.int32), axis=0) != 0)
+            far = tl.max((((delta > most) | (delta < -most)) & mask).to(tl.int32), axis=0) != 0
+            if ONE_BLOCK:
+                tl.store(far_ptr + b * T + t, far)
+            else:  # set by any block with a far neuron (the same value: no atomics), on zeros
+                tl.store(far_ptr + b * T + t, far, mask=far)
             delta = tl.minimum(tl.maximum(delta, -most), most)
             count = count + delta
             tl.store(spikes_ptr + (t * B + b) * N + offs, delta * theta, mask=mask)
@@ -83,12 +86,13 @@ def stbif_steps(x: torch.Tensor, total: torch.Tensor, count: torch.Tensor, was_p
         return spikes, torch.zeros((batch, steps), dtype=torch.bool, device=x.device)
     block = min(BLOCK, triton.next_power_of_2(n))
     blocks = triton.cdiv(n, block)
-    far = torch.empty((batch, steps, blocks), dtype=torch.bool, device=x.device)  # every block writes its flags
+    far = (torch.empty if blocks == 1 else torch.zeros)((batch, steps), dtype=torch.bool, device=x.device)
     skip = far if was_pending is None else was_pending.contiguous()  # any pointer when there is no skip
     with launch_device(x):
         _stbif_steps[(batch, blocks)](x, total, count, spikes, far, skip, theta, steps, batch, n, n_min, n_max, m,
-                                      SKIP=was_pending is not None, BLOCK=block, enable_fp_fusion=False)
-    return spikes, _any_block(far)
+                                      SKIP=was_pending is not None, BLOCK=block, ONE_BLOCK=blocks == 1,
+                                      enable_fp_fusion=False)
+    return spikes, far
 
 
 HALF_KINDS = {torch.float16: 1, torch.bfloat16: 2}
@@ -112,7 +116,7 @@ def _rounded(v, HALF: tl.constexpr):
 
 @triton.jit(do_not_specialize=["N", "n_min", "n_max", "m"])
 def _stbif_exact_step(x_ptr, count_ptr, out_ptr, change_ptr, far_ptr, theta_ptr, N, n_min, n_max, m,
-                      BLOCK: tl.constexpr, HALF: tl.constexpr):
+                      BLOCK: tl.constexpr, HALF: tl.constexpr, ONE_BLOCK: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
@@ -125,8 +129,11 @@ def _stbif_exact_step(x_ptr, count_ptr, out_ptr, change_ptr, far_ptr, theta_ptr,
     target = tl.floor(_rounded(_rounded(ieee_div(x, theta), HALF) + 0.5, HALF))
     target = _rounded(tl.minimum(tl.maximum(target, n_min.to(theta.dtype)), n_max.to(theta.dtype)), HALF)
     delta = _rounded(target - _rounded(count.to(theta.dtype), HALF), HALF)
-    far = ((delta > most) | (delta < -most)) & mask
-    tl.store(far_ptr + b * tl.num_programs(1) + tl.program_id(1), tl.max(far.to(tl.int32), axis=0) != 0)
+    far = tl.max((((delta > most) | (delta < -most)) & mask).to(tl.int32), axis=0) != 0
+    if ONE_BLOCK:  # the sample's flag, written whatever it is
+        tl.store(far_ptr + b, far)
+    else:  # set by any block of the sample that has a far neuron (the same value, so no atomics), on zeros
+        tl.store(far_ptr + b, far, mask=far)
     delta = _rounded(tl.minimum(tl.maximum(delta, -most), most), HALF)
     count = count + delta.to(count.dtype)
     tl.store(count_ptr + b * N + offs, count, mask=mask)
@@ -148,13 +155,11 @@ def stbif_exact_step(x: torch.Tensor, count: torch.Tensor, theta: torch.Tensor, 
         return out, change, torch.zeros(batch, dtype=torch.bool, device=x.device)
     block = min(BLOCK, triton.next_power_of_2(n))
     blocks = triton.cdiv(n, block)
-    far = torch.empty((batch, blocks), dtype=torch.bool, device=x.device)  # every block writes its flag
+    # one block: it writes its sample's flag; several: any of them sets it, on zeros (one fill, where a flag per
+    # block and their `any` took a reduction, 25 us of host time a call on the GPU machine)
+    far = (torch.empty if blocks == 1 else torch.zeros)(batch, dtype=torch.bool, device=x.device)
     with launch_device(x):
         _stbif_exact_step[(batch, blocks)](x, count, out, change, far, theta, n, n_min, n_max, m, BLOCK=block,
-                                           HALF=HALF_KINDS.get(x.dtype, 0), enable_fp_fusion=False)
-    return out, change, _any_block(far)
-
-
-def _any_block(far: torch.Tensor) -> torch.Tensor:
-    """The per-block far flags ``[..., blocks]`` or-ed over the blocks (a view when there is one)."""
-    return far[..., 0] if far.shape[-1] == 1 else far.any(-1)
+                                           HALF=HALF_KINDS.get(x.dtype, 0), ONE_BLOCK=blocks == 1,
+                                           enable_fp_fusion=False)
+    return out, change, far
