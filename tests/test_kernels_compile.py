@@ -38,9 +38,9 @@ def compiled(request, tmp_path_factory) -> list[dict]:
 
 
 def test_every_kernel_variant_spiketwin_launches_compiles(compiled):
-    # float32 and float64: 2 + 3 ST-BIF (skip or not; int8/16/32 counts), 8 LIF modes x 3 outputs forward, x 4
-    # backward; float16 and bfloat16: the exact step's 3 counts
-    assert {r["kernel"] for r in compiled} == KERNELS and len(compiled) == 2 * (2 + 3 + 8 * 3 + 8 * 4) + 2 * 3
+    # float32 and float64: 2 + 3 ST-BIF (skip or not; int8/16/32 counts) for samples of one block and of two, 8 LIF
+    # modes x 3 outputs forward, x 4 backward; float16 and bfloat16: the exact step's 3 counts, one block and two
+    assert {r["kernel"] for r in compiled} == KERNELS and len(compiled) == 2 * (2 * (2 + 3) + 8 * 3 + 8 * 4) + 2 * 2 * 3
 
 
 def test_division_rounds_to_nearest_and_nothing_is_approximate(compiled):
