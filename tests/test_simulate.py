@@ -40,17 +40,12 @@ def _random_snn(seed: int = 0):
 
 
 def _sharded_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
-    import torch.distributed as dist
+    from gloo import gloo_group
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
+    with gloo_group(rank, world, init_file):
         snn, x, y = _random_snn()
         result = evaluate_per_step(snn, x, y, batch_size=2, steps=40)
         torch.save(vars(result), f"{out_file}.{rank}")
-        dist.barrier()  # neither rank tears gloo down while the other may still use it
-    finally:
-        dist.destroy_process_group()
 
 
 def test_two_processes_give_exactly_the_single_process_result(tmp_path):

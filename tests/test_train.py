@@ -129,11 +129,9 @@ def test_checkpoint_round_trip_restores_optimizer_scheduler_and_rng(tmp_path):
 
 
 def _ddp_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
-    import torch.distributed as dist
+    from gloo import gloo_group
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
+    with gloo_group(rank, world, init_file):
         torch.manual_seed(0)
         model = SpikingMLP().double()
         x, y = toy_data(16, dtype=torch.float64)
@@ -144,9 +142,6 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
         # DDP must be told, or its second step fails ("Expected to have finished reduction ...")
         fit(tiny_spikformer(), torch.rand(16, 1, 8, 8), torch.arange(16) % 10,
             TrainConfig(epochs=1, batch_size=4, warmup_epochs=0, progress=False))
-        dist.barrier()  # neither rank tears gloo down while the other may still use it (seen: SIGABRT, 1 in ~10)
-    finally:
-        dist.destroy_process_group()
 
 
 def test_one_ddp_step_on_two_processes_equals_one_step_on_the_combined_batch(tmp_path):
