@@ -201,13 +201,13 @@ def keep_output(gm: fx.GraphModule, output: str | int, who: str) -> None:
     codegen.pytree_info = codegen.pytree_info._replace(out_spec=pytree.tree_flatten(0)[1])
 
 
-def _export(model: nn.Module, args: tuple, kwargs: dict, shapes: dict, forward) -> torch.export.ExportedProgram:
-    """``torch.export`` of ``model`` in eval mode through ``forward`` (:func:`_traced_forward`), with
+def _export(model: nn.Module, args: tuple, kwargs: dict, shapes: dict, traced: tuple) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``model`` in eval mode through :func:`_traced_forward` ``(model, *traced)``, with
     ``scaled_dot_product_attention`` and the ops of :data:`_PRODUCTS` decomposed."""
     was_training = model.training
     model.eval()
-    try:
-        with float_saves(), dense_experts(model), forward:  # a packed model traces as the plain one, experts densely
+    try:  # a packed model traces as the plain one, experts densely
+        with float_saves(), dense_experts(model), _traced_forward(model, *traced):
             program = torch.export.export(model, args, kwargs, dynamic_shapes=shapes, strict=False)
     except Exception as error:  # torch.export raises many types; the message says what failed and where
         cache = ("; a model that returns a key-value cache needs use_cache=False among example_inputs"
@@ -273,14 +273,15 @@ def trace(model: nn.Module, example_inputs, dynamic: str = "all",
     shapes = {name: ({k: _dynamic(v, dynamic) for k, v in value.items()} if isinstance(value, dict)
                      else _dynamic(value, dynamic))
               for name, value in bound.items()}
-    program = _export(model, args, kwargs, shapes, _traced_forward(model, signature, list(loose), fixed))
+    traced = (signature, list(loose), fixed)
+    program = _export(model, args, kwargs, shapes, traced)
     if _changed_state(program):  # on the first call only (RWKV rescales its weights)? make the change, trace again
         was_training = model.training
         copies, copied = pytree.tree_map_only(torch.Tensor, torch.clone, (args, kwargs))
         with torch.no_grad():
             model.eval()(*copies, **copied, **fixed)
         model.train(was_training)
-        program = _export(model, args, kwargs, shapes, _traced_forward(model, signature, list(loose), fixed))
+        program = _export(model, args, kwargs, shapes, traced)
         if state := _changed_state(program):
             raise ConversionError(
                 f"to_qann: {type(model).__name__}.forward changes its own {', '.join(state)} in place at every call: "

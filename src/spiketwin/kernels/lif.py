@@ -194,6 +194,10 @@ torch.library.register_autograd("spiketwin::lif_scan", _backward, setup_context=
 
 lif_scan = torch.ops.spiketwin.lif_scan.default
 """``spiketwin::lif_scan(x, v, mode, tau, vth, vreset, kind, alpha, keep_h) -> (spikes, v_final, h)``."""
+lif_scan_backward = torch.ops.spiketwin.lif_scan_backward.default
+"""``spiketwin::lif_scan_backward(h, grad_spikes, grad_v, mode, kind, vth, vreset, dh_dv, dh_dx, alpha)``."""
+lif_affine_scan = torch.ops.spiketwin.lif_affine_scan.default
+"""``spiketwin::lif_affine_scan(z, scale, shift, v, steps, mode, tau, vth, vreset) -> h`` (CPU only)."""
 
 
 class LIFScanFunction(torch.autograd.Function):
@@ -210,8 +214,3 @@ class LIFScanFunction(torch.autograd.Function):
         return output
 
     backward = staticmethod(_backward)
-
-lif_scan_backward = torch.ops.spiketwin.lif_scan_backward.default
-"""``spiketwin::lif_scan_backward(h, grad_spikes, grad_v, mode, kind, vth, vreset, dh_dv, dh_dx, alpha)``."""
-lif_affine_scan = torch.ops.spiketwin.lif_affine_scan.default
-"""``spiketwin::lif_affine_scan(z, scale, shift, v, steps, mode, tau, vth, vreset) -> h`` (CPU only)."""

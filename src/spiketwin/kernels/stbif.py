@@ -124,16 +124,14 @@ def stbif_exact_step(x: torch.Tensor, count: torch.Tensor, threshold: torch.Tens
     buffer. An eager call that a fused kernel takes goes straight to it (the native kernel on the CPU, see
     :func:`stbif_steps`; the Triton kernel on CUDA, where the dispatcher and the operator's checks cost ~35 us of
     host time a call on the GPU machine, a third of the call, more than the kernel's GPU time)."""
-    if not torch.compiler.is_compiling():
-        if x.device.type == "cpu":
-            kernel = _native_exact_for(x, count)
-            if kernel is not None:
-                return _native_exact(kernel, x, count, threshold.item(), n_min, n_max, m)
-        elif not (torch.is_grad_enabled() and x.requires_grad):
-            theta = threshold.to(device=x.device, dtype=x.dtype).reshape(1)
-            if _triton_exact_takes(x, count, theta):
-                return _triton_exact(x, count, theta, n_min, n_max, m)
+    eager = not torch.compiler.is_compiling()
+    kernel = _native_exact_for(x, count) if eager else None
+    if kernel is not None:
+        return _native_exact(kernel, x, count, threshold.item(), n_min, n_max, m)
     theta = threshold.to(device=x.device, dtype=x.dtype).reshape(1)
+    if eager and x.is_cuda and not (torch.is_grad_enabled() and x.requires_grad) \
+            and _triton_exact_takes(x, count, theta):
+        return _triton_exact(x, count, theta, n_min, n_max, m)
     return torch.ops.spiketwin.stbif_exact_step(x, count, theta, n_min, n_max, m)
 
 

@@ -70,7 +70,7 @@ class _Tracker(TorchFunctionMode):
             found = rule(self, args, kwargs)
             if found is not None and isinstance(out, torch.Tensor):
                 self.mark(out, *found)
-        elif _in_place(func, kwargs) and args and isinstance(args[0], torch.Tensor):
+        elif _in_place(name, kwargs) and args and isinstance(args[0], torch.Tensor):
             self.kinds.pop(args[0].untyped_storage().data_ptr(), None)
             if isinstance(kwargs.get("out"), torch.Tensor):
                 self.kinds.pop(kwargs["out"].untyped_storage().data_ptr(), None)
@@ -84,8 +84,8 @@ _QUERIES = frozenset((torch.Tensor.is_floating_point, torch.Tensor.numel, torch.
 Spikformer's forward): they make no tensor and write none, so the tracker passes them through first."""
 
 
-def _in_place(func, kwargs) -> bool:
-    name = getattr(func, "__name__", "")
+def _in_place(name: str, kwargs) -> bool:
+    """Whether the operation named ``name`` writes into its first argument (or ``out``)."""
     return "out" in kwargs or name == "__setitem__" or name.startswith("__i") or (
         name.endswith("_") and not name.startswith("__"))
 
