@@ -16,12 +16,16 @@
    Beside the paper's neuron (one spike per step), neurons of ``--spikes-per-step`` spikes (default 4): the same
    exact answer (logits bit-identical to the QANN's, checked) in about a quarter of the steps. How often the host
    reads the settle flags: a check every step, every 8 steps, and every step read one check late (``read_late``).
-   The fused kernels (Triton on CUDA, C on the CPU) against the torch path, here and in training.
+   The fused kernels (Triton on CUDA, C on the CPU) against the torch path, here and in training. Every further
+   ``--batch`` (default 256 after 64) gets the throughput rows alone: the host's work per step is the same for any
+   batch, so a larger one leaves the GPU less waiting.
 3. Spikformer training (``spikformer_cifar10`` B = 64 at 32 px, ``spikformer_8_384`` B = 16 at 224 px, T = 4): one
    AdamW step on random images: samples/s and peak device memory, beside SpikingJelly 2.0 (the official CIFAR model
    on its neurons, ``bench.spikformer``; its built-in Spikformer for 224 px) with its automatic (fastest available)
    neuron backend, when it imports. Each spiketwin model is trained as ``fit`` trains it (``spiketwin.memory.pack``)
-   and plain (``pack_memory=False``): what the packing saves in memory and costs in time.
+   and plain (``pack_memory=False``): what the packing saves in memory and costs in time; and plain through
+   ``torch.compile`` (``fit(..., TrainConfig(compile=True, pack_memory=False))``; its first step, which compiles, timed
+   apart; on by default at full sizes, ``--compile`` with ``--quick``).
 
 Only the public API is used (``spiketwin.convert``, ``spiketwin.simulate``, ``spiketwin.models.create``). TF32 stays
 off everywhere (spiketwin's simulator turns it off; this script also keeps it off for every side's matrix products).
@@ -153,17 +157,20 @@ def _agreement(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.argmax(-1) == b.argmax(-1)).double().mean())
 
 
-def vit_snn(device: torch.device, quick: bool, levels: list[int], batch: int, sj_batch: int,
+def vit_snn(device: torch.device, quick: bool, levels: list[int], batches: list[int], sj_batch: int,
             repeats: int, spikes_per_step: list[int]) -> list[dict]:
     sizes = dict(img_size=32, depth=2, embed_dim=48, num_heads=2) if quick else {}
     heads, img = sizes.get("num_heads", 6), sizes.get("img_size", 224)
     torch.manual_seed(20)
     ann = create("vit_small_patch16_224", **sizes).to(device).eval()
-    calibration = torch.rand(min(batch, 32), 3, img, img, device=device)
-    x = torch.rand(batch, 3, img, img, device=device)
+    calibration = torch.rand(min(batches[0], 32), 3, img, img, device=device)
+    x = torch.rand(batches[0], 3, img, img, device=device)
     rows = []
     for L in levels:
-        rows.append(_vit_level(ann, L, calibration, x, repeats, spikes_per_step))
+        qann = _calibrated(ann, L, calibration)
+        rows.append(_vit_level(qann, L, x, repeats, spikes_per_step))
+        rows[-1]["more_batches"] = [_vit_throughput(qann, torch.rand(b, 3, img, img, device=device), repeats,
+                                                    spikes_per_step) for b in batches[1:]]
         if HAVE_SJ:
             rows[-1].update(_sj_vit(ann, heads, L, calibration, x[:sj_batch], repeats))
     return rows
@@ -200,9 +207,7 @@ def _device_work(fn) -> dict:
     return dict(kernels=len(device), busy_s=sum(e.time_range.elapsed_us() for e in device) / 1e6, wall_s=wall)
 
 
-def _vit_level(ann: nn.Module, L: int, calibration: torch.Tensor, x: torch.Tensor, repeats: int,
-               spikes_per_step: list[int]) -> dict:
-    qann = _calibrated(ann, L, calibration)
+def _vit_level(qann: nn.Module, L: int, x: torch.Tensor, repeats: int, spikes_per_step: list[int]) -> dict:
     snn = to_snn(qann)
     multi = {m: to_snn(qann, spikes_per_step=m) for m in spikes_per_step if m != 1}
 
@@ -280,6 +285,26 @@ def _vit_level(ann: nn.Module, L: int, calibration: torch.Tensor, x: torch.Tenso
     return row
 
 
+def _vit_throughput(qann: nn.Module, x: torch.Tensor, repeats: int, spikes_per_step: list[int]) -> dict:
+    """The throughput rows alone at another batch size: images/s of the SNN of each ``spikes_per_step`` beside the
+    QANN's forward, with its settle steps and whether its logits are the QANN's, bit for bit."""
+    def qann_forward():
+        with torch.no_grad(), full_float32():
+            return qann(x)
+    expected, row = qann_forward(), dict(batch=len(x), snn=[])
+    snns = {m: to_snn(qann, spikes_per_step=m) for m in dict.fromkeys([1, *spikes_per_step])}
+    for m, snn in snns.items():
+        settle = simulate(snn, x, max_steps=1024)
+        row["snn"].append(dict(spikes_per_step=m, settle_max=int(settle.settle_step.max()),
+                               bit_identical=bool(torch.equal(settle.output, expected))))
+    timings = round_robin([qann_forward, *(lambda snn=snn: simulate(snn, x, max_steps=1024) for snn in snns.values())],
+                          repeats)
+    row["qann_images_s"] = len(x) / timings[0].seconds
+    for entry, t in zip(row["snn"], timings[1:]):
+        entry["images_s"] = len(x) / t.seconds
+    return row
+
+
 def _sj_vit(ann: nn.Module, heads: int, L: int, calibration: torch.Tensor, x: torch.Tensor, repeats: int) -> dict:
     from bench.sj_sides import run_sj_snn, sj_spikezip_vit
 
@@ -306,9 +331,11 @@ def _sj_vit(ann: nn.Module, heads: int, L: int, calibration: torch.Tensor, x: to
 
 # ---------------------------------------------------------------- 3. Spikformer training
 
-def _train_steps(model: nn.Module, reset_fn, x: torch.Tensor, y: torch.Tensor, repeats: int) -> dict:
+def _train_steps(model: nn.Module, reset_fn, x: torch.Tensor, y: torch.Tensor, repeats: int,
+                 compiled: bool = False) -> dict:
     """Samples/s of one AdamW step, and its peak device memory: the model, its gradients, the optimizer's state and
-    what the step keeps for backward, above what the device held before (the earlier parts leave tensors there)."""
+    what the step keeps for backward, above what the device held before (the earlier parts leave tensors there).
+    ``compiled``: the steps call ``torch.compile(model)``; the first step (which compiles) is timed apart."""
     device = x.device
     if device.type == "cuda":
         gc.collect()
@@ -316,10 +343,11 @@ def _train_steps(model: nn.Module, reset_fn, x: torch.Tensor, y: torch.Tensor, r
                         if t.device == device)
         base = torch.cuda.memory_allocated(device) - on_device
     model.to(device).train()
+    net = torch.compile(model, dynamic=False) if compiled else model  # as fit compiles
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step():
-        loss = nn.functional.cross_entropy(model(x), y)
+        loss = nn.functional.cross_entropy(net(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -328,12 +356,13 @@ def _train_steps(model: nn.Module, reset_fn, x: torch.Tensor, y: torch.Tensor, r
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
     with full_float32():
+        first = round_robin([step], 1, warmup=0)[0].seconds if compiled else None
         seconds = round_robin([step], repeats)[0].seconds
     peak = (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20 if device.type == "cuda" else None
-    return dict(samples_s=len(x) / seconds, peak_mb=peak)
+    return dict(samples_s=len(x) / seconds, peak_mb=peak, **({"first_step_s": first} if compiled else {}))
 
 
-def spikformer_training(device: torch.device, quick: bool, repeats: int) -> list[dict]:
+def spikformer_training(device: torch.device, quick: bool, repeats: int, compiled: bool) -> list[dict]:
     configs = [("spikformer_cifar10", 64, 10, dict(img_size=32, T=4)),
                ("spikformer_8_384", 16, 1000, dict(img_size=224, T=4))]
     if quick:
@@ -354,6 +383,13 @@ def spikformer_training(device: torch.device, quick: bool, repeats: int) -> list
         plain = create(name, **overrides)  # what pack costs and saves: the same steps with float saves, no recompute
         row.update({f"plain_{k}": v for k, v in _train_steps(plain, reset, x, y, repeats).items()})
         del plain
+        if compiled:
+            torch.manual_seed(30)
+            try:  # report, do not crash: the eager figures stand without it
+                row.update({f"compiled_{k}": v for k, v in _train_steps(create(name, **overrides), reset, x, y,
+                                                                       repeats, compiled=True).items()})
+            except Exception as e:
+                row["compiled_error"] = f"{type(e).__name__}: {str(e)[:200]}"
         if HAVE_SJ:
             row.update(_sj_training(name, overrides, T, img, classes, x, y, repeats))
         rows.append(row)
@@ -436,6 +472,13 @@ def table(results: dict) -> None:
                          f"{r['snn_images_s']:.1f}", _ratio(multi["images_s"], r["snn_images_s"]),
                          f"settle med {multi['settle_median']:g} max {multi['settle_max']}; logits = QANN's: "
                          + ("yes" if multi["bit_identical"] else "NO")])
+        for more in r.get("more_batches", []):
+            for entry in more["snn"]:
+                rows.append([f"  B{more['batch']}, {entry['spikes_per_step']} spike(s)/step, vs QANN",
+                             f"{entry['images_s']:.1f}", f"{more['qann_images_s']:.1f}",
+                             _ratio(entry["images_s"], more["qann_images_s"]),
+                             f"settle max {entry['settle_max']}; logits = QANN's: "
+                             + ("yes" if entry["bit_identical"] else "NO")])
         if "sj_images_s" in r:
             rows.append([f"  vs SpikingJelly T={r['sj_T']} B{r['sj_batch']}", f"{r['snn_images_s']:.1f}",
                          f"{r['sj_images_s']:.1f}", _ratio(r["snn_images_s"], r["sj_images_s"]),
@@ -460,6 +503,18 @@ def table(results: dict) -> None:
                          _ratio(r["plain_samples_s"], r["sj_samples_s"]), plain_mem + sj_mem])
         elif "sj_error" in r:
             rows.append(["  vs SpikingJelly", "", "error", "", r["sj_error"][:60]])
+        if "compiled_samples_s" in r:
+            compiled_mem = f"peak {r['compiled_peak_mb']:.0f} MB" if r["compiled_peak_mb"] is not None else ""
+            rows.append(["  torch.compile vs plain", f"{r['compiled_samples_s']:.1f}", f"{r['plain_samples_s']:.1f}",
+                         _ratio(r["compiled_samples_s"], r["plain_samples_s"]),
+                         f"first step (compiles) {r['compiled_first_step_s']:.0f} s; {compiled_mem}"])
+            if "sj_samples_s" in r:
+                rows.append([f"  compiled vs {r['sj_side']}", f"{r['compiled_samples_s']:.1f}",
+                             f"{r['sj_samples_s']:.1f}", _ratio(r["compiled_samples_s"], r["sj_samples_s"]),
+                             compiled_mem + (f"; SJ peak {r['sj_peak_mb']:.0f} MB" if r["sj_peak_mb"] is not None
+                                             else "")])
+        elif "compiled_error" in r:
+            rows.append(["  torch.compile", "", "error", "", r["compiled_error"][:60]])
     for part, text in results["errors"].items():
         rows.append([f"{part}: FAILED", "", "", "", text.strip().splitlines()[-1][:60]])
     env = results["env"]
@@ -474,12 +529,15 @@ def main(argv: list[str]) -> None:
                    help="cuda, cpu or auto (default: cuda when available, else cpu with --quick)")
     p.add_argument("--quick", action="store_true", help="tiny sizes (for the CPU and CI)")
     p.add_argument("--levels", type=int, nargs="+", default=[16, 32])
-    p.add_argument("--batch", type=int, default=64, help="ViT-S images per simulate call")
+    p.add_argument("--batch", type=int, nargs="+", default=[64, 256],
+                   help="ViT-S images per simulate call: every row at the first, the throughput rows at the others")
     p.add_argument("--spikes-per-step", type=int, nargs="+", default=[1, 4],
                    help="ViT-S neurons of m spikes per step (1, the paper's, is always timed; any other m adds a row: "
                         "the same exact answer in fewer steps)")
     p.add_argument("--sj-batch", type=int, default=16, help="ViT-S images per SpikingJelly call (T = 64 in one)")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="time Spikformer training through torch.compile too (default: yes, except with --quick)")
     p.add_argument("--parts", nargs="+", default=["exact", "vit", "spikformer"],
                    choices=["exact", "vit", "spikformer"])
     p.add_argument("--json", default=str(ROOT / "out" / "bench_gpu.json"))
@@ -491,7 +549,8 @@ def main(argv: list[str]) -> None:
     if quick and not args.quick:
         print("bench.gpu: no CUDA device: running the quick CPU sizes (--device cpu --quick); "
               "--device cpu alone runs the full sizes")
-    batch, sj_batch = (4, 2) if quick else (args.batch, args.sj_batch)
+    batches, sj_batch = ([4, 8], 2) if quick else (args.batch, args.sj_batch)
+    compiled = not quick if args.compile is None else args.compile
     began = time.perf_counter()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     results = dict(env=dict(device=str(device), device_name=name, torch=torch.__version__, quick=quick,
@@ -500,9 +559,9 @@ def main(argv: list[str]) -> None:
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     parts = {"exact": ("exactness", lambda: exactness(device, quick)),
-             "vit": ("vit", lambda: vit_snn(device, quick, args.levels[:1] if quick else args.levels, batch, sj_batch,
+             "vit": ("vit", lambda: vit_snn(device, quick, args.levels[:1] if quick else args.levels, batches, sj_batch,
                                             args.repeats, args.spikes_per_step)),
-             "spikformer": ("spikformer", lambda: spikformer_training(device, quick, args.repeats))}
+             "spikformer": ("spikformer", lambda: spikformer_training(device, quick, args.repeats, compiled))}
     for part in [p for p in parts if p in args.parts]:
         key, run = parts[part]
         try:

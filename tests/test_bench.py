@@ -45,16 +45,23 @@ def test_bench_gpu_runs_its_quick_cpu_sizes_and_writes_every_figure(tmp_path, ca
     assert vit["bf16_bit_identical"] and vit["snn16_images_s"] > 0 and vit["bf16_settle_median"] > 0
     (multi,) = vit["multi_spike"]
     assert multi["spikes_per_step"] == 4 and multi["bit_identical"] and multi["settle_max"] < vit["settle_max"]
+    (more,) = vit["more_batches"]  # the throughput rows at the second batch size
+    assert more["batch"] == 8 and more["qann_images_s"] > 0 and [e["spikes_per_step"] for e in more["snn"]] == [1, 4]
+    assert all(e["bit_identical"] and e["images_s"] > 0 for e in more["snn"])
     assert [r["model"] for r in results["spikformer"]] == ["spikformer_cifar10", "spikformer_8_384"]
     assert all(r["samples_s"] > 0 and r["unfused_samples_s"] > 0 for r in results["spikformer"])
     assert results["env"]["quick"] and "bench.gpu on cpu" in capsys.readouterr().out
     # what only a CUDA run writes: the table must print it (the first GPU run is the first to read these keys)
     vit.update(host_syncs=3, host_syncs_late=2, peak_mb_chunk1=10.0, peak_mb_chunk8=20.0,
                device_work=dict(kernels=300 * vit["steps"], busy_s=0.5, wall_s=1.0))
+    assert not any("compiled_samples_s" in r for r in results["spikformer"])  # --quick compiles only when told
     for r in results["spikformer"]:
-        r.update(peak_mb=100.0, unfused_peak_mb=120.0)
+        r.update(peak_mb=100.0, unfused_peak_mb=120.0, compiled_samples_s=2 * r["plain_samples_s"],
+                 compiled_peak_mb=80.0, compiled_first_step_s=42.0)
     gpu.table(results)
     out = capsys.readouterr().out
+    assert "torch.compile vs plain" in out and "first step (compiles) 42 s; peak 80 MB" in out
+    assert "B8, 4 spike(s)/step, vs QANN" in out
     assert "3 host syncs in" in out and "GPU busy 50% of the wall time, 300 kernels a step" in out
     assert "peak 10 / 20 MB with 1 / 8" in out and "torch path peak 120 MB" in out
     vit["device_work"] = dict(kernels=0, busy_s=0.0, wall_s=1.0)

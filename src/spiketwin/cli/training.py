@@ -56,10 +56,12 @@ def fit(model, data, args, info: dict) -> float:
     if args.label_smoothing >= 1:
         raise UsageError(f"--label-smoothing must be < 1, got {args.label_smoothing}")
     train, test = data
+    compiled = getattr(args, "compile", False)  # train's flag (qat has none)
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size,
                       warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, seed=args.seed,
                       progress=not args.quiet, mixup_alpha=args.mixup, mixup_off_epoch=args.mixup_off_epoch,
-                      out_dir=args.run_dir, resume=args.resume, workers=args.workers, amp=args.amp)
+                      out_dir=args.run_dir, resume=args.resume, workers=args.workers, amp=args.amp,
+                      compile=compiled, pack_memory=not compiled)
     def pair(data):  # in-memory sets as tensors (fast slicing); file-streamed ones as the Dataset
         return data.tensors if hasattr(data, "tensors") else (data, None)
 
@@ -81,6 +83,9 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     add_model_options(p, "start from this checkpoint")
     add_data_options(p)
     add_training_options(p, epochs=10, lr=1e-3)
+    p.add_argument("--compile", action="store_true",  # not for qat: its quantizers' first-batch steps recompile
+                   help="train through torch.compile (faster steps on a GPU after a first one that compiles; keeps "
+                        "full activations for backward instead of memory.pack's packed spikes)")
 
 
 def cmd_train(args) -> None:

@@ -43,9 +43,14 @@ def runs_on(*tensors: torch.Tensor, cuda: bool = True) -> bool:
     first = tensors[0]
     if first.dtype not in TRITON_DTYPES or any(t.device != first.device or t.dtype != first.dtype for t in tensors):
         return False
-    if first.device.type == "cpu":
+    return _kernel_on(first.device.type, cuda)
+
+
+@torch.compiler.assume_constant_result  # torch.compile takes the answer at tracing time (it may build the library)
+def _kernel_on(device_type: str, cuda: bool) -> bool:
+    if device_type == "cpu":
         return library(_LIB) is not None
-    return cuda and first.device.type == "cuda" and triton_enabled()
+    return cuda and device_type == "cuda" and triton_enabled()
 
 
 def status() -> str:

@@ -74,6 +74,10 @@ class TrainConfig:
     pack_memory: bool = True
     """Apply :func:`spiketwin.memory.pack` to the model first: spikes and spike counts kept for backward as
     ``bool`` / ``uint8``, BatchNorm -> LIF potentials recomputed (same gradients, less memory)."""
+    compile: bool = False
+    """Train through ``torch.compile(model)`` (inductor; the LIF kernels stay single operators in its graph): fewer,
+    fused kernels and less host time per step, after a compilation on the first step (a minute or two). Needs
+    ``pack_memory=False``: the compiled graph's partitioner chooses what backward keeps (docs/gpu.md)."""
 
 
 Inputs = torch.Tensor | dict[str, torch.Tensor]
@@ -288,6 +292,9 @@ def fit(model: nn.Module, x: Inputs | Dataset, y: torch.Tensor | None, config: T
     ``eval_data`` (a pair of tensors or a ``Dataset``) when given); a resumed run returns the earlier epochs'
     records too."""
     cfg = config or TrainConfig()
+    if cfg.compile and cfg.pack_memory:
+        raise ValueError("fit: compile=True needs pack_memory=False (memory.pack's saved-tensor hooks and recompute "
+                         "do not trace; the compiled graph chooses what backward keeps itself)")
     if cfg.pack_memory:
         pack(model)
     n = _size(x, y, "fit")
@@ -313,6 +320,8 @@ def fit(model: nn.Module, x: Inputs | Dataset, y: torch.Tensor | None, config: T
             net = nn.parallel.DistributedDataParallel(model,
                                                       device_ids=[device.index] if device.type == "cuda" else None,
                                                       find_unused_parameters=bool(unused))
+        if cfg.compile:  # static shapes: a last, smaller batch compiles once more (with a symbolic batch, inductor
+            net = torch.compile(net, dynamic=False)  # 2.13 failed on the Spikformer: "truth value of Relational")
         for epoch in range(start, cfg.epochs):
             model.train()
             began = time.perf_counter()
