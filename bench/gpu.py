@@ -207,13 +207,18 @@ def _device_work(fn) -> dict:
     return dict(kernels=len(device), busy_s=sum(e.time_range.elapsed_us() for e in device) / 1e6, wall_s=wall)
 
 
-def _vit_level(qann: nn.Module, L: int, x: torch.Tensor, repeats: int, spikes_per_step: list[int]) -> dict:
-    snn = to_snn(qann)
-    multi = {m: to_snn(qann, spikes_per_step=m) for m in spikes_per_step if m != 1}
-
+def _forward(qann: nn.Module, x: torch.Tensor):
+    """The QANN's forward on ``x`` as a call to time (no gradients, full float32)."""
     def qann_forward():
         with torch.no_grad(), full_float32():
             return qann(x)
+    return qann_forward
+
+
+def _vit_level(qann: nn.Module, L: int, x: torch.Tensor, repeats: int, spikes_per_step: list[int]) -> dict:
+    snn = to_snn(qann)
+    multi = {m: to_snn(qann, spikes_per_step=m) for m in spikes_per_step if m != 1}
+    qann_forward = _forward(qann, x)
     expected = qann_forward()
     result = simulate(snn, x, max_steps=1024)
     settle = result.settle_step.double()
@@ -288,9 +293,7 @@ def _vit_level(qann: nn.Module, L: int, x: torch.Tensor, repeats: int, spikes_pe
 def _vit_throughput(qann: nn.Module, x: torch.Tensor, repeats: int, spikes_per_step: list[int]) -> dict:
     """The throughput rows alone at another batch size: images/s of the SNN of each ``spikes_per_step`` beside the
     QANN's forward, with its settle steps and whether its logits are the QANN's, bit for bit."""
-    def qann_forward():
-        with torch.no_grad(), full_float32():
-            return qann(x)
+    qann_forward = _forward(qann, x)
     expected, row = qann_forward(), dict(batch=len(x), snn=[])
     snns = {m: to_snn(qann, spikes_per_step=m) for m in dict.fromkeys([1, *spikes_per_step])}
     for m, snn in snns.items():
@@ -355,11 +358,23 @@ def _train_steps(model: nn.Module, reset_fn, x: torch.Tensor, y: torch.Tensor, r
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
+    result = {}
     with full_float32():
-        first = round_robin([step], 1, warmup=0)[0].seconds if compiled else None
+        if compiled:
+            result["first_step_s"] = round_robin([step], 1, warmup=0)[0].seconds
         seconds = round_robin([step], repeats)[0].seconds
     peak = (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20 if device.type == "cuda" else None
-    return dict(samples_s=len(x) / seconds, peak_mb=peak, **({"first_step_s": first} if compiled else {}))
+    return dict(samples_s=len(x) / seconds, peak_mb=peak, **result)
+
+
+def _fresh(name: str, overrides: dict) -> nn.Module:
+    """The model ``name`` with the same initial weights for every variant timed."""
+    torch.manual_seed(30)
+    return create(name, **overrides)
+
+
+def _prefixed(prefix: str, figures: dict) -> dict:
+    return {f"{prefix}_{k}": v for k, v in figures.items()}
 
 
 def spikformer_training(device: torch.device, quick: bool, repeats: int, compiled: bool) -> list[dict]:
@@ -371,23 +386,19 @@ def spikformer_training(device: torch.device, quick: bool, repeats: int, compile
                    ("spikformer_8_384", 2, 1000, dict(img_size=32, **small))]
     rows = []
     for name, batch, classes, overrides in configs:
-        torch.manual_seed(30)
-        model = pack(create(name, **overrides))  # the memory savings fit() applies by default
+        model = pack(_fresh(name, overrides))  # the memory savings fit() applies by default
         T, img = overrides["T"], overrides["img_size"]
         x, y = torch.rand(batch, 3, img, img, device=device), torch.randint(0, classes, (batch,), device=device)
         row = dict(model=name, batch=batch, T=T, img=img, **_train_steps(model, reset, x, y, repeats))
         with _unfused(device):  # after the fused steps, not in turn with them (each its own peak memory)
-            row.update({f"unfused_{k}": v for k, v in _train_steps(model, reset, x, y, repeats).items()})
+            row.update(_prefixed("unfused", _train_steps(model, reset, x, y, repeats)))
         del model
-        torch.manual_seed(30)
-        plain = create(name, **overrides)  # what pack costs and saves: the same steps with float saves, no recompute
-        row.update({f"plain_{k}": v for k, v in _train_steps(plain, reset, x, y, repeats).items()})
-        del plain
+        # what pack costs and saves: the same steps with float saves, no recompute
+        row.update(_prefixed("plain", _train_steps(_fresh(name, overrides), reset, x, y, repeats)))
         if compiled:
-            torch.manual_seed(30)
             try:  # report, do not crash: the eager figures stand without it
-                row.update({f"compiled_{k}": v for k, v in _train_steps(create(name, **overrides), reset, x, y,
-                                                                       repeats, compiled=True).items()})
+                row.update(_prefixed("compiled", _train_steps(_fresh(name, overrides), reset, x, y, repeats,
+                                                              compiled=True)))
             except Exception as e:
                 row["compiled_error"] = f"{type(e).__name__}: {str(e)[:200]}"
         if HAVE_SJ:
@@ -430,6 +441,11 @@ def _work(work: dict | None, steps: int) -> str:
         return "; profiler saw no kernels"
     return (f"; GPU busy {100 * work['busy_s'] / work['wall_s']:.0f}% of the wall time, "
             f"{work['kernels'] / steps:.0f} kernels a step (profiled)")
+
+
+def _peak(mb: float | None, label: str = "peak") -> str:
+    """``label N MB``, or nothing where no peak was measured (the CPU)."""
+    return f"{label} {mb:.0f} MB" if mb is not None else ""
 
 
 def table(results: dict) -> None:
@@ -486,17 +502,16 @@ def table(results: dict) -> None:
         elif "sj_error" in r:
             rows.append(["  vs SpikingJelly", "", "error", "", r["sj_error"][:60]])
     for r in results["spikformer"]:
-        mem = f"peak {r['peak_mb']:.0f} MB" if r["peak_mb"] is not None else ""
+        mem, sj_mem = _peak(r["peak_mb"]), _peak(r.get("sj_peak_mb"), "; SJ peak")
         rows.append([f"{r['model']} B{r['batch']} {r['img']}px T{r['T']} train samples/s", f"{r['samples_s']:.1f}",
                      "", "", mem])
-        unfused_mem = f"; torch path peak {r['unfused_peak_mb']:.0f} MB" if r["unfused_peak_mb"] is not None else ""
+        unfused_mem = _peak(r["unfused_peak_mb"], "; torch path peak")
         rows.append(["  fused kernels vs torch path", f"{r['samples_s']:.1f}", f"{r['unfused_samples_s']:.1f}",
                      _ratio(r["samples_s"], r["unfused_samples_s"]), "run one after the other" + unfused_mem])
-        plain_mem = f"peak {r['plain_peak_mb']:.0f} MB" if r["plain_peak_mb"] is not None else ""
+        plain_mem = _peak(r["plain_peak_mb"])
         rows.append(["  memory.pack vs plain model", f"{r['samples_s']:.1f}", f"{r['plain_samples_s']:.1f}",
                      _ratio(r["samples_s"], r["plain_samples_s"]), f"plain (pack_memory=False) {plain_mem}"])
         if "sj_samples_s" in r:
-            sj_mem = f"; SJ peak {r['sj_peak_mb']:.0f} MB" if r["sj_peak_mb"] is not None else ""
             rows.append([f"  vs {r['sj_side']}", f"{r['samples_s']:.1f}", f"{r['sj_samples_s']:.1f}",
                          _ratio(r["samples_s"], r["sj_samples_s"]), mem + sj_mem])
             rows.append([f"  plain vs {r['sj_side']}", f"{r['plain_samples_s']:.1f}", f"{r['sj_samples_s']:.1f}",
@@ -504,15 +519,14 @@ def table(results: dict) -> None:
         elif "sj_error" in r:
             rows.append(["  vs SpikingJelly", "", "error", "", r["sj_error"][:60]])
         if "compiled_samples_s" in r:
-            compiled_mem = f"peak {r['compiled_peak_mb']:.0f} MB" if r["compiled_peak_mb"] is not None else ""
+            compiled_mem = _peak(r["compiled_peak_mb"])
             rows.append(["  torch.compile vs plain", f"{r['compiled_samples_s']:.1f}", f"{r['plain_samples_s']:.1f}",
                          _ratio(r["compiled_samples_s"], r["plain_samples_s"]),
                          f"first step (compiles) {r['compiled_first_step_s']:.0f} s; {compiled_mem}"])
             if "sj_samples_s" in r:
                 rows.append([f"  compiled vs {r['sj_side']}", f"{r['compiled_samples_s']:.1f}",
                              f"{r['sj_samples_s']:.1f}", _ratio(r["compiled_samples_s"], r["sj_samples_s"]),
-                             compiled_mem + (f"; SJ peak {r['sj_peak_mb']:.0f} MB" if r["sj_peak_mb"] is not None
-                                             else "")])
+                             compiled_mem + sj_mem])
         elif "compiled_error" in r:
             rows.append(["  torch.compile", "", "error", "", r["compiled_error"][:60]])
     for part, text in results["errors"].items():

@@ -134,7 +134,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
     with gloo_group(rank, world, init_file):
         torch.manual_seed(0)
         model = SpikingMLP().double()
-        x, y = toy_data(20, dtype=torch.float64)  # a last batch of 4: compiled again
+        x, y = toy_data(16, dtype=torch.float64)
         fit(model, x, y, TrainConfig(epochs=1, batch_size=8, warmup_epochs=0, lr=0.05, progress=False))
         if rank == 0:
             torch.save(model.state_dict(), out_file)
@@ -154,7 +154,7 @@ def test_one_ddp_step_on_two_processes_equals_one_step_on_the_combined_batch(tmp
     torch.manual_seed(0)
     single = SpikingMLP().double()
     before = {k: v.clone() for k, v in single.state_dict().items()}
-    x, y = toy_data(20, dtype=torch.float64)  # a last batch of 4: compiled again
+    x, y = toy_data(16, dtype=torch.float64)
     fit(single, x, y, TrainConfig(epochs=1, batch_size=16, warmup_epochs=0, lr=0.05, progress=False))
     for name, value in single.state_dict().items():
         # AdamW's first step moves each weight by about lr * sign(grad) = 0.05; the two runs sum the gradient in
